@@ -1,0 +1,48 @@
+"""Market data: read exports, validate them, keep them in a canonical Parquet store."""
+
+from moola.data._errors import IngestError, MoolaDataError, StoreError, ValidationFailed
+from moola.data._gaps import mark_gaps, trading_calendar
+from moola.data._ingest import IngestResult, ingest
+from moola.data._readers import Format, RawBars, parse_columns_mapping, read_file
+from moola.data._schema import CANONICAL_SCHEMA, REQUIRED_COLUMNS, Timeframe
+from moola.data._store import Store, WriteSummary
+from moola.data._validate import (
+    Action,
+    Policy,
+    Reason,
+    ValidationReport,
+    Validated,
+    fill_gaps,
+    infer_timeframe,
+    validate_bars,
+    validate_raw,
+)
+
+__all__ = [
+    "CANONICAL_SCHEMA",
+    "REQUIRED_COLUMNS",
+    "Action",
+    "Format",
+    "IngestError",
+    "IngestResult",
+    "MoolaDataError",
+    "Policy",
+    "RawBars",
+    "Reason",
+    "Store",
+    "StoreError",
+    "Timeframe",
+    "ValidationFailed",
+    "ValidationReport",
+    "Validated",
+    "WriteSummary",
+    "fill_gaps",
+    "infer_timeframe",
+    "ingest",
+    "mark_gaps",
+    "parse_columns_mapping",
+    "read_file",
+    "trading_calendar",
+    "validate_bars",
+    "validate_raw",
+]

@@ -1,0 +1,569 @@
+"""Readers: CSV/Parquet exports of the common venues into canonical bars with source lines.
+
+Every frame a reader returns carries ``_file`` and ``_line`` (1-based physical line; the
+Parquet row number + 1 for Parquet) so that validation can name the exact row at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from moola.data._errors import IngestError
+from moola.data._schema import TS_DTYPE, Timeframe
+
+
+class Format(StrEnum):
+    """Known export layouts; ``auto`` detects one of the others from the file itself."""
+
+    AUTO = "auto"
+    YAHOO = "yahoo"
+    BINANCE = "binance"
+    KRAKEN = "kraken"
+    COINBASE = "coinbase"
+    GENERIC = "generic"
+
+
+CSV_SUFFIXES = (".csv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "adj_close", "trades")
+
+# Headerless layouts by column count: canonical name per position (None = ignored column).
+BINANCE_KLINES = (
+    "ts", "open", "high", "low", "close", "volume",
+    None, None, "trades", None, None, None,
+)
+BINANCE_6 = ("ts", "open", "high", "low", "close", "volume")
+KRAKEN_OHLCVT = ("ts", "open", "high", "low", "close", "volume", "trades")
+COINBASE_CANDLES = ("ts", "low", "high", "open", "close", "volume")
+
+# Header names (lower-cased, stripped) that map onto canonical columns.
+HEADER_ALIASES: dict[str, str] = {
+    "date": "ts", "datetime": "ts", "timestamp": "ts", "time": "ts", "ts": "ts",
+    "open_time": "ts", "open time": "ts", "opentime": "ts", "unix": "ts",
+    "open": "open", "high": "high", "low": "low", "close": "close",
+    "volume": "volume", "vol": "volume",
+    "adj close": "adj_close", "adj_close": "adj_close", "adjclose": "adj_close",
+    "trades": "trades", "count": "trades", "number_of_trades": "trades",
+    "symbol": "symbol", "name": "symbol", "ticker": "symbol",
+}
+
+_EXCHANGE_TOKENS = {
+    "binance", "binanceus", "kraken", "coinbase", "coinbasepro", "bitstamp", "bybit", "okx",
+    "yahoo", "data", "ohlc", "ohlcv", "candles", "klines", "daily", "minute",
+}
+_TF_TOKENS = {t.value for t in Timeframe}
+
+
+@dataclass(frozen=True)
+class RawBars:
+    """One source file read into canonical columns, before validation."""
+
+    frame: pl.DataFrame  # canonical columns + _file (str) + _line (int64)
+    path: Path
+    format: Format
+    timeframe: Timeframe | None  # from the file name, if it says; else inferred later
+
+
+def parse_columns_mapping(spec: str | None) -> dict[str, str] | None:
+    """``ts=open_time,open=o,...`` (names or 0-based positions) -> {canonical: source}."""
+    if not spec:
+        return None
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise IngestError(
+                f"--columns entry '{part}' is not of the form canonical=source",
+                hint="e.g. --columns ts=time,open=o,high=h,low=l,close=c,volume=v",
+            )
+        key, val = (s.strip() for s in part.split("=", 1))
+        if key not in ("ts", "symbol", *VALUE_COLUMNS):
+            raise IngestError(f"--columns names unknown canonical column '{key}'")
+        out[key] = val
+    missing = {"ts", "open", "high", "low", "close", "volume"} - set(out)
+    if missing:
+        raise IngestError(f"--columns lacks {sorted(missing)}")
+    return out
+
+
+def list_input_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand directories into their data files (sorted); reject what is not data."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f for f in p.iterdir()
+                if f.is_file() and f.suffix.lower() in CSV_SUFFIXES + PARQUET_SUFFIXES
+            )
+            if not found:
+                raise IngestError("directory holds no .csv or .parquet files", path=p)
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise IngestError("no such file or directory", path=p)
+    return files
+
+
+def symbol_from_filename(path: Path) -> str | None:
+    """``binanceus_BTCUSD_1m_2023-03-01.csv`` -> BTCUSD; ``AAPL_data.csv`` -> AAPL."""
+    for tok in re.split(r"[_\-\s.]+", path.stem):
+        low = tok.lower()
+        if not tok or low in _EXCHANGE_TOKENS or low in _TF_TOKENS or tok.isdigit():
+            continue
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", tok):
+            return tok.upper()
+    return None
+
+
+def timeframe_from_filename(path: Path) -> Timeframe | None:
+    for tok in re.split(r"[_\-\s.]+", path.stem):
+        if tok.lower() in _TF_TOKENS:
+            return Timeframe(tok.lower())
+    return None
+
+
+def read_file(
+    path: Path,
+    fmt: Format = Format.AUTO,
+    *,
+    symbol: str | None = None,
+    columns: dict[str, str] | None = None,
+) -> RawBars:
+    """Read one file into canonical columns; every failure names file, line and column."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        frame, detected = _read_parquet(path, fmt, columns)
+    elif suffix in CSV_SUFFIXES:
+        frame, detected = _read_csv(path, fmt, columns)
+    else:
+        raise IngestError(
+            f"unsupported file type '{suffix}'", path=path, hint="use .csv or .parquet"
+        )
+    frame = _attach_symbol(frame, path, symbol)
+    return RawBars(frame=frame, path=path, format=detected, timeframe=timeframe_from_filename(path))
+
+
+# ---------------------------------------------------------------------------------- CSV
+
+
+def _read_csv(
+    path: Path, fmt: Format, columns: dict[str, str] | None
+) -> tuple[pl.DataFrame, Format]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"not UTF-8 text (byte {e.start})", path=path) from e
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    reader = csv.reader(text.splitlines())
+    for rec in reader:
+        if not rec or all(not c.strip() for c in rec):
+            continue  # blank lines are not data
+        rows.append([c.strip() for c in rec])
+        lines.append(reader.line_num)
+    if not rows:
+        raise IngestError("file is empty: no header and no data rows", path=path)
+
+    header = rows[0] if _looks_like_header(rows[0]) else None
+    if header is not None:
+        rows, lines = rows[1:], lines[1:]
+        if not rows:
+            raise IngestError("file has a header but no data rows", path=path, line=lines[0] if lines else 1)
+    width = len(header) if header is not None else len(rows[0])
+    for rec, ln in zip(rows, lines, strict=True):
+        if header is not None and [c.lower() for c in rec] == [c.lower() for c in header]:
+            raise IngestError("repeated header row inside the data", path=path, line=ln)
+        if len(rec) != width:
+            raise IngestError(
+                f"expected {width} columns (as on the first {'header' if header else 'row'}), "
+                f"found {len(rec)}",
+                path=path,
+                line=ln,
+            )
+    raw = {i: [r[i] for r in rows] for i in range(width)}
+    line_arr = np.asarray(lines, dtype=np.int64)
+
+    if header is not None:
+        names = [h.strip().lower() for h in header]
+        mapping, detected = _map_header(path, names, fmt, columns)
+        source = {canon: raw[names.index(src)] for canon, src in mapping.items()}
+    else:
+        layout, detected = _headerless_layout(path, raw, width, fmt, columns, lines)
+        source = {canon: raw[i] for i, canon in enumerate(layout) if canon is not None}
+    return _to_frame(path, source, line_arr, detected), detected
+
+
+def _looks_like_header(rec: list[str]) -> bool:
+    """A header row has at least one known column name and no numeric first cell."""
+    first = rec[0]
+    if _is_number(first):
+        return False
+    return any(c.strip().lower() in HEADER_ALIASES for c in rec)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _map_header(
+    path: Path, names: list[str], fmt: Format, columns: dict[str, str] | None
+) -> tuple[dict[str, str], Format]:
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise IngestError(f"duplicate column names {dup} in the header", path=path, line=1)
+    if columns is not None:
+        mapping = {}
+        for canon, src in columns.items():
+            src_l = src.lower()
+            if src_l.isdigit() and int(src_l) < len(names):
+                src_l = names[int(src_l)]
+            if src_l not in names:
+                raise IngestError(
+                    f"--columns maps {canon} to '{src}', which is not in the header {names}",
+                    path=path, line=1,
+                )
+            mapping[canon] = src_l
+        return mapping, Format.GENERIC
+    mapping: dict[str, str] = {}
+    for n in names:
+        canon = HEADER_ALIASES.get(n)
+        if canon is None:
+            continue
+        if canon in mapping:
+            raise IngestError(
+                f"columns '{mapping[canon]}' and '{n}' both look like '{canon}'",
+                path=path, line=1, hint="pass --format generic --columns to say which",
+            )
+        mapping[canon] = n
+    missing = [c for c in ("ts", "open", "high", "low", "close", "volume") if c not in mapping]
+    if missing:
+        raise IngestError(
+            f"header {names} lacks {missing}",
+            path=path, line=1, hint="pass --format generic --columns ts=...,open=...",
+        )
+    if "adj_close" in mapping or names[0] == "date":
+        detected = Format.YAHOO
+    elif mapping["ts"] == "open_time":
+        detected = Format.BINANCE
+    elif names[:6] == ["time", "low", "high", "open", "close", "volume"]:
+        detected = Format.COINBASE
+    else:
+        detected = Format.GENERIC
+    if fmt not in (Format.AUTO, Format.GENERIC) and fmt != detected:
+        raise IngestError(
+            f"--format {fmt} given but the header {names} is a {detected} header", path=path, line=1
+        )
+    return mapping, detected
+
+
+def _headerless_layout(
+    path: Path,
+    raw: dict[int, list[str]],
+    width: int,
+    fmt: Format,
+    columns: dict[str, str] | None,
+    lines: list[int],
+) -> tuple[tuple[str | None, ...], Format]:
+    if columns is not None:
+        layout: list[str | None] = [None] * width
+        for canon, src in columns.items():
+            if not src.isdigit() or int(src) >= width:
+                raise IngestError(
+                    f"--columns maps {canon} to '{src}': a headerless file needs 0-based "
+                    f"positions below {width}",
+                    path=path,
+                )
+            layout[int(src)] = canon
+        return tuple(layout), Format.GENERIC
+    explicit = {
+        Format.BINANCE: {12: BINANCE_KLINES, 6: BINANCE_6},
+        Format.KRAKEN: {7: KRAKEN_OHLCVT, 6: KRAKEN_OHLCVT[:6]},
+        Format.COINBASE: {6: COINBASE_CANDLES},
+    }
+    if fmt in explicit:
+        layouts = explicit[fmt]
+        if width not in layouts:
+            raise IngestError(
+                f"--format {fmt} expects {sorted(layouts)} columns without a header, found {width}",
+                path=path, line=lines[0],
+            )
+        return layouts[width], fmt
+    if fmt is Format.YAHOO:
+        raise IngestError("Yahoo exports have a header; this file has none", path=path, line=lines[0])
+    if fmt is Format.GENERIC:
+        raise IngestError(
+            "a headerless file in --format generic needs --columns with positions",
+            path=path, hint="e.g. --columns ts=0,open=1,high=2,low=3,close=4,volume=5",
+        )
+    # auto
+    if width == 12:
+        return BINANCE_KLINES, Format.BINANCE
+    if width == 7:
+        return KRAKEN_OHLCVT, Format.KRAKEN
+    if width == 6:
+        return _disambiguate_six(path, raw, lines)
+    raise IngestError(
+        f"{width} columns and no header: not a known export "
+        "(Binance klines have 12, Kraken OHLCVT 7, Coinbase candles and Binance's short form 6)",
+        path=path, line=lines[0], hint="pass --format generic --columns ts=0,open=1,...",
+    )
+
+
+def _disambiguate_six(
+    path: Path, raw: dict[int, list[str]], lines: list[int]
+) -> tuple[tuple[str | None, ...], Format]:
+    """Six headerless columns: Binance (ms, o,h,l,c,v), Coinbase (s, l,h,o,c,v), Kraken (s, o,h,l,c,v)."""
+    n = min(len(raw[0]), 500)
+    try:
+        t = np.array([float(x) for x in raw[0][:n]])
+        vals = np.array([[float(x) for x in raw[i][:n]] for i in range(1, 5)])  # (4, n)
+    except ValueError as e:
+        raise IngestError(
+            f"cannot tell the layout of 6 headerless columns: non-numeric value ({e})",
+            path=path, line=lines[0],
+        ) from e
+    unit = _epoch_unit(float(np.nanmedian(t)))
+
+    def consistent(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> bool:
+        return bool(np.all((h >= np.maximum(o, c)) & (lo <= np.minimum(o, c)) & (h >= lo)))
+
+    a, b, c_, d = vals
+    candidates = []
+    if consistent(a, b, c_, d):  # o, h, l, c
+        candidates.append((BINANCE_6, Format.BINANCE) if unit != "s" else (KRAKEN_OHLCVT[:6], Format.KRAKEN))
+    if consistent(c_, b, a, d):  # l, h, o, c -> o=c_, h=b, l=a
+        candidates.append((COINBASE_CANDLES, Format.COINBASE))
+    if len(candidates) == 1:
+        return candidates[0]
+    seen = f"6 headerless columns, first timestamp {raw[0][0]} (unit looks like {unit})"
+    if not candidates:
+        raise IngestError(
+            f"{seen}: neither time,open,high,low,close,volume nor Coinbase's "
+            "time,low,high,open,close,volume gives valid bars",
+            path=path, line=lines[0], hint="pass --format generic --columns ts=0,open=...",
+        )
+    raise IngestError(
+        f"ambiguous file: {seen}; the first {n} rows are valid bars both as "
+        "time,open,high,low,close,volume (Binance/Kraken) and as time,low,high,open,close,volume "
+        "(Coinbase)",
+        path=path, line=lines[0], hint="pass --format binance, --format kraken or --format coinbase",
+    )
+
+
+# ------------------------------------------------------------------------------ Parquet
+
+
+def _read_parquet(
+    path: Path, fmt: Format, columns: dict[str, str] | None
+) -> tuple[pl.DataFrame, Format]:
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow/polars raise many types for corrupt files
+        raise IngestError(f"not a readable Parquet file ({type(e).__name__}: {e})", path=path) from e
+    if df.height == 0:
+        raise IngestError("Parquet file has no rows", path=path)
+    names = [c.strip().lower() for c in df.columns]
+    df.columns = names
+    mapping, detected = _map_header(path, names, Format.AUTO if fmt is Format.AUTO else fmt, columns)
+    lines = np.arange(2, df.height + 2, dtype=np.int64)  # row r shown as line r+2 (1 = header)
+    source: dict[str, pl.Series] = {canon: df.get_column(src) for canon, src in mapping.items()}
+    return _to_frame(path, source, lines, detected), detected
+
+
+# ------------------------------------------------------------------------- conversion
+
+
+def _to_frame(
+    path: Path,
+    source: dict[str, list[str] | pl.Series],
+    lines: np.ndarray,
+    detected: Format,
+) -> pl.DataFrame:
+    cols: dict[str, pl.Series] = {}
+    for name, values in source.items():
+        if name == "ts":
+            cols["ts"] = parse_timestamps(path, values, lines)
+        elif name == "symbol":
+            cols["symbol"] = pl.Series("symbol", values).cast(pl.String)
+        else:
+            cols[name] = _parse_numeric(path, name, values, lines)
+    df = pl.DataFrame(cols)
+    for c in ("adj_close", "trades"):
+        if c in df.columns and df.get_column(c).null_count() == df.height:
+            df = df.drop(c)
+    return df.with_columns(
+        _file=pl.lit(str(path)), _line=pl.Series("_line", lines, dtype=pl.Int64)
+    )
+
+
+def _parse_numeric(
+    path: Path, name: str, values: list[str] | pl.Series, lines: np.ndarray
+) -> pl.Series:
+    s = values if isinstance(values, pl.Series) else pl.Series(name, values, dtype=pl.String)
+    if s.dtype == pl.String:
+        blank = s.str.strip_chars().is_in(["", "null", "NULL", "None", "NA", "N/A", "nan", "NaN"])
+        parsed = s.cast(pl.Float64, strict=False)
+        bad = parsed.is_null() & ~blank & s.is_not_null()
+        if bad.any():
+            i = int(bad.arg_true()[0])
+            raise IngestError(
+                f"non-numeric value {s[i]!r}", path=path, line=int(lines[i]), column=name
+            )
+        s = parsed
+    elif s.dtype.is_numeric():
+        s = s.cast(pl.Float64)
+    else:
+        raise IngestError(f"column has type {s.dtype}, expected numbers", path=path, column=name)
+    s = s.fill_nan(None)
+    if name == "trades":
+        frac = s.is_not_null() & (s != s.floor())
+        if frac.any():
+            i = int(frac.arg_true()[0])
+            raise IngestError(f"trade count {s[i]} is not an integer", path=path,
+                              line=int(lines[i]), column=name)
+        return s.cast(pl.Int64).alias(name)
+    return s.alias(name)
+
+
+def _epoch_unit(x: float) -> str:
+    ax = abs(x)
+    if ax < 1e11:
+        return "s"
+    if ax < 1e14:
+        return "ms"
+    if ax < 1e17:
+        return "us"
+    return "ns"
+
+
+_OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+
+
+def parse_timestamps(path: Path, values: list[str] | pl.Series, lines: np.ndarray) -> pl.Series:
+    """Epoch numbers (unit by magnitude), ISO dates or datetimes; one UTC offset per file."""
+    s = values if isinstance(values, pl.Series) else pl.Series("ts", values, dtype=pl.String)
+    if s.null_count():
+        i = int(s.is_null().arg_true()[0])
+        raise IngestError("missing timestamp", path=path, line=int(lines[i]), column="ts")
+    if isinstance(s.dtype, pl.Datetime):
+        out = s.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else s.dt.convert_time_zone("UTC")
+        return out.cast(TS_DTYPE).alias("ts")
+    if s.dtype == pl.Date:
+        return s.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts")
+    if s.dtype.is_numeric():
+        return _from_epoch(path, s.cast(pl.Float64), lines)
+    s = s.str.strip_chars()
+    as_num = s.cast(pl.Float64, strict=False)
+    if as_num.null_count() == 0:
+        return _from_epoch(path, as_num, lines)
+    if as_num.null_count() < len(s):
+        i = int(as_num.is_null().arg_true()[0])
+        raise IngestError(
+            f"timestamp {s[i]!r} mixes with numeric epoch timestamps elsewhere in the file",
+            path=path, line=int(lines[i]), column="ts",
+        )
+    offsets = s.str.extract(r"(Z|[+-]\d{2}:?\d{2})$", 1)
+    has_off = offsets.is_not_null()
+    if has_off.any() and not has_off.all():
+        i = int((~has_off).arg_true()[0])
+        j = int(has_off.arg_true()[0])
+        raise IngestError(
+            f"timestamp {s[i]!r} has no UTC offset while line {int(lines[j])} has {offsets[j]!r}",
+            path=path, line=int(lines[i]), column="ts", hint="mixed time zones",
+        )
+    if has_off.any():
+        norm = offsets.str.replace("Z", "+00:00").str.replace(r"^([+-]\d{2})(\d{2})$", "$1:$2")
+        distinct = norm.unique()
+        if len(distinct) > 1:
+            first = norm[0]
+            i = int((norm != first).arg_true()[0])
+            raise IngestError(
+                f"timestamp {s[i]!r} has offset {norm[i]} but line {int(lines[0])} has {first}",
+                path=path, line=int(lines[i]), column="ts",
+                hint="mixed time zones in one file; export in one zone (UTC)",
+            )
+        parsed = _try_formats(s, ["%Y-%m-%d %H:%M:%S%:z", "%Y-%m-%dT%H:%M:%S%:z",
+                                  "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z",
+                                  "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z",
+                                  "%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%dT%H:%M:%SZ"],
+                              aware=True)
+    else:
+        parsed = _try_formats(s, ["%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S",
+                                  "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S%.f",
+                                  "%Y-%m-%dT%H:%M:%S%.f", "%Y/%m/%d", "%m/%d/%Y"],
+                              aware=False)
+    if parsed is None or parsed.null_count():
+        best = parsed if parsed is not None else pl.Series([None] * len(s), dtype=TS_DTYPE)
+        i = int(best.is_null().arg_true()[0])
+        raise IngestError(
+            f"unparseable timestamp {s[i]!r}", path=path, line=int(lines[i]), column="ts",
+            hint="expected ISO-8601 (2023-03-01 00:00:00+00:00), a date, or unix epoch numbers",
+        )
+    return parsed.alias("ts")
+
+
+def _try_formats(s: pl.Series, formats: list[str], *, aware: bool) -> pl.Series | None:
+    """The format that parses the most rows (polars needs one format per column)."""
+    best: pl.Series | None = None
+    for f in formats:
+        try:
+            p = s.str.strptime(pl.Datetime("ns", "UTC" if aware else None), f, strict=False)
+        except pl.exceptions.ComputeError:
+            continue
+        if best is None or p.null_count() < best.null_count():
+            best = p
+        if p.null_count() == 0:
+            break
+    if best is None:
+        return None
+    if not aware:
+        best = best.dt.replace_time_zone("UTC")
+    return best.dt.convert_time_zone("UTC").cast(TS_DTYPE)
+
+
+def _from_epoch(path: Path, s: pl.Series, lines: np.ndarray) -> pl.Series:
+    if s.is_nan().any() or s.is_infinite().any():
+        i = int((s.is_nan() | s.is_infinite()).arg_true()[0])
+        raise IngestError(f"timestamp {s[i]} is not finite", path=path, line=int(lines[i]), column="ts")
+    units = {_epoch_unit(float(x)) for x in (s.min(), s.max())}
+    if len(units) > 1:
+        raise IngestError(
+            f"epoch timestamps mix units ({sorted(units)}): min {s.min()}, max {s.max()}",
+            path=path, column="ts",
+        )
+    unit = units.pop()
+    scale = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}[unit]
+    ns = (s * scale).round().cast(pl.Int64)
+    if not math.isclose(float(s.min()) * scale, float(ns.min()), rel_tol=1e-12, abs_tol=1e3):
+        raise IngestError("epoch timestamps overflow", path=path, column="ts")
+    return ns.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts")
+
+
+def _attach_symbol(frame: pl.DataFrame, path: Path, symbol: str | None) -> pl.DataFrame:
+    if symbol is not None:
+        return frame.with_columns(symbol=pl.lit(symbol))
+    if "symbol" in frame.columns:
+        if frame.get_column("symbol").null_count():
+            i = int(frame.get_column("symbol").is_null().arg_true()[0])
+            raise IngestError("missing symbol", path=path,
+                              line=int(frame.get_column("_line")[i]), column="symbol")
+        return frame
+    guess = symbol_from_filename(path)
+    if guess is None:
+        raise IngestError(
+            "no symbol column and none in the file name", path=path, hint="pass --symbol"
+        )
+    return frame.with_columns(symbol=pl.lit(guess))
