@@ -3,15 +3,21 @@
 from moola.data._errors import IngestError, MoolaDataError, StoreError, ValidationFailed
 from moola.data._gaps import mark_gaps, trading_calendar
 from moola.data._ingest import IngestResult, ingest
-from moola.data._readers import Format, RawBars, parse_columns_mapping, read_file
+from moola.data._readers import (
+    Format,
+    RawBars,
+    list_input_files,
+    parse_columns_mapping,
+    read_file,
+)
 from moola.data._schema import CANONICAL_SCHEMA, REQUIRED_COLUMNS, Timeframe
 from moola.data._store import Store, WriteSummary
 from moola.data._validate import (
     Action,
     Policy,
     Reason,
-    ValidationReport,
     Validated,
+    ValidationReport,
     fill_gaps,
     infer_timeframe,
     validate_bars,
@@ -32,13 +38,14 @@ __all__ = [
     "Store",
     "StoreError",
     "Timeframe",
+    "Validated",
     "ValidationFailed",
     "ValidationReport",
-    "Validated",
     "WriteSummary",
     "fill_gaps",
     "infer_timeframe",
     "ingest",
+    "list_input_files",
     "mark_gaps",
     "parse_columns_mapping",
     "read_file",

@@ -371,7 +371,7 @@ def _read_parquet(
 ) -> tuple[pl.DataFrame, Format]:
     try:
         df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow/polars raise many types for corrupt files
+    except Exception as e:
         raise IngestError(f"not a readable Parquet file ({type(e).__name__}: {e})", path=path) from e
     if df.height == 0:
         raise IngestError("Parquet file has no rows", path=path)

@@ -116,7 +116,7 @@ class Store:
         symbols: list[str] | None = None,
     ) -> pl.DataFrame:
         """All bars of one timeframe, sorted by (symbol, ts). Picks the only timeframe if unset."""
-        tf = self._resolve_timeframe(timeframe)
+        tf = self.resolve_timeframe(timeframe)
         parts = [p for p in self.partitions(tf) if symbols is None or p["symbol"] in symbols]
         if symbols is not None:
             missing = sorted(set(symbols) - {p["symbol"] for p in parts})
@@ -129,14 +129,14 @@ class Store:
         return pl.concat(frames, how="diagonal_relaxed").sort("symbol", "ts")
 
     def read_rejects(self, timeframe: Timeframe | str | None = None) -> pl.DataFrame:
-        tf = self._resolve_timeframe(timeframe)
+        tf = self.resolve_timeframe(timeframe)
         frames = [pl.read_parquet(self.root / p["rejects"]) for p in self.partitions(tf)
                   if p.get("rejects")]
         if not frames:
             return pl.DataFrame(schema=REJECT_SCHEMA)
         return pl.concat(frames).sort("symbol", "ts", "reason")
 
-    def _resolve_timeframe(self, timeframe: Timeframe | str | None) -> Timeframe:
+    def resolve_timeframe(self, timeframe: Timeframe | str | None) -> Timeframe:
         if timeframe is not None:
             return Timeframe(timeframe)
         tfs = self.timeframes()

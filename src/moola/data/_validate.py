@@ -331,7 +331,8 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
             if a is Action.FAIL:
                 _fail(Reason.DUPLICATE_CONFLICTING, df, conflicting & ~pl.col("_last"))
             report.add(Reason.DUPLICATE_CONFLICTING, a, _count(df, conflicting & pl.col("_last")))
-            drop(Reason.DUPLICATE_CONFLICTING, conflicting if a is Action.DROP else conflicting & ~pl.col("_last"))
+            losers = conflicting if a is Action.DROP else conflicting & ~pl.col("_last")
+            drop(Reason.DUPLICATE_CONFLICTING, losers)
         df = df.drop("_dup", "_same", "_last")
 
     bad_ohlc = (

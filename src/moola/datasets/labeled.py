@@ -25,12 +25,15 @@ POINTERS = ("pointer_start", "pointer_end")
 MEMORY_SOURCE = "<memory>"
 
 # Every accepted timestamp spelling; each is tried and the first that parses wins.
-_TS_FORMATS: tuple[str, ...] = tuple(
-    f"%Y-%m-%d{sep}%H:%M{sec}{tz}"
-    for sep in (" ", "T")
-    for sec in (":%S%.f", ":%S", "")
-    for tz in ("%:z", "%z", "Z", "")
-) + ("%Y-%m-%d",)
+_TS_FORMATS: tuple[str, ...] = (
+    *(
+        f"%Y-%m-%d{sep}%H:%M{sec}{tz}"
+        for sep in (" ", "T")
+        for sec in (":%S%.f", ":%S", "")
+        for tz in ("%:z", "%z", "Z", "")
+    ),
+    "%Y-%m-%d",
+)
 
 
 def _parse_ts(col: pl.Series) -> pl.Series:

@@ -72,7 +72,7 @@ def _as_times(values: Any, name: str) -> tuple[np.ndarray, bool]:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             raise ValueError(
-                f"{name}[{int(bad[0])}] = {arr[bad[0]]!r} is not integer-like "
+                f"{name}[{int(bad[0])}] = {arr[bad[0]].item()!r} is not integer-like "
                 "(times must be integers or datetime64)"
             )
     return arr.astype(np.int64, copy=True), False

@@ -1,0 +1,26 @@
+"""Feature sets: canonical bars in, float32 FeatureMatrix (keys + schema hash) out."""
+
+from moola.features._build import adjusted_bars, build_features, compute_features
+from moola.features._matrix import FeatureMatrix, schema_hash
+from moola.features._registry import (
+    FeatureSet,
+    FeatureSpec,
+    UnknownFeatureSetError,
+    feature_table_markdown,
+    get_feature_set,
+    list_feature_sets,
+)
+
+__all__ = [
+    "FeatureMatrix",
+    "FeatureSet",
+    "FeatureSpec",
+    "UnknownFeatureSetError",
+    "adjusted_bars",
+    "build_features",
+    "compute_features",
+    "feature_table_markdown",
+    "get_feature_set",
+    "list_feature_sets",
+    "schema_hash",
+]

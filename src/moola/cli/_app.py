@@ -1,0 +1,290 @@
+"""Typer application. Exit codes: 0 ok, 1 findings under --strict, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from moola import __version__
+
+app = typer.Typer(
+    name="moola",
+    help="Market data to trained, honestly evaluated and served sequence models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Ingest, validate and fetch market data.", no_args_is_help=True)
+features_app = typer.Typer(help="List and build named feature sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+console = Console(width=None if Console().is_terminal else 120)
+err = Console(stderr=True, width=None if Console().is_terminal else 120)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(fn: F) -> F:
+    """Bad input ends with one red line naming file, line and column, and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from moola.data import MoolaDataError
+
+        try:
+            return fn(*args, **kwargs)
+        except MoolaDataError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"moola {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """moola: market data -> features -> windows -> models, without look-ahead."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _report_table(title: str, report: Any, *, max_rows: int = 40) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("reason", "symbol", "count", "action", "first example"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    frame = report.frame()
+    for rec in frame.head(max_rows).iter_rows(named=True):
+        t.add_row(rec["reason"], rec["symbol"], str(rec["count"]), rec["action"], rec["example"])
+    if frame.height > max_rows:
+        t.add_row("…", f"{frame.height - max_rows} more rows in the JSON", "", "", "")
+    return t
+
+
+def _totals_table(title: str, report: Any) -> Table:
+    from moola.data._validate import EXPLAIN, Reason
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("reason")
+    t.add_column("rows", justify="right")
+    t.add_column("symbols", justify="right")
+    t.add_column("action")
+    t.add_column("meaning")
+    frame = report.frame()
+    for reason in Reason:
+        sub = frame.filter(frame["reason"] == str(reason))
+        n = int(sub["count"].sum()) if sub.height else 0
+        acts = ",".join(sorted(set(sub["action"].to_list()))) if sub.height else "-"
+        t.add_row(str(reason), str(n), str(sub.height), acts, EXPLAIN[reason],
+                  style=None if n else "dim")
+    return t
+
+
+PolicyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--policy", help="reason=action overrides, e.g. gap=fill, ohlc_inconsistent=drop "
+        "(see `moola data policies`).",
+    ),
+]
+
+
+@data_app.command("ingest")
+@_friendly_errors
+def data_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories of per-symbol files.")],
+    store: Annotated[Path, typer.Option("--store", help="Store directory (created if missing).")],
+    format: Annotated[
+        str, typer.Option("--format", help="auto|yahoo|binance|kraken|coinbase|generic")
+    ] = "auto",
+    symbol: Annotated[
+        str | None, typer.Option("--symbol", help="Symbol for files without one.")
+    ] = None,
+    timeframe: Annotated[
+        str | None, typer.Option("--timeframe", help="1m|5m|15m|1h|4h|1d (default: inferred).")
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="Generic mapping: ts=time,open=o,... (names or positions)."),
+    ] = None,
+    policy: PolicyOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on any finding.")] = False,
+) -> None:
+    """Read exports into the canonical store; validates first, writes atomically."""
+    from moola.pipelines.data import run_ingest
+
+    res = run_ingest(paths, store, fmt=format, symbol=symbol, timeframe=timeframe,
+                     columns=columns, policy=policy or [])
+    fmts = sorted({str(r.format) for r in res.files})
+    console.print(f"read {len(res.files)} file(s) [{', '.join(fmts)}]")
+    findings = False
+    for tf, rep in res.reports.items():
+        w = res.writes[tf]
+        console.print(
+            f"[bold]{tf.value}[/]: {rep.rows_in} rows in, {rep.rows_out} valid; store: "
+            f"{len(w.added)} partition(s) added, {len(w.updated)} updated, "
+            f"{len(w.unchanged)} unchanged; {w.rows_new} new rows, {w.rows_replaced} replaced"
+        )
+        console.print(_totals_table(f"validation ({tf.value})", rep))
+        findings |= rep.has_findings
+    if strict and findings:
+        raise typer.Exit(1)
+
+
+@data_app.command("validate")
+@_friendly_errors
+def data_validate(
+    store: Annotated[Path, typer.Option("--store", help="Store directory.")],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Report path (default STORE/validation.json).")
+    ] = None,
+    policy: PolicyOpt = None,
+    details: Annotated[bool, typer.Option("--details", help="Print per-symbol rows.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on any finding.")] = False,
+) -> None:
+    """Count every wart per symbol and reason (rows dropped at ingest included)."""
+    from moola.pipelines.data import run_validate
+
+    res = run_validate(store, json_out=json_out, policy=policy or [])
+    findings = False
+    for tf, rep in res.reports.items():
+        title = f"validation of {store} ({tf.value}, {rep.rows_out} bars)"
+        console.print(_totals_table(title, rep))
+        if details:
+            console.print(_report_table("per symbol", rep))
+        tot = rep.totals()
+        dups = tot.get("duplicate_identical", 0) + tot.get("duplicate_conflicting", 0)
+        console.print(
+            f"all-null rows: {tot.get('all_null', 0)}; duplicate keys: {dups} "
+            f"({tot.get('duplicate_conflicting', 0)} conflicting)"
+        )
+        findings |= rep.has_findings
+    console.print(f"report: {res.json_path}")
+    if strict and findings:
+        raise typer.Exit(1)
+
+
+@data_app.command("policies")
+def data_policies() -> None:
+    """Show every validation reason, its default action and the allowed ones."""
+    from moola.data._validate import ALLOWED, DEFAULT_POLICY, EXPLAIN
+
+    t = Table()
+    for c in ("reason", "default", "allowed", "meaning"):
+        t.add_column(c)
+    for r, allowed in ALLOWED.items():
+        t.add_row(str(r), str(DEFAULT_POLICY[r]), "|".join(allowed), EXPLAIN[r])
+    console.print(t)
+
+
+def _parse_when(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    d = datetime.fromisoformat(s)
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+
+
+@data_app.command("fetch")
+@_friendly_errors
+def data_fetch(
+    exchange: Annotated[str, typer.Option("--exchange", help="ccxt exchange id, e.g. kraken.")],
+    symbol: Annotated[str, typer.Option("--symbol", help="Market, e.g. BTC/USD.")],
+    store: Annotated[Path, typer.Option("--store", help="Store directory.")],
+    timeframe: Annotated[str, typer.Option("--timeframe", help="1m|5m|15m|1h|4h|1d")] = "1m",
+    since: Annotated[str | None, typer.Option("--since", help="ISO time (UTC if naive).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time, exclusive.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Candles per request.")] = 1000,
+) -> None:
+    """Download candles through ccxt with pagination, rate limits and resume."""
+    from moola.pipelines.data import run_fetch
+
+    res = run_fetch(exchange, symbol, store, timeframe=timeframe, since=_parse_when(since),
+                    until=_parse_when(until), limit=limit)
+    console.print(f"{res.candles} candles in {res.requests} request(s) -> {store}")
+
+
+# ------------------------------------------------------------------------- features
+
+
+@features_app.command("list")
+def features_list(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the full feature table.")
+    ] = False,
+) -> None:
+    """List feature sets (and, with --markdown, every feature's formula and look-back)."""
+    from moola.features import feature_table_markdown, list_feature_sets
+
+    if markdown:
+        console.print(feature_table_markdown(), markup=False, highlight=False)
+        return
+    t = Table()
+    for c in ("set", "features", "max look-back", "kind", "description"):
+        t.add_column(c)
+    for fs in list_feature_sets():
+        t.add_row(fs.name, str(len(fs.specs)), str(max(s.lookback for s in fs.specs)),
+                  fs.kind, fs.description)
+    console.print(t)
+
+
+@features_app.command("build")
+@_friendly_errors
+def features_build(
+    set_name: Annotated[str, typer.Option("--set", help="Feature set name (moola features list).")],
+    store: Annotated[Path, typer.Option("--store", help="Store directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
+    timeframe: Annotated[str | None, typer.Option("--timeframe")] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Comma-separated subset.")
+    ] = None,
+) -> None:
+    """Compute a feature set over the store: float32 Parquet + schema hash sidecar."""
+    import time
+
+    from moola.pipelines.data import run_features_build
+
+    t0 = time.perf_counter()
+    with console.status(f"building {set_name}"):
+        fm = run_features_build(store, set_name, out, timeframe=timeframe,
+                                symbols=symbols.split(",") if symbols else None)
+    console.print(
+        f"{set_name}: {fm.values.shape[0]} rows x {fm.values.shape[1]} features "
+        f"(float32) in {time.perf_counter() - t0:.1f}s -> {out}; schema hash {fm.schema_hash}"
+    )
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+@_friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
+    data_dir: Annotated[
+        Path | None, typer.Option("--data", help="Bundled data directory (default: the repo's).")
+    ] = None,
+) -> None:
+    """The main job on bundled real data: ingest, validate, features, windows, report."""
+    from moola.pipelines.demo import run_demo
+
+    run_demo(out, data_dir=data_dir, console=console)

@@ -1,0 +1,159 @@
+"""A one-page HTML data report with PNG plots: what is in the store and what was wrong with it."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+
+from moola.data import ValidationReport
+
+
+@dataclass
+class DataReport:
+    """Collects sections (text, tables, plots) and renders them to ``report.html``."""
+
+    out_dir: Path
+    title: str = "moola data report"
+    sections: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def heading(self, text: str) -> None:
+        self.sections.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str) -> None:
+        self.sections.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, df: pl.DataFrame, caption: str | None = None, max_rows: int = 60) -> None:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+        body = []
+        for row in df.head(max_rows).iter_rows():
+            cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+            body.append(f"<tr>{cells}</tr>")
+        more = f"<p><i>{df.height - max_rows} more rows</i></p>" if df.height > max_rows else ""
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.sections.append(
+            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+        )
+
+    def figure(self, fig: plt.Figure, name: str, caption: str) -> Path:
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.sections.append(
+            f'<figure><img src="{path.name}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        return path
+
+    def write(self, name: str = "report.html") -> Path:
+        css = (
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "th{background:#f3f3f3}caption{text-align:left;font-weight:bold;padding:4px 0}"
+            "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:13px}"
+        )
+        doc = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}"
+            f"</title><style>{css}</style></head><body><h1>{html.escape(self.title)}</h1>"
+            + "\n".join(self.sections)
+            + "</body></html>"
+        )
+        path = self.out_dir / name
+        path.write_text(doc)
+        return path
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def plot_bars_per_symbol(bars: pl.DataFrame, title: str) -> plt.Figure:
+    counts = bars.group_by("symbol").len().sort("len", descending=True)
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * counts.height)))
+    ax.barh(counts["symbol"].to_list()[::-1], counts["len"].to_list()[::-1], color="#4c72b0")
+    ax.set_xlabel("bars")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_findings(report: ValidationReport, title: str) -> plt.Figure:
+    """Findings per reason, split by symbol: which warts and where."""
+    frame = report.frame()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    if frame.height == 0:
+        ax.text(0.5, 0.5, "no findings", ha="center", va="center", fontsize=14)
+        ax.set_axis_off()
+        ax.set_title(title)
+        return fig
+    pivot = frame.pivot(on="symbol", index="reason", values="count", aggregate_function="sum")
+    pivot = pivot.fill_null(0).sort("reason")
+    reasons = pivot["reason"].to_list()
+    symbols = [c for c in pivot.columns if c != "reason"]
+    totals = {s: int(pivot[s].sum()) for s in symbols}
+    top = sorted(symbols, key=lambda s: -totals[s])[:9]
+    left = np.zeros(len(reasons))
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(top):
+        vals = pivot[s].to_numpy().astype(float)
+        ax.barh(reasons, vals, left=left, label=s, color=cmap(i))
+        left += vals
+    rest = [s for s in symbols if s not in top]
+    if rest:
+        vals = pivot.select(rest).to_numpy().sum(axis=1).astype(float)
+        ax.barh(reasons, vals, left=left, label=f"{len(rest)} others", color="#bbbbbb")
+        left += vals
+    for y, v in enumerate(left):
+        ax.text(v, y, f" {int(v)}", va="center", fontsize=9)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("rows (gap: missing bars), symlog scale")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=5, loc="lower right")
+    return fig
+
+
+def plot_feature_distributions(
+    values: np.ndarray, names: tuple[str, ...], title: str, max_features: int = 12
+) -> plt.Figure:
+    """Histograms clipped to the 0.5-99.5 percentiles so fat tails don't hide the body."""
+    k = min(max_features, len(names))
+    cols = 4
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= k:
+            ax.set_axis_off()
+            continue
+        v = values[:, i]
+        v = v[np.isfinite(v)]
+        if v.size:
+            lo, hi = np.percentile(v, [0.5, 99.5])
+            ax.hist(np.clip(v, lo, hi), bins=60, color="#55a868")
+        ax.set_title(names[i], fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_price(bars: pl.DataFrame, symbol: str, price: str = "close") -> plt.Figure:
+    sub = bars.filter(pl.col("symbol") == symbol)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(sub["ts"].to_list(), sub[price].to_numpy(), lw=0.7)
+    ax.set_title(f"{symbol} {price}")
+    ax.grid(alpha=0.3)
+    return fig

@@ -1,0 +1,139 @@
+"""build_features: canonical bars -> FeatureMatrix (adjusted prices, per-symbol, warm-up NaN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from moola.data._gaps import mark_gaps
+from moola.data._schema import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe
+from moola.features._matrix import FeatureMatrix
+from moola.features._registry import FeatureSet, get_feature_set
+
+KEY_COLUMNS: tuple[str, ...] = ("symbol", "ts", "gap_before", "is_filled")
+BAR_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
+
+
+def adjusted_bars(df: pl.DataFrame) -> pl.DataFrame:
+    """Split/dividend-adjust prices when ``adj_close`` is present (Qlib convention).
+
+    factor = adj_close / close; open/high/low/close *= factor; volume /= factor, so that
+    price x volume (turnover) is unchanged. NaN becomes null so it spoils only its own windows.
+    """
+    clean = [pl.col(c).cast(pl.Float64).fill_nan(None) for c in BAR_COLUMNS]
+    out = df.select("symbol", "ts", *clean)
+    if "adj_close" in df.columns:
+        factor = (df.get_column("adj_close").cast(pl.Float64).fill_nan(None) / df["close"])
+        out = out.with_columns(factor.alias("_factor")).with_columns(
+            *[(pl.col(c) * pl.col("_factor")).alias(c) for c in PRICE_COLUMNS],
+            (pl.col("volume") / pl.col("_factor")).alias("volume"),
+        ).drop("_factor")
+    return out
+
+
+def infer_timeframe(df: pl.DataFrame) -> Timeframe:
+    """Timeframe from the median step between a symbol's consecutive bars (daily: 1-4 days)."""
+    step = (
+        df.select(pl.col("ts").diff().over("symbol").dt.total_seconds().alias("s"))
+        .filter(pl.col("s") > 0)
+        .get_column("s")
+        .median()
+    )
+    if step is None:
+        raise ValueError("cannot infer the timeframe from fewer than two bars; pass timeframe=")
+    for tf in Timeframe:
+        if tf.is_intraday and abs(tf.step.total_seconds() - float(step)) < 1e-6:
+            return tf
+    if 86_400 <= float(step) <= 4 * 86_400:
+        return Timeframe.D1
+    raise ValueError(f"median bar step {step}s matches no timeframe; pass timeframe=")
+
+
+def _check_input(df: pl.DataFrame) -> None:
+    """Fail early, with the reason, on frames that break the canonical-bar contract."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"bars lack required columns {missing}")
+    if df.height < 2:
+        return
+    keys = df.select("symbol", "ts")
+    sym, ts = keys["symbol"], keys["ts"]
+    prev_sym, prev_ts = sym.shift(1), ts.shift(1)
+    bad = ((sym < prev_sym) | ((sym == prev_sym) & (ts <= prev_ts))).fill_null(False)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise ValueError(
+            f"bars must be sorted by (symbol, ts) with unique keys; row {i} "
+            f"({sym[i]!r}, {ts[i]}) follows ({sym[i - 1]!r}, {ts[i - 1]})"
+        )
+
+
+def _keys(df: pl.DataFrame, timeframe: Timeframe | str | None) -> pl.DataFrame:
+    """symbol, ts, gap_before (built from the timeframe if absent), is_filled (False if absent)."""
+    if "gap_before" not in df.columns:
+        tf = Timeframe(timeframe) if timeframe is not None else infer_timeframe(df)
+        df = mark_gaps(df.select("symbol", "ts"), tf)
+    is_filled = (
+        pl.col("is_filled").fill_null(False) if "is_filled" in df.columns else pl.lit(False)
+    )
+    return df.select(
+        "symbol", "ts", pl.col("gap_before").fill_null(False).cast(pl.Boolean),
+        is_filled.cast(pl.Boolean).alias("is_filled"),
+    )
+
+
+def _position_in_symbol(symbols: pl.Series) -> np.ndarray:
+    """0-based row index of each bar within its symbol (the frame is sorted by symbol)."""
+    codes = symbols.rle_id().to_numpy()
+    n = len(codes)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.empty(0, int)
+    lengths = np.diff(np.r_[starts, n])
+    return np.arange(n) - np.repeat(starts, lengths)
+
+
+def compute_features(
+    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
+) -> FeatureMatrix:
+    """Evaluate a feature set on canonical bars (see ``build_features``)."""
+    _check_input(df)
+    keys = _keys(df, timeframe)
+    bars = adjusted_bars(df)
+    missing = [s.name for s in fs.specs if s.expr is None]
+    if missing:
+        raise ValueError(f"feature set {fs.name!r}: specs without an expression: {missing}")
+    exprs = [
+        (s.expr.over("symbol") if fs.kind == "per_symbol" else s.expr)  # type: ignore[union-attr]
+        .cast(pl.Float32)
+        .alias(s.name)
+        for s in fs.specs
+    ]
+    out = bars.lazy().select(exprs).collect()
+    values = out.to_numpy(order="c")
+    del out
+    if values.dtype != np.float32 or not values.flags["C_CONTIGUOUS"]:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+    np.copyto(values, np.float32(np.nan), where=np.isinf(values))
+    pos = _position_in_symbol(keys.get_column("symbol"))
+    lookbacks = np.array([s.lookback for s in fs.specs])
+    for lb in np.unique(lookbacks[lookbacks > 0]):
+        rows = np.flatnonzero(pos < lb)
+        if rows.size:
+            values[np.ix_(rows, np.flatnonzero(lookbacks == lb))] = np.nan
+    return FeatureMatrix(
+        keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params)
+    )
+
+
+def build_features(
+    df: pl.DataFrame, set_name: str, *, timeframe: Timeframe | str | None = None, **params: Any
+) -> FeatureMatrix:
+    """Features of the registered set ``set_name`` for every bar of ``df``.
+
+    ``df`` holds canonical bars (sorted by symbol, ts; unique keys), any number of symbols.
+    Each symbol is computed on its own; rows whose look-back is incomplete are NaN. ``params``
+    override the set's parameters (and so change the schema hash). ``timeframe`` is only needed
+    to build ``gap_before`` when it is absent and the step cannot be inferred.
+    """
+    return compute_features(df, get_feature_set(set_name, **params), timeframe=timeframe)
