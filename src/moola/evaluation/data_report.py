@@ -90,38 +90,37 @@ def plot_bars_per_symbol(bars: pl.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
-def plot_findings(report: ValidationReport, title: str) -> plt.Figure:
-    """Findings per reason, split by symbol: which warts and where."""
+def plot_findings(report: ValidationReport, title: str, max_symbols: int = 25) -> plt.Figure:
+    """Heatmap of counts per (symbol, reason), annotated: which warts, where, how many."""
     frame = report.frame()
-    fig, ax = plt.subplots(figsize=(10, 3.5))
     if frame.height == 0:
-        ax.text(0.5, 0.5, "no findings", ha="center", va="center", fontsize=14)
+        fig, ax = plt.subplots(figsize=(8, 1.5))
+        ax.text(0.5, 0.5, f"{title}: no findings", ha="center", va="center", fontsize=13)
         ax.set_axis_off()
-        ax.set_title(title)
         return fig
-    pivot = frame.pivot(on="symbol", index="reason", values="count", aggregate_function="sum")
-    pivot = pivot.fill_null(0).sort("reason")
-    reasons = pivot["reason"].to_list()
-    symbols = [c for c in pivot.columns if c != "reason"]
-    totals = {s: int(pivot[s].sum()) for s in symbols}
-    top = sorted(symbols, key=lambda s: -totals[s])[:9]
-    left = np.zeros(len(reasons))
-    cmap = plt.get_cmap("tab10")
-    for i, s in enumerate(top):
-        vals = pivot[s].to_numpy().astype(float)
-        ax.barh(reasons, vals, left=left, label=s, color=cmap(i))
-        left += vals
-    rest = [s for s in symbols if s not in top]
-    if rest:
-        vals = pivot.select(rest).to_numpy().sum(axis=1).astype(float)
-        ax.barh(reasons, vals, left=left, label=f"{len(rest)} others", color="#bbbbbb")
-        left += vals
-    for y, v in enumerate(left):
-        ax.text(v, y, f" {int(v)}", va="center", fontsize=9)
-    ax.set_xscale("symlog")
-    ax.set_xlabel("rows (gap: missing bars), symlog scale")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=5, loc="lower right")
+    pivot = frame.pivot(on="reason", index="symbol", values="count", aggregate_function="sum")
+    pivot = pivot.fill_null(0)
+    reasons = [c for c in pivot.columns if c != "symbol"]
+    pivot = pivot.with_columns(_t=pl.sum_horizontal(reasons)).sort("_t", descending=True)
+    shown = pivot.head(max_symbols)
+    mat = shown.select(reasons).to_numpy().astype(float)
+    totals = pivot.select(reasons).sum().to_numpy().ravel()
+    fig, ax = plt.subplots(figsize=(1.3 * len(reasons) + 3, 0.35 * shown.height + 1.8))
+    shade = np.log1p(mat)
+    ax.imshow(shade, cmap="Reds", aspect="auto", vmin=0)
+    dark = 0.6 * shade.max()
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            if mat[i, j]:
+                ax.text(j, i, f"{int(mat[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if shade[i, j] > dark else "black")
+    ax.set_xticks(range(len(reasons)))
+    ax.set_xticklabels([f"{r}\n(total {int(t)})" for r, t in zip(reasons, totals, strict=True)],
+                       fontsize=8)
+    ax.set_yticks(range(shown.height))
+    ax.set_yticklabels(shown["symbol"].to_list(), fontsize=8)
+    more = f" (top {max_symbols} of {pivot.height} symbols)" if pivot.height > max_symbols else ""
+    ax.set_title(title + more)
     return fig
 
 

@@ -101,16 +101,24 @@ def _centered_weights(d: int) -> tuple[list[float], float, float]:
     return w, kbar, d * (d * d - 1) / 12.0
 
 
+def weighted_sum(x: pl.Expr, weights: list[float]) -> pl.Expr:
+    """Rolling sum of x * weights (oldest first); null in, null out for that window only.
+
+    Polars' weighted rolling sum rejects nulls, so nulls travel as NaN and come back as null.
+    """
+    return x.fill_null(float("nan")).rolling_sum(len(weights), weights=weights).fill_nan(None)
+
+
 def slope(x: pl.Expr, d: int) -> pl.Expr:
     """Slope(x, d): OLS slope of x on 1..d (a weighted rolling sum, no cancellation)."""
     w, _, sxx = _centered_weights(d)
-    return x.rolling_sum(d, weights=w) / sxx
+    return weighted_sum(x, w) / sxx
 
 
 def rsquare(x: pl.Expr, d: int) -> pl.Expr:
     """Rsquare(x, d): R^2 of that regression; NaN where Std(x, d) ~ 0, as Qlib."""
     w, _, sxx = _centered_weights(d)
-    sxy = x.rolling_sum(d, weights=w)
+    sxy = weighted_sum(x, w)
     r2 = sxy * sxy / (sxx * x.rolling_var(d, ddof=1) * (d - 1))
     return pl.when(std(x, d) <= STD_ATOL).then(None).otherwise(r2)
 
@@ -167,8 +175,8 @@ def _rolling_ops() -> dict[str, _Rolling]:
     ret = C / ref(C, 1)
     wv = finite((ret - 1).abs() * V)
     lvr = finite((V / ref(V, 1) + 1).log())
-    cnt_up = (C > ref(C, 1)).cast(pl.Float64)
-    cnt_dn = (C < ref(C, 1)).cast(pl.Float64)
+    cnt_up = (ref(C, 1) < C).cast(pl.Float64)
+    cnt_dn = (ref(C, 1) > C).cast(pl.Float64)
 
     def full(d: int) -> int:
         return d - 1

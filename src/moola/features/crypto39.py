@@ -39,7 +39,8 @@ def ema_weights(span: int) -> list[float]:
 def truncated_ema(x: pl.Expr, span: int) -> pl.Expr:
     """Finite-window EMA: equal to the recursive EMA up to a 3e-4 tail, but history-free."""
     w = ema_weights(span)
-    return x.rolling_sum(len(w), weights=w)
+    # Polars' weighted rolling sum rejects nulls: carry them as NaN, hand them back as null.
+    return x.fill_null(float("nan")).rolling_sum(len(w), weights=w).fill_nan(None)
 
 
 def _zscore(x: pl.Expr, n: int) -> pl.Expr:
