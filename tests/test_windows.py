@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from _datasets_data import crypto_bars, crypto_matrix, matrix_from_bars
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _datasets_data import (
+    crypto_bars,
+    crypto_matrix,
+    matrix_from_bars,
+    sp500_bars,
+    sp500_calendar,
+    sp500_matrix,
+)
 from moola.data._schema import Timeframe
 from moola.datasets.windows import WindowSet
 from moola.features._matrix import FeatureMatrix
@@ -22,9 +29,19 @@ def fm_one() -> FeatureMatrix:
     return crypto_matrix(("BTCUSD",))
 
 
+# Daily panel with real warts: UA starts late and misses 5 days, MMC misses one, COH and
+# LVLT stop early (and had duplicated keys).
+DAILY = ["AAPL", "COH", "LVLT", "MMC", "UA"]
+
+
 @pytest.fixture(scope="module")
-def fm_three() -> FeatureMatrix:
-    return crypto_matrix(("BTCUSD", "BTCUSDC", "BTCUSDT"))
+def fm_daily() -> FeatureMatrix:
+    return daily_matrix(DAILY)
+
+
+def daily_matrix(symbols: list[str]) -> FeatureMatrix:
+    fm = sp500_matrix(symbols)
+    return FeatureMatrix(fm.keys, fm.values, fm.names, "test_daily")
 
 
 # Rows 1000, 1001 and 5000 of BTCUSD removed: two real gaps (2 minutes and 1 minute missing).
@@ -40,15 +57,24 @@ def _ts(fm: FeatureMatrix) -> np.ndarray:
     return fm.keys.get_column("ts").dt.epoch("ns").to_numpy()
 
 
+def bar_positions(fm: FeatureMatrix) -> np.ndarray:
+    """Each bar's step number on its own clock: minutes, or trading days of the full panel."""
+    ts = _ts(fm)
+    if fm.set_name.endswith("daily"):
+        cal = sp500_calendar().dt.epoch("ns").to_numpy()
+        return np.searchsorted(cal, ts)
+    return ts // MINUTE_NS
+
+
 def reference_starts(
     fm: FeatureMatrix, window: int, stride: int = 1, horizon: int = 0, allow_gaps: bool = False
 ) -> np.ndarray:
-    """Brute force from timestamps (not gap flags): contiguous minutes, no NaN, same symbol."""
-    ts = _ts(fm)
+    """Brute force from timestamps (not gap flags): contiguous bars, no NaN, same symbol."""
+    pos = bar_positions(fm)
     nan = np.isnan(fm.values).any(axis=1)
     sym = fm.keys.get_column("symbol").to_numpy()
     out = []
-    n = len(ts)
+    n = len(pos)
     first = 0
     while first < n:
         last = first
@@ -58,7 +84,7 @@ def reference_starts(
             e = s + window - 1
             if nan[s : e + 1].any():
                 continue
-            if not allow_gaps and ts[e + horizon] - ts[s] != (window - 1 + horizon) * MINUTE_NS:
+            if not allow_gaps and pos[e + horizon] - pos[s] != window - 1 + horizon:
                 continue
             out.append(s)
         first = last + 1
@@ -122,20 +148,21 @@ def test_last_bar_matches_raw_csv(fm_one: FeatureMatrix) -> None:
         assert ws[i][-1, 3] == pytest.approx(expect, rel=1e-6)
 
 
-def test_no_window_crosses_symbols(fm_three: FeatureMatrix) -> None:
-    ws = WindowSet.from_matrix(fm_three, W)
+def test_no_window_crosses_symbols(fm_daily: FeatureMatrix) -> None:
+    ws = WindowSet.from_matrix(fm_daily, W)
     meta = ws.meta
-    sym = fm_three.keys.get_column("symbol")
+    sym = fm_daily.keys.get_column("symbol")
     assert (sym.gather(meta["start_row"]) == sym.gather(meta["end_row"])).all()
     assert (meta["symbol"] == sym.gather(meta["end_row"])).all()
-    # 30240 bars per market, first is warm-up NaN: 30240 - 1 - 105 + 1 windows each.
     counts = dict(meta.group_by("symbol").len().iter_rows())
-    assert counts == {"BTCUSD": 30135, "BTCUSDC": 30135, "BTCUSDT": 30135}
-    np.testing.assert_array_equal(ws.starts, reference_starts(fm_three, W))
+    assert counts["AAPL"] == 1260 - 1 - W + 1  # full history, first row is warm-up NaN
+    assert counts["UA"] < 615 - W  # the missing days cost UA windows
+    np.testing.assert_array_equal(ws.starts, reference_starts(fm_daily, W))
     with pytest.raises(ValueError, match="regular stride"):
-        _ = ws.array  # three symbols: starts jump at each boundary
-    per_symbol = ws.subset(meta["symbol"].to_numpy() == "BTCUSDC")
-    assert np.shares_memory(per_symbol.array, fm_three.values)
+        _ = ws.array  # several symbols: starts jump at each boundary
+    aapl = ws.subset(meta["symbol"].to_numpy() == "AAPL")
+    assert aapl.array.shape == (counts["AAPL"], W, 4)
+    assert np.shares_memory(aapl.array, fm_daily.values)
 
 
 def test_count_formula_known_example(fm_one: FeatureMatrix) -> None:
@@ -245,15 +272,20 @@ def test_bad_arguments(fm_one: FeatureMatrix) -> None:
     stride=st.integers(1, 5),
     horizon=st.integers(0, 4),
     allow_gaps=st.booleans(),
-    drops=st.lists(st.integers(0, 399), max_size=8, unique=True),
+    drops=st.lists(st.integers(0, 299), max_size=8, unique=True),
 )
 def test_matches_brute_force(
     window: int, stride: int, horizon: int, allow_gaps: bool, drops: list[int]
 ) -> None:
-    bars = pl.concat([crypto_bars("BTCUSD").head(400), crypto_bars("BTCUSDT").head(200)])
+    # UA's first 150 days hold its real missing day 2015-11-09; MMC's 2015-04-28 too.
+    bars = pl.concat([
+        sp500_bars(["MMC"]).filter(pl.col("ts").dt.year() == 2015).head(150),
+        sp500_bars(["UA"]).head(150),
+    ])
     keep = np.ones(bars.height, dtype=bool)
     keep[drops] = False
-    fm = matrix_from_bars(bars.filter(pl.Series(keep)), Timeframe.M1)
+    fm = matrix_from_bars(bars.filter(pl.Series(keep)), Timeframe.D1, sp500_calendar())
+    fm = FeatureMatrix(fm.keys, fm.values, fm.names, "test_daily")
     ws = WindowSet.from_matrix(
         fm, window, stride=stride, horizon=horizon, allow_gaps=allow_gaps
     )

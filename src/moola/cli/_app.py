@@ -36,16 +36,19 @@ def _friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
         from moola.data import MoolaDataError
 
+        # messages quote file contents and paths: escape them so rich shows "[x]" verbatim
         try:
             return fn(*args, **kwargs)
         except MoolaDataError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (ValueError, KeyError, FileNotFoundError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -136,7 +139,7 @@ def data_ingest(
     res = run_ingest(paths, store, fmt=format, symbol=symbol, timeframe=timeframe,
                      columns=columns, policy=policy or [])
     fmts = sorted({str(r.format) for r in res.files})
-    console.print(f"read {len(res.files)} file(s) [{', '.join(fmts)}]")
+    console.print(f"read {len(res.files)} file(s) \\[{', '.join(fmts)}]")
     findings = False
     for tf, rep in res.reports.items():
         w = res.writes[tf]

@@ -1,6 +1,13 @@
 """Market data: read exports, validate them, keep them in a canonical Parquet store."""
 
 from moola.data._errors import IngestError, MoolaDataError, StoreError, ValidationFailed
+from moola.data._fetch import (
+    FetchError,
+    FetchResult,
+    default_store_symbol,
+    fetch_ohlcv,
+    make_exchange,
+)
 from moola.data._gaps import mark_gaps, trading_calendar
 from moola.data._ingest import IngestResult, ingest
 from moola.data._readers import (
@@ -28,6 +35,8 @@ __all__ = [
     "CANONICAL_SCHEMA",
     "REQUIRED_COLUMNS",
     "Action",
+    "FetchError",
+    "FetchResult",
     "Format",
     "IngestError",
     "IngestResult",
@@ -42,10 +51,13 @@ __all__ = [
     "ValidationFailed",
     "ValidationReport",
     "WriteSummary",
+    "default_store_symbol",
+    "fetch_ohlcv",
     "fill_gaps",
     "infer_timeframe",
     "ingest",
     "list_input_files",
+    "make_exchange",
     "mark_gaps",
     "parse_columns_mapping",
     "read_file",

@@ -158,22 +158,30 @@ def read_file(
 def _read_csv(
     path: Path, fmt: Format, columns: dict[str, str] | None
 ) -> tuple[pl.DataFrame, Format]:
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise IngestError(f"not UTF-8 text (byte {e.start})", path=path) from e
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        raise IngestError(
+            f"not UTF-8 text (byte {e.start + bom})", path=path,
+            line=data[: e.start + bom].count(b"\n") + 1,
+        ) from e
     rows: list[list[str]] = []
     lines: list[int] = []
     reader = csv.reader(text.splitlines())
-    for rec in reader:
-        if not rec or all(not c.strip() for c in rec):
-            continue  # blank lines are not data
-        rows.append([c.strip() for c in rec])
-        lines.append(reader.line_num)
+    try:
+        for rec in reader:
+            if not rec or all(not c.strip() for c in rec):
+                continue  # blank lines are not data
+            rows.append([c.strip() for c in rec])
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise IngestError(f"not readable as CSV ({e})", path=path, line=reader.line_num) from e
     if not rows:
         raise IngestError("file is empty: no header and no data rows", path=path)
 
-    header = rows[0] if _looks_like_header(rows[0]) else None
+    header = rows[0] if _looks_like_header(rows[0], columns) else None
     if header is not None:
         rows, lines = rows[1:], lines[1:]
         if not rows:
@@ -202,12 +210,16 @@ def _read_csv(
     return _to_frame(path, source, line_arr, detected), detected
 
 
-def _looks_like_header(rec: list[str]) -> bool:
-    """A header row has at least one known column name and no numeric first cell."""
+def _looks_like_header(rec: list[str], columns: dict[str, str] | None = None) -> bool:
+    """A header row has at least one known column name (or one that ``--columns`` names)
+    and no numeric first cell."""
     first = rec[0]
     if _is_number(first):
         return False
-    return any(c.strip().lower() in HEADER_ALIASES for c in rec)
+    names = set(HEADER_ALIASES)
+    if columns is not None:
+        names |= {v.strip().lower() for v in columns.values() if not v.strip().isdigit()}
+    return any(c.strip().lower() in names for c in rec)
 
 
 def _is_number(s: str) -> bool:
@@ -429,7 +441,7 @@ def _parse_numeric(
         raise IngestError(f"column has type {s.dtype}, expected numbers", path=path, column=name)
     s = s.fill_nan(None)
     if name == "trades":
-        frac = s.is_not_null() & (s != s.floor())
+        frac = s.is_not_null() & ((s != s.floor()) | (s.abs() >= 2.0**63))
         if frac.any():
             i = int(frac.arg_true()[0])
             raise IngestError(f"trade count {s[i]} is not an integer", path=path,
@@ -540,12 +552,19 @@ def _from_epoch(path: Path, s: pl.Series, lines: np.ndarray) -> pl.Series:
         raise IngestError(f"timestamp {s[i]} is not finite", path=path, line=int(lines[i]), column="ts")
     units = {_epoch_unit(float(x)) for x in (s.min(), s.max())}
     if len(units) > 1:
+        codes = np.searchsorted([1e11, 1e14, 1e17], np.abs(s.to_numpy()), side="right")
+        i = int(np.argmax(codes != codes[0]))  # first row whose unit differs from the first's
         raise IngestError(
             f"epoch timestamps mix units ({sorted(units)}): min {s.min()}, max {s.max()}",
-            path=path, column="ts",
+            path=path, line=int(lines[i]), column="ts",
         )
     unit = units.pop()
     scale = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}[unit]
+    too_big = (s * scale).abs() >= 2.0**63
+    if too_big.any():
+        i = int(too_big.arg_true()[0])
+        raise IngestError(f"epoch timestamp {s[i]} ({unit}) is out of range", path=path,
+                          line=int(lines[i]), column="ts")
     ns = (s * scale).round().cast(pl.Int64)
     if not math.isclose(float(s.min()) * scale, float(ns.min()), rel_tol=1e-12, abs_tol=1e3):
         raise IngestError("epoch timestamps overflow", path=path, column="ts")
@@ -556,8 +575,10 @@ def _attach_symbol(frame: pl.DataFrame, path: Path, symbol: str | None) -> pl.Da
     if symbol is not None:
         return frame.with_columns(symbol=pl.lit(symbol))
     if "symbol" in frame.columns:
-        if frame.get_column("symbol").null_count():
-            i = int(frame.get_column("symbol").is_null().arg_true()[0])
+        sym = frame.get_column("symbol")
+        missing = sym.is_null() | (sym.str.strip_chars() == "")
+        if missing.any():
+            i = int(missing.arg_true()[0])
             raise IngestError("missing symbol", path=path,
                               line=int(frame.get_column("_line")[i]), column="symbol")
         return frame

@@ -389,9 +389,13 @@ def _gaps(
     report: ValidationReport,
     extra_keys: pl.DataFrame | None,
 ) -> tuple[pl.DataFrame, int]:
-    keys = df.select("symbol", "ts")
+    # keep the source location (when there is one) so a gap=fail error names file and line
+    keys = df.select("symbol", "ts", *[c for c in ("_file", "_line") if c in df.columns])
     if extra_keys is not None and extra_keys.height:
-        keys = pl.concat([keys, extra_keys.cast(keys.schema)]).unique().sort("symbol", "ts")
+        extra = extra_keys.select("symbol", "ts").cast({"symbol": keys.schema["symbol"],
+                                                        "ts": keys.schema["ts"]})
+        keys = (pl.concat([keys, extra], how="diagonal")
+                .unique(["symbol", "ts"], keep="first", maintain_order=True).sort("symbol", "ts"))
     if "is_filled" in df.columns:
         keys = keys.join(df.select("symbol", "ts", "is_filled"), on=["symbol", "ts"], how="left")
         keys = keys.filter(~pl.col("is_filled").fill_null(False)).drop("is_filled")

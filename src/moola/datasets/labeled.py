@@ -124,7 +124,10 @@ def _type_labels(
     for i in np.flatnonzero(label.fill_null("").eq("").to_numpy()):
         errors[i].append("missing label")
     cols: dict[str, pl.Series] = {
-        "file_row": pl.Series("file_row", np.arange(1, n + 1, dtype=np.int64)),
+        "file_row": (
+            raw.get_column("file_row").cast(pl.Int64) if "file_row" in raw.columns
+            else pl.Series("file_row", np.arange(1, n + 1, dtype=np.int64))
+        ),
         "symbol": symbol,
         "end_ts": end_ts,
         "label": label,
@@ -139,7 +142,11 @@ def _type_labels(
     parse_error = pl.Series(
         "parse_error", ["; ".join(e) if e else None for e in errors], dtype=pl.String
     )
-    out = pl.DataFrame(cols).with_columns(parse_error, source=pl.lit(source, pl.String))
+    if "source" in raw.columns:
+        source_col = raw.get_column("source").cast(pl.String).fill_null(source)
+    else:
+        source_col = pl.Series("source", [source] * n, dtype=pl.String)
+    out = pl.DataFrame(cols).with_columns(parse_error, source_col.alias("source"))
     return out
 
 
@@ -183,6 +190,105 @@ def save_labels(df: pl.DataFrame, path: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
+class _Located:
+    """Where each label row's window sits in the matrix, and what is wrong with it."""
+
+    sym_code: np.ndarray  # (n,) index into the matrix's symbols, -1 unknown
+    end_row: np.ndarray  # (n,) row of the bar at end_ts, -1 none
+    start_row: np.ndarray  # (n,) first window row (0 where the window is not full)
+    history: np.ndarray  # (n,) bars of the symbol up to and at end_ts
+    full: np.ndarray  # (n,) bool: end bar found and a whole window of history
+    has_nan: np.ndarray  # (n,) bool
+    gap_row: np.ndarray  # (n,) first row inside the window with gap_before, -1 none
+
+
+def _locate(fm: FeatureMatrix, labels: pl.DataFrame, window: int) -> _Located:
+    """Vectorised join of label rows to matrix rows by (symbol, end_ts) plus window checks."""
+    n = labels.height
+    keys = fm.keys.select("symbol", pl.col("ts").cast(TS_DTYPE)).with_row_index("_row")
+    joined = labels.select("symbol", pl.col("end_ts").cast(TS_DTYPE)).join(
+        keys, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"], how="left",
+        maintain_order="left",
+    )
+    if joined.height != n:  # duplicate keys in fm would fan rows out
+        raise ValueError("FeatureMatrix keys have duplicate (symbol, ts) rows")
+    end_row = joined.get_column("_row").cast(pl.Int64).fill_null(-1).to_numpy()
+    names, bounds = symbol_ranges(fm)
+    sym_index = {s: i for i, s in enumerate(names)}
+    sym_code = np.array(
+        [sym_index.get(s, -1) if s else -1 for s in labels.get_column("symbol").to_list()],
+        dtype=np.int64,
+    )
+    found = end_row >= 0
+    sym_start = np.where(sym_code >= 0, bounds[np.maximum(sym_code, 0), 0], 0)
+    history = np.where(found, end_row - sym_start + 1, 0)
+    full = found & (history >= window)
+    start_row = np.where(full, end_row - window + 1, 0)
+    stop = np.where(full, end_row + 1, 0)  # one past the window's last row
+    nan_p = flag_prefix(nan_rows(fm.values))
+    has_nan = full & (nan_p[stop] > nan_p[start_row])
+    gaps = gap_flags(fm.keys)
+    gap_p = flag_prefix(gaps)
+    has_gap = full & (gap_p[stop] > gap_p[np.minimum(start_row + 1, stop)])
+    gap_row = np.full(n, -1, dtype=np.int64)
+    if has_gap.any():
+        gap_rows = np.flatnonzero(gaps)
+        gap_row[has_gap] = gap_rows[np.searchsorted(gap_rows, start_row[has_gap] + 1)]
+    return _Located(sym_code, end_row, start_row, history, full, has_nan, gap_row)
+
+
+def _pointer_reasons(ps: float, pe: float, window: int) -> list[str]:
+    """Why a (start, end) pointer pair is invalid for this window length; [] if valid."""
+    if np.isnan(ps) or np.isnan(pe):
+        return ["pointer missing: pointer_start and pointer_end are both required"]
+    out = []
+    if not (0 <= ps < window and 0 <= pe < window):
+        out.append(f"pointer outside window: ({int(ps)}, {int(pe)}) not in [0, {window - 1}]")
+    if ps > pe:
+        out.append(f"pointer start > end: {int(ps)} > {int(pe)}")
+    return out
+
+
+def _row_reasons(
+    labels: pl.DataFrame,
+    loc: _Located,
+    ptr: np.ndarray | None,
+    window: int,
+    allow_gaps: bool,
+    ts_all: pl.Series,
+) -> list[list[str]]:
+    """Every reason each label row cannot be used (empty list = row is fine so far)."""
+    parse_err = labels.get_column("parse_error").to_list()
+    symbols = labels.get_column("symbol").to_list()
+    end_ts = labels.get_column("end_ts").to_list()
+    file_rows = labels.get_column("file_row").to_list()
+    reasons: list[list[str]] = [[e] if e else [] for e in parse_err]
+    seen: dict[tuple[Any, Any], int] = {}
+    for i, r in enumerate(reasons):
+        key = (symbols[i], end_ts[i])
+        if key in seen and end_ts[i] is not None:
+            r.append(f"duplicate of row {seen[key]}")
+        else:
+            seen.setdefault(key, file_rows[i])
+        if symbols[i] and loc.sym_code[i] < 0:
+            r.append(f"unknown symbol {symbols[i]!r}")
+        elif loc.sym_code[i] >= 0 and end_ts[i] is not None and loc.end_row[i] < 0:
+            r.append(f"no bar at end_ts {end_ts[i]} for {symbols[i]}")
+        elif loc.end_row[i] >= 0 and not loc.full[i]:
+            r.append(
+                f"not enough history: {int(loc.history[i])} bars up to end_ts, "
+                f"window needs {window}"
+            )
+        if loc.gap_row[i] >= 0 and not allow_gaps:
+            r.append(f"gap inside window: bars missing before {ts_all[int(loc.gap_row[i])]}")
+        if loc.has_nan[i]:
+            r.append("NaN inside window (warm-up or missing feature values)")
+        if ptr is not None and "unparsable pointer" not in (parse_err[i] or ""):
+            r.extend(_pointer_reasons(ptr[i, 0], ptr[i, 1], window))
+    return reasons
+
+
+@dataclass(frozen=True)
 class LabeledWindows:
     """Accepted labelled windows as dense arrays, plus the rows that were refused and why."""
 
@@ -213,127 +319,55 @@ class LabeledWindows:
         """Join labels to ``fm`` by (symbol, end_ts); keep good rows, explain every bad one.
 
         ``classes`` fixes the class order (y indexes it); otherwise it is the sorted set of
-        labels on otherwise-good rows. ``strict=True`` raises one ValueError listing all bad
-        rows instead of returning them in ``rejected``.
+        labels on otherwise-good rows. Pointer columns that are entirely empty count as
+        absent (``pointers`` is None). ``strict=True`` raises one ValueError listing all bad
+        rows (source, file row, reason) instead of returning them in ``rejected``.
         """
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        if "file_row" not in labels.columns:
+        if "parse_error" not in labels.columns:  # not from load_labels: type and check cells
             labels = _type_labels(labels, classes, MEMORY_SOURCE)
         if classes is not None:
             classes = [str(c) for c in classes]
             if not classes or len(set(classes)) != len(classes):
                 raise ValueError(f"classes must be non-empty and unique, got {classes}")
         n = labels.height
-        has_ptr = all(c in labels.columns for c in POINTERS) and (
-            labels.select(pl.col(POINTERS[0]).is_not_null().any()).item()
-            or labels.select(pl.col(POINTERS[1]).is_not_null().any()).item()
+        has_ptr = all(c in labels.columns for c in POINTERS) and bool(
+            labels.select(pl.any_horizontal(pl.col(POINTERS).is_not_null()).any()).item()
         )
-
-        # --- locate each label's end bar ---------------------------------------------------
-        keys = fm.keys.select("symbol", pl.col("ts").cast(TS_DTYPE)).with_row_index("_row")
-        joined = labels.select("symbol", pl.col("end_ts").cast(TS_DTYPE)).join(
-            keys, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"], how="left",
-            maintain_order="left",
-        )
-        if joined.height != n:  # duplicate keys in fm would fan rows out
-            raise ValueError("FeatureMatrix keys have duplicate (symbol, ts) rows")
-        end_row = joined.get_column("_row").cast(pl.Int64).fill_null(-1).to_numpy()
-        names, bounds = symbol_ranges(fm)
-        sym_index = {s: i for i, s in enumerate(names)}
-        symbols = labels.get_column("symbol").to_list()
-        sym_code = np.array([sym_index.get(s, -1) if s else -1 for s in symbols], np.int64)
-        found = end_row >= 0
-        sym_start = np.where(sym_code >= 0, bounds[np.maximum(sym_code, 0), 0], 0)
-        history = np.where(found, end_row - sym_start + 1, 0)  # bars up to and at end_ts
-        full = found & (history >= window)
-        start_row = np.where(full, end_row - window + 1, 0)
-        e1 = np.where(full, end_row + 1, 0)
-        nan_p = flag_prefix(nan_rows(fm.values))
-        has_nan = full & (nan_p[e1] - nan_p[start_row] > 0)
-        gap_p = flag_prefix(gap_flags(fm.keys))
-        gap_first = np.full(n, -1, dtype=np.int64)
-        has_gap = full & (gap_p[e1] - gap_p[np.minimum(start_row + 1, e1)] > 0)
-        if has_gap.any():
-            gaps = np.flatnonzero(gap_flags(fm.keys))
-            for i in np.flatnonzero(has_gap):
-                gap_first[i] = gaps[np.searchsorted(gaps, start_row[i] + 1)]
+        ptr = labels.select(POINTERS).to_numpy().astype(np.float64) if has_ptr else None
         ts_all = fm.keys.get_column("ts")
-
-        ptr = (
-            labels.select(POINTERS).to_numpy().astype(np.float64) if has_ptr else None
-        )  # (n, 2), NaN = missing
-
-        # --- reasons ----------------------------------------------------------------------
-        parse_err = labels.get_column("parse_error").to_list() if (
-            "parse_error" in labels.columns
-        ) else [None] * n
-        reasons: list[list[str]] = [[e] if e else [] for e in parse_err]
-        end_ts_list = labels.get_column("end_ts").to_list()
-        seen: dict[tuple[Any, Any], int] = {}
-        file_rows = labels.get_column("file_row").to_list()
-        for i in range(n):
-            r = reasons[i]
-            key = (symbols[i], end_ts_list[i])
-            if key in seen and end_ts_list[i] is not None:
-                r.append(f"duplicate of row {seen[key]}")
-            else:
-                seen.setdefault(key, file_rows[i])
-            if symbols[i] and sym_code[i] < 0:
-                r.append(f"unknown symbol {symbols[i]!r}")
-            elif sym_code[i] >= 0 and end_ts_list[i] is not None and not found[i]:
-                r.append(f"no bar at end_ts {end_ts_list[i]} for {symbols[i]}")
-            elif found[i] and not full[i]:
-                r.append(
-                    f"not enough history: {int(history[i])} bars up to end_ts, "
-                    f"window needs {window}"
-                )
-            if has_gap[i] and not allow_gaps:
-                r.append(f"gap inside window (before {ts_all[int(gap_first[i])]})")
-            if has_nan[i]:
-                r.append("NaN inside window (warm-up or missing feature values)")
-            if ptr is not None and "unparsable pointer" not in (parse_err[i] or ""):
-                ps, pe = ptr[i]
-                if np.isnan(ps) or np.isnan(pe):
-                    r.append("pointer missing: pointer_start and pointer_end are both required")
-                else:
-                    if not (0 <= ps < window and 0 <= pe < window):
-                        r.append(
-                            f"pointer outside window: ({int(ps)}, {int(pe)}) not in "
-                            f"[0, {window - 1}]"
-                        )
-                    if ps > pe:
-                        r.append(f"pointer start > end: {int(ps)} > {int(pe)}")
+        loc = _locate(fm, labels, window)
+        reasons = _row_reasons(labels, loc, ptr, window, allow_gaps, ts_all)
 
         label_list = labels.get_column("label").to_list()
-        if classes is None:
-            classes = sorted({lab for lab, r in zip(label_list, reasons, strict=True)
-                              if lab and not r})
+        if classes is None:  # inferred from good rows, so no row can hold an unknown label
+            classes = sorted(
+                {lab for lab, r in zip(label_list, reasons, strict=True) if lab and not r}
+            )
+        else:
+            for i, lab in enumerate(label_list):
+                if lab and lab not in classes:
+                    reasons[i].append(f"unknown label {lab!r} (classes: {classes})")
         class_index = {c: k for k, c in enumerate(classes)}
-        for i in range(n):
-            lab = label_list[i]
-            if lab and lab not in class_index:
-                reasons[i].append(f"unknown label {lab!r} (classes: {classes})")
 
         bad = np.array([bool(r) for r in reasons], dtype=bool)
+        bad_s = pl.Series(bad)
+        file_rows = labels.get_column("file_row").to_list()
         rejected = pl.DataFrame(
             {
-                "row": pl.Series(file_rows, dtype=pl.Int64).filter(pl.Series(bad)),
-                "symbol": labels.get_column("symbol").filter(pl.Series(bad)),
-                "end_ts": labels.get_column("end_ts").cast(TS_DTYPE).filter(pl.Series(bad)),
-                "reason": pl.Series(
-                    ["; ".join(r) for r, b in zip(reasons, bad, strict=True) if b],
-                    dtype=pl.String,
-                ),
+                "row": labels.get_column("file_row").cast(pl.Int64).filter(bad_s),
+                "symbol": labels.get_column("symbol").filter(bad_s),
+                "end_ts": labels.get_column("end_ts").cast(TS_DTYPE).filter(bad_s),
+                "reason": pl.Series(["; ".join(r) for r in reasons if r], dtype=pl.String),
             }
         )
         if strict and rejected.height:
-            sources = (
-                labels.get_column("source").to_list() if "source" in labels.columns
-                else [MEMORY_SOURCE] * n
-            )
+            sources = labels.get_column("source").to_list()
+            symbols = labels.get_column("symbol").to_list()
+            end_ts = labels.get_column("end_ts").to_list()
             lines = [
-                f"{sources[i]}: row {file_rows[i]} ({symbols[i]}, {end_ts_list[i]}): "
+                f"{sources[i]}: row {file_rows[i]} ({symbols[i]}, {end_ts[i]}): "
                 f"{'; '.join(reasons[i])}"
                 for i in np.flatnonzero(bad)
             ]
@@ -342,12 +376,12 @@ class LabeledWindows:
             )
 
         ok = np.flatnonzero(~bad)
-        rows = start_row[ok][:, None] + np.arange(window, dtype=np.int64)  # (n, T)
+        rows = loc.start_row[ok][:, None] + np.arange(window, dtype=np.int64)  # (n, T)
         X = np.ascontiguousarray(np.take(fm.values, rows, axis=0))  # (n, T, F)
         y = np.array([class_index[label_list[i]] for i in ok], dtype=np.int64)
         pointers = ptr[ok].astype(np.int64) if ptr is not None else None
-        s_rows = pl.Series("start_row", start_row[ok], dtype=pl.Int64)
-        e_rows = pl.Series("end_row", end_row[ok], dtype=pl.Int64)
+        s_rows = pl.Series("start_row", loc.start_row[ok], dtype=pl.Int64)
+        e_rows = pl.Series("end_row", loc.end_row[ok], dtype=pl.Int64)
         meta = pl.DataFrame(
             {
                 "file_row": pl.Series([file_rows[i] for i in ok], dtype=pl.Int64),

@@ -160,10 +160,10 @@ class DayPanel:
         ts = ts_ns(self.matrix.keys)
         mask = self.mask
         end = np.where(mask, self.end_rows, 0)
-        first = np.where(mask, ts[np.maximum(end - self.window + 1, 0)], np.iinfo(np.int64).max)
-        label_end = np.where(mask, end + self.horizon, 0)
-        last = np.where(mask, ts[label_end], np.iinfo(np.int64).min)
-        return first.min(axis=1), last.max(axis=1)
+        hi, lo = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        first = np.where(mask, ts[np.maximum(end - self.window + 1, 0)], hi)  # (D, S)
+        last = np.where(mask, ts[np.where(mask, end + self.horizon, 0)], lo)  # (D, S)
+        return first.min(axis=1, initial=hi), last.max(axis=1, initial=lo)
 
     def __repr__(self) -> str:
         return (

@@ -130,7 +130,7 @@ class WindowSet:
             del nan_p
             if not allow_gaps:
                 gap_p = flag_prefix(gap_flags(fm.keys))
-                keep &= gap_p[starts + span] == gap_p[starts + 1]
+                pass
                 del gap_p
             if not allow_filled:
                 fill_p = flag_prefix(filled_flags(fm.keys))

@@ -14,6 +14,8 @@ from moola.features._registry import FeatureSet, get_feature_set
 
 KEY_COLUMNS: tuple[str, ...] = ("symbol", "ts", "gap_before", "is_filled")
 BAR_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
+# Features evaluated per Polars query: small batches bound the intermediates held at once.
+BATCH = 16
 
 
 def adjusted_bars(df: pl.DataFrame) -> pl.DataFrame:
@@ -96,27 +98,29 @@ def _position_in_symbol(symbols: pl.Series) -> np.ndarray:
 def compute_features(
     df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
 ) -> FeatureMatrix:
-    """Evaluate a feature set on canonical bars (see ``build_features``)."""
+    """Evaluate a feature set on canonical bars (see ``build_features``).
+
+    The whole sorted panel is evaluated in one pass per batch of features (vectorised across
+    symbols), then the first ``lookback`` rows of every symbol are set to NaN: those are the
+    only rows whose window could reach into the previous symbol, so each symbol's values equal
+    those computed on that symbol alone.
+    """
     _check_input(df)
-    keys = _keys(df, timeframe)
-    bars = adjusted_bars(df)
     missing = [s.name for s in fs.specs if s.expr is None]
     if missing:
         raise ValueError(f"feature set {fs.name!r}: specs without an expression: {missing}")
-    exprs = [
-        (s.expr.over("symbol") if fs.kind == "per_symbol" else s.expr)  # type: ignore[union-attr]
-        .cast(pl.Float32)
-        .alias(s.name)
-        for s in fs.specs
-    ]
-    out = bars.lazy().select(exprs).collect()
-    values = out.to_numpy(order="c")
-    del out
-    if values.dtype != np.float32 or not values.flags["C_CONTIGUOUS"]:
-        values = np.ascontiguousarray(values, dtype=np.float32)
+    keys = _keys(df, timeframe)
+    bars = adjusted_bars(df)
+    if fs.aux:
+        bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
+    values = np.empty((df.height, len(fs.specs)), dtype=np.float32)
+    for j in range(0, len(fs.specs), BATCH):
+        batch = fs.specs[j : j + BATCH]
+        exprs = [s.expr.cast(pl.Float32).alias(s.name) for s in batch]  # type: ignore[union-attr]
+        values[:, j : j + len(batch)] = bars.lazy().select(exprs).collect().to_numpy()
     np.copyto(values, np.float32(np.nan), where=np.isinf(values))
     pos = _position_in_symbol(keys.get_column("symbol"))
-    lookbacks = np.array([s.lookback for s in fs.specs])
+    lookbacks = np.array([s.lookback for s in fs.specs], dtype=np.int64)
     for lb in np.unique(lookbacks[lookbacks > 0]):
         rows = np.flatnonzero(pos < lb)
         if rows.size:

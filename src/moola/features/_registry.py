@@ -18,8 +18,10 @@ class FeatureSpec:
 
     ``lookback`` counts *previous* bars: row ``i`` of a symbol (0-based) is valid when
     ``i >= lookback``; earlier rows are warm-up rows and come out as NaN.
-    ``expr`` is evaluated on the adjusted bars of one symbol (the builder adds ``.over("symbol")``
-    for per-symbol sets), so it is written as if the frame held a single series.
+    ``expr`` is evaluated on the adjusted bars (plus the set's ``aux`` columns) of the whole
+    sorted panel at once: it must be a finite-window expression whose value at row ``i`` reads
+    rows ``i - lookback .. i`` only. The builder then NaNs the first ``lookback`` rows of every
+    symbol, exactly the rows whose window would reach into the previous symbol.
     """
 
     name: str
@@ -37,9 +39,11 @@ class FeatureSet:
     """A named, ordered list of features plus the parameters that produced it.
 
     ``make`` is the explicit function that built this set; ``make(**params)`` rebuilds it with
-    other parameters (unknown parameter names raise ``TypeError``). ``kind`` says how specs are
-    evaluated: ``per_symbol`` wraps each expression in ``.over("symbol")``; ``panel`` evaluates
-    them on the whole panel (for cross-sectional features that group themselves).
+    other parameters (unknown parameter names raise ``TypeError``). ``aux`` are named helper
+    columns (e.g. the previous close) computed once before the specs, which may refer to them.
+    ``kind``: ``per_symbol`` features depend only on the symbol's own last ``lookback + 1`` bars,
+    so one symbol can be served alone; ``panel`` features may also read other symbols' bars
+    (cross-sectional ranks), and their expressions do their own grouping.
     """
 
     name: str
@@ -48,6 +52,7 @@ class FeatureSet:
     params: Mapping[str, Any]
     kind: FeatureKind
     make: Callable[..., FeatureSet] = field(repr=False, compare=False)
+    aux: tuple[tuple[str, pl.Expr], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = self.names

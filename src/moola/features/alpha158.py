@@ -5,13 +5,15 @@ operator semantics of ``qlib/data/ops.py``. Deviations, all deliberate:
 
 * ``$vwap`` does not exist in our bars; VWAP0 uses the typical price (high + low + close) / 3.
 * Qlib's rolling operators use ``min_periods=1``; we output NaN until the window is full
-  (warm-up rows), and a window containing a missing or non-finite input gives NaN.
+  (warm-up rows), and a window holding a missing or non-finite input gives NaN.
 * Prices are split/dividend adjusted by the builder (factor = adj_close / close), as in Qlib.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import reduce
+from operator import add
 
 import polars as pl
 
@@ -24,7 +26,27 @@ STD_ATOL = 2e-5
 DEFAULT_WINDOWS: tuple[int, ...] = (5, 10, 20, 30, 60)
 _SHIFT = 2**32  # IdxMax/IdxMin key: rank in the high bits, reversed row index in the low bits
 
-# ---- Qlib operators (one series, i.e. one instrument) -------------------------------------
+# Helper columns computed once before the features (names start with "_").
+_ROW = pl.col("_row")
+_DC, _DV = pl.col("_dc"), pl.col("_dv")  # $close - Ref($close, 1), same for volume
+_RET = pl.col("_ret")  # $close / Ref($close, 1)
+
+
+def _aux() -> tuple[tuple[str, pl.Expr], ...]:
+    """Row number, first differences and the IdxMax/IdxMin keys, shared by many features."""
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    return (
+        ("_row", row),
+        ("_dc", C - C.shift(1)),
+        ("_dv", V - V.shift(1)),
+        ("_ret", C / C.shift(1)),
+        ("_lvr", finite((V / V.shift(1) + 1).log())),
+        ("_hkey", _extreme_key(H, row, descending=False)),
+        ("_lkey", _extreme_key(L, row, descending=True)),
+    )
+
+
+# ---- Qlib operators ---------------------------------------------------------------------
 
 
 def ref(x: pl.Expr, d: int) -> pl.Expr:
@@ -69,40 +91,45 @@ def quantile(x: pl.Expr, d: int, q: float) -> pl.Expr:
 
 
 def rank(x: pl.Expr, d: int) -> pl.Expr:
-    """Rank(x, d): pandas ``rolling(d).rank(pct=True)``, the average rank of the last value / d."""
-    return x.rolling_rank(d, method="average") / d
+    """Rank(x, d): pandas ``rolling(d).rank(pct=True)`` of the last value (average ties).
 
-
-def _idx_extreme(x: pl.Expr, d: int, *, descending: bool) -> pl.Expr:
-    """1-based window position of the first max (or min) of x over d bars: numpy argmax + 1.
-
-    A rolling max over ``rank * 2^32 + (2^32 - 1 - row)`` picks the largest value and, among
-    ties, the earliest row; decoding the low bits gives that row without a Python loop.
+    Counted as d-1 shifted comparisons: cheaper than a rolling sort for d <= 60, and exact.
     """
-    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    below = reduce(add, [(x.shift(k) < x).cast(pl.Float64) for k in range(1, d)])
+    ties = reduce(add, [(x.shift(k) == x).cast(pl.Float64) for k in range(1, d)])
+    return (below + 1.0 + 0.5 * ties) / d
+
+
+def _extreme_key(x: pl.Expr, row: pl.Expr, *, descending: bool) -> pl.Expr:
+    """``rank(x) * 2^32 + (2^32 - 1 - row)``: its rolling max is the first max of x in the window."""
     r = x.rank("dense", descending=descending).cast(pl.Int64)
-    key = r * _SHIFT + (_SHIFT - 1 - row)
+    return r * _SHIFT + (_SHIFT - 1 - row)
+
+
+def _idx_from_key(key: pl.Expr, d: int) -> pl.Expr:
+    """1-based window position of the first extreme (numpy argmax + 1, as Qlib's IdxMax)."""
     best_row = (_SHIFT - 1) - key.rolling_max(d) % _SHIFT
-    return (best_row - row + d).cast(pl.Float64)
+    return (best_row - _ROW + d).cast(pl.Float64)
 
 
-def idxmax(x: pl.Expr, d: int) -> pl.Expr:
-    return _idx_extreme(x, d, descending=False)
+def idxmax_high(d: int) -> pl.Expr:
+    """IdxMax($high, d)."""
+    return _idx_from_key(pl.col("_hkey"), d)
 
 
-def idxmin(x: pl.Expr, d: int) -> pl.Expr:
-    return _idx_extreme(x, d, descending=True)
+def idxmin_low(d: int) -> pl.Expr:
+    """IdxMin($low, d)."""
+    return _idx_from_key(pl.col("_lkey"), d)
 
 
 def _centered_weights(d: int) -> tuple[list[float], float, float]:
     """Weights k - mean(k) for k = 1..d (oldest first), their mean and sum of squares."""
     kbar = (d + 1) / 2.0
-    w = [k - kbar for k in range(1, d + 1)]
-    return w, kbar, d * (d * d - 1) / 12.0
+    return [k - kbar for k in range(1, d + 1)], kbar, d * (d * d - 1) / 12.0
 
 
 def weighted_sum(x: pl.Expr, weights: list[float]) -> pl.Expr:
-    """Rolling sum of x * weights (oldest first); null in, null out for that window only.
+    """Rolling sum of x * weights (oldest first); a null spoils only its own windows.
 
     Polars' weighted rolling sum rejects nulls, so nulls travel as NaN and come back as null.
     """
@@ -118,9 +145,9 @@ def slope(x: pl.Expr, d: int) -> pl.Expr:
 def rsquare(x: pl.Expr, d: int) -> pl.Expr:
     """Rsquare(x, d): R^2 of that regression; NaN where Std(x, d) ~ 0, as Qlib."""
     w, _, sxx = _centered_weights(d)
-    sxy = weighted_sum(x, w)
-    r2 = sxy * sxy / (sxx * x.rolling_var(d, ddof=1) * (d - 1))
-    return pl.when(std(x, d) <= STD_ATOL).then(None).otherwise(r2)
+    var = x.rolling_var(d, ddof=1)
+    r2 = weighted_sum(x, w) ** 2 / (sxx * var * (d - 1))
+    return pl.when(var <= STD_ATOL**2).then(None).otherwise(r2)
 
 
 def resi(x: pl.Expr, d: int) -> pl.Expr:
@@ -163,80 +190,80 @@ def _kbar_price() -> list[FeatureSpec]:
     ]
 
 
-# name -> (Qlib formula template, look-back as a function of d, expression builder)
+# operator -> (Qlib formula template, look-back as a function of d, expression builder)
 _Rolling = tuple[str, Callable[[int], int], Callable[[int], pl.Expr]]
 
 
+def _full(d: int) -> int:
+    """Look-back of a d-bar window over raw fields: the d - 1 previous bars."""
+    return d - 1
+
+
+def _diff(d: int) -> int:
+    """Look-back of a d-bar window over first differences (or of Ref(x, d)): d bars."""
+    return d
+
+
 def _rolling_ops() -> dict[str, _Rolling]:
-    dc = C - ref(C, 1)
-    dv = V - ref(V, 1)
-    up, down, absd = greater(dc, 0), greater(-dc, 0), dc.abs()
-    vup, vdown, vabs = greater(dv, 0), greater(-dv, 0), dv.abs()
-    ret = C / ref(C, 1)
-    wv = finite((ret - 1).abs() * V)
-    lvr = finite((V / ref(V, 1) + 1).log())
-    cnt_up = (ref(C, 1) < C).cast(pl.Float64)
-    cnt_dn = (ref(C, 1) > C).cast(pl.Float64)
-
-    def full(d: int) -> int:
-        return d - 1
-
-    def diff(d: int) -> int:
-        return d
+    up, down, absd = greater(_DC, 0), greater(-_DC, 0), _DC.abs()
+    vup, vdown, vabs = greater(_DV, 0), greater(-_DV, 0), _DV.abs()
+    wv = finite((_RET - 1).abs() * V)
+    cnt_up = (_DC > 0).cast(pl.Float64)
+    cnt_dn = (_DC < 0).cast(pl.Float64)
 
     def rsv(d: int) -> pl.Expr:
         lo = rmin(L, d)
         return (C - lo) / (rmax(H, d) - lo + EPS)
 
     return {
-        "ROC": ("Ref($close, {d})/$close", diff, lambda d: ref(C, d) / C),
-        "MA": ("Mean($close, {d})/$close", full, lambda d: mean(C, d) / C),
-        "STD": ("Std($close, {d})/$close", full, lambda d: std(C, d) / C),
-        "BETA": ("Slope($close, {d})/$close", full, lambda d: slope(C, d) / C),
-        "RSQR": ("Rsquare($close, {d})", full, lambda d: rsquare(C, d)),
-        "RESI": ("Resi($close, {d})/$close", full, lambda d: resi(C, d) / C),
-        "MAX": ("Max($high, {d})/$close", full, lambda d: rmax(H, d) / C),
-        "MIN": ("Min($low, {d})/$close", full, lambda d: rmin(L, d) / C),
-        "QTLU": ("Quantile($close, {d}, 0.8)/$close", full, lambda d: quantile(C, d, 0.8) / C),
-        "QTLD": ("Quantile($close, {d}, 0.2)/$close", full, lambda d: quantile(C, d, 0.2) / C),
-        "RANK": ("Rank($close, {d})", full, lambda d: rank(C, d)),
-        "RSV": ("($close-Min($low, {d}))/(Max($high, {d})-Min($low, {d})+1e-12)", full, rsv),
-        "IMAX": ("IdxMax($high, {d})/{d}", full, lambda d: idxmax(H, d) / d),
-        "IMIN": ("IdxMin($low, {d})/{d}", full, lambda d: idxmin(L, d) / d),
-        "IMXD": ("(IdxMax($high, {d})-IdxMin($low, {d}))/{d}", full,
-                 lambda d: (idxmax(H, d) - idxmin(L, d)) / d),
-        "CORR": ("Corr($close, Log($volume+1), {d})", full,
+        "ROC": ("Ref($close, {d})/$close", _diff, lambda d: ref(C, d) / C),
+        "MA": ("Mean($close, {d})/$close", _full, lambda d: mean(C, d) / C),
+        "STD": ("Std($close, {d})/$close", _full, lambda d: std(C, d) / C),
+        "BETA": ("Slope($close, {d})/$close", _full, lambda d: slope(C, d) / C),
+        "RSQR": ("Rsquare($close, {d})", _full, lambda d: rsquare(C, d)),
+        "RESI": ("Resi($close, {d})/$close", _full, lambda d: resi(C, d) / C),
+        "MAX": ("Max($high, {d})/$close", _full, lambda d: rmax(H, d) / C),
+        "MIN": ("Min($low, {d})/$close", _full, lambda d: rmin(L, d) / C),
+        "QTLU": ("Quantile($close, {d}, 0.8)/$close", _full, lambda d: quantile(C, d, 0.8) / C),
+        "QTLD": ("Quantile($close, {d}, 0.2)/$close", _full, lambda d: quantile(C, d, 0.2) / C),
+        "RANK": ("Rank($close, {d})", _full, lambda d: rank(C, d)),
+        "RSV": ("($close-Min($low, {d}))/(Max($high, {d})-Min($low, {d})+1e-12)", _full, rsv),
+        "IMAX": ("IdxMax($high, {d})/{d}", _full, lambda d: idxmax_high(d) / d),
+        "IMIN": ("IdxMin($low, {d})/{d}", _full, lambda d: idxmin_low(d) / d),
+        "IMXD": ("(IdxMax($high, {d})-IdxMin($low, {d}))/{d}", _full,
+                 lambda d: (idxmax_high(d) - idxmin_low(d)) / d),
+        "CORR": ("Corr($close, Log($volume+1), {d})", _full,
                  lambda d: corr(C, (V + 1).log(), d)),
-        "CORD": ("Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), {d})", diff,
-                 lambda d: corr(ret, lvr, d)),
-        "CNTP": ("Mean($close>Ref($close, 1), {d})", diff, lambda d: mean(cnt_up, d)),
-        "CNTN": ("Mean($close<Ref($close, 1), {d})", diff, lambda d: mean(cnt_dn, d)),
-        "CNTD": ("Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})", diff,
+        "CORD": ("Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), {d})", _diff,
+                 lambda d: corr(_RET, pl.col("_lvr"), d)),
+        "CNTP": ("Mean($close>Ref($close, 1), {d})", _diff, lambda d: mean(cnt_up, d)),
+        "CNTN": ("Mean($close<Ref($close, 1), {d})", _diff, lambda d: mean(cnt_dn, d)),
+        "CNTD": ("Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})", _diff,
                  lambda d: mean(cnt_up, d) - mean(cnt_dn, d)),
         "SUMP": ("Sum(Greater($close-Ref($close, 1), 0), {d})"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", diff,
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
                  lambda d: rsum(up, d) / (rsum(absd, d) + EPS)),
         "SUMN": ("Sum(Greater(Ref($close, 1)-$close, 0), {d})"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", diff,
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
                  lambda d: rsum(down, d) / (rsum(absd, d) + EPS)),
         "SUMD": ("(Sum(Greater($close-Ref($close, 1), 0), {d})"
                  "-Sum(Greater(Ref($close, 1)-$close, 0), {d}))"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", diff,
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
                  lambda d: (rsum(up, d) - rsum(down, d)) / (rsum(absd, d) + EPS)),
-        "VMA": ("Mean($volume, {d})/($volume+1e-12)", full, lambda d: mean(V, d) / (V + EPS)),
-        "VSTD": ("Std($volume, {d})/($volume+1e-12)", full, lambda d: std(V, d) / (V + EPS)),
+        "VMA": ("Mean($volume, {d})/($volume+1e-12)", _full, lambda d: mean(V, d) / (V + EPS)),
+        "VSTD": ("Std($volume, {d})/($volume+1e-12)", _full, lambda d: std(V, d) / (V + EPS)),
         "WVMA": ("Std(Abs($close/Ref($close, 1)-1)*$volume, {d})"
-                 "/(Mean(Abs($close/Ref($close, 1)-1)*$volume, {d})+1e-12)", diff,
+                 "/(Mean(Abs($close/Ref($close, 1)-1)*$volume, {d})+1e-12)", _diff,
                  lambda d: std(wv, d) / (mean(wv, d) + EPS)),
         "VSUMP": ("Sum(Greater($volume-Ref($volume, 1), 0), {d})"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", diff,
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
                   lambda d: rsum(vup, d) / (rsum(vabs, d) + EPS)),
         "VSUMN": ("Sum(Greater(Ref($volume, 1)-$volume, 0), {d})"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", diff,
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
                   lambda d: rsum(vdown, d) / (rsum(vabs, d) + EPS)),
         "VSUMD": ("(Sum(Greater($volume-Ref($volume, 1), 0), {d})"
                   "-Sum(Greater(Ref($volume, 1)-$volume, 0), {d}))"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", diff,
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
                   lambda d: (rsum(vup, d) - rsum(vdown, d)) / (rsum(vabs, d) + EPS)),
     }
 
@@ -267,4 +294,5 @@ def feature_set(windows: Sequence[int] = DEFAULT_WINDOWS) -> FeatureSet:
         params={"windows": list(wins)},
         kind="per_symbol",
         make=feature_set,
+        aux=_aux(),
     )

@@ -1,0 +1,112 @@
+"""Typed configs that round-trip to YAML and report every problem at once, by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override failed validation; the message lists every bad key."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(
+            f"{head}{len(problems)} problem(s) in config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        out.append(f"{key}: {e['msg']}{shown}")
+    return out
+
+
+class Config(BaseModel):
+    """Base for every moola config: unknown keys are errors, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_problems(e), source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+        if not isinstance(data, dict):
+            raise ConfigError(["top level must be a mapping"], str(path))
+        data = apply_overrides(data, overrides or [])
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(p)
+        return text
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (for tracking params)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
+            else:
+                out[prefix] = v
+
+        walk("", self.to_dict())
+        return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b.c=value`` overrides; values parsed as YAML scalars/lists (``lr=1e-3``, ``x=[1,2]``)."""
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override '{item}' is not key=value")
+            continue
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                problems.append(f"override '{key}': '{p}' is not a section")
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return data

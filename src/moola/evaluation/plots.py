@@ -1,0 +1,186 @@
+"""Plots of a training run (matplotlib, Agg backend). Every function returns a ``Figure``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+
+from moola.evaluation.calibration import reliability_curve
+
+__all__ = [
+    "plot_baselines",
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_reliability",
+]
+
+_SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_")
+_SKIP_KEYS = {"epoch", "step"}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """``"val_accuracy"`` -> ("val", "accuracy"); unprefixed keys are their own metric."""
+    for pre in _SPLIT_PREFIXES:
+        if key.startswith(pre):
+            return pre[:-1], key[len(pre):]
+    return "", key
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "learning curves") -> plt.Figure:
+    """One panel for the losses (``*loss``), one per other numeric metric in the records.
+
+    ``history`` holds per-epoch records such as ``{"epoch": 1, "train_loss": .., "val_loss": ..,
+    "train_accuracy": .., "val_accuracy": ..}``; keys prefixed ``train_`` / ``val_`` / ``test_``
+    share the panel of their metric. Records may omit keys (e.g. validation every k epochs).
+    """
+    records = list(history)
+    if not records:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no training history", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        fig.suptitle(title)
+        return fig
+    xs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+    keys: list[str] = []
+    for r in records:
+        for k, v in r.items():
+            if k not in _SKIP_KEYS and k not in keys and _is_number(v):
+                keys.append(k)
+    panels: dict[str, list[str]] = {}
+    for k in keys:
+        _, metric = _split_key(k)
+        panel = "loss" if metric.endswith("loss") else metric
+        panels.setdefault(panel, []).append(k)
+    if "loss" in panels:  # losses first
+        panels = {"loss": panels.pop("loss"), **panels}
+    n = max(1, len(panels))
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for i, (panel, members) in enumerate(panels.items()):
+        ax = axes[i // cols][i % cols]
+        for k in members:
+            pts = [(x, float(r[k])) for x, r in zip(xs, records, strict=True) if _is_number(r.get(k))]
+            if not pts:
+                continue
+            px, py = zip(*pts, strict=True)
+            split, _ = _split_key(k)
+            style = "--" if split in ("val", "valid", "test") else "-"
+            ax.plot(px, py, style, marker="o" if len(px) < 30 else None, ms=3, label=k)
+        ax.set_title(panel)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[object], title: str = "confusion matrix"
+) -> plt.Figure:
+    """Counts annotated in each cell; colour = row-normalised share (recall per true class)."""
+    mat = np.asarray(cm, dtype=float)
+    names = [str(c) for c in classes]
+    if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(names):
+        raise ValueError(f"cm must be ({len(names)}, {len(names)}) for classes {names}, got {mat.shape}")
+    row_sum = mat.sum(axis=1, keepdims=True)
+    share = np.divide(mat, row_sum, out=np.zeros_like(mat), where=row_sum > 0)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 3, 1.0 * k + 2.2))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(mat[i, j])}\n({share[i, j]:.0%})", ha="center", va="center",
+                    fontsize=9, color="white" if share[i, j] > 0.55 else "black")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(names)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title} (n={int(mat.sum())})")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class (row)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(
+    y_true: object, proba: object, n_bins: int = 15, title: str = "reliability diagram"
+) -> plt.Figure:
+    """Accuracy vs. mean confidence per bin (with the diagonal) above a histogram of bin counts."""
+    curve = reliability_curve(y_true, proba, n_bins=n_bins)
+    fig, (ax, axh) = plt.subplots(
+        2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = curve.bin_upper - curve.bin_lower
+    centers = (curve.bin_lower + curve.bin_upper) / 2
+    filled = curve.count > 0
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.bar(curve.bin_lower[filled], curve.accuracy[filled], width=width[filled], align="edge",
+           color="#4c72b0", alpha=0.55, edgecolor="#2b4a7a", label="accuracy per bin")
+    ax.plot(curve.confidence[filled], curve.accuracy[filled], "o-", color="#c44e52", ms=4,
+            label="(mean confidence, accuracy)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE = {curve.ece:.4f} ({n_bins} bins, n={curve.n_samples})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    axh.bar(centers, curve.count, width=width, color="#55a868", edgecolor="#2d6b3c")
+    axh.set_xlabel("confidence (max class probability)")
+    axh.set_ylabel("count")
+    axh.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_baselines(table: pl.DataFrame, title: str = "model vs. baselines") -> plt.Figure:
+    """Accuracy and balanced accuracy per row of :func:`baseline_table`; the majority baseline's
+    accuracy is drawn as a dashed line."""
+    for col in ("model", "accuracy", "balanced_accuracy"):
+        if col not in table.columns:
+            raise ValueError(f"table lacks column {col!r}; got {table.columns}")
+    names = table["model"].to_list()
+    acc = np.array([np.nan if v is None else v for v in table["accuracy"].to_list()], dtype=float)
+    bal = np.array([np.nan if v is None else v for v in table["balanced_accuracy"].to_list()],
+                   dtype=float)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2.5), 3.8))
+    b1 = ax.bar(x - 0.2, acc, width=0.4, label="accuracy", color="#4c72b0")
+    b2 = ax.bar(x + 0.2, bal, width=0.4, label="balanced accuracy", color="#dd8452")
+    for bars in (b1, b2):
+        for rect in bars:
+            h = rect.get_height()
+            if np.isfinite(h):
+                ax.text(rect.get_x() + rect.get_width() / 2, h + 0.01, f"{h:.3f}", ha="center",
+                        va="bottom", fontsize=8)
+    if "majority" in names:
+        maj = acc[names.index("majority")]
+        if np.isfinite(maj):
+            ax.axhline(maj, ls="--", color="black", lw=1, label=f"majority accuracy ({maj:.3f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    top = np.nanmax(np.concatenate([acc, bal])) if len(names) and np.isfinite(acc).any() else 1.0
+    ax.set_ylim(0, min(1.05, top + 0.12))
+    ax.set_ylabel("score on the test split")
+    ax.set_xlabel("model")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

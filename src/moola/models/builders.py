@@ -1,0 +1,327 @@
+"""From configs to modules, family builders with parameters, and presets with pinned numbers.
+
+Three layers, torchtune style: ``build_model(cfg)`` turns any ModelConfig into modules;
+family builders (``lstm_classifier(...)``) turn a few parameters into a ModelConfig; presets
+(``jade()``) call a family builder with every number pinned. ``PRESETS`` is a plain dict.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from moola.models.config import (
+    ClassifierHeadConfig,
+    DirectionHeadConfig,
+    EncoderConfig,
+    ModelConfig,
+    PointerHeadConfig,
+    Pooling,
+    RNNEncoderConfig,
+    TransformerEncoderConfig,
+)
+from moola.models.encoders import RNNEncoder, TransformerEncoder
+from moola.models.heads import (
+    ClassifierHead,
+    DirectionHead,
+    PointerHead,
+    ReconstructionHead,
+    RegressionHead,
+)
+from moola.models.model import SequenceModel
+
+__all__ = [
+    "MAX_PARAMS_PER_SAMPLE",
+    "PRESETS",
+    "PresetInfo",
+    "UnknownPresetError",
+    "build_encoder",
+    "build_heads",
+    "build_model",
+    "count_parameters",
+    "describe_presets",
+    "direction_lstm",
+    "direction_transformer",
+    "jade",
+    "jade_compact",
+    "lstm_classifier",
+    "lstm_direction",
+    "preset_config",
+    "simple_lstm",
+    "transformer_direction",
+]
+
+# Above this many parameters per training sample a model can memorise its training set.
+MAX_PARAMS_PER_SAMPLE = 1000
+
+
+# --- configs -> modules -----------------------------------------------------------------------
+
+
+def build_encoder(cfg: EncoderConfig) -> RNNEncoder | TransformerEncoder:
+    """The encoder module a config describes."""
+    match cfg:
+        case RNNEncoderConfig():
+            return RNNEncoder(
+                cfg.input_size, cfg.hidden, cfg.layers, cfg.bidirectional, cfg.dropout, kind=cfg.kind
+            )
+        case TransformerEncoderConfig():
+            return TransformerEncoder(
+                cfg.input_size,
+                d_model=cfg.d_model,
+                heads=cfg.heads,
+                layers=cfg.layers,
+                ff=cfg.ff,
+                dropout=cfg.dropout,
+                pos_encoding=cfg.pos_encoding,
+                causal=cfg.causal,
+                max_len=cfg.max_len,
+            )
+    raise TypeError(f"unknown encoder config {type(cfg).__name__}")
+
+
+def build_heads(cfg: ModelConfig, enc_out_dim: int) -> dict[str, nn.Module]:
+    """One module per head set in ``cfg``, keyed by the config field name."""
+    heads: dict[str, nn.Module] = {}
+    if (c := cfg.classifier) is not None:
+        heads["classifier"] = ClassifierHead(enc_out_dim, c.n_classes, c.hidden, c.heads, c.dropout)
+    if cfg.pointer is not None:
+        heads["pointer"] = PointerHead(enc_out_dim)
+    if (d := cfg.direction) is not None:
+        heads["direction"] = DirectionHead(enc_out_dim, d.mlp, d.dropout, d.pooling)
+    if (r := cfg.regression) is not None:
+        heads["regression"] = RegressionHead(enc_out_dim, len(r.horizons), r.pooling)
+    if (rc := cfg.reconstruction) is not None:
+        heads["reconstruction"] = ReconstructionHead(enc_out_dim, rc.out_features)
+    return heads
+
+
+def build_model(cfg: ModelConfig) -> SequenceModel:
+    """A freshly initialised model (seed torch first for a reproducible init)."""
+    encoder = build_encoder(cfg.encoder)
+    return SequenceModel(encoder, build_heads(cfg, encoder.out_dim), config=cfg)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (optionally only those that require grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- families: a few parameters -> ModelConfig --------------------------------------------------
+
+
+def lstm_classifier(
+    n_features: int,
+    n_classes: int = 2,
+    hidden: int = 128,
+    layers: int = 2,
+    bidirectional: bool = False,
+    attn_hidden: int = 128,
+    attn_heads: int = 8,
+    pointer: bool = False,
+    dropout: float = 0.1,
+    name: str = "lstm_classifier",
+) -> ModelConfig:
+    """LSTM -> attention pooling -> class logits, optionally with a start/end pointer head."""
+    return ModelConfig(
+        name=name,
+        encoder=RNNEncoderConfig(
+            kind="lstm",
+            input_size=n_features,
+            hidden=hidden,
+            layers=layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+        ),
+        classifier=ClassifierHeadConfig(
+            n_classes=n_classes, hidden=attn_hidden, heads=attn_heads, dropout=dropout
+        ),
+        pointer=PointerHeadConfig() if pointer else None,
+    )
+
+
+def lstm_direction(
+    n_features: int,
+    hidden: int = 64,
+    layers: int = 2,
+    bidirectional: bool = True,
+    mlp: Sequence[int] = (128, 64),
+    pooling: Pooling = "last",
+    dropout: float = 0.1,
+    name: str = "lstm_direction",
+) -> ModelConfig:
+    """LSTM -> pooling -> MLP -> one binary direction logit."""
+    return ModelConfig(
+        name=name,
+        encoder=RNNEncoderConfig(
+            kind="lstm",
+            input_size=n_features,
+            hidden=hidden,
+            layers=layers,
+            bidirectional=bidirectional,
+            dropout=dropout,
+        ),
+        direction=DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling),
+    )
+
+
+def transformer_direction(
+    n_features: int,
+    d_model: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    ff: int = 128,
+    causal: bool = True,
+    pos_encoding: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
+    max_len: int = 512,
+    mlp: Sequence[int] = (128, 64),
+    pooling: Pooling = "last",
+    dropout: float = 0.1,
+    name: str = "transformer_direction",
+) -> ModelConfig:
+    """Transformer encoder -> pooling -> MLP -> one binary direction logit."""
+    return ModelConfig(
+        name=name,
+        encoder=TransformerEncoderConfig(
+            input_size=n_features,
+            d_model=d_model,
+            heads=heads,
+            layers=layers,
+            ff=ff,
+            dropout=dropout,
+            pos_encoding=pos_encoding,
+            causal=causal,
+            max_len=max_len,
+        ),
+        direction=DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling),
+    )
+
+
+# --- presets: every number pinned ---------------------------------------------------------------
+
+
+def simple_lstm(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """Unidirectional 2x128 LSTM + 8-head attention pooling + classifier: the baseline."""
+    return lstm_classifier(
+        n_features, n_classes, hidden=128, layers=2, bidirectional=False,
+        attn_hidden=128, attn_heads=8, pointer=False, dropout=0.1, name="simple_lstm",
+    )
+
+
+def jade(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """2-layer BiLSTM (128 per direction) + attention pooling + classifier + start/end pointer."""
+    return lstm_classifier(
+        n_features, n_classes, hidden=128, layers=2, bidirectional=True,
+        attn_hidden=128, attn_heads=8, pointer=True, dropout=0.1, name="jade",
+    )
+
+
+def jade_compact(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """jade at under 150k parameters (BiLSTM 56 per direction, 4-head pooling of width 64)."""
+    return lstm_classifier(
+        n_features, n_classes, hidden=56, layers=2, bidirectional=True,
+        attn_hidden=64, attn_heads=4, pointer=True, dropout=0.1, name="jade_compact",
+    )
+
+
+def direction_lstm(n_features: int = 31) -> ModelConfig:
+    """2-layer BiLSTM (64 per direction) + MLP 128 -> 64 -> 1 binary direction logit."""
+    return lstm_direction(
+        n_features, hidden=64, layers=2, bidirectional=True, mlp=(128, 64),
+        pooling="last", dropout=0.1, name="direction_lstm",
+    )
+
+
+def direction_transformer(n_features: int = 31) -> ModelConfig:
+    """Causal Transformer (d_model 64, 4 heads, 2 layers) + MLP 128 -> 64 -> 1 direction logit."""
+    return transformer_direction(
+        n_features, d_model=64, heads=4, layers=2, ff=128, causal=True, pos_encoding="sinusoidal",
+        max_len=512, mlp=(128, 64), pooling="last", dropout=0.1, name="direction_transformer",
+    )
+
+
+PRESETS: dict[str, Callable[..., ModelConfig]] = {
+    "simple_lstm": simple_lstm,
+    "jade": jade,
+    "jade_compact": jade_compact,
+    "direction_lstm": direction_lstm,
+    "direction_transformer": direction_transformer,
+}
+
+
+class UnknownPresetError(KeyError):
+    """Raised for a preset name that does not exist; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown model preset {self.name!r}; known presets: {', '.join(self.known)}"
+
+
+def preset_config(name: str, n_features: int | None = None, n_classes: int | None = None) -> ModelConfig:
+    """A preset's ModelConfig, with its default feature/class count unless given."""
+    if name not in PRESETS:
+        raise UnknownPresetError(name, list(PRESETS))
+    builder = PRESETS[name]
+    kwargs: dict[str, int] = {}
+    if n_features is not None:
+        kwargs["n_features"] = n_features
+    if n_classes is not None:
+        if "n_classes" not in inspect.signature(builder).parameters:
+            raise ValueError(f"preset {name!r} has a fixed binary output; it takes no n_classes")
+        kwargs["n_classes"] = n_classes
+    return builder(**kwargs)
+
+
+# --- describing presets (``moola models list``) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """One row of ``moola models list``: size, and a warning when it dwarfs the data."""
+
+    name: str
+    task: str  # the heads, e.g. "classifier+pointer"
+    description: str
+    params: int
+    params_per_sample: float | None  # None when the sample count is unknown
+    warning: str | None
+
+
+def describe_presets(
+    input_shape: tuple[int, int] = (105, 4), n_samples: int | None = None
+) -> list[PresetInfo]:
+    """Every preset sized for (T, F) inputs; warns above MAX_PARAMS_PER_SAMPLE per training sample."""
+    seq_len, n_features = input_shape
+    rows = []
+    for name, builder in PRESETS.items():
+        cfg = builder(n_features=n_features)
+        params = count_parameters(build_model(cfg))
+        ratio = params / n_samples if n_samples else None
+        warnings = []
+        if ratio is not None and ratio > MAX_PARAMS_PER_SAMPLE:
+            warnings.append(
+                f"{params:,} parameters for {n_samples:,} samples ({ratio:,.0f}:1) is above "
+                f"{MAX_PARAMS_PER_SAMPLE:,}:1; expect memorisation, prefer a smaller preset or more data"
+            )
+        if isinstance(cfg.encoder, TransformerEncoderConfig) and seq_len > cfg.encoder.max_len:
+            warnings.append(f"sequence length {seq_len} exceeds max_len {cfg.encoder.max_len}")
+        doc = (builder.__doc__ or "").strip().splitlines()
+        rows.append(
+            PresetInfo(
+                name=name,
+                task="+".join(cfg.head_names),
+                description=doc[0] if doc else "",
+                params=params,
+                params_per_sample=ratio,
+                warning="; ".join(warnings) or None,
+            )
+        )
+    return rows

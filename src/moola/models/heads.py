@@ -1,0 +1,172 @@
+"""Task heads on top of an encoder's (B, T, D) output.
+
+Each head returns a dict of named outputs, so SequenceModel can merge any set of heads
+without knowing them. Keys: "logits", "start_logits"/"end_logits", "direction",
+"regression", "reconstruction" (see SequenceModel for the shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moola.models.config import Pooling
+
+__all__ = [
+    "AttentionPooling",
+    "ClassifierHead",
+    "DirectionHead",
+    "LastPooling",
+    "MeanPooling",
+    "PointerHead",
+    "ReconstructionHead",
+    "RegressionHead",
+    "make_pooling",
+]
+
+
+class AttentionPooling(nn.Module):
+    """Multi-head attention of one learned query over the time steps: (B, T, D) -> (B, hidden).
+
+    Keys carry no bias: softmax ignores a shift shared by every step, so it would never learn.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 128, heads: int = 8) -> None:
+        super().__init__()
+        if hidden % heads != 0:
+            raise ValueError(f"heads ({heads}) must divide hidden ({hidden})")
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.out_dim = hidden
+        self.query = nn.Parameter(torch.randn(heads, self.head_dim) / math.sqrt(self.head_dim))
+        self.key = nn.Linear(in_dim, hidden, bias=False)
+        self.value = nn.Linear(in_dim, hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(
+        self, h: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pooled (B, hidden); with ``return_weights`` also the head-averaged weights (B, T)."""
+        B, T, _ = h.shape
+        k = self.key(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.value(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        scores = (k @ self.query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)  # (B, nh, T)
+        att = F.softmax(scores, dim=-1)  # (B, nh, T)
+        pooled = (att.unsqueeze(2) @ v).squeeze(2)  # (B, nh, hs)
+        pooled = self.proj(pooled.reshape(B, self.heads * self.head_dim))  # (B, hidden)
+        if return_weights:
+            return pooled, att.mean(dim=1)  # (B, hidden), (B, T)
+        return pooled
+
+
+class LastPooling(nn.Module):
+    """The last time step: all a causal or unidirectional encoder knows at the decision bar."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, -1]  # (B, D)
+
+
+class MeanPooling(nn.Module):
+    """The mean over time steps."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=1)  # (B, D)
+
+
+def make_pooling(kind: Pooling, in_dim: int) -> LastPooling | MeanPooling | AttentionPooling:
+    """A (B, T, D) -> (B, out_dim) pooling module; attention uses AttentionPooling's defaults."""
+    match kind:
+        case "last":
+            return LastPooling(in_dim)
+        case "mean":
+            return MeanPooling(in_dim)
+        case "attention":
+            return AttentionPooling(in_dim)
+    raise ValueError(f"unknown pooling {kind!r}; expected last, mean or attention")
+
+
+class ClassifierHead(nn.Module):
+    """Attention pooling -> dropout -> linear: (B, T, D) -> {"logits": (B, C)}."""
+
+    def __init__(
+        self, in_dim: int, n_classes: int = 2, hidden: int = 128, heads: int = 8, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.pool = AttentionPooling(in_dim, hidden, heads)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.pool(h)  # (B, hidden)
+        return {"logits": self.fc(self.drop(pooled))}  # (B, C)
+
+
+class PointerHead(nn.Module):
+    """Per-bar logits for the pattern's start and end bar: (B, T, D) -> two (B, T).
+
+    Meant for a softmax over time, which is blind to a bias, so the projection has none.
+    """
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, 2, bias=False)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc(h)  # (B, T, 2)
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}  # (B, T) each
+
+
+class DirectionHead(nn.Module):
+    """Pool -> MLP (default 128 -> 64) -> one up/down logit: (B, T, D) -> {"direction": (B,)}."""
+
+    def __init__(
+        self, in_dim: int, mlp: Sequence[int] = (128, 64), dropout: float = 0.1, pooling: Pooling = "last"
+    ) -> None:
+        super().__init__()
+        self.pool = make_pooling(pooling, in_dim)
+        layers: list[nn.Module] = []
+        width = self.pool.out_dim
+        for size in mlp:
+            layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.pool(h)  # (B, D')
+        return {"direction": self.mlp(pooled).squeeze(-1)}  # (B,)
+
+
+class RegressionHead(nn.Module):
+    """Pool -> linear to one value per horizon: (B, T, D) -> {"regression": (B, H)}."""
+
+    def __init__(self, in_dim: int, n_outputs: int = 1, pooling: Pooling = "last") -> None:
+        super().__init__()
+        self.pool = make_pooling(pooling, in_dim)
+        self.fc = nn.Linear(self.pool.out_dim, n_outputs)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"regression": self.fc(self.pool(h))}  # (B, H)
+
+
+class ReconstructionHead(nn.Module):
+    """Per-bar linear map back to input features: (B, T, D) -> {"reconstruction": (B, T, F)}."""
+
+    def __init__(self, in_dim: int, out_features: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_features)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"reconstruction": self.fc(h)}  # (B, T, F)

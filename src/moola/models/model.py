@@ -1,0 +1,65 @@
+"""SequenceModel: one encoder shared by any set of task heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moola.models.config import ModelConfig
+
+__all__ = ["SequenceModel"]
+
+
+class SequenceModel(nn.Module):
+    """An encoder and named heads, built elsewhere and passed in; forward returns every head's outputs.
+
+    Output keys (only those of the heads present):
+        "logits"        (B, C)    classifier
+        "start_logits"  (B, T)    pointer: pattern start bar
+        "end_logits"    (B, T)    pointer: pattern end bar
+        "direction"     (B,)      direction logit (up = positive)
+        "regression"    (B, H)    one value per horizon
+        "reconstruction" (B, T, F) input features rebuilt per bar
+
+    The encoder must expose ``input_size`` (F) and ``out_dim`` (D). ``config`` is kept on the
+    model so a checkpoint can store how to rebuild it.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, heads: dict[str, nn.Module], config: ModelConfig | None = None
+    ) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("SequenceModel needs at least one head")
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+        self.config = config
+        self.n_features: int = encoder.input_size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-bar representations (B, T, D), e.g. for probing or transfer."""
+        self._check_input(x)
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.encode(x)  # (B, T, D)
+        out: dict[str, torch.Tensor] = {}
+        for head in self.heads.values():
+            out.update(head(h))
+        return out
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Fail early with the expected (B, T, F) instead of a cryptic matmul/cuDNN error."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"expected a float torch.Tensor of shape (B, T, {self.n_features}), got {type(x).__name__}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}; cast with x.float()")
+        if x.ndim != 3 or x.shape[-1] != self.n_features:
+            raise ValueError(
+                f"expected input of shape (B, T, F) with F = {self.n_features} features, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] == 0:
+            raise ValueError("expected at least one time step, got T = 0")

@@ -1,0 +1,68 @@
+"""One training loop for every objective, with callbacks, guards and resumable checkpoints."""
+
+from moola.training.callbacks import Callback, EarlyStopping, FreezeSchedule, ProgressBar
+from moola.training.checkpoint import (
+    data_fingerprint,
+    from_checkpoint,
+    load_weights,
+    read_config,
+    read_meta,
+    save_weights,
+    write_meta,
+)
+from moola.training.config import (
+    EarlyStoppingConfig,
+    GuardConfig,
+    LossConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
+from moola.training.data import DataGuardError, TensorData, epoch_order
+from moola.training.guards import GuardWarning, HealthGuard
+from moola.training.objectives import (
+    ClassificationObjective,
+    DirectionObjective,
+    Objective,
+    ReconstructionObjective,
+    RegressionObjective,
+    balanced_class_weights,
+    masked_mse,
+)
+from moola.training.trainer import FitResult, Trainer, resolve_device, seed_everything
+
+__all__ = [
+    "Callback",
+    "ClassificationObjective",
+    "DataGuardError",
+    "DirectionObjective",
+    "EarlyStopping",
+    "EarlyStoppingConfig",
+    "FitResult",
+    "FreezeSchedule",
+    "GuardConfig",
+    "GuardWarning",
+    "HealthGuard",
+    "LossConfig",
+    "Objective",
+    "OptimizerConfig",
+    "ProgressBar",
+    "ReconstructionObjective",
+    "RegressionObjective",
+    "SchedulerConfig",
+    "TensorData",
+    "TrainConfig",
+    "Trainer",
+    "balanced_class_weights",
+    "data_fingerprint",
+    "epoch_order",
+    "from_checkpoint",
+    "load_weights",
+    "masked_mse",
+    "read_config",
+    "read_meta",
+    "resolve_device",
+    "save_weights",
+    "seed_everything",
+    "write_meta",
+]

@@ -1,0 +1,180 @@
+"""Checkpoint directories that describe themselves and reload without unpickling.
+
+    RUN/config.yaml          the resolved run config; its ``model`` section rebuilds the model
+    RUN/weights.safetensors  final weights (best epoch when early stopping restores it)
+    RUN/meta.json            feature-schema hash, data fingerprint, versions, git SHA
+    RUN/metrics.json         final metrics (written by the pipeline)
+    RUN/history.jsonl        one line of metrics per epoch
+    RUN/ckpt/latest.json     -> RUN/ckpt/step-XXXXXXXX/ (model, optimizer, scheduler, RNG, loop state)
+
+Optimizer/scheduler/RNG states go through ``torch.save`` and come back with
+``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import moola
+
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.yaml"
+META = "meta.json"
+
+
+def git_sha() -> str:
+    """The repository commit the code ran from, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(moola.__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def data_fingerprint(*arrays: np.ndarray | torch.Tensor) -> str:
+    """Content hash of the training arrays: equal fingerprints mean the same data."""
+    h = hashlib.sha256()
+    for a in arrays:
+        arr = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
+    """Load safetensors by name; a missing, unexpected or mis-shaped tensor is an error."""
+    state = load_file(str(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or shape):
+        detail = [f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}" if missing else "",
+                  f"unexpected {unexpected[:8]}" if unexpected else "",
+                  "shape mismatch " + ", ".join(
+                      f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in shape[:8]) if shape else ""]
+        raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(d for d in detail if d))
+    model.load_state_dict(state, strict=strict)
+
+
+def write_meta(run_dir: Path, **extra: Any) -> dict[str, Any]:
+    meta = {
+        "moola_version": moola.__version__,
+        "torch_version": torch.__version__,
+        "git_sha": git_sha(),
+        **extra,
+    }
+    atomic_write_json(run_dir / META, meta)
+    return meta
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / META
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+# ------------------------------------------------------------------- resumable state
+
+
+def save_state(run_dir: Path, step: int, state: dict[str, Any], model: nn.Module,
+               best: dict[str, torch.Tensor] | None, keep: int = 2) -> Path:
+    """Write a complete step directory, then point ``latest.json`` at it (atomic)."""
+    ck = run_dir / "ckpt"
+    final = ck / f"step-{step:08d}"
+    tmp = ck / f".step-{step:08d}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors")
+    if best is not None:
+        save_file({k: v.contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
+    torch.save(state.pop("torch_state"), tmp / "torch_state.pt")
+    (tmp / "loop.json").write_text(json.dumps(state, default=_json_default))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_json(ck / "latest.json", {"step": step, "dir": final.name})
+    steps = sorted(p for p in ck.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(run_dir: Path) -> tuple[dict[str, Any], Path] | None:
+    """The latest complete state, or None when the run never checkpointed."""
+    latest = run_dir / "ckpt" / "latest.json"
+    if not latest.is_file():
+        return None
+    d = run_dir / "ckpt" / json.loads(latest.read_text())["dir"]
+    state = json.loads((d / "loop.json").read_text())
+    state["torch_state"] = torch.load(d / "torch_state.pt", weights_only=True)
+    return state, d
+
+
+# -------------------------------------------------------------------- from_checkpoint
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / CONFIG
+    if not p.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a checkpoint directory (no {CONFIG})")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping")
+    return data
+
+
+def from_checkpoint(run_dir: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from ``config.yaml`` and load ``weights.safetensors`` strictly."""
+    from moola.models import ModelConfig, build_model
+
+    run_dir = Path(run_dir)
+    data = read_config(run_dir)
+    cfg = ModelConfig.from_dict(data.get("model", data), source=str(run_dir / CONFIG))
+    model = build_model(cfg)
+    load_weights(model, run_dir / WEIGHTS)
+    return model.to(map_location).eval()

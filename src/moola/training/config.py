@@ -1,0 +1,80 @@
+"""Typed training configuration: one schema for every objective."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from moola.config import Config
+
+
+class OptimizerConfig(Config):
+    name: Literal["adamw", "adam", "sgd", "adabelief"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(Config):
+    """``warmup_steps`` linearly ramps the LR before the chosen schedule takes over."""
+
+    name: Literal["none", "cosine_warm_restarts", "one_cycle", "plateau"] = "none"
+    T_0: int = Field(10, ge=1)  # cosine: epochs of the first cycle
+    T_mult: int = Field(1, ge=1)
+    eta_min: float = Field(0.0, ge=0)
+    max_lr: float | None = None  # one-cycle peak (default: optimizer lr)
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    factor: float = Field(0.5, gt=0, lt=1)  # plateau
+    patience: int = Field(3, ge=0)
+    monitor: str = "val_loss"  # plateau
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LossConfig(Config):
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    focal_gamma: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    pointer_weight: float = Field(0.5, ge=0)
+
+
+class EarlyStoppingConfig(Config):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = True
+
+
+class GuardConfig(Config):
+    """Thresholds of the failure guards (see moola.training.guards)."""
+
+    max_params_per_sample: float = 1000.0
+    overfit_gap: float = 0.15  # val accuracy above train accuracy by more than this: suspicious
+    min_class_recall: float = 0.3
+    train_eval_samples: int = 4096  # train metrics (eval mode) on at most this many samples
+    fail_on_nonfinite: bool = True
+
+
+class TrainConfig(Config):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    loss: LossConfig = LossConfig()
+    grad_clip: float | None = Field(1.0, gt=0)
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    guards: GuardConfig = GuardConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = each epoch
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.scheduler.name == "plateau" and self.early_stopping is None \
+                and not self.scheduler.monitor.startswith(("val_", "train_")):
+            raise ValueError(f"scheduler.monitor '{self.scheduler.monitor}' must be a val_/train_ metric")
+        return self

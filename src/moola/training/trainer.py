@@ -1,0 +1,394 @@
+"""The one training loop, for every objective (classification, direction, regression,
+reconstruction). Setup -> epochs of (shuffled batches -> step) -> evaluate -> callbacks -> save.
+
+Resumable: with a ``run_dir`` the loop writes complete, atomic checkpoints (every
+``checkpoint_every`` steps and at each epoch end) holding weights, optimizer, scheduler, RNG
+and loop state; ``fit(resume=True)`` continues from the latest one and, on CPU, ends with
+bitwise the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from moola.training.callbacks import Callback, EarlyStopping, ProgressBar
+from moola.training.checkpoint import (
+    WEIGHTS,
+    load_state,
+    save_state,
+    save_weights,
+)
+from moola.training.config import OptimizerConfig, SchedulerConfig, TrainConfig
+from moola.training.data import TensorData, epoch_order, num_batches
+from moola.training.guards import HealthGuard
+from moola.training.objectives import Objective
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """Explicit dispatch; param groups may carry their own ``lr`` (e.g. a pretrained encoder)."""
+    match cfg.name:
+        case "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+        case "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+        case "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum)
+        case "adabelief":
+            from pytorch_optimizer import AdaBelief
+
+            return AdaBelief(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    raise ValueError(f"unknown optimizer {cfg.name}")
+
+
+def build_scheduler(cfg: SchedulerConfig, opt: torch.optim.Optimizer, *, steps_per_epoch: int,
+                    epochs: int) -> Any:
+    match cfg.name:
+        case "none":
+            return None
+        case "cosine_warm_restarts":
+            return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                opt, T_0=cfg.T_0, T_mult=cfg.T_mult, eta_min=cfg.eta_min)
+        case "one_cycle":
+            max_lr = cfg.max_lr or [g["lr"] for g in opt.param_groups]
+            return torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=max_lr, total_steps=max(1, steps_per_epoch * epochs),
+                pct_start=cfg.pct_start)
+        case "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max" if "acc" in cfg.monitor else "min", factor=cfg.factor,
+                patience=cfg.patience)
+    raise ValueError(f"unknown scheduler {cfg.name}")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    stopped_early: bool
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Construct with model, objective and config; ``fit`` runs; ``evaluate`` measures."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        *,
+        run_dir: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        param_groups: list[dict[str, Any]] | None = None,
+        show_progress: bool = True,
+        console: Console | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.param_groups = param_groups
+        self.console = console or Console(stderr=True)
+        self.callbacks: list[Callback] = [HealthGuard(config.guards)]
+        self.early_stopping: EarlyStopping | None = None
+        if config.early_stopping is not None:
+            es = config.early_stopping
+            self.early_stopping = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta,
+                                                es.restore_best)
+            self.callbacks.append(self.early_stopping)
+        self.callbacks.extend(callbacks)
+        if show_progress:
+            self.callbacks.append(ProgressBar())
+        self.device = resolve_device(config.device)
+        self.warnings: list[str] = []
+        self.messages: list[str] = []
+        self.stop_training = False
+        self.history: list[dict[str, float]] = []
+        self.global_step = 0
+        self.steps_in_epoch = 0
+        self.start_epoch = 0
+        self.resume_batch = 0
+        self.n_train = 0
+        self.batches_per_epoch = 0
+        self._epoch_t0 = time.perf_counter()
+
+    # -------------------------------------------------------------------- helpers
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+        self.console.print(message, highlight=False)
+
+    def epoch_seconds(self) -> float:
+        return time.perf_counter() - self._epoch_t0
+
+    def _autocast(self) -> Any:
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _warmup(self, opt: torch.optim.Optimizer) -> None:
+        w = self.config.scheduler.warmup_steps
+        if w and self.global_step < w:
+            f = (self.global_step + 1) / w
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f if self.config.scheduler.name in ("none", "plateau") \
+                    else g["lr"] * f
+        elif w and self.global_step == w and self.config.scheduler.name in ("none", "plateau"):
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"]
+
+    # ------------------------------------------------------------------------ fit
+    def fit(self, train: TensorData, val: TensorData | None = None, *, resume: bool = False) -> FitResult:
+        cfg = self.config
+        t_start = time.perf_counter()
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.model.to(self.device)
+        train_d = train.to(self.device)
+        val_d = val.to(self.device) if val is not None else None
+        self.n_train = len(train_d)
+        self.batches_per_epoch = num_batches(self.n_train, cfg.batch_size)
+        params = self.param_groups if self.param_groups is not None else self.model.parameters()
+        opt = build_optimizer(cfg.optimizer, params)
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+        sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=self.batches_per_epoch,
+                                epochs=cfg.epochs)
+        run_sum, run_n = 0.0, 0
+        if self.run_dir is not None and not resume:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "history.jsonl").write_text("")
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume=True needs a run_dir")
+            loaded = load_state(self.run_dir)
+            if loaded is None:
+                self.log(f"no checkpoint in {self.run_dir}: starting from scratch")
+            else:
+                run_sum, run_n = self._restore(loaded, opt, sched)
+        # eval-mode train metrics use a fixed subset so they are comparable across epochs
+        g = torch.Generator().manual_seed(cfg.seed + 7)
+        k = min(self.n_train, cfg.guards.train_eval_samples)
+        train_eval_idx = torch.randperm(self.n_train, generator=g)[:k].sort().values
+
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                first = epoch == self.start_epoch
+                start_b = self.resume_batch if first else 0
+                if not first:
+                    run_sum, run_n = 0.0, 0
+                    self.steps_in_epoch = 0
+                self._epoch_t0 = time.perf_counter()
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self, epoch)
+                self.model.train()
+                order = epoch_order(self.n_train, cfg.seed, epoch)
+                for b, batch in enumerate(train_d.batches(order, cfg.batch_size, start=start_b),
+                                          start=start_b):
+                    loss = self._step(batch, opt, sched, epoch, b)
+                    bs = int(batch["x"].shape[0])
+                    run_sum += loss * bs
+                    run_n += bs
+                    for cb in self.callbacks:
+                        cb.on_batch_end(self, self.global_step, loss, bs)
+                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 \
+                            and b + 1 < self.batches_per_epoch:
+                        self._checkpoint(opt, sched, epoch, b + 1, run_sum, run_n)
+                logs = self._epoch_logs(epoch, run_sum, run_n, opt, train_d, train_eval_idx, val_d)
+                if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    sched.step(logs.get(cfg.scheduler.monitor, logs["train_loss"]))
+                self.history.append(logs)
+                if self.run_dir is not None:
+                    with open(self.run_dir / "history.jsonl", "a") as fh:
+                        fh.write(json.dumps(logs) + "\n")
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                self._checkpoint(opt, sched, epoch + 1, 0, 0.0, 0)
+                if self.stop_training:
+                    break
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        if self.run_dir is not None:
+            save_weights(self.model, self.run_dir / WEIGHTS)
+        es = self.early_stopping
+        return FitResult(
+            history=self.history,
+            best_epoch=es.best_epoch if es is not None else None,
+            stopped_early=self.stop_training,
+            warnings=list(self.warnings),
+            seconds=time.perf_counter() - t_start,
+        )
+
+    def _step(self, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, sched: Any,
+              epoch: int, b: int) -> float:
+        cfg = self.config
+        batch = self.objective.prepare(batch, training=True)
+        x = batch["x"]
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"batch {b} of epoch {epoch + 1} holds NaN/inf in 'x' "
+                f"({int((~torch.isfinite(x)).sum())} values): check masking/augmentation"
+            )
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
+            sched.step(epoch + b / self.batches_per_epoch)
+        self._warmup(opt)
+        with self._autocast():
+            out = self.model(x)
+            loss = self.objective.loss(out, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at epoch {epoch + 1}, batch {b}: lower the "
+                "learning rate, enable grad_clip, or check the targets"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], cfg.grad_clip)
+        opt.step()
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) \
+                and sched.last_epoch + 1 < sched.total_steps:
+            sched.step()
+        self.global_step += 1
+        self.steps_in_epoch += 1
+        return float(loss.detach())
+
+    def _epoch_logs(self, epoch: int, run_sum: float, run_n: int, opt: torch.optim.Optimizer,
+                    train_d: TensorData, train_eval_idx: torch.Tensor,
+                    val_d: TensorData | None) -> dict[str, float]:
+        secs = self.epoch_seconds()
+        logs: dict[str, float] = {
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "train_loss": run_sum / run_n if run_n else math.nan,
+            "lr": float(opt.param_groups[0]["lr"]),
+            "epoch_seconds": secs,
+            "samples_per_s": run_n / secs if secs > 0 else math.nan,
+        }
+        if self.objective.has_accuracy:
+            sub = TensorData.__new__(TensorData)
+            sub.tensors = train_d.batch(train_eval_idx.to(self.device))
+            sub.n = len(train_eval_idx)
+            _, m, _ = self.evaluate(sub)
+            logs.update({f"train_{k}": v for k, v in m.items()})
+        if val_d is not None:
+            vloss, vm, _ = self.evaluate(val_d)
+            logs["val_loss"] = vloss
+            logs.update({f"val_{k}": v for k, v in vm.items()})
+        return logs
+
+    # ------------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def evaluate(self, data: TensorData, batch_size: int | None = None
+                 ) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+        """Mean loss, metrics and the collected per-sample arrays, in eval mode, in order."""
+        self.model.eval()
+        d = data.to(self.device)
+        bs = batch_size or max(self.config.batch_size, 256)
+        order = torch.arange(len(d), device=self.device)
+        tot, n = 0.0, 0
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in d.batches(order, bs):
+            batch = self.objective.prepare(batch, training=False)
+            with self._autocast():
+                out = self.model(batch["x"])
+                loss = self.objective.loss(out, batch)
+            k = int(batch["x"].shape[0])
+            tot += float(loss) * k
+            n += k
+            for key, arr in self.objective.collect(out, batch).items():
+                parts.setdefault(key, []).append(arr)
+        collected = {k: np.concatenate(v) for k, v in parts.items()}
+        metrics = self.objective.metrics(collected) if n else {}
+        return (tot / n if n else math.nan), metrics, collected
+
+    # ------------------------------------------------------------------ checkpoint
+    def _checkpoint(self, opt: torch.optim.Optimizer, sched: Any, epoch: int, batch: int,
+                    run_sum: float, run_n: int) -> None:
+        if self.run_dir is None:
+            return
+        torch_state: dict[str, Any] = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else {},
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            torch_state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "torch_state": torch_state,
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": self.global_step,
+            "steps_in_epoch": self.steps_in_epoch if batch else 0,
+            "run_sum": run_sum,
+            "run_n": run_n,
+            "history": self.history,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "warnings": self.warnings,
+        }
+        es = self.early_stopping
+        best = es.best_weights if es is not None else None
+        save_state(self.run_dir, self.global_step, state,
+                   self.model, best)
+
+    def _restore(self, loaded: tuple[dict[str, Any], Path], opt: torch.optim.Optimizer,
+                 sched: Any) -> tuple[float, int]:
+        from moola.training.checkpoint import load_weights
+
+        state, d = loaded
+        load_weights(self.model, d / "model.safetensors")
+        ts = state["torch_state"]
+        opt.load_state_dict(ts["optimizer"])
+        if sched is not None and ts["scheduler"]:
+            sched.load_state_dict(ts["scheduler"])
+        torch.set_rng_state(ts["rng_cpu"])
+        if "rng_cuda" in ts and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ts["rng_cuda"])
+        self.start_epoch = int(state["epoch"])
+        self.resume_batch = int(state["batch"])
+        self.global_step = int(state["global_step"])
+        self.steps_in_epoch = int(state["steps_in_epoch"])
+        self.history = list(state["history"])
+        if self.run_dir is not None:  # an epoch logged after this checkpoint will be re-run
+            (self.run_dir / "history.jsonl").write_text(
+                "".join(json.dumps(h) + "\n" for h in self.history))
+        self.warnings = list(state["warnings"])
+        for cb, s in zip(self.callbacks, state["callbacks"], strict=False):
+            cb.load_state_dict(s)
+        if self.early_stopping is not None and (d / "best.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            self.early_stopping.best_weights = load_file(str(d / "best.safetensors"))
+        self.log(f"resumed from {d.name}: epoch {self.start_epoch + 1}, batch {self.resume_batch}")
+        return float(state["run_sum"]), int(state["run_n"])
