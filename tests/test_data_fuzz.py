@@ -4,6 +4,7 @@ other exception, which would surface to the user as a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,10 +54,8 @@ def _check(path: Path, fmt: Format = Format.AUTO) -> None:
     assert_canonical(raw.frame)
     assert raw.frame.height > 0
     # what a reader accepts, validation either accepts or rejects with a located error
-    try:
+    with contextlib.suppress(MoolaDataError):
         validate_raw(raw.frame, Timeframe.M1)
-    except MoolaDataError:
-        pass
 
 
 @SETTINGS

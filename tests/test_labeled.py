@@ -141,6 +141,14 @@ def test_gap_allowed_when_asked(fm: FeatureMatrix) -> None:
     assert LabeledWindows.from_labels(fm, labels, W).rejected.height == 1
     lw = LabeledWindows.from_labels(fm, labels, W, allow_gaps=True)
     assert len(lw) == 1 and lw.rejected.height == 0
+    # a window may start on the bar right after the gap: nothing is missing inside it
+    ua = fm.keys.with_row_index().filter(pl.col("symbol") == "UA")
+    first = ua.filter(pl.col("ts") == utc(2015, 11, 10))["index"][0]
+    assert ua.filter(pl.col("index") == first)["gap_before"][0]
+    end_ts = fm.keys["ts"][first + W - 1]
+    starts_at_gap = pl.DataFrame({"symbol": ["UA"], "end_ts": [end_ts], "label": ["up"]})
+    lw = LabeledWindows.from_labels(fm, starts_at_gap, W)
+    assert len(lw) == 1 and lw.meta["start_ts"][0] == utc(2015, 11, 10)
 
 
 def test_strict_mode_lists_every_bad_row(

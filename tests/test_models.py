@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,7 @@ from moola.models import (
     TransformerEncoderConfig,
     build_model,
 )
-from moola.models.heads import ClassifierHead, PointerHead
+from moola.models.heads import ClassifierHead, LastPooling, PointerHead
 
 B, T, F_IN = 8, 105, 4
 
@@ -193,6 +194,16 @@ def test_attention_pooling_defaults_are_128_by_8():
     assert (pool.out_dim, pool.heads) == (128, 8)
 
 
+def test_last_pooling_takes_each_direction_where_it_ends():
+    enc = RNNEncoder(F_IN, hidden=6, layers=1, bidirectional=True)
+    x = torch.randn(B, T, F_IN)
+    h = enc(x)  # (B, T, [forward 6 | backward 6])
+    _, (h_n, _) = enc.rnn(x)  # final state of each direction: (2, B, 6)
+    pooled = LastPooling(12, bidirectional=True)(h)
+    assert torch.allclose(pooled, torch.cat([h_n[0], h_n[1]], dim=-1))
+    assert torch.equal(LastPooling(12)(h), h[:, -1])
+
+
 def test_classifier_and_pointer_heads():
     h = torch.randn(B, T, 24)
     assert ClassifierHead(24, n_classes=5)(h)["logits"].shape == (B, 5)
@@ -207,27 +218,34 @@ def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, n_classes: int) -> torc
     """A loss touching every output, as training would: CE, pointer CE over time, BCE, MSE."""
     g = torch.Generator().manual_seed(1)
     n, steps = x.shape[:2]
-    loss = torch.zeros(())
+    loss = torch.zeros((), dtype=x.dtype)
     if "logits" in out:
         loss = loss + F.cross_entropy(out["logits"], torch.randint(n_classes, (n,), generator=g))
     if "start_logits" in out:
         for key in ("start_logits", "end_logits"):
             loss = loss + F.cross_entropy(out[key], torch.randint(steps, (n,), generator=g))
     if "direction" in out:
-        target = torch.randint(2, (n,), generator=g).float()
+        target = torch.randint(2, (n,), generator=g).to(x.dtype)
         loss = loss + F.binary_cross_entropy_with_logits(out["direction"], target)
     if "regression" in out:
-        loss = loss + F.mse_loss(out["regression"], torch.randn(out["regression"].shape, generator=g))
+        target = torch.randn(out["regression"].shape, generator=g, dtype=x.dtype)
+        loss = loss + F.mse_loss(out["regression"], target)
     if "reconstruction" in out:
         loss = loss + F.mse_loss(out["reconstruction"], x)
     return loss
 
 
 def assert_every_parameter_learns(model: nn.Module, x: torch.Tensor, n_classes: int = 2) -> None:
-    model.train()
-    model.zero_grad()
+    """Every parameter gets a gradient from a loss over all heads.
+
+    Run in float64: at init some real gradients are ~1e-7, while a parameter the loss cannot
+    see (e.g. a bias under a softmax) still shows float32 round-off of ~1e-11; in float64 the
+    latter drops to ~1e-20, so a 1e-12 floor separates them cleanly.
+    """
+    model = copy.deepcopy(model).double().train()
+    x = x.double()
     _loss(model(x), x, n_classes).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-12]
     assert not dead, f"parameters without gradient: {dead}"
 
 

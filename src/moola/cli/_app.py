@@ -38,6 +38,7 @@ def _friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from rich.markup import escape
 
+        from moola.config import ConfigError
         from moola.data import MoolaDataError
 
         # messages quote file contents and paths: escape them so rich shows "[x]" verbatim
@@ -45,6 +46,9 @@ def _friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MoolaDataError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ConfigError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (ValueError, KeyError, FileNotFoundError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -291,3 +295,80 @@ def demo(
     from moola.pipelines.demo import run_demo
 
     run_demo(out, data_dir=data_dir, console=console)
+
+
+# --------------------------------------------------------------------------- models
+
+models_app = typer.Typer(help="Model presets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _parse_shape(s: str) -> tuple[int, int]:
+    try:
+        t, f = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"'{s}' is not TxF, e.g. 105x4") from None
+    return t, f
+
+
+@models_app.command("list")
+def models_list(
+    input_shape: Annotated[str, typer.Option("--input-shape", help="Window TxF, e.g. 105x4.")] = "105x4",
+    n_samples: Annotated[
+        int | None, typer.Option("--n-samples", help="Training samples, for the ratio.")
+    ] = None,
+) -> None:
+    """Presets with parameter counts and the parameter-to-sample ratio (warned above 1,000:1)."""
+    from moola.models import describe_presets
+
+    infos = describe_presets(_parse_shape(input_shape), n_samples)
+    t = Table(title=f"presets at input {input_shape}", title_justify="left")
+    for c in ("preset", "task", "parameters", "params/sample", "note"):
+        t.add_column(c, justify="right" if c in ("parameters", "params/sample") else "left")
+    for i in infos:
+        ratio = "-" if i.params_per_sample is None else f"{i.params_per_sample:,.1f}"
+        t.add_row(i.name, i.task, f"{i.params:,}", ratio,
+                  f"[red]{i.warning}[/]" if i.warning else "")
+    console.print(t)
+
+
+# ---------------------------------------------------------------------- train / eval
+
+
+@app.command("train")
+@_friendly_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML (see docs/configs.md).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16")] = None,
+) -> None:
+    """Train a model; writes a checkpoint directory with report.html, metrics and baselines."""
+    from moola.pipelines.train import RunConfig, run_train
+
+    extra = list(overrides or [])
+    if device:
+        extra.append(f"train.device={device}")
+    if precision:
+        extra.append(f"train.precision={precision}")
+    cfg = RunConfig.from_yaml(config, extra)
+    out = run_train(cfg, console=console, resume=resume)
+    console.print(f"run directory: {out.run_dir}")
+
+
+@app.command("evaluate")
+@_friendly_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by moola train.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Store to evaluate on (default: the run's data).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="test|val|train|all")] = "test",
+) -> None:
+    """Re-evaluate a saved run beside the baselines; refuses a different feature schema."""
+    from moola.pipelines.train import run_evaluate
+
+    run_evaluate(run_dir, store=data, split=split, console=console)

@@ -363,8 +363,10 @@ def _flag_returns_and_stale(
         if policy.actions[Reason.EXTREME_RETURN] is Action.FAIL:
             _fail(Reason.EXTREME_RETURN, df, extreme, price)
         report.add(Reason.EXTREME_RETURN, Action.KEEP, counts)
+    synthetic = pl.col("is_filled").fill_null(False) if "is_filled" in df.columns else pl.lit(False)
     flat = (
-        (pl.col("volume") == 0)
+        ~synthetic  # bars inserted by gap=fill are counted as gaps, not as stale prices
+        & (pl.col("volume") == 0)
         & (pl.col("open") == pl.col("close"))
         & (pl.col("high") == pl.col("close"))
         & (pl.col("low") == pl.col("close"))
@@ -396,9 +398,8 @@ def _gaps(
                                                         "ts": keys.schema["ts"]})
         keys = (pl.concat([keys, extra], how="diagonal")
                 .unique(["symbol", "ts"], keep="first", maintain_order=True).sort("symbol", "ts"))
-    if "is_filled" in df.columns:
-        keys = keys.join(df.select("symbol", "ts", "is_filled"), on=["symbol", "ts"], how="left")
-        keys = keys.filter(~pl.col("is_filled").fill_null(False)).drop("is_filled")
+    # bars filled at ingest (is_filled) occupy their slot: validate_bars counts them once, as
+    # gap/fill, instead of also reporting the gap they fill as a kept gap
     marked = mark_gaps(keys, timeframe)
     counts = _count(marked, pl.col("gap_before"), weight=pl.col("missing_before"))
     if counts.height == 0:
@@ -463,6 +464,8 @@ def validate_bars(
     if rejects is not None and rejects.height:
         for reason_s, grp in rejects.group_by("reason", maintain_order=True):
             reason = Reason(reason_s[0])
+            if reason is Reason.DUPLICATE_CONFLICTING:  # counted in keys, as at ingest
+                grp = grp.sort("symbol", "ts", "line").unique(["symbol", "ts"], keep="first")
             counts = (
                 grp.sort("symbol", "ts")
                 .group_by("symbol", maintain_order=True)

@@ -2,7 +2,7 @@
 
 from moola.datasets.labeled import LabeledWindows, load_labels, save_labels
 from moola.datasets.normalize import RobustScaler, Standardizer, load_scaler, scaler_from_dict
-from moola.datasets.panel import DayPanel
+from moola.datasets.panel import DayPanel, PanelBatch, PanelDay
 from moola.datasets.splits import (
     Fold,
     SampleSpans,
@@ -20,6 +20,8 @@ __all__ = [
     "DayPanel",
     "Fold",
     "LabeledWindows",
+    "PanelBatch",
+    "PanelDay",
     "RobustScaler",
     "SampleSpans",
     "Split",

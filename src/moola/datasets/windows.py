@@ -17,7 +17,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from moola.features._matrix import FeatureMatrix
 
-__all__ = ["WindowSet", "flag_prefix", "gap_flags", "nan_rows", "symbol_ranges"]
+__all__ = [
+    "WindowSet",
+    "filled_flags",
+    "flag_prefix",
+    "gap_flags",
+    "nan_rows",
+    "symbol_ranges",
+    "ts_ns",
+]
 
 
 def symbol_ranges(fm: FeatureMatrix) -> tuple[list[str], np.ndarray]:
@@ -130,7 +138,7 @@ class WindowSet:
             del nan_p
             if not allow_gaps:
                 gap_p = flag_prefix(gap_flags(fm.keys))
-                pass
+                keep &= gap_p[starts + span] == gap_p[starts + 1]
                 del gap_p
             if not allow_filled:
                 fill_p = flag_prefix(filled_flags(fm.keys))

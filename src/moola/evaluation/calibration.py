@@ -51,12 +51,17 @@ def check_labels(y: object, name: str = "y_true", n_classes: int | None = None) 
 
 
 def check_proba(
-    proba: object, name: str = "proba", n_rows: int | None = None, n_classes: int | None = None
+    proba: object,
+    name: str = "proba",
+    n_rows: int | None = None,
+    n_classes: int | None = None,
+    renormalise: bool = True,
 ) -> np.ndarray:
     """A float (N, C) probability matrix with rows summing to 1 (within 1e-4).
 
-    Returns a float64 copy renormalised to sum exactly to 1 per row (so downstream scikit-learn
-    checks, which are stricter than 1e-4, do not trip on float32 round-off).
+    Returns a float64 copy, by default renormalised so each row sums to 1 (downstream
+    scikit-learn checks are stricter than 1e-4 and trip on float32 round-off). The ECE uses the
+    values as given (``renormalise=False``) so confidences on a bin edge stay on it.
     """
     arr = np.asarray(proba)
     if arr.dtype == object or arr.dtype.kind != "f":
@@ -82,7 +87,7 @@ def check_proba(
             f"{name} rows must sum to 1 (tolerance {ROW_SUM_TOL}); {int(bad.sum())} rows do not, "
             f"e.g. row {i} sums to {sums[i]:.6g}"
         )
-    return out / sums[:, None]
+    return out / sums[:, None] if renormalise else out
 
 
 def _as_2d_proba(proba: object, name: str = "proba") -> np.ndarray:
@@ -154,7 +159,7 @@ def reliability_curve(y_true: object, proba: object, n_bins: int = 15) -> Reliab
     ``proba`` is (N, C); a 1-D float array is read as the positive-class probability of a binary
     problem. Bins are equal width over (0, 1], right-closed (see module docstring).
     """
-    p = check_proba(_as_2d_proba(proba))
+    p = check_proba(_as_2d_proba(proba), renormalise=False)
     y = check_labels(y_true, "y_true", n_classes=p.shape[1])
     if p.shape[0] != y.shape[0]:
         raise ValueError(f"proba has {p.shape[0]} rows but y_true has {y.shape[0]} samples")
@@ -200,9 +205,9 @@ def _check_logits(logits: object, name: str) -> tuple[np.ndarray, bool]:
     return out, binary
 
 
-def _nll_and_grad(log_t: float, z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _nll_and_grad(log_t: float | np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean NLL of softmax(z / T) and its derivative with respect to ``log T``."""
-    s = float(np.exp(-log_t))  # 1 / T
+    s = float(np.exp(-np.asarray(log_t, dtype=np.float64).reshape(-1)[0]))  # 1 / T
     lp = log_softmax(z * s, axis=1)
     nll = -float(np.mean(lp[np.arange(len(y)), y]))
     p = np.exp(lp)

@@ -3,7 +3,8 @@
 Conventions
 -----------
 * ``y_true`` is an integer array (N,) of class indices into ``classes``; ``proba`` is a float
-  array (N, C) whose rows sum to 1 within 1e-4 (rows are renormalised exactly before use).
+  array (N, C) whose rows sum to 1 within 1e-4 (only the log loss renormalises rows exactly;
+  the other metrics use the values as given, so ties and bin edges are not perturbed).
   Wrong shapes, dtypes or row sums raise ``ValueError`` / ``TypeError`` naming the argument.
 * The predicted class is ``argmax(proba)`` (first index on ties).
 * Per-class precision / recall / F1 use ``zero_division=0``; macro-F1 averages over ALL classes
@@ -83,8 +84,11 @@ def _roc_auc(y: np.ndarray, p: np.ndarray, names: list[str]) -> tuple[float | No
         return None, f"ROC-AUC undefined: class(es) {missing} absent from y_true"
     if p.shape[1] == 2:
         return float(roc_auc_score(y, p[:, 1])), None
-    auc = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=np.arange(p.shape[1]))
-    return float(auc), None
+    # one-vs-rest macro: the mean of the per-class binary AUCs (what scikit-learn's
+    # multi_class="ovr", average="macro" computes), done per class on the scores as given so
+    # that neither its row-sum check nor a renormalisation (which can break ties) interferes
+    per_class = [roc_auc_score((y == c).astype(int), p[:, c]) for c in range(p.shape[1])]
+    return float(np.mean(per_class)), None
 
 
 def classification_metrics(y_true: object, proba: object, classes: Sequence[object]) -> dict[str, Any]:
@@ -97,7 +101,8 @@ def classification_metrics(y_true: object, proba: object, classes: Sequence[obje
     ``pred_share`` ({name: share of predictions}) and ``true_share`` ({name: share of labels}).
     """
     y_raw = np.asarray(y_true)
-    p = check_proba(proba, "proba")
+    # scores as given (argmax, AUC, Brier, ECE); log loss gets rows renormalised to sum to 1
+    p = check_proba(proba, "proba", renormalise=False)
     names = _check_classes(classes, p.shape[1])
     y = check_labels(y_raw, "y_true", n_classes=len(names))
     if y.shape[0] != p.shape[0]:
@@ -136,7 +141,7 @@ def classification_metrics(y_true: object, proba: object, classes: Sequence[obje
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).astype(int).tolist(),
         "roc_auc": auc,
         "roc_auc_reason": auc_reason,
-        "log_loss": float(log_loss(y, p, labels=labels)),
+        "log_loss": float(log_loss(y, p / p.sum(axis=1, keepdims=True), labels=labels)),
         "brier": brier_score(y, p),
         "ece": float(expected_calibration_error(y, p, n_bins=ECE_BINS)),
         "class_collapse": collapse,

@@ -14,8 +14,8 @@ from moola.features._registry import FeatureSet, get_feature_set
 
 KEY_COLUMNS: tuple[str, ...] = ("symbol", "ts", "gap_before", "is_filled")
 BAR_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
-# Features evaluated per Polars query: small batches bound the intermediates held at once.
-BATCH = 16
+# Most features evaluated per Polars query: batches bound the intermediates held at once.
+BATCH = 32
 
 
 def adjusted_bars(df: pl.DataFrame) -> pl.DataFrame:
@@ -95,6 +95,23 @@ def _position_in_symbol(symbols: pl.Series) -> np.ndarray:
     return np.arange(n) - np.repeat(starts, lengths)
 
 
+def _batches(fs: FeatureSet) -> list[list[int]]:
+    """Spec indices grouped by look-back, in chunks of ``BATCH``.
+
+    Features with the same look-back mostly share windows (Max/Min/RSV, Slope/Rsquare/Resi),
+    so Polars' common-subexpression elimination computes each rolling window once per batch.
+    """
+    order = sorted(range(len(fs.specs)), key=lambda j: fs.specs[j].lookback)
+    out: list[list[int]] = []
+    for j in order:
+        same = out and fs.specs[out[-1][-1]].lookback == fs.specs[j].lookback
+        if same and len(out[-1]) < BATCH:
+            out[-1].append(j)
+        else:
+            out.append([j])
+    return out
+
+
 def compute_features(
     df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
 ) -> FeatureMatrix:
@@ -114,11 +131,11 @@ def compute_features(
     if fs.aux:
         bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
     values = np.empty((df.height, len(fs.specs)), dtype=np.float32)
-    for j in range(0, len(fs.specs), BATCH):
-        batch = fs.specs[j : j + BATCH]
-        exprs = [s.expr.cast(pl.Float32).alias(s.name) for s in batch]  # type: ignore[union-attr]
-        values[:, j : j + len(batch)] = bars.lazy().select(exprs).collect().to_numpy()
-    np.copyto(values, np.float32(np.nan), where=np.isinf(values))
+    for cols in _batches(fs):
+        exprs = [fs.specs[j].expr.cast(pl.Float32).alias(fs.specs[j].name) for j in cols]  # type: ignore[union-attr]
+        block = bars.lazy().select(exprs).collect().to_numpy()
+        np.copyto(block, np.float32(np.nan), where=np.isinf(block))
+        values[:, cols] = block
     pos = _position_in_symbol(keys.get_column("symbol"))
     lookbacks = np.array([s.lookback for s in fs.specs], dtype=np.int64)
     for lb in np.unique(lookbacks[lookbacks > 0]):

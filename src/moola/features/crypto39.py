@@ -14,7 +14,7 @@ import polars as pl
 
 from moola.features._registry import FeatureSet, FeatureSpec
 
-O, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
+OP, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
 PREV_C = C.shift(1)
 R1 = (C / PREV_C).log()
 TP = (H + L + C) / 3.0
@@ -100,11 +100,11 @@ def feature_set() -> FeatureSet:
     tr = pl.max_horizontal(H, PREV_C) - pl.min_horizontal(L, PREV_C)
     add(FeatureSpec("atr_14", "mean(true_range, 14) / close", 14, tr.rolling_mean(14) / C))
     add(FeatureSpec("hl_range", "log(high / low)", 0, (H / L).log()))
-    add(FeatureSpec("body", "log(close / open)", 0, (C / O).log()))
+    add(FeatureSpec("body", "log(close / open)", 0, (C / OP).log()))
     add(FeatureSpec("upper_wick", "log(high / max(open, close))", 0,
-                    (H / pl.max_horizontal(O, C)).log()))
+                    (H / pl.max_horizontal(OP, C)).log()))
     add(FeatureSpec("lower_wick", "log(min(open, close) / low)", 0,
-                    (pl.min_horizontal(O, C) / L).log()))
+                    (pl.min_horizontal(OP, C) / L).log()))
     add(FeatureSpec("close_pos", "(close - low) / (high - low); 0.5 when high == low", 0,
                     pl.when(H == L).then(0.5).otherwise((C - L) / (H - L))))
 

@@ -7,7 +7,7 @@ import polars as pl
 from moola.features._registry import FeatureSet, FeatureSpec
 from moola.features.ohlc4 import ohlc_specs
 
-O, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
+OP, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
 PREV_C = C.shift(1)
 # Below this a rolling std of log-volume is treated as zero (constant volume: z-score 0).
 STD_FLOOR = 1e-9
@@ -32,14 +32,14 @@ def feature_set(atr: int = 14, volume_z: int = 20, ret_z: int = 20) -> FeatureSe
     atr_expr = true_range().rolling_mean(atr)
     specs = (
         *ohlc_specs(),
-        FeatureSpec("body_lr", "log(close / open)", 0, (C / O).log()),
+        FeatureSpec("body_lr", "log(close / open)", 0, (C / OP).log()),
         FeatureSpec(
             "upper_wick_lr", "log(high / max(open, close))", 0,
-            (H / pl.max_horizontal(O, C)).log(),
+            (H / pl.max_horizontal(OP, C)).log(),
         ),
         FeatureSpec(
             "lower_wick_lr", "log(min(open, close) / low)", 0,
-            (pl.min_horizontal(O, C) / L).log(),
+            (pl.min_horizontal(OP, C) / L).log(),
         ),
         FeatureSpec(
             f"range_atr{atr}",

@@ -87,14 +87,16 @@ def build_encoder(cfg: EncoderConfig) -> RNNEncoder | TransformerEncoder:
 def build_heads(cfg: ModelConfig, enc_out_dim: int) -> dict[str, nn.Module]:
     """One module per head set in ``cfg``, keyed by the config field name."""
     heads: dict[str, nn.Module] = {}
+    # "last" pooling must take a bidirectional RNN's backward half at t = 0 (see LastPooling).
+    bidir = isinstance(cfg.encoder, RNNEncoderConfig) and cfg.encoder.bidirectional
     if (c := cfg.classifier) is not None:
         heads["classifier"] = ClassifierHead(enc_out_dim, c.n_classes, c.hidden, c.heads, c.dropout)
     if cfg.pointer is not None:
         heads["pointer"] = PointerHead(enc_out_dim)
     if (d := cfg.direction) is not None:
-        heads["direction"] = DirectionHead(enc_out_dim, d.mlp, d.dropout, d.pooling)
+        heads["direction"] = DirectionHead(enc_out_dim, d.mlp, d.dropout, d.pooling, bidir)
     if (r := cfg.regression) is not None:
-        heads["regression"] = RegressionHead(enc_out_dim, len(r.horizons), r.pooling)
+        heads["regression"] = RegressionHead(enc_out_dim, len(r.horizons), r.pooling, bidir)
     if (rc := cfg.reconstruction) is not None:
         heads["reconstruction"] = ReconstructionHead(enc_out_dim, rc.out_features)
     return heads

@@ -64,14 +64,24 @@ class AttentionPooling(nn.Module):
 
 
 class LastPooling(nn.Module):
-    """The last time step: all a causal or unidirectional encoder knows at the decision bar."""
+    """The final state: all a causal or unidirectional encoder knows at the decision bar.
 
-    def __init__(self, in_dim: int) -> None:
+    For a bidirectional RNN (features = [forward | backward]) the backward pass ends at t = 0,
+    so its half is taken there; at T - 1 it would have seen a single bar.
+    """
+
+    def __init__(self, in_dim: int, bidirectional: bool = False) -> None:
         super().__init__()
+        if bidirectional and in_dim % 2:
+            raise ValueError(f"a bidirectional encoder has an even width, got {in_dim}")
         self.out_dim = in_dim
+        self.bidirectional = bidirectional
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h[:, -1]  # (B, D)
+        if not self.bidirectional:
+            return h[:, -1]  # (B, D)
+        half = h.shape[-1] // 2
+        return torch.cat([h[:, -1, :half], h[:, 0, half:]], dim=-1)  # (B, D)
 
 
 class MeanPooling(nn.Module):
@@ -85,11 +95,13 @@ class MeanPooling(nn.Module):
         return h.mean(dim=1)  # (B, D)
 
 
-def make_pooling(kind: Pooling, in_dim: int) -> LastPooling | MeanPooling | AttentionPooling:
+def make_pooling(
+    kind: Pooling, in_dim: int, bidirectional: bool = False
+) -> LastPooling | MeanPooling | AttentionPooling:
     """A (B, T, D) -> (B, out_dim) pooling module; attention uses AttentionPooling's defaults."""
     match kind:
         case "last":
-            return LastPooling(in_dim)
+            return LastPooling(in_dim, bidirectional)
         case "mean":
             return MeanPooling(in_dim)
         case "attention":
@@ -132,10 +144,15 @@ class DirectionHead(nn.Module):
     """Pool -> MLP (default 128 -> 64) -> one up/down logit: (B, T, D) -> {"direction": (B,)}."""
 
     def __init__(
-        self, in_dim: int, mlp: Sequence[int] = (128, 64), dropout: float = 0.1, pooling: Pooling = "last"
+        self,
+        in_dim: int,
+        mlp: Sequence[int] = (128, 64),
+        dropout: float = 0.1,
+        pooling: Pooling = "last",
+        bidirectional: bool = False,  # the encoder's; see LastPooling
     ) -> None:
         super().__init__()
-        self.pool = make_pooling(pooling, in_dim)
+        self.pool = make_pooling(pooling, in_dim, bidirectional)
         layers: list[nn.Module] = []
         width = self.pool.out_dim
         for size in mlp:
@@ -152,9 +169,11 @@ class DirectionHead(nn.Module):
 class RegressionHead(nn.Module):
     """Pool -> linear to one value per horizon: (B, T, D) -> {"regression": (B, H)}."""
 
-    def __init__(self, in_dim: int, n_outputs: int = 1, pooling: Pooling = "last") -> None:
+    def __init__(
+        self, in_dim: int, n_outputs: int = 1, pooling: Pooling = "last", bidirectional: bool = False
+    ) -> None:
         super().__init__()
-        self.pool = make_pooling(pooling, in_dim)
+        self.pool = make_pooling(pooling, in_dim, bidirectional)
         self.fc = nn.Linear(self.pool.out_dim, n_outputs)
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,342 @@
+"""The train recipe: setup (data -> windows -> split -> normaliser -> model), train, evaluate
+against baselines on the same split, save a self-describing run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import Field, model_validator
+from rich.console import Console
+
+from moola.config import Config
+from moola.data import Store, Timeframe, ingest, mark_gaps
+from moola.datasets import SampleSpans, Split, Standardizer, WindowSet, chronological_split
+from moola.datasets.normalize import RobustScaler
+from moola.features import FeatureMatrix, build_features
+from moola.models import ModelConfig, build_model, count_parameters, preset_config
+from moola.training import (
+    ClassificationObjective,
+    DirectionObjective,
+    Objective,
+    RegressionObjective,
+    TensorData,
+    TrainConfig,
+    Trainer,
+    balanced_class_weights,
+    data_fingerprint,
+    seed_everything,
+    write_meta,
+)
+from moola.training.checkpoint import atomic_write_json
+
+BUNDLED = {
+    "sp500_daily": "sp500_subset.parquet",
+    "btcusd_1m": "binanceus_BTCUSD_1m.csv",
+}
+
+
+class SplitConfig(Config):
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    embargo_bars: int = Field(5, ge=0)
+
+
+class DataConfig(Config):
+    """Where bars come from and how they become labeled windows."""
+
+    store: str | None = None  # a moola store; None -> the bundled dataset below
+    bundled: Literal["sp500_daily", "btcusd_1m"] = "sp500_daily"
+    timeframe: str | None = None
+    symbols: list[str] | None = None
+    feature_set: str = "ohlc4"
+    window: int = Field(105, ge=2)
+    stride: int = Field(1, ge=1)
+    task: Literal["direction", "regression"] = "direction"
+    horizon: int = Field(1, ge=1)  # bars ahead for the label
+    split: SplitConfig = SplitConfig()
+    normalize: Literal["none", "standard", "robust"] = "standard"
+
+
+class RunConfig(Config):
+    """Everything a run needs; written resolved (model filled in) to RUN/config.yaml."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    preset: str | None = "simple_lstm"
+    model: ModelConfig | None = None
+    train: TrainConfig = TrainConfig()
+    baselines: list[Literal["majority", "logistic", "minirocket"]] = Field(
+        default_factory=lambda: ["majority", "logistic", "minirocket"])
+
+    @model_validator(mode="after")
+    def _one_model(self) -> RunConfig:
+        if self.preset is None and self.model is None:
+            raise ValueError("set either 'preset' or 'model'")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+@dataclass
+class PreparedData:
+    """Windows split into train/val/test arrays, plus what a checkpoint must remember."""
+
+    x: dict[str, np.ndarray]  # split -> (N, T, F) float32
+    y: dict[str, np.ndarray]
+    classes: list[str]
+    feature_names: tuple[str, ...]
+    schema_hash: str
+    split: Split
+    meta: dict[str, pl.DataFrame]
+    normalizer: Standardizer | RobustScaler | None
+
+
+def bundled_dir() -> Path:
+    from moola.pipelines.demo import bundled_data_dir
+
+    return bundled_data_dir()
+
+
+def resolve_store(cfg: DataConfig, cache_root: Path) -> Path:
+    """The configured store, or the bundled file ingested once into ``cache_root``."""
+    if cfg.store is not None:
+        return Path(cfg.store)
+    store = cache_root / f"_bundled_{cfg.bundled}"
+    ingest([bundled_dir() / BUNDLED[cfg.bundled]], Store(store))  # idempotent: no change twice
+    return store
+
+
+def load_features(cfg: DataConfig, store_dir: Path) -> tuple[FeatureMatrix, pl.DataFrame, Timeframe]:
+    store = Store(store_dir)
+    tf = Timeframe(cfg.timeframe) if cfg.timeframe else store.resolve_timeframe(None)
+    bars = mark_gaps(store.read(tf, cfg.symbols), tf)
+    fm = build_features(bars, cfg.feature_set)
+    if not (fm.keys["ts"].equals(bars["ts"]) and fm.keys["symbol"].equals(bars["symbol"])):
+        raise RuntimeError("feature rows are not aligned with bars")
+    return fm, bars, tf
+
+
+def forward_log_return(bars: pl.DataFrame, horizon: int) -> np.ndarray:
+    """(N,) log return from each bar's close to the close ``horizon`` bars later (same symbol)."""
+    price = "adj_close" if "adj_close" in bars.columns else "close"
+    r = bars.select(
+        (pl.col(price).shift(-horizon).over("symbol") / pl.col(price)).log().alias("r")
+    )["r"]
+    return r.to_numpy().astype(np.float64)
+
+
+def calendar_positions(ts: np.ndarray) -> np.ndarray:
+    """Bar index on the union calendar, so embargo and purge count bars, not wall time."""
+    cal = np.unique(ts)
+    return np.searchsorted(cal, ts).astype(np.int64)
+
+
+def prepare_data(cfg: DataConfig, store_dir: Path,
+                 normalizer: Standardizer | RobustScaler | None = None) -> PreparedData:
+    """Features -> windows -> purged chronological split -> normaliser fitted on train only.
+
+    Pass ``normalizer`` (a fitted one, e.g. loaded from a run) to reuse it instead of fitting.
+    """
+    fm, bars, _ = load_features(cfg, store_dir)
+    ws = WindowSet.from_matrix(fm, cfg.window, stride=cfg.stride, horizon=cfg.horizon)
+    if len(ws) == 0:
+        raise ValueError(f"no valid {cfg.window}-bar windows with horizon {cfg.horizon} in {store_dir}")
+    fwd = forward_log_return(bars, cfg.horizon)[ws.end_rows]
+    ts = fm.keys["ts"].dt.epoch("ns").to_numpy()
+    pos = calendar_positions(ts)
+    spans = SampleSpans(pos[ws.start_rows], pos[ws.end_rows] + cfg.horizon,
+                        group=np.asarray(ws.symbol_codes()))
+    split = chronological_split(spans, val=cfg.split.val, test=cfg.split.test,
+                                embargo=cfg.split.embargo_bars)
+    if cfg.task == "direction":
+        y_all = (fwd > 0).astype(np.int64)
+        classes = ["down", "up"]
+    else:
+        y_all = fwd.astype(np.float32)[:, None]
+        classes = []
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    x = {k: ws.batch(idx) for k, idx in parts.items()}
+    y = {k: y_all[idx] for k, idx in parts.items()}
+    if normalizer is None and cfg.normalize != "none":
+        normalizer = (Standardizer() if cfg.normalize == "standard" else RobustScaler()).fit(x["train"])
+    if normalizer is not None:
+        x = {k: np.ascontiguousarray(normalizer.transform(v), dtype=np.float32) for k, v in x.items()}
+    meta = {k: ws.meta.select("symbol", "start_ts", "end_ts")[idx] for k, idx in parts.items()}
+    return PreparedData(x, y, classes, fm.names, fm.schema_hash, split, meta, normalizer)
+
+
+def resolve_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
+    if cfg.model is not None:
+        return cfg.model
+    assert cfg.preset is not None
+    return preset_config(cfg.preset, n_features=n_features,
+                         n_classes=n_classes if n_classes else None)
+
+
+def make_objective(model_cfg: ModelConfig, train_cfg: TrainConfig, y_train: np.ndarray,
+                   n_classes: int) -> Objective:
+    """The objective follows the model's head: classifier, direction logit or regression."""
+    loss = train_cfg.loss
+    if model_cfg.classifier is not None:
+        if loss.class_weights == "balanced":
+            w = balanced_class_weights(y_train, n_classes)
+        elif isinstance(loss.class_weights, list):
+            w = torch.tensor(loss.class_weights, dtype=torch.float32)
+        else:
+            w = None
+        return ClassificationObjective(n_classes, class_weights=w, focal_gamma=loss.focal_gamma,
+                                       label_smoothing=loss.label_smoothing,
+                                       pointer_weight=loss.pointer_weight)
+    if model_cfg.direction is not None:
+        pos_weight = None
+        if loss.class_weights == "balanced":
+            p = float(np.mean(y_train))
+            pos_weight = (1 - p) / max(p, 1e-9)
+        return DirectionObjective(pos_weight=pos_weight, label_smoothing=loss.label_smoothing)
+    if model_cfg.regression is not None:
+        return RegressionObjective()
+    raise ValueError("model has no head the train recipe can optimise (classifier/direction/regression)")
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    metrics: dict
+    report: Path | None
+    warnings: list[str]
+
+
+def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: bool = True,
+              resume: bool = False, write_report: bool = True) -> TrainOutcome:
+    """Setup -> train -> evaluate (with baselines) -> save. Returns the run directory."""
+    from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
+    from moola.evaluation.calibration import TemperatureScaler
+
+    console = console or Console()
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
+    data = prepare_data(cfg.data, store_dir)
+    n_features = data.x["train"].shape[2]
+    n_classes = len(data.classes)
+    model_cfg = resolve_model(cfg, n_features, n_classes)
+    resolved = cfg.model_copy(update={"model": model_cfg, "preset": cfg.preset})
+    resolved.to_yaml(run_dir / "config.yaml")
+    seed_everything(cfg.train.seed)
+    model = build_model(model_cfg)
+    n_params = count_parameters(model)
+    console.print(
+        f"[bold]{cfg.name}[/]: {model_cfg.name} with {n_params:,} parameters on "
+        f"{len(data.y['train']):,} train / {len(data.y['val']):,} val / {len(data.y['test']):,} "
+        f"test windows of {data.x['train'].shape[1]}x{n_features} "
+        f"({n_params / max(len(data.y['train']), 1):,.1f} params per sample; purged "
+        f"{data.split.purged}, embargoed {data.split.embargoed})"
+    )
+    if data.normalizer is not None:
+        data.normalizer.save(run_dir / "normalizer.json")
+    write_meta(
+        run_dir,
+        feature_set=cfg.data.feature_set,
+        feature_names=list(data.feature_names),
+        feature_schema_hash=data.schema_hash,
+        data_fingerprint=data_fingerprint(data.x["train"], data.y["train"]),
+        store=str(store_dir),
+        classes=data.classes,
+        n_params=n_params,
+        n_train=len(data.y["train"]),
+    )
+    objective = make_objective(model_cfg, cfg.train, data.y["train"], n_classes)
+    tensors = {k: TensorData({"x": data.x[k], "y": data.y[k]}) for k in ("train", "val", "test")}
+    trainer = Trainer(model, objective, cfg.train, run_dir=run_dir, show_progress=show_progress,
+                      console=console)
+    fit = trainer.fit(tensors["train"], tensors["val"], resume=resume)
+
+    test_loss, test_m, test_c = trainer.evaluate(tensors["test"])
+    metrics: dict = {"test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
+                     "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
+                     "warnings": fit.warnings}
+    table = None
+    if n_classes:
+        proba = test_c["proba"]
+        metrics["test"] = classification_metrics(data.y["test"], proba, data.classes)
+        # temperature scaling: fitted on the validation split only, reported beside raw
+        _, _, val_c = trainer.evaluate(tensors["val"])
+        ts = TemperatureScaler().fit(np.log(np.clip(val_c["proba"], 1e-12, 1)), data.y["val"])
+        cal = ts.transform(np.log(np.clip(proba, 1e-12, 1)))
+        metrics["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
+        metrics["temperature"] = float(ts.temperature_)
+        base = run_baselines(data.x["train"], data.y["train"], data.x["test"], data.y["test"],
+                             data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
+        metrics["baselines"] = {b.name: b.metrics for b in base}
+        table = baseline_table(base, model_metrics=metrics["test"])
+        console.print(table)
+    else:
+        metrics["test"] = test_m
+    metrics["seconds_total"] = time.perf_counter() - t0
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    report = None
+    if write_report and n_classes:
+        report = write_run_report(
+            run_dir, history=fit.history, metrics=metrics, classes=data.classes,
+            y_true=data.y["test"], proba=test_c["proba"], baseline_table=table,
+            title=f"{cfg.name}: {model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
+            notes=fit.warnings + trainer.messages,
+        )
+        console.print(f"report: {report}")
+    return TrainOutcome(run_dir, metrics, report, fit.warnings)
+
+
+def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = "test",
+                 console: Console | None = None) -> dict:
+    """Re-evaluate a saved run on its data (or another store with the same feature schema)."""
+    from moola.datasets import load_scaler
+    from moola.evaluation import baseline_table, classification_metrics, run_baselines
+    from moola.training import from_checkpoint, read_meta
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    if store is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"store": store})})
+    meta = read_meta(run_dir)
+    norm_path = run_dir / "normalizer.json"
+    normalizer = load_scaler(norm_path) if norm_path.is_file() else None
+    data = prepare_data(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)), normalizer=normalizer)
+    if meta.get("feature_schema_hash") and meta["feature_schema_hash"] != data.schema_hash:
+        raise ValueError(
+            f"{run_dir}: feature schema hash {data.schema_hash} of the data differs from the "
+            f"model's {meta['feature_schema_hash']} (features differ between training and now)"
+        )
+    model = from_checkpoint(run_dir)
+    assert cfg.model is not None
+    objective = make_objective(cfg.model, cfg.train, data.y["train"], len(data.classes))
+    trainer = Trainer(model, objective, cfg.train.model_copy(update={"early_stopping": None}),
+                      show_progress=False, console=console)
+    parts = ("train", "val", "test") if split == "all" else (split,)
+    out: dict = {}
+    for part in parts:
+        loss, m, c = trainer.evaluate(TensorData({"x": data.x[part], "y": data.y[part]}))
+        entry: dict = {"loss": loss}
+        if data.classes:
+            entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
+            base = run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part],
+                                 data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
+            table = baseline_table(base, model_metrics=entry["metrics"])
+            console.print(f"[bold]{part}[/]")
+            console.print(table)
+            entry["baselines"] = {b.name: b.metrics for b in base}
+        else:
+            entry["metrics"] = m
+        out[part] = entry
+    atomic_write_json(run_dir / f"evaluation_{split}.json", out)
+    return out

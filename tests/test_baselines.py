@@ -1,0 +1,167 @@
+"""Baselines on a real small task: 105-bar windows of BTC 1-minute log returns, next-60-bar
+direction, 300 train / 100 test windows in time order. One fitted case is shared (module fixture)
+because aeon's MiniRocket compiles numba code on first use."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from moola.evaluation.baselines import (
+    TABLE_METRICS,
+    BaselineResult,
+    baseline_table,
+    logistic_baseline,
+    majority_baseline,
+    run_baselines,
+)
+from moola.evaluation.metrics import classification_metrics
+
+BTC_CSV = Path(__file__).resolve().parents[1] / "data" / "bundled" / "binanceus_BTCUSD_1m.csv"
+WINDOW = 105
+HORIZON = 60
+N_TRAIN, N_TEST, GAP = 300, 100, 2  # GAP windows dropped between train and test (purge)
+CLASSES = ("down", "up")
+
+
+@dataclass
+class Task:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+def make_btc_task() -> Task:
+    """Window k ends at bar e = WINDOW + HORIZON*k and holds the WINDOW log returns up to e;
+    its label is 1 ("up") when close[e + HORIZON] > close[e], else 0. Windows step by HORIZON,
+    so consecutive label horizons do not overlap, and GAP windows separate train from test."""
+    close = pl.read_csv(BTC_CSV, columns=["close"])["close"].to_numpy().astype(np.float64)
+    logc = np.log(close)
+    ret = np.diff(logc, prepend=np.nan)  # ret[t] = log c[t] - log c[t-1]
+    n = N_TRAIN + GAP + N_TEST
+    ends = WINDOW + HORIZON * np.arange(n)
+    assert ends[-1] + HORIZON < close.size
+    X = np.stack([ret[e - WINDOW + 1 : e + 1] for e in ends])[:, :, None].astype(np.float32)
+    y = (close[ends + HORIZON] > close[ends]).astype(np.int64)
+    assert np.isfinite(X).all()
+    return Task(X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN + GAP :], y[N_TRAIN + GAP :])
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return make_btc_task()
+
+
+@pytest.fixture(scope="module")
+def results(task: Task) -> list[BaselineResult]:
+    return run_baselines(task.X_train, task.y_train, task.X_test, task.y_test, CLASSES, seed=0)
+
+
+def test_task_shape(task: Task) -> None:
+    assert task.X_train.shape == (N_TRAIN, WINDOW, 1) and task.X_train.dtype == np.float32
+    assert task.X_test.shape == (N_TEST, WINDOW, 1)
+    assert 0.2 < task.y_train.mean() < 0.8  # both directions occur
+
+
+def test_table_has_the_three_baselines(results: list[BaselineResult], task: Task) -> None:
+    table = baseline_table(results)
+    assert table["model"].to_list() == ["majority", "logistic", "minirocket"]
+    assert set(TABLE_METRICS) <= set(table.columns)
+    for r in results:
+        assert r.proba_test.shape == (N_TEST, 2)
+        assert r.fit_seconds >= 0
+        # every number in the table is the metrics of the stored test probabilities
+        again = classification_metrics(task.y_test, r.proba_test, CLASSES)
+        row = table.filter(pl.col("model") == r.name).row(0, named=True)
+        for k in TABLE_METRICS:
+            if again[k] is None:
+                assert row[k] is None
+            else:
+                assert row[k] == again[k], (r.name, k)
+
+
+def test_table_with_model_row_first(results: list[BaselineResult], task: Task) -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.3, 0.7, N_TEST)
+    model = classification_metrics(task.y_test, np.column_stack([1 - p, p]), CLASSES)
+    table = baseline_table(results, model_metrics=model, model_name="lstm")
+    assert table["model"].to_list() == ["lstm", "majority", "logistic", "minirocket"]
+    assert table["kind"].to_list() == ["model", "baseline", "baseline", "baseline"]
+    assert table.row(0, named=True)["accuracy"] == model["accuracy"]
+    assert table.row(0, named=True)["fit_seconds"] is None
+
+
+def test_logistic_accuracy_recomputed_independently(results: list[BaselineResult], task: Task) -> None:
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0))
+    pipe.fit(task.X_train.reshape(N_TRAIN, -1), task.y_train)
+    acc = accuracy_score(task.y_test, pipe.predict(task.X_test.reshape(N_TEST, -1)))
+    table = baseline_table(results)
+    assert table.filter(pl.col("model") == "logistic")["accuracy"].item() == acc
+    logistic = next(r for r in results if r.name == "logistic")
+    np.testing.assert_allclose(
+        logistic.proba_test, pipe.predict_proba(task.X_test.reshape(N_TEST, -1)), rtol=1e-12
+    )
+
+
+def test_majority_accuracy_is_test_frequency_of_train_majority(
+    results: list[BaselineResult], task: Task
+) -> None:
+    maj_class = int(np.bincount(task.y_train, minlength=2).argmax())
+    expected = float(np.mean(task.y_test == maj_class))
+    maj = next(r for r in results if r.name == "majority")
+    assert maj.metrics["accuracy"] == expected
+    assert maj.params["majority_class"] == CLASSES[maj_class]
+    # probabilities are the train prior on every row
+    prior = np.bincount(task.y_train, minlength=2) / N_TRAIN
+    np.testing.assert_allclose(maj.proba_test, np.tile(prior, (N_TEST, 1)))
+    assert maj.metrics["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_minirocket_returns_valid_probabilities(results: list[BaselineResult]) -> None:
+    mr = next(r for r in results if r.name == "minirocket")
+    p = mr.proba_test
+    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    assert mr.params["calibrated"] is False
+    assert mr.params["n_features"] % 84 == 0 and mr.params["n_features"] > 0
+    assert 0.0 <= mr.metrics["accuracy"] <= 1.0
+    assert not math.isnan(mr.metrics["log_loss"])
+    assert len({tuple(row) for row in np.round(p, 12)}) > 1  # not a constant prediction
+
+
+def test_inputs_validated(task: Task) -> None:
+    bad = task.X_train.astype(object)
+    with pytest.raises(TypeError, match="X_train"):
+        run_baselines(bad, task.y_train, task.X_test, task.y_test, CLASSES)
+    with pytest.raises(TypeError, match="X_test"):
+        majority_baseline(task.X_train, task.y_train, task.X_test.astype(object), task.y_test, CLASSES)
+    with pytest.raises(TypeError, match="y_train"):
+        logistic_baseline(task.X_train, task.y_train.astype(float), task.X_test, task.y_test, CLASSES)
+    with pytest.raises(ValueError, match="X_train"):
+        run_baselines(task.X_train[:, :, 0], task.y_train, task.X_test, task.y_test, CLASSES)
+    with pytest.raises(ValueError, match="y_test"):
+        run_baselines(task.X_train, task.y_train, task.X_test, task.y_test[:10], CLASSES)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_baselines(task.X_train, task.y_train, task.X_test, task.y_test, CLASSES, which=("knn",))
+
+
+def test_class_weight_option_changes_logistic(task: Task) -> None:
+    # only the training data drives the fit: a train set made 80 % "up" shifts predictions up
+    keep = np.flatnonzero(task.y_train == 1)
+    drop = np.flatnonzero(task.y_train == 0)[: max(1, keep.size // 4)]
+    idx = np.sort(np.concatenate([keep, drop]))
+    xtr, ytr = task.X_train[idx], task.y_train[idx]
+    plain = logistic_baseline(xtr, ytr, task.X_test, task.y_test, CLASSES)
+    balanced = logistic_baseline(xtr, ytr, task.X_test, task.y_test, CLASSES, class_weight="balanced")
+    assert balanced.params["class_weight"] == "balanced"
+    assert balanced.proba_test[:, 1].mean() < plain.proba_test[:, 1].mean()

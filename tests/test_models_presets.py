@@ -1,0 +1,150 @@
+"""Presets: pinned architectures, output shapes, every parameter learning, sizes, YAML, listing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from moola.models import (
+    MAX_PARAMS_PER_SAMPLE,
+    PRESETS,
+    ModelConfig,
+    UnknownPresetError,
+    build_model,
+    count_parameters,
+    describe_presets,
+    preset_config,
+)
+from test_models import assert_every_parameter_learns
+
+B, T = 8, 105
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.classifier:
+        shapes["logits"] = (B, cfg.classifier.n_classes)
+    if cfg.pointer:
+        shapes["start_logits"] = shapes["end_logits"] = (B, T)
+    if cfg.direction:
+        shapes["direction"] = (B,)
+    return shapes
+
+
+@pytest.fixture(scope="module", params=list(PRESETS))
+def preset(request) -> tuple[str, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model(preset_config(request.param))
+    return request.param, model, torch.randn(B, T, model.n_features)
+
+
+def test_preset_output_shapes(preset):
+    name, model, x = preset
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(model.config)
+    assert all(torch.isfinite(v).all() for v in out.values()), name
+
+
+def test_every_preset_parameter_gets_a_gradient(preset):
+    _, model, x = preset
+    assert_every_parameter_learns(model, x)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_config_round_trips_yaml(tmp_path, name):
+    cfg = preset_config(name)
+    assert cfg.name == name
+    path = tmp_path / f"{name}.yaml"
+    cfg.to_yaml(path)
+    assert ModelConfig.from_yaml(path) == cfg
+
+
+def test_simple_lstm_is_unidirectional_2x128_with_8_head_pooling():
+    model = build_model(preset_config("simple_lstm"))
+    rnn = model.encoder.rnn
+    assert isinstance(rnn, nn.LSTM)
+    assert (rnn.hidden_size, rnn.num_layers, rnn.bidirectional) == (128, 2, False)
+    assert rnn.batch_first
+    pool = model.heads["classifier"].pool
+    assert (pool.out_dim, pool.heads) == (128, 8)
+    assert set(model.heads) == {"classifier"}
+
+
+def test_jade_is_bidirectional_2x128_with_pointer():
+    model = build_model(preset_config("jade"))
+    rnn = model.encoder.rnn
+    assert isinstance(rnn, nn.LSTM)
+    assert (rnn.hidden_size, rnn.num_layers, rnn.bidirectional) == (128, 2, True)
+    assert set(model.heads) == {"classifier", "pointer"}
+    assert model.encoder.out_dim == 256
+
+
+def test_jade_compact_is_the_same_family_under_150k():
+    cfg, big = preset_config("jade_compact", n_features=4), preset_config("jade")
+    model = build_model(cfg)
+    assert count_parameters(model) <= 150_000
+    assert model.encoder.rnn.bidirectional and model.encoder.rnn.num_layers == 2
+    assert set(model.heads) == set(build_model(big).heads) == {"classifier", "pointer"}
+
+
+def test_direction_presets():
+    lstm = build_model(preset_config("direction_lstm"))
+    assert lstm.n_features == 31
+    assert (lstm.encoder.rnn.hidden_size, lstm.encoder.rnn.bidirectional) == (64, True)
+    widths = [m.out_features for m in lstm.heads["direction"].mlp if isinstance(m, nn.Linear)]
+    assert widths == [128, 64, 1]
+    tf = preset_config("direction_transformer").encoder
+    assert (tf.kind, tf.d_model, tf.heads, tf.layers, tf.causal) == ("transformer", 64, 4, 2, True)
+
+
+def test_count_parameters_matches_a_hand_count():
+    lstm = nn.LSTM(4, 8)  # 4 gates * 8 * (4 + 8) weights + 2 * 4 * 8 biases
+    assert count_parameters(lstm) == 4 * 8 * 12 + 2 * 32
+    lstm.bias_ih_l0.requires_grad_(False)
+    assert count_parameters(lstm, trainable_only=True) == 4 * 8 * 12 + 32
+
+
+def test_preset_config_overrides_features_and_classes():
+    cfg = preset_config("jade", n_features=11, n_classes=3)
+    assert (cfg.n_features, cfg.classifier.n_classes) == (11, 3)
+    assert build_model(cfg)(torch.randn(2, 20, 11))["logits"].shape == (2, 3)
+    with pytest.raises(ValueError, match="n_classes"):
+        preset_config("direction_lstm", n_classes=3)
+
+
+def test_unknown_preset_lists_known_names():
+    with pytest.raises(KeyError) as exc:
+        preset_config("jadee")
+    assert isinstance(exc.value, UnknownPresetError)
+    assert all(name in str(exc.value) for name in PRESETS)
+
+
+def test_describe_presets_sizes_match_built_models():
+    rows = describe_presets(input_shape=(105, 31))
+    assert [r.name for r in rows] == list(PRESETS)
+    for r in rows:
+        assert r.params == count_parameters(build_model(preset_config(r.name, n_features=31)))
+        assert r.params_per_sample is None and r.warning is None
+    assert {r.name: r.task for r in rows}["jade"] == "classifier+pointer"
+
+
+def test_describe_presets_warns_above_1000_per_sample_only():
+    params = {r.name: r.params for r in describe_presets((105, 4))}
+    n_at_limit = params["jade"] // MAX_PARAMS_PER_SAMPLE  # ratio just above 1000:1
+    rows = {r.name: r for r in describe_presets((105, 4), n_samples=n_at_limit)}
+    assert rows["jade"].params_per_sample > MAX_PARAMS_PER_SAMPLE
+    assert rows["jade"].warning.startswith(f"{params['jade']:,} parameters for {n_at_limit:,} samples (")
+    assert ":1)" in rows["jade"].warning
+    plenty = {r.name: r for r in describe_presets((105, 4), n_samples=params["jade"] // 999)}
+    assert plenty["jade"].params_per_sample <= MAX_PARAMS_PER_SAMPLE
+    assert plenty["jade"].warning is None
+
+
+def test_describe_presets_example_ratio_text():
+    rows = {r.name: r for r in describe_presets((105, 4), n_samples=174)}
+    jade = rows["jade"]
+    assert f"({jade.params / 174:,.0f}:1)" in jade.warning
+    assert rows["jade_compact"].warning is None  # the compact preset exists for exactly this case
