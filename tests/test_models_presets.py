@@ -111,7 +111,8 @@ def test_preset_config_overrides_features_and_classes():
     cfg = preset_config("jade", n_features=11, n_classes=3)
     assert (cfg.n_features, cfg.classifier.n_classes) == (11, 3)
     assert build_model(cfg)(torch.randn(2, 20, 11))["logits"].shape == (2, 3)
-    with pytest.raises(ValueError, match="n_classes"):
+    assert preset_config("direction_lstm", n_classes=2) == preset_config("direction_lstm")
+    with pytest.raises(ValueError, match="n_classes=3"):
         preset_config("direction_lstm", n_classes=3)
 
 
@@ -148,3 +149,9 @@ def test_describe_presets_example_ratio_text():
     jade = rows["jade"]
     assert f"({jade.params / 174:,.0f}:1)" in jade.warning
     assert rows["jade_compact"].warning is None  # the compact preset exists for exactly this case
+
+
+def test_describe_presets_flags_windows_longer_than_the_transformer_max_len():
+    rows = {r.name: r for r in describe_presets((600, 4))}
+    assert "exceeds max_len 512" in rows["direction_transformer"].warning
+    assert rows["direction_lstm"].warning is None

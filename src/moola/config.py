@@ -110,3 +110,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     if problems:
         raise ConfigError(problems, "overrides")
     return data
+
+
+def schema_markdown(cls: type[BaseModel], prefix: str = "") -> str:
+    """A key / type / default table of a config class and its nested sections (for docs)."""
+    rows: list[str] = []
+
+    def walk(c: type[BaseModel], pre: str) -> None:
+        for name, f in c.model_fields.items():
+            key = f"{pre}{name}"
+            ann = f.annotation
+            nested = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if nested is not None:
+                doc = (nested.__doc__ or "").strip().splitlines()
+                rows.append(f"| `{key}` | section | | {doc[0] if doc else ''} |")
+                walk(nested, key + ".")
+                continue
+            default = "required" if f.is_required() else (
+                "(factory)" if f.default_factory is not None else repr(f.default))
+            tname = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            tname = tname.replace("moola.models.config.", "").replace("|", "\\|")
+            rows.append(f"| `{key}` | {tname} | {default} | {f.description or ''} |")
+
+    walk(cls, prefix)
+    return "| key | type | default | note |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"

@@ -181,6 +181,6 @@ def plot_baselines(table: pl.DataFrame, title: str = "model vs. baselines") -> p
     ax.set_xlabel("model")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

@@ -56,7 +56,8 @@ def _safe_div(num: pl.Expr, den: pl.Expr, fallback: float, floor: float = 0.0) -
 
 def _rvol(n: int) -> pl.Expr:
     """Realised volatility: root of the summed squared 1-bar log returns over n bars."""
-    return (R1**2).rolling_sum(n).sqrt()
+    # A rolling sum of squares can round to a hair below zero once the moves leave the window.
+    return (R1**2).rolling_sum(n).clip(lower_bound=0.0).sqrt()
 
 
 def feature_set() -> FeatureSet:

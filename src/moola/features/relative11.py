@@ -28,7 +28,7 @@ def feature_set(atr: int = 14, volume_z: int = 20, ret_z: int = 20) -> FeatureSe
     vol_mean = log_vol.rolling_mean(volume_z)
     vol_std = log_vol.rolling_std(volume_z, ddof=0)
     close_lr = (C / PREV_C).log()
-    rms = (close_lr**2).rolling_mean(ret_z).sqrt()
+    rms = (close_lr**2).rolling_mean(ret_z).clip(lower_bound=0.0).sqrt()  # no -0 rounding
     atr_expr = true_range().rolling_mean(atr)
     specs = (
         *ohlc_specs(),

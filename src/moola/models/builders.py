@@ -268,7 +268,10 @@ class UnknownPresetError(KeyError):
 
 
 def preset_config(name: str, n_features: int | None = None, n_classes: int | None = None) -> ModelConfig:
-    """A preset's ModelConfig, with its default feature/class count unless given."""
+    """A preset's ModelConfig, with its default feature/class count unless given.
+
+    Binary direction presets take no class count; ``n_classes=2`` is accepted for them.
+    """
     if name not in PRESETS:
         raise UnknownPresetError(name, list(PRESETS))
     builder = PRESETS[name]
@@ -276,9 +279,10 @@ def preset_config(name: str, n_features: int | None = None, n_classes: int | Non
     if n_features is not None:
         kwargs["n_features"] = n_features
     if n_classes is not None:
-        if "n_classes" not in inspect.signature(builder).parameters:
-            raise ValueError(f"preset {name!r} has a fixed binary output; it takes no n_classes")
-        kwargs["n_classes"] = n_classes
+        if "n_classes" in inspect.signature(builder).parameters:
+            kwargs["n_classes"] = n_classes
+        elif n_classes != 2:
+            raise ValueError(f"preset {name!r} predicts a binary direction; got n_classes={n_classes}")
     return builder(**kwargs)
 
 
@@ -310,8 +314,8 @@ def describe_presets(
         warnings = []
         if ratio is not None and ratio > MAX_PARAMS_PER_SAMPLE:
             warnings.append(
-                f"{params:,} parameters for {n_samples:,} samples ({ratio:,.0f}:1) is above "
-                f"{MAX_PARAMS_PER_SAMPLE:,}:1; expect memorisation, prefer a smaller preset or more data"
+                f"{params:,} parameters for {n_samples:,} samples ({ratio:,.0f}:1); "
+                f"above {MAX_PARAMS_PER_SAMPLE:,}:1 a model can memorise its training set"
             )
         if isinstance(cfg.encoder, TransformerEncoderConfig) and seq_len > cfg.encoder.max_len:
             warnings.append(f"sequence length {seq_len} exceeds max_len {cfg.encoder.max_len}")

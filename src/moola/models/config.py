@@ -27,8 +27,8 @@ __all__ = [
 ]
 
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
-# How a head reduces (B, T, D) to (B, D'): the last step (causal/streaming friendly), the mean,
-# or attention pooling with a learned query.
+# How a head reduces (B, T, D) to (B, D'): the last step (causal/streaming friendly; for a
+# bidirectional RNN each direction's final state), the mean, or attention with a learned query.
 Pooling = Literal["last", "mean", "attention"]
 # The optional heads of a ModelConfig, in forward-output order.
 HEAD_NAMES = ("classifier", "pointer", "direction", "regression", "reconstruction")

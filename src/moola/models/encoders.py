@@ -109,8 +109,7 @@ class TransformerEncoder(nn.Module):
         return self.d_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
-        if x.shape[1] > self.max_len:
+        if (T := x.shape[1]) > self.max_len:  # x: (B, T, F)
             raise ValueError(f"sequence length {T} exceeds the encoder's max_len {self.max_len}")
         h = self.input_proj(x)  # (B, T, d_model)
         if self.pos is not None:

@@ -1,0 +1,149 @@
+"""Training throughput, loop overhead, model FLOP utilisation and inference latency.
+
+For simple_lstm and a 2-layer BiLSTM(128) (the ``jade`` preset) at batch 64 and 256, fp32 and
+bf16: samples/s through ``moola.training.Trainer`` and through a bare PyTorch loop over
+pre-materialised tensors, measured alternately in this one process (overhead = 1 - moola/bare);
+analytic FLOPs/sample x samples/s over the fp32/bf16 matmul GFLOP/s measured here; and
+single-window latency (p50/p99, 1 thread) for every preset.
+
+Usage: python benchmarks/bench_training.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from moola.models import build_model, preset_config
+from moola.models.config import ModelConfig
+from moola.training import ClassificationObjective, TensorData, TrainConfig, Trainer
+
+T = 105
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 512, reps: int = 50) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(5):
+        torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def rnn_train_flops(cfg: ModelConfig, t: int = T) -> float:
+    """3 x forward (forward + backward) of the recurrent layers: 2 * 4H(in + H) per step."""
+    enc = cfg.encoder
+    dirs = 2 if enc.bidirectional else 1
+    flops, inp = 0.0, enc.input_size
+    for _ in range(enc.layers):
+        flops += dirs * 2 * 4 * enc.hidden * (inp + enc.hidden) * t
+        inp = enc.hidden * dirs
+    return 3 * flops
+
+
+def make_data(n: int, f: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, T, f)).astype(np.float32)
+    y = (x[:, -10:, 0].sum(1) > 0).astype(np.int64)
+    return x, y
+
+
+def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, bf16: bool) -> float:
+    """The reference: a plain PyTorch loop over pre-materialised batches."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+    model.train()
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    t = time.perf_counter()
+    for xb, yb in batches:
+        with ctx:
+            out = model(xb)
+            loss = F.cross_entropy(out["logits"].float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return len(x) / (time.perf_counter() - t)
+
+
+def moola_loop(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, bs: int, bf16: bool) -> float:
+    cfg = TrainConfig(epochs=1, batch_size=bs, early_stopping=None, grad_clip=1.0,
+                      precision="bf16" if bf16 else "fp32", device="cpu")
+    cfg.guards.train_eval_samples = 1
+    tr = Trainer(model, ClassificationObjective(2), cfg, show_progress=False)
+    tr.log = lambda _m: None  # type: ignore[method-assign]
+    res = tr.fit(TensorData({"x": x, "y": y}))
+    return float(res.history[-1]["samples_per_s"])
+
+
+def latency(model: torch.nn.Module, f: int, reps: int) -> tuple[float, float]:
+    model.eval()
+    x = torch.randn(1, T, f)
+    times = []
+    with torch.inference_mode():
+        for _ in range(20):
+            model(x)
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n = 1024 if args.quick else 3072
+    g32 = matmul_gflops(torch.float32)
+    g16 = matmul_gflops(torch.bfloat16)
+    print(f"threads {args.threads}; matmul 512: fp32 {g32:.0f} GFLOP/s, bf16 {g16:.0f} GFLOP/s")
+    print("| model | batch | precision | moola samples/s | bare samples/s | loop overhead | "
+          "train GFLOP/sample | achieved GFLOP/s | MFU vs matmul |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in ("simple_lstm", "jade"):
+        cfg = preset_config(name, n_features=4, n_classes=2)
+        flops = rnn_train_flops(cfg)
+        x_np, y_np = make_data(n, 4)
+        x_t, y_t = torch.from_numpy(x_np), torch.from_numpy(y_np)
+        for bs in (64, 256):
+            for bf16 in (False, True):
+                moola_r, bare_r = [], []
+                for _ in range(args.repeats):  # alternate to share machine noise
+                    torch.manual_seed(0)
+                    bare_r.append(bare_loop(build_model(cfg), x_t, y_t, bs, bf16))
+                    torch.manual_seed(0)
+                    moola_r.append(moola_loop(build_model(cfg), x_np, y_np, bs, bf16))
+                m, b = statistics.median(moola_r), statistics.median(bare_r)
+                achieved = flops * m / 1e9
+                ceiling = g16 if bf16 else g32
+                print(f"| {name} | {bs} | {'bf16' if bf16 else 'fp32'} | {m:,.0f} | {b:,.0f} | "
+                      f"{100 * (1 - m / b):+.1f}% | {flops / 1e9:.3f} | {achieved:.0f} | "
+                      f"{100 * achieved / ceiling:.0f}% |")
+    torch.set_num_threads(1)
+    print("\nsingle-window inference latency, 1 thread, inference_mode")
+    print("| preset | input | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    reps = 300 if args.quick else 1000
+    for name, f in (("simple_lstm", 4), ("jade", 4), ("jade_compact", 4), ("direction_lstm", 31),
+                    ("direction_transformer", 31)):
+        torch.manual_seed(0)
+        model = build_model(preset_config(name, n_features=f))
+        p50, p99 = latency(model, f, reps)
+        print(f"| {name} | 1x{T}x{f} | {p50:.2f} | {p99:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Run plots and the per-run HTML report / metrics.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from moola.evaluation.baselines import baseline_table, run_baselines
+from moola.evaluation.calibration import expected_calibration_error
+from moola.evaluation.metrics import classification_metrics
+from moola.evaluation.plots import (
+    plot_baselines,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_reliability,
+)
+from moola.evaluation.run_report import write_json_atomic, write_run_report
+
+CLASSES = ["down", "flat", "up"]
+HISTORY = [
+    {"epoch": e, "train_loss": 1.1 / e, "val_loss": 1.2 / e + 0.05 * e, "train_accuracy": 0.4 + 0.05 * e,
+     "val_accuracy": 0.38 + 0.03 * e, "lr": 1e-3 * 0.9**e}
+    for e in range(1, 7)
+]
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    rng = np.random.default_rng(0)
+    n_train, n_test, t, f = 120, 60, 12, 2
+    y_train = rng.integers(0, 3, n_train)
+    y_test = rng.integers(0, 3, n_test)
+    # windows carry a weak class signal so the logistic baseline is not trivial
+    X_train = (rng.normal(size=(n_train, t, f)) + 0.3 * y_train[:, None, None]).astype(np.float32)
+    X_test = (rng.normal(size=(n_test, t, f)) + 0.3 * y_test[:, None, None]).astype(np.float32)
+    logits = rng.normal(size=(n_test, 3)) + 1.5 * np.eye(3)[y_test]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    results = run_baselines(X_train, y_train, X_test, y_test, CLASSES, which=("majority", "logistic"))
+    metrics = classification_metrics(y_test, proba, CLASSES)
+    return {"y": y_test, "proba": proba, "results": results, "metrics": metrics}
+
+
+def _texts(fig: plt.Figure) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_learning_curves_panels() -> None:
+    fig = plot_learning_curves(HISTORY)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in visible] == ["loss", "accuracy", "lr"]
+    loss_ax = visible[0]
+    assert sorted(line.get_label() for line in loss_ax.get_lines()) == ["train_loss", "val_loss"]
+    np.testing.assert_allclose(loss_ax.get_lines()[0].get_xdata(), range(1, 7))
+    assert all(ax.get_xlabel() == "epoch" and ax.get_legend() is not None for ax in visible)
+    plt.close(fig)
+    # validation every other epoch: the val line only has those points
+    sparse = [{k: v for k, v in r.items() if not (k.startswith("val") and r["epoch"] % 2)} for r in HISTORY]
+    fig = plot_learning_curves(sparse)
+    val = next(line for line in fig.axes[0].get_lines() if line.get_label() == "val_loss")
+    np.testing.assert_allclose(val.get_xdata(), [2, 4, 6])
+    plt.close(fig)
+    plt.close(plot_learning_curves([]))
+
+
+def test_confusion_matrix_annotations() -> None:
+    cm = [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
+    fig = plot_confusion_matrix(cm, CLASSES)
+    texts = _texts(fig)
+    assert len(texts) == 9
+    assert texts[0] == "5\n(83%)" and texts[3] == "2\n(50%)" and texts[8] == "0\n(0%)"
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert "n=10" in ax.get_title()
+    shade = ax.images[0].get_array()
+    np.testing.assert_allclose(shade[0], [5 / 6, 1 / 6, 0])  # row-normalised colour
+    plt.close(fig)
+    with pytest.raises(ValueError, match="cm"):
+        plot_confusion_matrix([[1, 2], [3, 4]], CLASSES)
+
+
+def test_reliability_plot_shows_ece(case: dict) -> None:
+    fig = plot_reliability(case["y"], case["proba"])
+    ece = expected_calibration_error(case["y"], case["proba"])
+    title = fig.axes[0].get_title()
+    assert f"ECE = {ece:.4f}" in title
+    counts = [p.get_height() for p in fig.axes[1].patches]
+    assert sum(counts) == len(case["y"])
+    assert fig.axes[0].get_legend() is not None and fig.axes[1].get_ylabel() == "count"
+    plt.close(fig)
+
+
+def test_baselines_chart_has_majority_line(case: dict) -> None:
+    table = baseline_table(case["results"], model_metrics=case["metrics"])
+    fig = plot_baselines(table)
+    ax = fig.axes[0]
+    maj = table.filter(table["model"] == "majority")["accuracy"].item()
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(maj)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model", "majority", "logistic"]
+    assert ax.get_ylabel() and ax.get_title()
+    plt.close(fig)
+
+
+def test_write_run_report(tmp_path: Path, case: dict) -> None:
+    run_dir = tmp_path / "run1"
+    table = baseline_table(case["results"], model_metrics=case["metrics"])
+    path = write_run_report(
+        run_dir,
+        history=HISTORY,
+        metrics=case["metrics"],
+        classes=CLASSES,
+        y_true=case["y"],
+        proba=case["proba"],
+        baseline_table=table,
+        title="test run <1>",
+        notes=["guard: 3 windows dropped at the split boundary"],
+    )
+    assert path == run_dir / "report.html" and path.exists()
+    html = path.read_text()
+    imgs = re.findall(r'<img src="([^"]+)"', html)
+    assert set(imgs) == {"baselines.png", "learning_curves.png", "confusion_matrix.png", "reliability.png"}
+    for name in imgs:
+        png = run_dir / name
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "guard: 3 windows dropped" in html and "test run &lt;1&gt;" in html
+    assert "logistic" in html and "majority" in html
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert [b["model"] for b in saved["baselines"]] == ["model", "majority", "logistic"]
+    assert saved["model"]["accuracy"] == case["metrics"]["accuracy"]
+    assert saved["baselines"][2]["accuracy"] == case["results"][1].metrics["accuracy"]
+    assert saved["notes"] == ["guard: 3 windows dropped at the split boundary"]
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # atomic write left no temp
+
+
+def test_write_run_report_from_results(tmp_path: Path, case: dict) -> None:
+    write_run_report(
+        tmp_path, history=[], metrics=case["metrics"], classes=CLASSES, y_true=case["y"],
+        proba=case["proba"], baseline_table=case["results"], title="r", notes=[],
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["baseline_metrics"]) == {"majority", "logistic"}
+    assert saved["baseline_metrics"]["logistic"]["confusion_matrix"] == \
+        case["results"][1].metrics["confusion_matrix"]
+    assert [b["model"] for b in saved["baselines"]] == ["model", "majority", "logistic"]
+
+
+def test_json_atomic_write_is_strict(tmp_path: Path) -> None:
+    p = write_json_atomic(tmp_path / "m.json", {"a": np.float32(1.5), "b": float("nan"), "c": np.arange(2)})
+    assert json.loads(p.read_text()) == {"a": 1.5, "b": None, "c": [0, 1]}
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "m.json", {"x": object()})
+    assert json.loads(p.read_text())["a"] == 1.5  # failed write left the old file intact
+    assert [q.name for q in tmp_path.iterdir()] == ["m.json"]
