@@ -27,7 +27,7 @@ from _data_helpers import (
     unreferenced_files,
     write_csv_lines,
 )
-from moola.data import Store, StoreError, Timeframe, ingest, read_file, validate_raw
+from moola.data import Store, StoreError, Timeframe, ingest, read_file, validate_bars, validate_raw
 from moola.data import _store as store_mod
 
 D1 = Timeframe.D1
@@ -71,6 +71,27 @@ def test_reingest_same_file_changes_nothing(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert "0 partition(s) added, 0 updated, 30 unchanged" in res.stdout
     assert snapshot(store.root) == before
+
+
+def test_reingest_under_another_path_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same export given as a relative path, or copied elsewhere, is still the same data:
+    its rejected rows (538 null rows, 2 duplicates) must not be remembered twice."""
+    store = Store(tmp_path / "s")
+    ingest([SP500_SUBSET], store)
+    before = snapshot(store.root)
+    monkeypatch.chdir(SP500_SUBSET.parent)
+    copy = tmp_path / "elsewhere" / "sp500_subset.parquet"
+    copy.parent.mkdir()
+    copy.write_bytes(SP500_SUBSET.read_bytes())
+    for spelling in (Path(SP500_SUBSET.name), copy):
+        w = ingest([spelling], store).writes[D1]
+        assert not w.changed, (spelling, w)
+        assert snapshot(store.root) == before
+    rep = validate_bars(store.read(D1), D1, store.read_rejects(D1))
+    assert rep.totals()["all_null"] == 538
+    assert rep.totals()["duplicate_identical"] == 1
 
 
 def test_overlapping_newer_file_merges_newer_wins(tmp_path: Path) -> None:

@@ -143,16 +143,16 @@ def test_duplicate_conflicting_drop_removes_both_rows(tmp_path: Path) -> None:
     assert again.totals() == rep.totals()
 
 
+def _first_row(src: pl.DataFrame, symbol: str, y: int, m: int, d: int) -> int:
+    return src.filter((pl.col("symbol") == symbol) & (pl.col("date") == pl.date(y, m, d)))["row"][0]
+
+
 @pytest.mark.parametrize(
     ("override", "line_of"),
     [
         ("all_null=fail", lambda s: s.filter(pl.col("close").is_null())["row"][0] + 2),
-        ("duplicate_identical=fail",
-         lambda s: s.filter((pl.col("symbol") == "LVLT") & (pl.col("date") == pl.date(2017, 10, 31)))["row"][0]
-         + 2),
-        ("duplicate_conflicting=fail",
-         lambda s: s.filter((pl.col("symbol") == "COH") & (pl.col("date") == pl.date(2017, 10, 30)))["row"][0]
-         + 2),
+        ("duplicate_identical=fail", lambda s: _first_row(s, "LVLT", 2017, 10, 31) + 2),
+        ("duplicate_conflicting=fail", lambda s: _first_row(s, "COH", 2017, 10, 30) + 2),
     ],
 )
 def test_fail_policies_on_the_subset_name_the_row(override: str, line_of: Callable, tmp_path: Path) -> None:

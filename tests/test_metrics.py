@@ -84,7 +84,7 @@ def test_class_collapse_threshold() -> None:
     # class a: 5 samples, 1 predicted right -> recall 0.2 (collapsed)
     # class b: 4 samples, 2 right -> recall 0.5 (not collapsed); class c: recall 1
     y = np.array([0] * 5 + [1] * 4 + [2] * 3)
-    pred = np.array([0, 2, 2, 2, 1] + [1, 1, 2, 2] + [2, 2, 2])
+    pred = np.array([0, 2, 2, 2, 1, *[1, 1, 2, 2], *[2, 2, 2]])
     proba = np.full((12, 3), 0.1)
     proba[np.arange(12), pred] = 0.8
     m = classification_metrics(y, proba, ["a", "b", "c"])
@@ -115,7 +115,7 @@ def test_float32_rows_within_tolerance_accepted() -> None:
         (Y, P, ["a", "a", "b"], ValueError, "classes"),
     ],
 )
-def test_classification_metrics_validate(y, proba, classes, exc, arg) -> None:  # noqa: ANN001
+def test_classification_metrics_validate(y, proba, classes, exc, arg) -> None:
     with pytest.raises(exc, match=arg):
         classification_metrics(y, proba, classes)
 

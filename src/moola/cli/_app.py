@@ -71,6 +71,12 @@ def main(
     ] = False,
 ) -> None:
     """moola: market data -> features -> windows -> models, without look-ahead."""
+    import warnings
+
+    from moola.training.guards import GuardWarning
+
+    # the trainer prints guard warnings itself, in red; don't print them twice
+    warnings.simplefilter("ignore", GuardWarning)
 
 
 # ----------------------------------------------------------------------------- data

@@ -197,7 +197,10 @@ class Store:
                     else:
                         merged, n_before, replaced = new, 0, 0
                     merged = conform(merged).sort("ts")
-                    rej = rej.unique(maintain_order=True).sort("ts", "reason", "line")
+                    # one reject per (row, reason): the same file re-ingested under another
+                    # path (relative vs absolute, moved, copied) must not count its warts twice
+                    rej = rej.unique(["symbol", "ts", "reason", "line"], keep="first",
+                                     maintain_order=True).sort("ts", "reason", "line")
                     bars_h = _frame_hash(merged)
                     rej_h = _frame_hash(rej)
                     if old_entry is not None and old_entry["hash"] == bars_h and \

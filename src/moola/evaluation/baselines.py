@@ -54,6 +54,9 @@ MINIROCKET_MIN_LENGTH = 9
 
 @dataclass
 class BaselineResult:
+    """One baseline on the test split. ``fit_seconds`` is the wall time to fit on the train split
+    and predict the test split (for MiniRocket the first call also includes numba compilation)."""
+
     name: str
     proba_test: np.ndarray
     metrics: dict[str, Any]

@@ -78,6 +78,7 @@ def write_run_report(
     baseline_table: pl.DataFrame | Sequence[BaselineResult] | None,
     title: str = "moola run report",
     notes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` (+ PNGs) and ``metrics.json`` into ``run_dir``; return the HTML path.
 
@@ -85,7 +86,8 @@ def write_run_report(
     ``proba`` are the same predictions, used for the reliability diagram). ``baseline_table`` is a
     :func:`baseline_table` frame or the list of :class:`BaselineResult` (then the full baseline
     metrics are written to ``metrics.json`` too and the table is built with the model on top).
-    ``notes`` (e.g. leakage-guard warnings) are listed near the top of the report.
+    ``notes`` (e.g. leakage-guard warnings) are listed near the top of the report; ``extra``
+    (run facts such as calibrated metrics or timings) is merged into ``metrics.json``.
 
     ``metrics.json``: ``{"title", "classes", "model": metrics, "baselines": [table rows],
     "baseline_metrics": {name: metrics} (only when results were given), "notes"}``.
@@ -153,6 +155,7 @@ def write_run_report(
         "baselines": table.to_dicts() if table is not None else [],
         "notes": notes,
     }
+    payload.update(extra or {})
     if results is not None:
         payload["baseline_metrics"] = {
             r.name: {**r.metrics, "fit_seconds": r.fit_seconds, "params": r.params} for r in results

@@ -134,6 +134,8 @@ def compute_features(
     for cols in _batches(fs):
         exprs = [fs.specs[j].expr.cast(pl.Float32).alias(fs.specs[j].name) for j in cols]  # type: ignore[union-attr]
         block = bars.lazy().select(exprs).collect().to_numpy()
+        if not block.flags.writeable:  # Polars may hand out a read-only zero-copy view
+            block = block.copy()
         np.copyto(block, np.float32(np.nan), where=np.isinf(block))
         values[:, cols] = block
     pos = _position_in_symbol(keys.get_column("symbol"))

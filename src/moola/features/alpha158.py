@@ -54,7 +54,8 @@ def ref(x: pl.Expr, d: int) -> pl.Expr:
 
 
 def mean(x: pl.Expr, d: int) -> pl.Expr:
-    return x.rolling_mean(d)
+    """Mean(x, d), from the direct window sum (see ``rsum``)."""
+    return rsum(x, d) / d
 
 
 def std(x: pl.Expr, d: int) -> pl.Expr:
@@ -63,7 +64,8 @@ def std(x: pl.Expr, d: int) -> pl.Expr:
 
 
 def rsum(x: pl.Expr, d: int) -> pl.Expr:
-    return x.rolling_sum(d)
+    """Sum(x, d), summed afresh for every window (see ``weighted_sum``)."""
+    return weighted_sum(x, [1.0] * d)
 
 
 def rmax(x: pl.Expr, d: int) -> pl.Expr:
@@ -114,8 +116,8 @@ def rolling_pct_rank(x: np.ndarray, d: int) -> np.ndarray:
 
 def rank(x: pl.Expr, d: int) -> pl.Expr:
     """Rank(x, d): pandas ``rolling(d).rank(pct=True)`` of the last value (average ties)."""
-    return x.map_batches(
-        lambda s: pl.Series(rolling_pct_rank(s.cast(pl.Float64).to_numpy(), d)),
+    return x.cast(pl.Float64).map_batches(
+        lambda s: pl.Series(s.name, rolling_pct_rank(s.to_numpy(), d), nan_to_null=True),
         return_dtype=pl.Float64,
     )
 
@@ -148,12 +150,27 @@ def _centered_weights(d: int) -> tuple[list[float], float, float]:
     return [k - kbar for k in range(1, d + 1)], kbar, d * (d * d - 1) / 12.0
 
 
-def weighted_sum(x: pl.Expr, weights: list[float]) -> pl.Expr:
-    """Rolling sum of x * weights (oldest first); a null spoils only its own windows.
+def window_dot(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """out[i] = sum_j weights[j] * x[i - d + 1 + j] (weights oldest first); NaN until i >= d - 1.
 
-    Polars' weighted rolling sum rejects nulls, so nulls travel as NaN and come back as null.
+    A direct convolution: every window is summed on its own, so a window of zeros sums to
+    exactly 0 and a symbol's sums do not depend on the bars before its window. (Polars' plain
+    rolling sum keeps a running total whose rounding residue, divided by Qlib's +1e-12
+    denominators, turns flat windows into noise.) A NaN spoils only the windows holding it.
     """
-    return x.fill_null(float("nan")).rolling_sum(len(weights), weights=weights).fill_nan(None)
+    d = len(weights)
+    out = np.convolve(x, weights[::-1])[: len(x)]
+    out[: d - 1] = np.nan
+    return out
+
+
+def weighted_sum(x: pl.Expr, weights: list[float]) -> pl.Expr:
+    """Rolling sum of x * weights (oldest first), via ``window_dot``; null in, null out."""
+    w = np.asarray(weights, dtype=np.float64)
+    return x.cast(pl.Float64).map_batches(
+        lambda s: pl.Series(s.name, window_dot(s.to_numpy(), w), nan_to_null=True),
+        return_dtype=pl.Float64,
+    )
 
 
 def slope(x: pl.Expr, d: int) -> pl.Expr:
@@ -230,18 +247,58 @@ def _rolling_ops() -> dict[str, _Rolling]:
     wv = finite((_RET - 1).abs() * V)
     cnt_up = (_DC > 0).cast(pl.Float64)
     cnt_dn = (_DC < 0).cast(pl.Float64)
+    memo: dict[tuple[str, int], pl.Expr] = {}
+
+    def shared(key: str, x: pl.Expr, d: int) -> pl.Expr:
+        """One Sum(x, d) expression object per (quantity, window): Polars' common-subexpression
+        elimination then computes it once for all the features of a batch that use it."""
+        if (key, d) not in memo:
+            memo[key, d] = rsum(x, d)
+        return memo[key, d]
+
+    def sump(d: int) -> pl.Expr:
+        return shared("up", up, d) / (shared("abs", absd, d) + EPS)
+
+    def sumn(d: int) -> pl.Expr:
+        return shared("down", down, d) / (shared("abs", absd, d) + EPS)
+
+    def sumd(d: int) -> pl.Expr:
+        return (shared("up", up, d) - shared("down", down, d)) / (shared("abs", absd, d) + EPS)
+
+    def vsump(d: int) -> pl.Expr:
+        return shared("vup", vup, d) / (shared("vabs", vabs, d) + EPS)
+
+    def vsumn(d: int) -> pl.Expr:
+        return shared("vdown", vdown, d) / (shared("vabs", vabs, d) + EPS)
+
+    def vsumd(d: int) -> pl.Expr:
+        num = shared("vup", vup, d) - shared("vdown", vdown, d)
+        return num / (shared("vabs", vabs, d) + EPS)
+
+    def cntp(d: int) -> pl.Expr:
+        return shared("cnt_up", cnt_up, d) / d
+
+    def cntn(d: int) -> pl.Expr:
+        return shared("cnt_dn", cnt_dn, d) / d
+
+    def ma(d: int) -> pl.Expr:
+        return shared("close", C, d) / d
 
     def rsv(d: int) -> pl.Expr:
         lo = rmin(L, d)
         return (C - lo) / (rmax(H, d) - lo + EPS)
 
+    def resi_(d: int) -> pl.Expr:
+        _, kbar, _ = _centered_weights(d)
+        return C - (ma(d) + slope(C, d) * (d - kbar))
+
     return {
         "ROC": ("Ref($close, {d})/$close", _diff, lambda d: ref(C, d) / C),
-        "MA": ("Mean($close, {d})/$close", _full, lambda d: mean(C, d) / C),
+        "MA": ("Mean($close, {d})/$close", _full, lambda d: ma(d) / C),
         "STD": ("Std($close, {d})/$close", _full, lambda d: std(C, d) / C),
         "BETA": ("Slope($close, {d})/$close", _full, lambda d: slope(C, d) / C),
         "RSQR": ("Rsquare($close, {d})", _full, lambda d: rsquare(C, d)),
-        "RESI": ("Resi($close, {d})/$close", _full, lambda d: resi(C, d) / C),
+        "RESI": ("Resi($close, {d})/$close", _full, lambda d: resi_(d) / C),
         "MAX": ("Max($high, {d})/$close", _full, lambda d: rmax(H, d) / C),
         "MIN": ("Min($low, {d})/$close", _full, lambda d: rmin(L, d) / C),
         "QTLU": ("Quantile($close, {d}, 0.8)/$close", _full, lambda d: quantile(C, d, 0.8) / C),
@@ -256,35 +313,29 @@ def _rolling_ops() -> dict[str, _Rolling]:
                  lambda d: corr(C, (V + 1).log(), d)),
         "CORD": ("Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), {d})", _diff,
                  lambda d: corr(_RET, pl.col("_lvr"), d)),
-        "CNTP": ("Mean($close>Ref($close, 1), {d})", _diff, lambda d: mean(cnt_up, d)),
-        "CNTN": ("Mean($close<Ref($close, 1), {d})", _diff, lambda d: mean(cnt_dn, d)),
+        "CNTP": ("Mean($close>Ref($close, 1), {d})", _diff, cntp),
+        "CNTN": ("Mean($close<Ref($close, 1), {d})", _diff, cntn),
         "CNTD": ("Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})", _diff,
-                 lambda d: mean(cnt_up, d) - mean(cnt_dn, d)),
+                 lambda d: cntp(d) - cntn(d)),
         "SUMP": ("Sum(Greater($close-Ref($close, 1), 0), {d})"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
-                 lambda d: rsum(up, d) / (rsum(absd, d) + EPS)),
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff, sump),
         "SUMN": ("Sum(Greater(Ref($close, 1)-$close, 0), {d})"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
-                 lambda d: rsum(down, d) / (rsum(absd, d) + EPS)),
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff, sumn),
         "SUMD": ("(Sum(Greater($close-Ref($close, 1), 0), {d})"
                  "-Sum(Greater(Ref($close, 1)-$close, 0), {d}))"
-                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff,
-                 lambda d: (rsum(up, d) - rsum(down, d)) / (rsum(absd, d) + EPS)),
+                 "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)", _diff, sumd),
         "VMA": ("Mean($volume, {d})/($volume+1e-12)", _full, lambda d: mean(V, d) / (V + EPS)),
         "VSTD": ("Std($volume, {d})/($volume+1e-12)", _full, lambda d: std(V, d) / (V + EPS)),
         "WVMA": ("Std(Abs($close/Ref($close, 1)-1)*$volume, {d})"
                  "/(Mean(Abs($close/Ref($close, 1)-1)*$volume, {d})+1e-12)", _diff,
                  lambda d: std(wv, d) / (mean(wv, d) + EPS)),
         "VSUMP": ("Sum(Greater($volume-Ref($volume, 1), 0), {d})"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
-                  lambda d: rsum(vup, d) / (rsum(vabs, d) + EPS)),
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff, vsump),
         "VSUMN": ("Sum(Greater(Ref($volume, 1)-$volume, 0), {d})"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
-                  lambda d: rsum(vdown, d) / (rsum(vabs, d) + EPS)),
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff, vsumn),
         "VSUMD": ("(Sum(Greater($volume-Ref($volume, 1), 0), {d})"
                   "-Sum(Greater(Ref($volume, 1)-$volume, 0), {d}))"
-                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff,
-                  lambda d: (rsum(vup, d) - rsum(vdown, d)) / (rsum(vabs, d) + EPS)),
+                  "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)", _diff, vsumd),
     }
 
 

@@ -2,7 +2,8 @@
 
 Every feature uses a finite look-back window (EMAs are truncated at ``4 * span`` bars and
 renormalised), so a live runtime holding the last ``max_lookback + 1`` bars reproduces the batch
-values exactly. Degenerate windows (no price move, no volume) get a defined neutral value instead
+values. Sums and means come from the Qlib operator kernels in ``alpha158`` (summed afresh per
+window). Degenerate windows (no price move, no volume) get a defined neutral value instead
 of NaN, so NaN only marks warm-up rows.
 """
 
@@ -13,6 +14,7 @@ import math
 import polars as pl
 
 from moola.features._registry import FeatureSet, FeatureSpec
+from moola.features.alpha158 import mean, rsum, weighted_sum
 
 OP, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
 PREV_C = C.shift(1)
@@ -38,15 +40,13 @@ def ema_weights(span: int) -> list[float]:
 
 def truncated_ema(x: pl.Expr, span: int) -> pl.Expr:
     """Finite-window EMA: equal to the recursive EMA up to a 3e-4 tail, but history-free."""
-    w = ema_weights(span)
-    # Polars' weighted rolling sum rejects nulls: carry them as NaN, hand them back as null.
-    return x.fill_null(float("nan")).rolling_sum(len(w), weights=w).fill_nan(None)
+    return weighted_sum(x, ema_weights(span))
 
 
 def _zscore(x: pl.Expr, n: int) -> pl.Expr:
     """z-score of x over the last n bars (ddof 0); 0 for a constant window."""
     sd = x.rolling_std(n, ddof=0)
-    return pl.when(sd < STD_FLOOR).then(0.0).otherwise((x - x.rolling_mean(n)) / sd)
+    return pl.when(sd < STD_FLOOR).then(0.0).otherwise((x - mean(x, n)) / sd)
 
 
 def _safe_div(num: pl.Expr, den: pl.Expr, fallback: float, floor: float = 0.0) -> pl.Expr:
@@ -57,7 +57,7 @@ def _safe_div(num: pl.Expr, den: pl.Expr, fallback: float, floor: float = 0.0) -
 def _rvol(n: int) -> pl.Expr:
     """Realised volatility: root of the summed squared 1-bar log returns over n bars."""
     # A rolling sum of squares can round to a hair below zero once the moves leave the window.
-    return (R1**2).rolling_sum(n).clip(lower_bound=0.0).sqrt()
+    return rsum(R1**2, n).clip(lower_bound=0.0).sqrt()
 
 
 def feature_set() -> FeatureSet:
@@ -76,8 +76,8 @@ def feature_set() -> FeatureSet:
     ))
 
     diff = C - PREV_C
-    gain_sum = diff.clip(lower_bound=0.0).rolling_sum(14)
-    move_sum = diff.abs().rolling_sum(14)
+    gain_sum = rsum(diff.clip(lower_bound=0.0), 14)
+    move_sum = rsum(diff.abs(), 14)
     add(FeatureSpec(
         "rsi_14", "sum(up moves, 14) / sum(|moves|, 14) (Cutler RSI / 100); 0.5 when flat", 14,
         _safe_div(gain_sum, move_sum, 0.5),
@@ -91,7 +91,7 @@ def feature_set() -> FeatureSet:
     add(FeatureSpec("macd_signal", "EMA9(macd)", lb_signal, signal))
     add(FeatureSpec("macd_hist", "macd - macd_signal", lb_signal, macd - signal))
 
-    ma20, sd20 = C.rolling_mean(20), C.rolling_std(20, ddof=0)
+    ma20, sd20 = mean(C, 20), C.rolling_std(20, ddof=0)
     add(FeatureSpec(
         "bb_pctb_20", "(close - (MA20 - 2 SD20)) / (4 SD20); 0.5 when flat", 19,
         pl.when(sd20 < STD_FLOOR * C).then(0.5).otherwise((C - ma20 + 2.0 * sd20) / (4.0 * sd20)),
@@ -99,7 +99,7 @@ def feature_set() -> FeatureSet:
     add(FeatureSpec("bb_width_20", "4 SD20 / MA20", 19, 4.0 * sd20 / ma20))
 
     tr = pl.max_horizontal(H, PREV_C) - pl.min_horizontal(L, PREV_C)
-    add(FeatureSpec("atr_14", "mean(true_range, 14) / close", 14, tr.rolling_mean(14) / C))
+    add(FeatureSpec("atr_14", "mean(true_range, 14) / close", 14, mean(tr, 14) / C))
     add(FeatureSpec("hl_range", "log(high / low)", 0, (H / L).log()))
     add(FeatureSpec("body", "log(close / open)", 0, (C / OP).log()))
     add(FeatureSpec("upper_wick", "log(high / max(open, close))", 0,
@@ -114,9 +114,8 @@ def feature_set() -> FeatureSet:
         add(FeatureSpec(f"vol_z_{n}", f"z-score of log(1 + volume) over {n} bars", n - 1,
                         _zscore(log_vol, n)))
     for n in (30, 60):
-        vwap = pl.when(V.rolling_sum(n) > 0).then(
-            (TP * V).rolling_sum(n) / V.rolling_sum(n)
-        ).otherwise(TP.rolling_mean(n))
+        vol_n = rsum(V, n)
+        vwap = pl.when(vol_n > 0).then(rsum(TP * V, n) / vol_n).otherwise(mean(TP, n))
         add(FeatureSpec(
             f"vwap_dist_{n}",
             f"log(close / VWAP_{n}), VWAP over the last {n} bars of typical price "
@@ -125,18 +124,18 @@ def feature_set() -> FeatureSet:
         ))
     add(FeatureSpec(
         "volume_share_5_60", "sum(volume, 5) / sum(volume, 60); 5/60 when no volume", 59,
-        _safe_div(V.rolling_sum(5), V.rolling_sum(60), 5.0 / 60.0),
+        _safe_div(rsum(V, 5), rsum(V, 60), 5.0 / 60.0),
     ))
 
     add(FeatureSpec("dist_max_60", "log(close / max(high, 60))", 59, (C / H.rolling_max(60)).log()))
     add(FeatureSpec("dist_min_60", "log(close / min(low, 60))", 59, (C / L.rolling_min(60)).log()))
     add(FeatureSpec("ma_dist_60", "log(close / mean(close, 60))", 59,
-                    (C / C.rolling_mean(60)).log()))
+                    (C / mean(C, 60)).log()))
     add(FeatureSpec("up_frac_30", "mean(close > close_(t-1), 30)", 30,
-                    (C > PREV_C).cast(pl.Float64).rolling_mean(30)))
+                    mean((C > PREV_C).cast(pl.Float64), 30)))
     add(FeatureSpec(
         "efficiency_30", "|log(close / close_(t-30))| / sum(|ret_1|, 30); 0 when flat", 30,
-        _safe_div((C / C.shift(30)).log().abs(), R1.abs().rolling_sum(30), 0.0, RVOL_FLOOR),
+        _safe_div((C / C.shift(30)).log().abs(), rsum(R1.abs(), 30), 0.0, RVOL_FLOOR),
     ))
 
     minute = pl.col("ts").dt.hour().cast(pl.Float64) * 60.0 + pl.col("ts").dt.minute()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from moola.features._registry import FeatureSet, FeatureSpec
+from moola.features.alpha158 import mean
 from moola.features.ohlc4 import ohlc_specs
 
 OP, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
@@ -25,11 +26,11 @@ def feature_set(atr: int = 14, volume_z: int = 20, ret_z: int = 20) -> FeatureSe
     price level rather than to the bar's range, so a flat bar (high == low) gives 0, not 0/0.
     """
     log_vol = V.log1p()
-    vol_mean = log_vol.rolling_mean(volume_z)
+    vol_mean = mean(log_vol, volume_z)
     vol_std = log_vol.rolling_std(volume_z, ddof=0)
     close_lr = (C / PREV_C).log()
-    rms = (close_lr**2).rolling_mean(ret_z).clip(lower_bound=0.0).sqrt()  # no -0 rounding
-    atr_expr = true_range().rolling_mean(atr)
+    rms = mean(close_lr**2, ret_z).clip(lower_bound=0.0).sqrt()  # no -0 rounding
+    atr_expr = mean(true_range(), atr)
     specs = (
         *ohlc_specs(),
         FeatureSpec("body_lr", "log(close / open)", 0, (C / OP).log()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from moola.evaluation.data_report import (
 )
 from moola.features import FeatureMatrix, build_features
 from moola.pipelines.data import run_ingest, run_validate
+from moola.pipelines.train import RunConfig, run_train
 
 WINDOW = 105
 
@@ -35,6 +37,11 @@ def bundled_data_dir() -> Path:
     raise FileNotFoundError(
         "bundled data not found (data/bundled/sp500_subset.parquet); pass --data DIR"
     )
+
+
+def configs_dir() -> Path:
+    """The repo's ``configs/`` beside ``data/bundled``."""
+    return bundled_data_dir().parent.parent / "configs"
 
 
 def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
@@ -91,7 +98,21 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
         splits[name] = (ws, sp)
     timings["windows+split"] = time.perf_counter() - t2
 
+    console.rule("[bold]4. train simple_lstm on next-bar direction (daily S&P subset)")
+    t3 = time.perf_counter()
+    run_cfg = RunConfig.from_yaml(
+        configs_dir() / "train_demo.yaml",
+        [f"out_dir={out / 'runs'}", f"data.store={store_dir}", "data.timeframe=1d"],
+    )
+    outcome = run_train(run_cfg, console=console)
+    timings["train+evaluate"] = time.perf_counter() - t3
+
     summary = _summary_table(store, val, feats, splits)
+    model_m = outcome.metrics.get("model", {})
+    summary.add_row("train run", f"{outcome.run_dir} (report.html, metrics.json, weights.safetensors)")
+    summary.add_row("test accuracy", f"model {model_m.get('accuracy', float('nan')):.4f} vs "
+                    + ", ".join(f"{r['model']} {r['accuracy']:.4f}"
+                                for r in outcome.metrics.get("baselines", []) if r["kind"] == "baseline"))
     console.print(summary)
 
     # ---- report
@@ -141,6 +162,9 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                      "base bytes": ws.base.nbytes})
     report.table(pl.DataFrame(rows), caption="105-bar windows, chronological 70/15/15 split "
                  "with purge and a 5-bar embargo; overlap checked")
+    report.heading("Training run")
+    rel = os.path.relpath(outcome.run_dir / "report.html", report.out_dir)
+    report.sections.append(f'<p>Model report: <a href="{rel}">{rel}</a></p>')
     timings["total"] = time.perf_counter() - t0
     report.table(pl.DataFrame({"step": list(timings), "seconds": list(timings.values())}),
                  caption="timings")

@@ -3,6 +3,7 @@ against baselines on the same split, save a self-describing run directory."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from moola.datasets import SampleSpans, Split, Standardizer, WindowSet, chronolo
 from moola.datasets.normalize import RobustScaler
 from moola.features import FeatureMatrix, build_features
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
+from moola.pipelines._progress import frame_table
 from moola.training import (
     ClassificationObjective,
     DirectionObjective,
@@ -216,7 +218,7 @@ class TrainOutcome:
 
 
 def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: bool = True,
-              resume: bool = False, write_report: bool = True) -> TrainOutcome:
+              resume: bool = False) -> TrainOutcome:
     """Setup -> train -> evaluate (with baselines) -> save. Returns the run directory."""
     from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
     from moola.evaluation.calibration import TemperatureScaler
@@ -262,37 +264,38 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     fit = trainer.fit(tensors["train"], tensors["val"], resume=resume)
 
     test_loss, test_m, test_c = trainer.evaluate(tensors["test"])
-    metrics: dict = {"test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
-                     "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
-                     "warnings": fit.warnings}
-    table = None
+    run_facts: dict = {
+        "test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
+        "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
+        "warnings": fit.warnings, "n_params": n_params,
+        "n_train": len(data.y["train"]), "n_val": len(data.y["val"]), "n_test": len(data.y["test"]),
+    }
+    report = None
     if n_classes:
-        proba = test_c["proba"]
-        metrics["test"] = classification_metrics(data.y["test"], proba, data.classes)
+        test_metrics = classification_metrics(data.y["test"], test_c["proba"], data.classes)
         # temperature scaling: fitted on the validation split only, reported beside raw
         _, _, val_c = trainer.evaluate(tensors["val"])
         ts = TemperatureScaler().fit(np.log(np.clip(val_c["proba"], 1e-12, 1)), data.y["val"])
-        cal = ts.transform(np.log(np.clip(proba, 1e-12, 1)))
-        metrics["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
-        metrics["temperature"] = float(ts.temperature_)
+        cal = ts.transform(np.log(np.clip(test_c["proba"], 1e-12, 1)))
+        run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
+        run_facts["temperature"] = float(ts.temperature_)
         base = run_baselines(data.x["train"], data.y["train"], data.x["test"], data.y["test"],
                              data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
-        metrics["baselines"] = {b.name: b.metrics for b in base}
-        table = baseline_table(base, model_metrics=metrics["test"])
-        console.print(table)
-    else:
-        metrics["test"] = test_m
-    metrics["seconds_total"] = time.perf_counter() - t0
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    report = None
-    if write_report and n_classes:
+        console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
+                                  title="test split: model vs baselines"))
+        run_facts["seconds_total"] = time.perf_counter() - t0
         report = write_run_report(
-            run_dir, history=fit.history, metrics=metrics, classes=data.classes,
-            y_true=data.y["test"], proba=test_c["proba"], baseline_table=table,
+            run_dir, history=fit.history, metrics=test_metrics, classes=data.classes,
+            y_true=data.y["test"], proba=test_c["proba"], baseline_table=base,
             title=f"{cfg.name}: {model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
-            notes=fit.warnings + trainer.messages,
+            notes=fit.warnings + trainer.messages, extra={"run": run_facts},
         )
         console.print(f"report: {report}")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        run_facts["seconds_total"] = time.perf_counter() - t0
+        metrics = {"model": test_m, "run": run_facts}
+        atomic_write_json(run_dir / "metrics.json", metrics)
     return TrainOutcome(run_dir, metrics, report, fit.warnings)
 
 
@@ -333,10 +336,30 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
                                  data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
             table = baseline_table(base, model_metrics=entry["metrics"])
             console.print(f"[bold]{part}[/]")
-            console.print(table)
+            console.print(frame_table(table))
             entry["baselines"] = {b.name: b.metrics for b in base}
         else:
             entry["metrics"] = m
         out[part] = entry
     atomic_write_json(run_dir / f"evaluation_{split}.json", out)
     return out
+
+
+def config_reference() -> str:
+    """The text of docs/configs.md, generated from the config classes."""
+    from moola.config import schema_markdown
+
+    return (
+        "# Run config reference (`moola train --config FILE.yaml [key=value ...]`)\n\n"
+        "Every key is typed; unknown keys are errors, and a bad file lists every problem at once,\n"
+        "naming the keys. Overrides use dotted keys with YAML values: `train.epochs=5`,\n"
+        "`train.optimizer.lr=3e-4`, `baselines=[majority,logistic]`. The run directory receives\n"
+        "the resolved config (preset expanded into `model`) as `config.yaml`; `moola train\n"
+        "--config RUN/config.yaml` reproduces the run. Example:\n"
+        "[configs/train_demo.yaml](../configs/train_demo.yaml).\n\n"
+        "Generated from the config classes by `moola.pipelines.train.config_reference()`; a test\n"
+        "keeps this file current.\n\n"
+        "## RunConfig\n\n" + schema_markdown(RunConfig)
+        + "\n## ModelConfig (`model:`; or name a `preset:` and it is filled in)\n\n"
+        + schema_markdown(ModelConfig)
+    )
