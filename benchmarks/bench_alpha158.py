@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     df = load_panel(args.path)
     print(f"panel: {df.height:,} rows, {df['symbol'].n_unique()} symbols from {args.path}")
+    print(f"peak RSS after loading the panel: {peak_rss_mib():.0f} MiB")
     print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()}")
     walls: list[float] = []
     for i in range(args.repeat):
@@ -66,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             f"run {i + 1}: {wall:.2f} s wall, {cpu:.2f} s cpu, {df.height / wall:,.0f} rows/s, "
             f"values {fm.values.shape} {fm.values.dtype}"
         )
+        del fm  # peak RSS should reflect one build, not two results alive at once
     print(
         f"{args.set_name}: best {min(walls):.2f} s, median {statistics.median(walls):.2f} s, "
-        f"{df.height / min(walls):,.0f} rows/s (best), peak RSS {peak_rss_mib():.0f} MiB"
+        f"{df.height / min(walls):,.0f} rows/s (best), peak RSS {peak_rss_mib():.0f} MiB "
+        "(ru_maxrss, whole process)"
     )
     return 0
 

@@ -4,6 +4,7 @@ snapshots and a CLI runner that keeps stdout and stderr apart."""
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -160,6 +161,16 @@ def snapshot(root: Path) -> dict[str, Any]:
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
+
+
+def listing(root: Path) -> set[str]:
+    """Relative paths under ``root``, read without opening files (safe while a writer runs)."""
+    out: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for n in dirnames + filenames:
+            out.add(n if rel == "." else f"{rel}/{n}")
     return out
 
 

@@ -22,6 +22,7 @@ from _data_helpers import (
     btc_csv_lines,
     btc_frame,
     cli,
+    listing,
     snapshot,
     sp500_subset,
     unreferenced_files,
@@ -228,7 +229,7 @@ _KILL_SCRIPT = textwrap.dedent(
 def _kill_during_ingest(tmp_path: Path, src: Path, store: Store, slow_after: int) -> None:
     script = tmp_path / "kill_me.py"
     script.write_text(_KILL_SCRIPT)
-    before = set(snapshot(store.root))
+    before = listing(store.root)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(src), str(store.root), str(slow_after)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -243,11 +244,11 @@ def _kill_during_ingest(tmp_path: Path, src: Path, store: Store, slow_after: int
                 pytest.fail(f"writer ended early: {proc.stderr.read() if proc.stderr else ''}")
         else:  # natural speed: kill as soon as the first new partition file appears
             deadline = time.monotonic() + 120
-            while not (set(snapshot(store.root)) - before):
+            while not any("bars-" in f for f in listing(store.root) - before):
                 assert proc.poll() is None, "ingest finished before it could be killed"
                 assert time.monotonic() < deadline
                 time.sleep(0.002)
-        new = set(snapshot(store.root)) - before
+        new = listing(store.root) - before
         assert any("bars-" in f for f in new), new  # it really was mid-write
         proc.send_signal(signal.SIGKILL)
     finally:

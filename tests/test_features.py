@@ -7,6 +7,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -271,3 +272,65 @@ def test_docs_table_is_generated_and_current() -> None:
             assert f"`{s.name}`" in text
     assert "adj_close / close" in text
     assert (ROOT / "docs" / "features.md").read_text() == text + "\n"
+
+
+def test_ohlc4_and_relative11_values_on_real_bars() -> None:
+    """Spot values from first principles (numpy on the adjusted bars)."""
+    df = load_daily(clean_daily_symbols(1), max_rows_per_symbol=300)
+    f = (df["adj_close"] / df["close"]).to_numpy()
+    o, h, lo, c = (df[k].to_numpy() * f for k in ("open", "high", "low", "close"))
+    v = df["volume"].to_numpy() / f
+    fm4 = build_features(df, "ohlc4")
+    np.testing.assert_allclose(fm4.values[1:, 0], np.log(o[1:] / c[:-1]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fm4.values[1:, 3], np.log(c[1:] / c[:-1]), rtol=1e-5, atol=1e-7)
+    fm = build_features(df, "relative11")
+    col = {n: fm.values[:, j] for j, n in enumerate(fm.names)}
+    i = 250
+    tr = np.maximum(h[1:], c[:-1]) - np.minimum(lo[1:], c[:-1])  # tr[k] is bar k + 1
+    assert col["range_atr14"][i] == pytest.approx((h[i] - lo[i]) / tr[i - 14 : i].mean(), 1e-5)
+    lv = np.log1p(v[i - 19 : i + 1])
+    assert col["volume_z20"][i] == pytest.approx((lv[-1] - lv.mean()) / lv.std(), 1e-4)
+    assert col["close_pos"][i] == pytest.approx((c[i] - lo[i]) / (h[i] - lo[i]), 1e-5)
+    r = np.log(c[1:] / c[:-1])[i - 20 : i]
+    assert col["ret_z20"][i] == pytest.approx(r[-1] / np.sqrt(np.mean(r**2)), 1e-4)
+
+
+def test_crypto39_values_on_real_bars() -> None:
+    """RSI, VWAP distance, realised vol and MACD against direct computations (MACD against
+    pandas' recursive EWM: the 4*span truncation costs at most ~3e-4 of the EMA weight)."""
+    df = load_crypto(3000)
+    fm = build_features(df, "crypto39")
+    col = {n: fm.values[:, j].astype(np.float64) for j, n in enumerate(fm.names)}
+    c, h, lo, v = (df[k].to_numpy() for k in ("close", "high", "low", "volume"))
+    i = 2500
+    d = np.diff(c)[i - 14 : i]
+    assert col["rsi_14"][i] == pytest.approx(d.clip(min=0).sum() / np.abs(d).sum(), 1e-5)
+    tp = (h + lo + c)[i - 29 : i + 1] / 3
+    vwap = (tp * v[i - 29 : i + 1]).sum() / v[i - 29 : i + 1].sum()
+    assert col["vwap_dist_30"][i] == pytest.approx(np.log(c[i] / vwap), rel=1e-4, abs=1e-7)
+    r = np.diff(np.log(c))[i - 15 : i]
+    assert col["rvol_15"][i] == pytest.approx(np.sqrt(np.sum(r**2)), 1e-5)
+    s = pd.Series(c)
+    macd = (s.ewm(span=12, adjust=False).mean() - s.ewm(span=26, adjust=False).mean()) / s
+    np.testing.assert_allclose(col["macd"][500:], macd.to_numpy()[500:], atol=1e-5)
+    signal = macd.ewm(span=9, adjust=False).mean().to_numpy()
+    np.testing.assert_allclose(col["macd_signal"][500:], signal[500:], atol=1e-5)
+    assert np.abs(col["macd"][500:]).max() > 1e-4  # the check is not vacuous
+    minute = df["ts"].dt.hour().cast(pl.Int64).to_numpy() * 60 + df["ts"].dt.minute().to_numpy()
+    np.testing.assert_allclose(col["tod_sin"], np.sin(2 * np.pi * minute / 1440), atol=1e-6)
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_tiny_inputs(set_name: str) -> None:
+    """Empty frames, one bar, and symbols shorter than the warm-up: all rows NaN where the
+    look-back is incomplete, right shapes, no crash."""
+    df = load_daily(clean_daily_symbols(2), max_rows_per_symbol=3)
+    n = EXPECTED_COUNTS[set_name]
+    assert build_features(df.head(0), set_name).values.shape == (0, n)
+    one = build_features(df.head(1), set_name)
+    assert one.values.shape == (1, n) and not one.keys["gap_before"][0]
+    fm = build_features(df, set_name)
+    fs = get_feature_set(set_name)
+    pos = _positions(fm.keys["symbol"])
+    lookback = np.array([s.lookback for s in fs.specs])
+    assert np.isnan(fm.values[pos[:, None] < lookback[None, :]]).all()

@@ -48,7 +48,7 @@ def _friendly_errors(fn: F) -> F:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ConfigError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (ValueError, KeyError, FileNotFoundError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e

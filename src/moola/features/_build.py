@@ -10,9 +10,8 @@ import polars as pl
 from moola.data._gaps import mark_gaps
 from moola.data._schema import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe
 from moola.features._matrix import FeatureMatrix
-from moola.features._registry import FeatureSet, get_feature_set
+from moola.features._registry import FeatureSet, FeatureSpec, get_feature_set
 
-KEY_COLUMNS: tuple[str, ...] = ("symbol", "ts", "gap_before", "is_filled")
 BAR_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 # Most features evaluated per Polars query: batches bound the intermediates held at once.
 BATCH = 32
@@ -75,8 +74,12 @@ def _check_input(df: pl.DataFrame) -> None:
 def _keys(df: pl.DataFrame, timeframe: Timeframe | str | None) -> pl.DataFrame:
     """symbol, ts, gap_before (built from the timeframe if absent), is_filled (False if absent)."""
     if "gap_before" not in df.columns:
-        tf = Timeframe(timeframe) if timeframe is not None else infer_timeframe(df)
-        df = mark_gaps(df.select("symbol", "ts"), tf)
+        if timeframe is None and df.height == df.get_column("symbol").n_unique():
+            # One bar per symbol: nothing precedes any bar, so there is no gap to find.
+            df = df.with_columns(gap_before=pl.lit(False))
+        else:
+            tf = Timeframe(timeframe) if timeframe is not None else infer_timeframe(df)
+            df = mark_gaps(df.select("symbol", "ts"), tf)
     is_filled = (
         pl.col("is_filled").fill_null(False) if "is_filled" in df.columns else pl.lit(False)
     )
@@ -98,8 +101,9 @@ def _position_in_symbol(symbols: pl.Series) -> np.ndarray:
 def _batches(fs: FeatureSet) -> list[list[int]]:
     """Spec indices grouped by look-back, in chunks of ``BATCH``.
 
-    Features with the same look-back mostly share windows (Max/Min/RSV, Slope/Rsquare/Resi),
-    so Polars' common-subexpression elimination computes each rolling window once per batch.
+    Features with the same look-back mostly share sub-expressions (alpha158's memoised window
+    sums, the helper columns), which Polars' common-subexpression elimination then evaluates
+    once per batch; small batches also bound the intermediates alive at once.
     """
     order = sorted(range(len(fs.specs)), key=lambda j: fs.specs[j].lookback)
     out: list[list[int]] = []
@@ -112,28 +116,33 @@ def _batches(fs: FeatureSet) -> list[list[int]]:
     return out
 
 
+def _output_expr(spec: FeatureSpec) -> pl.Expr:
+    """The spec's expression as a named float32 output column."""
+    if spec.expr is None:
+        raise ValueError(f"feature {spec.name!r} has no expression to evaluate")
+    return spec.expr.cast(pl.Float32).alias(spec.name)
+
+
 def compute_features(
     df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
 ) -> FeatureMatrix:
     """Evaluate a feature set on canonical bars (see ``build_features``).
 
     The whole sorted panel is evaluated in one pass per batch of features (vectorised across
-    symbols), then the first ``lookback`` rows of every symbol are set to NaN: those are the
-    only rows whose window could reach into the previous symbol, so each symbol's values equal
-    those computed on that symbol alone.
+    symbols, no Python loop over symbols), then the first ``lookback`` rows of every symbol are
+    set to NaN: those are the only rows whose window could reach into the previous symbol, so a
+    symbol's values equal those of the symbol computed alone (up to the last bits of Polars'
+    running std). ``fs.kind`` does not change the evaluation; it tells consumers whether one
+    symbol can be served alone.
     """
     _check_input(df)
-    missing = [s.name for s in fs.specs if s.expr is None]
-    if missing:
-        raise ValueError(f"feature set {fs.name!r}: specs without an expression: {missing}")
     keys = _keys(df, timeframe)
     bars = adjusted_bars(df)
     if fs.aux:
         bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
     values = np.empty((df.height, len(fs.specs)), dtype=np.float32)
     for cols in _batches(fs):
-        exprs = [fs.specs[j].expr.cast(pl.Float32).alias(fs.specs[j].name) for j in cols]  # type: ignore[union-attr]
-        block = bars.lazy().select(exprs).collect().to_numpy()
+        block = bars.lazy().select([_output_expr(fs.specs[j]) for j in cols]).collect().to_numpy()
         if not block.flags.writeable:  # Polars may hand out a read-only zero-copy view
             block = block.copy()
         np.copyto(block, np.float32(np.nan), where=np.isinf(block))

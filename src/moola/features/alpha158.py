@@ -69,10 +69,12 @@ def rsum(x: pl.Expr, d: int) -> pl.Expr:
 
 
 def rmax(x: pl.Expr, d: int) -> pl.Expr:
+    """Max(x, d): exact, a window's max does not depend on earlier bars."""
     return x.rolling_max(d)
 
 
 def rmin(x: pl.Expr, d: int) -> pl.Expr:
+    """Min(x, d)."""
     return x.rolling_min(d)
 
 
@@ -159,6 +161,8 @@ def window_dot(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
     denominators, turns flat windows into noise.) A NaN spoils only the windows holding it.
     """
     d = len(weights)
+    if len(x) == 0:
+        return np.empty(0)
     out = np.convolve(x, weights[::-1])[: len(x)]
     out[: d - 1] = np.nan
     return out
@@ -204,6 +208,7 @@ def corr(a: pl.Expr, b: pl.Expr, d: int) -> pl.Expr:
 
 
 def _kbar_price() -> list[FeatureSpec]:
+    """The 9 candlestick (KBAR) and 4 price features: single-bar ratios, no look-back."""
     hi_oc, lo_oc = pl.max_horizontal(OP, C), pl.min_horizontal(OP, C)
     rng = H - L + EPS
     vwap = (H + L + C) / 3.0
@@ -242,6 +247,7 @@ def _diff(d: int) -> int:
 
 
 def _rolling_ops() -> dict[str, _Rolling]:
+    """The 29 rolling operators in Qlib's order, each as (formula, look-back, builder)."""
     up, down, absd = greater(_DC, 0), greater(-_DC, 0), _DC.abs()
     vup, vdown, vabs = greater(_DV, 0), greater(-_DV, 0), _DV.abs()
     wv = finite((_RET - 1).abs() * V)
@@ -288,17 +294,13 @@ def _rolling_ops() -> dict[str, _Rolling]:
         lo = rmin(L, d)
         return (C - lo) / (rmax(H, d) - lo + EPS)
 
-    def resi_(d: int) -> pl.Expr:
-        _, kbar, _ = _centered_weights(d)
-        return C - (ma(d) + slope(C, d) * (d - kbar))
-
     return {
         "ROC": ("Ref($close, {d})/$close", _diff, lambda d: ref(C, d) / C),
         "MA": ("Mean($close, {d})/$close", _full, lambda d: ma(d) / C),
         "STD": ("Std($close, {d})/$close", _full, lambda d: std(C, d) / C),
         "BETA": ("Slope($close, {d})/$close", _full, lambda d: slope(C, d) / C),
         "RSQR": ("Rsquare($close, {d})", _full, lambda d: rsquare(C, d)),
-        "RESI": ("Resi($close, {d})/$close", _full, lambda d: resi_(d) / C),
+        "RESI": ("Resi($close, {d})/$close", _full, lambda d: resi(C, d) / C),
         "MAX": ("Max($high, {d})/$close", _full, lambda d: rmax(H, d) / C),
         "MIN": ("Min($low, {d})/$close", _full, lambda d: rmin(L, d) / C),
         "QTLU": ("Quantile($close, {d}, 0.8)/$close", _full, lambda d: quantile(C, d, 0.8) / C),

@@ -56,8 +56,7 @@ def _safe_div(num: pl.Expr, den: pl.Expr, fallback: float, floor: float = 0.0) -
 
 def _rvol(n: int) -> pl.Expr:
     """Realised volatility: root of the summed squared 1-bar log returns over n bars."""
-    # A rolling sum of squares can round to a hair below zero once the moves leave the window.
-    return rsum(R1**2, n).clip(lower_bound=0.0).sqrt()
+    return rsum(R1**2, n).sqrt()
 
 
 def feature_set() -> FeatureSet:

@@ -25,11 +25,13 @@ def feature_set(atr: int = 14, volume_z: int = 20, ret_z: int = 20) -> FeatureSe
     Wicks are log ratios (high over the body top, body bottom over low), i.e. relative to the
     price level rather than to the bar's range, so a flat bar (high == low) gives 0, not 0/0.
     """
+    if min(atr, volume_z, ret_z) < 2:
+        raise ValueError(f"relative11 windows must be >= 2, got {atr=}, {volume_z=}, {ret_z=}")
     log_vol = V.log1p()
     vol_mean = mean(log_vol, volume_z)
     vol_std = log_vol.rolling_std(volume_z, ddof=0)
     close_lr = (C / PREV_C).log()
-    rms = mean(close_lr**2, ret_z).clip(lower_bound=0.0).sqrt()  # no -0 rounding
+    rms = mean(close_lr**2, ret_z).sqrt()
     atr_expr = mean(true_range(), atr)
     specs = (
         *ohlc_specs(),
