@@ -81,10 +81,7 @@ def _check(set_name: str, data: st.DataObject) -> None:
     assert why is None, f"{set_name} truncated at {cut} for {symbols}: {why}"
 
 
-SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-    derandomize=False,
-)
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -361,7 +361,10 @@ def feature_set(windows: Sequence[int] = DEFAULT_WINDOWS) -> FeatureSet:
         name="alpha158",
         description=(
             "Qlib Alpha158: 9 candlestick (KBAR), 4 price and 29 rolling-operator factors over "
-            f"windows {'/'.join(map(str, wins))}, with Qlib's formulas and names."
+            f"windows {'/'.join(map(str, wins))}, with Qlib's formulas and names. Deviations: "
+            "VWAP0 uses the typical price (high+low+close)/3 as $vwap; windows are NaN until "
+            "full (Qlib computes partial windows, min_periods=1) and NaN if they hold a missing "
+            "or non-finite input; Corr/Rsquare are NaN where a std is <= 2e-5, as in Qlib."
         ),
         specs=tuple(specs),
         params={"windows": list(wins)},
