@@ -32,48 +32,67 @@ DIRECTION_PRESETS = ("direction_lstm", "direction_transformer")
 ALL_PRESETS = CLASSIFIER_PRESETS + DIRECTION_PRESETS
 
 
-@lru_cache(maxsize=8)
-def _ohlc_windows(n: int, symbol: str, stride: int, offset: int) -> dict[str, np.ndarray]:
+def _symbol_windows(symbol: str, n: int, offset: int) -> tuple[list, list, list]:
+    """``n`` non-overlapping windows of one symbol (a flat next bar is skipped: no direction)."""
     df = load_daily((symbol,))
     o, h, lo, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
-    prev = c[:-1]
-    x_all = np.log(np.stack([o[1:], h[1:], lo[1:], c[1:]], axis=1) / prev[:, None])  # (N-1, 4)
+    x_all = np.log(np.stack([o[1:], h[1:], lo[1:], c[1:]], axis=1) / c[:-1, None])  # (N-1, 4)
     close = c[1:]
     nxt = np.log(c[2:] / c[1:-1])  # return of the bar after row i of x_all
     xs, ys, ptrs = [], [], []
     start = offset
     while len(xs) < n:
         end = start + WINDOW  # exclusive
-        if end >= len(x_all):
+        if end > len(nxt):
             raise ValueError(f"{symbol}: not enough bars for {n} windows")
         r = nxt[end - 1]
-        if r != 0.0:  # a flat next bar has no direction
+        if r != 0.0:
             xs.append(x_all[start:end])
             ys.append(int(r > 0))
             win = close[start:end]
             ptrs.append((int(np.argmax(win)), int(np.argmin(win))))
-        start += stride
-    x = np.stack(xs)
+            start = end
+        else:
+            start += 1
+    return xs, ys, ptrs
+
+
+@lru_cache(maxsize=8)
+def _ohlc_windows(n: int, symbols: tuple[str, ...], offset: int) -> dict[str, np.ndarray]:
+    per = -(-n // len(symbols))
+    xs, ys, ptrs = [], [], []
+    for sym in symbols:
+        a, b, c = _symbol_windows(sym, per, offset)
+        xs += a
+        ys += b
+        ptrs += c
+    x = np.stack(xs[:n])
     # standardise per feature over the set (daily log ratios are ~1e-2: an LSTM sees ~0)
     x = (x - x.mean((0, 1))) / x.std((0, 1))
     x = np.ascontiguousarray(x, dtype=np.float32)
     assert np.isfinite(x).all()
-    return {"x": x, "y": np.asarray(ys, dtype=np.int64), "pointers": np.asarray(ptrs, dtype=np.int64)}
+    return {"x": x, "y": np.asarray(ys[:n], dtype=np.int64),
+            "pointers": np.asarray(ptrs[:n], dtype=np.int64)}
 
 
-def ohlc_windows(n: int = 32, *, symbol: str = "AAPL", stride: int = 7, offset: int = 0,
-                 pointers: bool = False) -> dict[str, np.ndarray]:
-    """``n`` real (105, 4) windows with next-bar direction labels (and optionally pointers)."""
-    d = _ohlc_windows(n, symbol, stride, offset)
+TRAIN_SYMBOLS = ("AAPL", "AMZN", "JPM", "XOM", "JNJ", "PG", "WMT", "IBM")
+
+
+def ohlc_windows(n: int = 32, *, symbols: tuple[str, ...] = TRAIN_SYMBOLS,
+                 offset: int = 0, pointers: bool = False) -> dict[str, np.ndarray]:
+    """``n`` real non-overlapping (105, 4) windows (spread over ``symbols``) with next-bar
+    direction labels (and optionally close argmax/argmin pointers)."""
+    d = _ohlc_windows(n, tuple(symbols), offset)
     out = {"x": d["x"].copy(), "y": d["y"].copy()}
     if pointers:
         out["pointers"] = d["pointers"].copy()
     return out
 
 
-@lru_cache(maxsize=4)
-def _direction_windows(n: int, stride: int) -> dict[str, np.ndarray]:
-    bars = load_crypto(4000)
+@lru_cache(maxsize=1)
+def _crypto_features() -> tuple[np.ndarray, np.ndarray]:
+    """(N, 31) z-scored crypto39 features after their warm-up, and the matching closes."""
+    bars = load_crypto(12000)
     fm = build_features(bars, "crypto39")
     v = np.asarray(fm.values[:, :DIRECTION_FEATURES], dtype=np.float64)
     ok = np.isfinite(v).all(1)
@@ -82,8 +101,14 @@ def _direction_windows(n: int, stride: int) -> dict[str, np.ndarray]:
     v = v[first:]
     v = (v - v.mean(0)) / np.where(v.std(0) > 0, v.std(0), 1.0)
     close = bars["close"].to_numpy()[first:]
+    return v, close
+
+
+@lru_cache(maxsize=4)
+def _direction_windows(n: int, stride: int, offset: int) -> dict[str, np.ndarray]:
+    v, close = _crypto_features()
     xs, ys = [], []
-    start = 0
+    start = offset
     while len(xs) < n:
         end = start + WINDOW
         if end >= len(v):
@@ -97,9 +122,10 @@ def _direction_windows(n: int, stride: int) -> dict[str, np.ndarray]:
             "y": np.asarray(ys, dtype=np.int64)}
 
 
-def direction_windows(n: int = 32, *, stride: int = 29) -> dict[str, np.ndarray]:
-    """``n`` real (105, 31) crypto feature windows with next-bar direction labels."""
-    d = _direction_windows(n, stride)
+def direction_windows(n: int = 32, *, stride: int = WINDOW, offset: int = 0) -> dict[str, np.ndarray]:
+    """``n`` real (105, 31) crypto feature windows (non-overlapping by default) with next-bar
+    direction labels."""
+    d = _direction_windows(n, stride, offset)
     return {k: v.copy() for k, v in d.items()}
 
 

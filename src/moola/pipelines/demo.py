@@ -113,6 +113,14 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     summary.add_row("test accuracy", f"model {model_m.get('accuracy', float('nan')):.4f} vs "
                     + ", ".join(f"{r['model']} {r['accuracy']:.4f}"
                                 for r in outcome.metrics.get("baselines", []) if r["kind"] == "baseline"))
+    base_acc = {r["model"]: r["accuracy"] for r in outcome.metrics.get("baselines", [])
+                if r["kind"] == "baseline"}
+    best_name = max(base_acc, key=base_acc.__getitem__) if base_acc else None
+    if best_name is not None:
+        acc = model_m.get("accuracy", float("nan"))
+        beats = acc > base_acc[best_name]
+        summary.add_row("verdict", f"the model {'beats' if beats else 'does NOT beat'} the best "
+                        f"baseline ({best_name}, {base_acc[best_name]:.4f}) on the test split")
     console.print(summary)
 
     # ---- report

@@ -9,6 +9,7 @@ carry a callback's state through a resumed run.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -152,20 +153,29 @@ class ProgressBar(Callback):
 
 
 class FreezeSchedule(Callback):
-    """Keep ``prefix`` parameters frozen for ``epochs`` epochs, then let them train."""
+    """Keep some parameters frozen for ``epochs`` epochs, then let them train.
 
-    def __init__(self, prefix: str, epochs: int) -> None:
-        self.prefix = prefix
+    ``params`` is a name prefix (e.g. ``"encoder."``) or an explicit collection of parameter
+    names (e.g. exactly the tensors a transfer loaded).
+    """
+
+    def __init__(self, params: str | Collection[str], epochs: int) -> None:
+        self.params = params
         self.epochs = epochs
+
+    def _selected(self, name: str) -> bool:
+        if isinstance(self.params, str):
+            return name.startswith(self.params)
+        return name in self.params
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         frozen = epoch < self.epochs
         n = 0
         for name, p in trainer.model.named_parameters():
-            if name.startswith(self.prefix):
+            if self._selected(name):
                 p.requires_grad_(not frozen)
                 n += 1
         if n == 0:
-            raise ValueError(f"freeze prefix '{self.prefix}' matches no parameter")
+            raise ValueError(f"freeze selection {self.params!r} matches no parameter")
         if epoch == self.epochs and epoch > 0:
-            trainer.log(f"epoch {epoch + 1}: unfroze {n} '{self.prefix}' tensors")
+            trainer.log(f"epoch {epoch + 1}: unfroze {n} tensors")
