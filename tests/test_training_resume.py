@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 import moola
 from _train_helpers import ROOT, SRC, ohlc_windows, quiet_config, seeded_model, states_equal
-from moola.models import preset_config
+from moola.models import build_model, lstm_classifier, preset_config
 from moola.training import (
     ClassificationObjective,
     GuardWarning,
@@ -194,10 +194,14 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
 
 
 def test_resume_without_checkpoint_starts_from_scratch_and_equals_a_fresh_run(tmp_path):
+    """A run directory with no checkpoint (absent, or holding a stale history.jsonl from a
+    run that never checkpointed) starts from scratch and keeps only this run's epochs."""
     d = TensorData(ohlc_windows(16))
     cfg = quiet_config(epochs=1, batch_size=8, seed=1, num_threads=1)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "history.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
     outs = []
-    for resume, name in ((False, "a"), (True, "b")):
+    for resume, name in ((False, "a"), (True, "b"), (True, "c")):
         m = seeded_model("jade_compact", seed=1)
         t = Trainer(m, ClassificationObjective(2), cfg, run_dir=tmp_path / name, show_progress=False)
         t.console.quiet = True
@@ -205,7 +209,9 @@ def test_resume_without_checkpoint_starts_from_scratch_and_equals_a_fresh_run(tm
             warnings.simplefilter("ignore", GuardWarning)
             t.fit(d, resume=resume)
         outs.append(load_file(str(tmp_path / name / "weights.safetensors")))
-    assert states_equal(*outs)
+        assert [h["epoch"] for h in _history(tmp_path / name)] == [1]
+    assert states_equal(outs[0], outs[1]) and states_equal(outs[0], outs[2])
+    assert _strip_timing(_history(tmp_path / "a")) == _strip_timing(_history(tmp_path / "c"))
     with pytest.raises(ValueError, match="run_dir"):
         Trainer(seeded_model("jade_compact"), ClassificationObjective(2), cfg,
                 show_progress=False).fit(d, resume=True)
@@ -345,13 +351,23 @@ def test_loading_weights_into_another_architecture_names_tensors_and_shapes(tmp_
     assert "shape mismatch" in msg
     assert states_equal(before, wider.state_dict()), "a refused load must not touch the model"
 
-    other = seeded_model("simple_lstm", seed=0)  # no pointer head, unidirectional
+    # jade_compact without its pointer head: exactly one unexpected tensor, named
+    no_pointer = build_model(lstm_classifier(4, hidden=56, bidirectional=True, attn_hidden=64,
+                                             attn_heads=4, pointer=False))
+    with pytest.raises(ValueError) as e:
+        load_weights(no_pointer, path)
+    msg = str(e.value)
+    assert "unexpected ['heads.pointer.fc.weight']" in msg and "missing" not in msg, msg
+
+    # a unidirectional, wider LSTM: the reverse-direction tensors are unexpected (more than 8:
+    # the cut-off list says so) and the shared names differ in shape
+    other = seeded_model("simple_lstm", seed=0)
     with pytest.raises(ValueError) as e:
         load_weights(other, path)
     msg = str(e.value)
-    assert "unexpected" in msg and "heads.pointer.fc.weight" in msg, msg
-    assert "missing" not in msg or "encoder" not in msg or "reverse" not in msg
-    assert "_reverse" in msg  # the backward-direction LSTM tensors have no home in simple_lstm
+    assert "unexpected" in msg and "encoder.rnn.weight_hh_l0_reverse" in msg, msg
+    assert "(9 in all)" in msg  # 8 reverse LSTM tensors + the pointer head
+    assert "encoder.rnn.weight_hh_l0: file (224, 56) vs model (512, 128)" in msg, msg
 
     direction = seeded_model("direction_lstm", seed=0, n_features=4)
     with pytest.raises(ValueError) as e:

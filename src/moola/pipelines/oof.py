@@ -156,13 +156,14 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
     param_groups = None
     tcfg = cfg.train.model_copy(update={"seed": seed})
     if arm != "scratch":
-        from moola.models.transfer import encoder_param_groups, transfer_encoder
+        from moola.models.transfer import param_groups as encoder_param_groups
+        from moola.models.transfer import transfer_encoder
 
         assert cfg.pretrained_encoder is not None
         report = transfer_encoder(model, cfg.pretrained_encoder, cfg.transfer_mode,
                                   expected_schema_hash=data.schema_hash)
-        note = report.headline()
-        names = report.transferred_parameter_names()
+        note = str(report)
+        names = set(report.transferred_names)
         if arm == "pretrained_frozen":
             for n, p in model.named_parameters():
                 if n in names:

@@ -93,11 +93,14 @@ def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
     unexpected = sorted(set(state) - set(own))
     shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if strict and (missing or unexpected or shape):
-        detail = [f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}" if missing else "",
-                  f"unexpected {unexpected[:8]}" if unexpected else "",
+        def more(names: list[str]) -> str:  # say so when a list is cut short
+            return f" ... ({len(names)} in all)" if len(names) > 8 else ""
+
+        detail = [f"missing {missing[:8]}{more(missing)}" if missing else "",
+                  f"unexpected {unexpected[:8]}{more(unexpected)}" if unexpected else "",
                   "shape mismatch " + ", ".join(
                       f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                      for k in shape[:8]) if shape else ""]
+                      for k in shape[:8]) + more(shape) if shape else ""]
         raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(d for d in detail if d))
     model.load_state_dict(state, strict=strict)
 

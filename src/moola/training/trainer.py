@@ -183,17 +183,18 @@ class Trainer:
         sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=self.batches_per_epoch,
                                 epochs=cfg.epochs)
         run_sum, run_n = 0.0, 0
-        if self.run_dir is not None and not resume:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "history.jsonl").write_text("")
+        loaded = None
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume=True needs a run_dir")
             loaded = load_state(self.run_dir)
             if loaded is None:
                 self.log(f"no checkpoint in {self.run_dir}: starting from scratch")
-            else:
-                run_sum, run_n = self._restore(loaded, opt, sched)
+        if self.run_dir is not None and loaded is None:  # a fresh start, resumed or not
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "history.jsonl").write_text("")
+        if loaded is not None:
+            run_sum, run_n = self._restore(loaded, opt, sched)
         # eval-mode train metrics use a fixed subset so they are comparable across epochs
         g = torch.Generator().manual_seed(cfg.seed + 7)
         k = min(self.n_train, cfg.guards.train_eval_samples)

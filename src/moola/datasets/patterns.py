@@ -1,0 +1,587 @@
+"""Rule-based pattern labeler: consolidation / retracement in 105-bar windows of real prices.
+
+Every rule reads only the bars of the window it labels (ATR included), so a label never
+looks past the window's last bar. The rules, thresholds and class balance are documented in
+``docs/labeler.md``; the thresholds live in ``LabelerConfig`` (``configs/labeler.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Literal, Self
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+
+from moola.config import Config
+from moola.data._gaps import mark_gaps
+from moola.data._schema import TS_DTYPE, Timeframe
+from moola.data._store import Store
+from moola.datasets.windows import WindowSet, flag_prefix, symbol_ranges
+from moola.features import adjusted_bars, build_features
+from moola.features._matrix import FeatureMatrix
+
+__all__ = [
+    "CLASSES",
+    "LabelerConfig",
+    "Match",
+    "build_pool",
+    "candidate_windows",
+    "make_labels_file",
+    "match_window",
+    "class_balance",
+    "prepare_bars",
+    "label_windows",
+    "scan_windows",
+    "select_labels",
+]
+
+ClassName = Literal["consolidation", "retracement"]
+CLASSES: tuple[str, ...] = ("consolidation", "retracement")
+LABEL_COLUMNS: tuple[str, ...] = ("symbol", "end_ts", "label", "pointer_start", "pointer_end")
+
+
+class LabelerConfig(Config):
+    """Every threshold of the pattern labeler, in one place (see docs/labeler.md)."""
+
+    window: int = Field(105, ge=40, description="bars per window")
+    atr_period: int = Field(14, ge=1, description="bars in the ATR (simple mean of true ranges)")
+    impulse_atr: float = Field(
+        3.0, gt=0, description="impulse: |close[b] - close[a]| >= impulse_atr x ATR[a]"
+    )
+    impulse_max_bars: int = Field(15, ge=1, description="impulse: b - a <= impulse_max_bars")
+    min_len: int = Field(10, ge=2, description="consolidation: at least this many bars")
+    range_atr: float = Field(
+        2.5, gt=0, description="consolidation: max(high) - min(low) <= range_atr x ATR[a]"
+    )
+    hold_max: float = Field(
+        0.382, gt=0, lt=1, description="consolidation: closes give back < hold_max of the impulse"
+    )
+    retrace_min: float = Field(0.382, gt=0, lt=1, description="retracement: ratio >= this")
+    retrace_max: float = Field(0.786, gt=0, lt=1, description="retracement: ratio <= this")
+    retrace_min_bars: int = Field(3, ge=1, description="retracement: counter-move >= this many bars")
+    retrace_max_bars: int = Field(
+        30, ge=1, description="retracement: counter-move <= this many bars"
+    )
+    end_slack: int = Field(
+        5, ge=1, description="pattern's last bar is one of the window's last end_slack bars"
+    )
+    priority: list[ClassName] = Field(
+        default_factory=lambda: ["consolidation", "retracement"],
+        description="class order when two patterns end on the same bar",
+    )
+    max_per_symbol: int | None = Field(
+        None, ge=1, description="cap on selected windows per symbol (None: no cap)"
+    )
+    skip_degenerate: bool = Field(
+        True, description="no candidate window holds a bar with volume <= 0 or high == low"
+    )
+    label_from: date | None = Field(
+        date(2015, 7, 1), description="labeled windows start on or after this day (UTC)"
+    )
+    label_to: date | None = Field(None, description="labeled windows end on or before this day")
+    feature_set: str = Field(
+        "ohlc4", description="candidate windows are the valid windows of this feature set"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        """Cross-field rules, all reported together so one edit fixes a file."""
+        problems = []
+        if self.retrace_min >= self.retrace_max:
+            problems.append(f"retrace_min {self.retrace_min} must be < retrace_max {self.retrace_max}")
+        if self.retrace_min_bars > self.retrace_max_bars:
+            problems.append(
+                f"retrace_min_bars {self.retrace_min_bars} must be <= "
+                f"retrace_max_bars {self.retrace_max_bars}"
+            )
+        if sorted(self.priority) != sorted(CLASSES):
+            problems.append(f"priority must list each of {list(CLASSES)} once, got {self.priority}")
+        if self.label_from and self.label_to and self.label_from > self.label_to:
+            problems.append(f"label_from {self.label_from} is after label_to {self.label_to}")
+        if self.first_impulse_end + 1 >= self.window:
+            problems.append(
+                f"window {self.window} leaves no room after atr_period + impulse_max_bars "
+                f"({self.first_impulse_end} bars)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def first_impulse_end(self) -> int:
+        """Earliest window offset an impulse may end at: its look-back and ATR fit inside."""
+        return self.atr_period + self.impulse_max_bars
+
+
+@dataclass(frozen=True)
+class Match:
+    """One window's pattern: the label, pointer bars, and the numbers that justified it."""
+
+    label: str
+    pointer_start: int  # window offset of the pattern's first bar
+    pointer_end: int  # window offset of the pattern's last bar
+    direction: int  # +1 up impulse, -1 down impulse
+    impulse_start: int  # window offset a (the impulse's first close)
+    impulse_end: int  # window offset b (the impulse's last close)
+    atr: float  # ATR[a]: mean true range of the atr_period bars ending at a
+    impulse_atr: float  # |close[b] - close[a]| / ATR[a]
+    range_atr: float  # consolidation: (max high - min low) / ATR[a]; retracement: NaN
+    retrace: float  # retracement ratio; consolidation: deepest close give-back ratio
+
+    @property
+    def score(self) -> float:
+        """Strength used to pick one window per block: the impulse size in ATR units."""
+        return self.impulse_atr
+
+
+def _true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """True range of bars 1.. (bar 0 has no previous close in the window: NaN)."""
+    tr = np.full(close.shape[0], np.nan)
+    prev = close[:-1]
+    tr[1:] = np.maximum(high[1:], prev) - np.minimum(low[1:], prev)
+    return tr
+
+
+def _atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int) -> np.ndarray:
+    """ATR[t] = mean(TR[t-period+1 .. t]); NaN until period true ranges exist in the array.
+
+    Summed left to right over each run of ``period`` values (not a running cumsum), so a
+    window's ATR is bit for bit the same computed on the window alone or on the whole symbol.
+    """
+    tr = _true_range(high, low, close)
+    n = close.shape[0]
+    out = np.full(n, np.nan)
+    if n > period:
+        acc = tr[1 : n - period + 1].copy()
+        for j in range(1, period):
+            acc += tr[1 + j : n - period + 1 + j]
+        out[period:] = acc / period
+    return out
+
+
+def _impulses(
+    close: np.ndarray, atr: np.ndarray, cfg: LabelerConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate impulses (b, direction, a, size in ATR) ending at each allowed bar b.
+
+    For an up impulse, a is the lowest close of the impulse_max_bars bars before b and
+    close[b] must be the highest close of [a, b]; down is the mirror image.
+    """
+    m = cfg.impulse_max_bars
+    b = np.arange(cfg.first_impulse_end, close.shape[0] - 1)
+    look = b[:, None] - m + np.arange(m)[None, :]  # (B, m) bars b-m .. b-1
+    seg = close[look]
+    out_b, out_d, out_a, out_k = [], [], [], []
+    for d in (1, -1):
+        j = np.argmin(d * seg, axis=1)
+        a = look[np.arange(b.size), j]
+        move = d * (close[b] - close[a])
+        # close[b] must top every close between a and b (for d = +1)
+        after_a = np.arange(m)[None, :] >= j[:, None]
+        top = np.where(after_a, d * seg, -np.inf).max(axis=1) <= d * close[b]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = move / atr[a]
+        ok = top & (atr[a] > 0) & (k >= cfg.impulse_atr)
+        out_b.append(b[ok])
+        out_d.append(np.full(int(ok.sum()), d))
+        out_a.append(a[ok])
+        out_k.append(k[ok])
+    return (
+        np.concatenate(out_b), np.concatenate(out_d), np.concatenate(out_a), np.concatenate(out_k)
+    )
+
+
+def match_window(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, cfg: LabelerConfig
+) -> Match | None:
+    """The pattern of one window (arrays of ``cfg.window`` adjusted bars), or None.
+
+    Reads only these bars. Of all patterns found, the one ending latest wins, then
+    ``cfg.priority``, then the larger impulse, then the later impulse end.
+    """
+    w = close.shape[0]
+    if w != cfg.window:
+        raise ValueError(f"expected {cfg.window} bars, got {w}")
+    atr = _atr(high, low, close, cfg.atr_period)
+    bs, ds, as_, ks = _impulses(close, atr, cfg)
+    if bs.size == 0:
+        return None
+    last_ok = w - cfg.end_slack  # a pattern must end at or after this offset
+    cols = np.arange(w)[None, :]
+    after = cols > bs[:, None]  # (B, w) bars after the impulse end
+    move = ks * atr[as_]
+    found: list[Match] = []
+    # ---- retracement: the extreme close after b, no close beyond close[b] since
+    dc = ds[:, None] * close[None, :]  # direction-signed closes
+    peak = ds * close[bs]
+    beyond = np.where(after, dc, -np.inf).max(axis=1) > peak
+    signed = np.where(after, dc, np.inf)
+    rev = signed[:, ::-1]
+    e_r = w - 1 - np.argmin(rev, axis=1)  # latest bar holding the extreme
+    ratio = (peak - signed[np.arange(bs.size), e_r]) / move
+    n_bars = e_r - bs
+    ok_r = (
+        ~beyond & (ratio >= cfg.retrace_min) & (ratio <= cfg.retrace_max)
+        & (n_bars >= cfg.retrace_min_bars) & (n_bars <= cfg.retrace_max_bars) & (e_r >= last_ok)
+    )
+    for i in np.flatnonzero(ok_r):
+        found.append(Match(
+            "retracement", int(bs[i]) + 1, int(e_r[i]), int(ds[i]), int(as_[i]), int(bs[i]),
+            float(atr[as_[i]]), float(ks[i]), float("nan"), float(ratio[i]),
+        ))
+    # ---- consolidation: bars b+1.. while the range stays narrow and the impulse holds
+    hi = np.where(after, high[None, :], -np.inf)
+    lo = np.where(after, low[None, :], np.inf)
+    rng = np.maximum.accumulate(hi, axis=1) - np.minimum.accumulate(lo, axis=1)
+    give = np.maximum.accumulate(np.where(after, peak[:, None] - dc, -np.inf), axis=1)
+    give = give / move[:, None]
+    holds = after & (rng <= cfg.range_atr * atr[as_][:, None]) & (give < cfg.hold_max)
+    # the consolidation runs from b+1 while every prefix holds: count leading True after b
+    run = np.cumprod(np.where(after, holds, True), axis=1).sum(axis=1) - (bs + 1)
+    e_c = bs + run
+    ok_c = (run >= cfg.min_len) & (e_c >= last_ok)
+    for i in np.flatnonzero(ok_c):
+        e = int(e_c[i])
+        found.append(Match(
+            "consolidation", int(bs[i]) + 1, e, int(ds[i]), int(as_[i]), int(bs[i]),
+            float(atr[as_[i]]), float(ks[i]), float(rng[i, e] / atr[as_[i]]), float(give[i, e]),
+        ))
+    if not found:
+        return None
+    rank = {c: i for i, c in enumerate(cfg.priority)}
+    return min(found, key=lambda m: (-m.pointer_end, rank[m.label], -m.impulse_atr, -m.impulse_end))
+
+
+# ------------------------------------------------------------------ bars -> windows -> labels
+MATCH_COLUMNS: tuple[str, ...] = (
+    "direction", "impulse_start", "impulse_end", "atr", "impulse_atr", "range_atr", "retrace",
+)
+
+
+def prepare_bars(bars: pl.DataFrame | Store | str | Path) -> pl.DataFrame:
+    """Canonical daily bars, gap-marked and sorted; a Store (or its path) is read at 1d."""
+    if isinstance(bars, (str, Path)):
+        bars = Store(bars)
+    if isinstance(bars, Store):
+        bars = bars.read(Timeframe.D1)
+    bars = bars.sort("symbol", "ts")
+    if "gap_before" not in bars.columns:
+        bars = mark_gaps(bars, Timeframe.D1)
+    return bars
+
+
+def candidate_windows(bars: pl.DataFrame, cfg: LabelerConfig) -> WindowSet:
+    """The windows the labeler may label: valid ``cfg.feature_set`` windows of ``bars``.
+
+    Valid means what ``LabeledWindows.from_labels`` accepts (one symbol, no gap, no NaN), so
+    a label never gets rejected; with ``skip_degenerate`` a window also holds no placeholder
+    bar (volume <= 0 or high == low), like BHF's quotes before its 2017 listing; and it lies
+    within [label_from, label_to], which leaves the time before for the unlabeled pool.
+    """
+    fm = build_features(bars, cfg.feature_set, timeframe=Timeframe.D1)
+    ws = WindowSet.from_matrix(fm, cfg.window)
+    if cfg.skip_degenerate and len(ws):
+        bad = bars.select(
+            ((pl.col("volume").fill_null(0) <= 0) | (pl.col("high") == pl.col("low")))
+            .fill_null(True)
+        ).to_series().to_numpy()
+        p = flag_prefix(bad)
+        ws = ws.subset(p[ws.starts + cfg.window] == p[ws.starts])
+    ts = fm.keys.get_column("ts").cast(TS_DTYPE)
+    if cfg.label_from is not None and len(ws):
+        first = ts.gather(pl.Series(ws.starts))
+        ws = ws.subset((first >= _utc(cfg.label_from)).to_numpy())
+    if cfg.label_to is not None and len(ws):
+        last = ts.gather(pl.Series(ws.end_rows))
+        ws = ws.subset((last < _utc(cfg.label_to + timedelta(days=1))).to_numpy())
+    return ws
+
+
+def _utc(day: date) -> datetime:
+    """Midnight UTC of ``day``, to compare with bar timestamps."""
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _symbol_matches(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, cfg: LabelerConfig
+) -> dict[str, np.ndarray]:
+    """Every (impulse, window end) pattern of one symbol, vectorised; ``match_window``'s rules.
+
+    An impulse ending at row b is read from rows b-m-atr_period .. b only, so it is the same in
+    every window that contains those rows; what follows b is read up to the window end E, as
+    running maxima/minima over t = E - b = 1 .. T. Rows are 0-based within the symbol.
+    """
+    n, w = close.shape[0], cfg.window
+    atr = _atr(high, low, close, cfg.atr_period)
+    lead = cfg.first_impulse_end
+    t_max = w - 1 - lead  # the latest window end E = b + t still holds rows b-lead .. b
+    empty = {k: np.zeros(0, dtype=np.int64) for k in ("end", "label", "b", "e", "dir", "a")}
+    if n < w or t_max < 1:
+        return {**empty, **{k: np.zeros(0) for k in ("atr", "k", "range", "retrace")}}
+    bs, ds, as_, ks = _impulses(close, atr, cfg)
+    move = ks * atr[as_]
+    peak = ds * close[bs]
+    t = np.arange(1, t_max + 1)
+    rows = bs[:, None] + t[None, :]  # (I, T) row of the bar b + t (= window end E)
+    inside = rows < n
+    rows_c = np.minimum(rows, n - 1)
+    x = np.where(inside, ds[:, None] * close[rows_c], np.nan)  # direction-signed closes
+    # ---- retracement at E = b + t: no close beyond close[b]; e = latest extreme in (b, E]
+    run_hi = np.fmax.accumulate(np.where(inside, x, -np.inf), axis=1)
+    run_lo = np.fmin.accumulate(np.where(inside, x, np.inf), axis=1)
+    new_lo = x <= run_lo
+    e_r = np.maximum.accumulate(np.where(new_lo, t[None, :], 0), axis=1)
+    ratio = (peak[:, None] - run_lo) / move[:, None]
+    ok_r = (
+        inside & (run_hi <= peak[:, None]) & (ratio >= cfg.retrace_min)
+        & (ratio <= cfg.retrace_max) & (e_r >= cfg.retrace_min_bars)
+        & (e_r <= cfg.retrace_max_bars) & (e_r >= t[None, :] - cfg.end_slack + 1)
+    )
+    # ---- consolidation at E = b + t: the leading run of bars b+1.. that hold, cut at E
+    hi = np.fmax.accumulate(np.where(inside, high[rows_c], -np.inf), axis=1)
+    lo = np.fmin.accumulate(np.where(inside, low[rows_c], np.inf), axis=1)
+    rng = hi - lo
+    give = np.fmax.accumulate(peak[:, None] - x, axis=1) / move[:, None]
+    holds = inside & (rng <= cfg.range_atr * atr[as_][:, None]) & (give < cfg.hold_max)
+    run = np.minimum(np.cumprod(holds, axis=1).sum(axis=1)[:, None], t[None, :])
+    ok_c = (run >= cfg.min_len) & (run >= t[None, :] - cfg.end_slack + 1)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "end", "label", "b", "e", "dir", "a", "atr", "k", "range", "retrace")}
+    for code, ok, e_off in ((0, ok_c, run), (1, ok_r, e_r)):
+        i, j = np.nonzero(ok)
+        e = e_off[i, j]
+        out["end"].append(rows[i, j])
+        out["label"].append(np.full(i.size, code))
+        out["b"].append(bs[i])
+        out["e"].append(bs[i] + e)
+        out["dir"].append(ds[i])
+        out["a"].append(as_[i])
+        out["atr"].append(atr[as_[i]])
+        out["k"].append(ks[i])
+        if code == 0:
+            out["range"].append(rng[i, e - 1] / atr[as_[i]])
+            out["retrace"].append(give[i, e - 1])
+        else:
+            out["range"].append(np.full(i.size, np.nan))
+            out["retrace"].append(ratio[i, j])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def scan_windows(bars: pl.DataFrame | Store | str | Path, cfg: LabelerConfig) -> pl.DataFrame:
+    """Every candidate window that holds a pattern, one row each (before de-duplication).
+
+    Candidates are the valid ``cfg.window``-bar windows of ``cfg.feature_set`` (so the labels
+    load with zero rejected rows); prices are split/dividend adjusted like the features.
+    Gives the same rows as ``match_window`` on each candidate, in (symbol, end_ts) order.
+    """
+    bars = prepare_bars(bars)
+    ws = candidate_windows(bars, cfg)
+    fm, starts = ws.matrix, ws.starts
+    adj = adjusted_bars(bars)
+    high = adj.get_column("high").to_numpy()
+    low = adj.get_column("low").to_numpy()
+    close = adj.get_column("close").to_numpy()
+    w = cfg.window
+    _, bounds = symbol_ranges(fm)
+    valid_end = np.zeros(fm.values.shape[0], dtype=bool)
+    valid_end[starts + (w - 1)] = True
+    parts = []
+    for lo, hi in bounds.tolist():
+        m = _symbol_matches(high[lo:hi], low[lo:hi], close[lo:hi], cfg)
+        end = m["end"] + lo
+        keep = valid_end[end]
+        w0 = end - (w - 1)
+        parts.append(pl.DataFrame({
+            "end_row": end[keep],
+            "label_code": m["label"][keep],
+            "pointer_start": (m["b"] + lo - w0 + 1)[keep],
+            "pointer_end": (m["e"] + lo - w0)[keep],
+            "direction": m["dir"][keep],
+            "impulse_start": (m["a"] + lo - w0)[keep],
+            "impulse_end": (m["b"] + lo - w0)[keep],
+            "atr": m["atr"][keep],
+            "impulse_atr": m["k"][keep],
+            "range_atr": m["range"][keep],
+            "retrace": m["retrace"][keep],
+        }, schema_overrides={c: pl.Int64 for c in (
+            "end_row", "label_code", "pointer_start", "pointer_end", "direction",
+            "impulse_start", "impulse_end")}))
+    found = pl.concat(parts)
+    rank = {c: i for i, c in enumerate(cfg.priority)}
+    found = (
+        found.with_columns(
+            pl.col("label_code").replace_strict({0: rank["consolidation"], 1: rank["retracement"]})
+            .alias("_rank"),
+        )
+        .sort(["end_row", "pointer_end", "_rank", "impulse_atr", "impulse_end"],
+              descending=[False, True, False, True, True])
+        .unique("end_row", keep="first", maintain_order=True)
+        .with_columns(
+            pl.col("label_code").replace_strict({0: CLASSES[0], 1: CLASSES[1]},
+                                                return_dtype=pl.String).alias("label"),
+            pl.col("impulse_atr").alias("score"),
+            (pl.col("end_row") - (w - 1)).alias("start_row"),
+        )
+    )
+    keys = fm.keys
+    start = found.get_column("start_row")
+    end = found.get_column("end_row")
+    return found.with_columns(
+        keys.get_column("symbol").gather(start).alias("symbol"),
+        keys.get_column("ts").gather(start).cast(TS_DTYPE).alias("start_ts"),
+        keys.get_column("ts").gather(end).cast(TS_DTYPE).alias("end_ts"),
+    ).select(
+        "symbol", "end_ts", "label", "pointer_start", "pointer_end", *MATCH_COLUMNS, "score",
+        "start_ts", "start_row", "end_row",
+    )
+
+
+def select_labels(matches: pl.DataFrame, cfg: LabelerConfig) -> pl.DataFrame:
+    """Non-overlapping windows per symbol: greedy by score, so near-duplicates never pile up.
+
+    Matches are taken strongest first (score, then later window end); one is kept only if
+    its window shares no bar with a window already kept on the same symbol (and the symbol is
+    under ``cfg.max_per_symbol``). Deterministic: no randomness, a total order.
+    """
+    order = matches.sort(["symbol", "score", "end_row"], descending=[False, True, True])
+    sym = order.get_column("symbol").to_list()
+    start = order.get_column("start_row").to_numpy()
+    end = order.get_column("end_row").to_numpy()
+    taken = np.zeros(int(end.max()) + 1 if end.size else 0, dtype=bool)
+    per_symbol: dict[str, int] = {}
+    keep = np.zeros(order.height, dtype=bool)
+    cap = cfg.max_per_symbol
+    for i in range(order.height):
+        if cap is not None and per_symbol.get(sym[i], 0) >= cap:
+            continue
+        if taken[start[i] : end[i] + 1].any():
+            continue
+        taken[start[i] : end[i] + 1] = True
+        per_symbol[sym[i]] = per_symbol.get(sym[i], 0) + 1
+        keep[i] = True
+    return order.filter(pl.Series(keep)).sort("symbol", "end_ts")
+
+
+def label_windows(bars: pl.DataFrame | Store | str | Path, cfg: LabelerConfig) -> pl.DataFrame:
+    """The labeled set: ``scan_windows`` then ``select_labels`` (loadable by ``load_labels``).
+
+    Columns: symbol, end_ts, label, pointer_start, pointer_end (the labels file), then the
+    diagnostics direction, impulse_start, impulse_end, atr, impulse_atr, range_atr, retrace,
+    score and start_ts (first bar of the window).
+    """
+    picked = select_labels(scan_windows(bars, cfg), cfg)
+    return picked.drop("start_row", "end_row")
+
+
+def class_balance(labels: pl.DataFrame) -> dict[str, int]:
+    """Windows per class, every class listed (0 if absent), to report and test the balance."""
+    counts = dict(labels.group_by("label").len().iter_rows())
+    return {c: int(counts.get(c, 0)) for c in CLASSES}
+
+
+def _format_labels(labels: pl.DataFrame) -> pl.DataFrame:
+    """The CSV form: ISO UTC times, floats rounded to 6 decimals (stable across machines)."""
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    return labels.with_columns(
+        pl.col("end_ts").dt.convert_time_zone("UTC").dt.strftime(iso),
+        pl.col("start_ts").dt.convert_time_zone("UTC").dt.strftime(iso),
+        *[pl.col(c).round(6) for c in ("atr", "impulse_atr", "range_atr", "retrace", "score")],
+    )
+
+
+def make_labels_file(
+    out_path: str | Path,
+    source: pl.DataFrame | Store | str | Path,
+    cfg: LabelerConfig | None = None,
+) -> pl.DataFrame:
+    """Label ``source`` (bars, a Store or a store path) and write the labels CSV atomically.
+
+    Returns the labels as written (times as ISO strings). The shipped
+    ``data/labels/sp500_patterns.csv`` is this on the bundled subset with configs/labeler.yaml.
+    """
+    cfg = cfg or LabelerConfig()
+    out = _format_labels(label_windows(source, cfg))
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    out.write_csv(tmp, float_scientific=False)
+    tmp.replace(path)
+    return out
+
+
+# ------------------------------------------------------------------ pool
+def _label_spans(fm: FeatureMatrix, labels: pl.DataFrame, window: int) -> pl.DataFrame:
+    """(symbol, start_ts, end_ts) of each labeled window, from its bars in ``fm``."""
+    keys = fm.keys.select("symbol", pl.col("ts").cast(TS_DTYPE)).with_row_index("_row")
+    want = labels.select(
+        pl.col("symbol").cast(pl.String),
+        pl.col("end_ts").cast(TS_DTYPE) if labels.schema["end_ts"] != pl.String
+        else pl.col("end_ts").str.to_datetime(time_zone="UTC").cast(TS_DTYPE),
+    )
+    joined = want.join(keys, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"],
+                       how="left", maintain_order="left")
+    missing = joined.filter(pl.col("_row").is_null())
+    if missing.height:
+        raise ValueError(
+            f"{missing.height} labeled windows have no bar in the matrix, so their time range "
+            f"is unknown and the pool cannot exclude it: {missing.head(5).rows()}"
+        )
+    names, bounds = symbol_ranges(fm)
+    end = joined.get_column("_row").cast(pl.Int64).to_numpy()
+    code = np.searchsorted(bounds[:, 1], end, side="right")
+    start = np.maximum(end - (window - 1), bounds[code, 0])  # never before the symbol's 1st bar
+    ts = fm.keys.get_column("ts").cast(TS_DTYPE)
+    return pl.DataFrame({
+        "symbol": joined.get_column("symbol"),
+        "start_ts": ts.gather(pl.Series(start)),
+        "end_ts": ts.gather(pl.Series(end)),
+    })
+
+
+def build_pool(
+    source: FeatureMatrix | WindowSet,
+    labels: pl.DataFrame,
+    window: int = 105,
+    min_pool: int = 10_000,
+) -> WindowSet:
+    """Unlabeled windows for self-supervision, sharing no time with any labeled window's symbol.
+
+    A pool window on symbol s is dropped if its [start_ts, end_ts] meets the [start_ts, end_ts]
+    of any labeled window on s (``window`` bars ending at its end_ts). ``source`` is a
+    FeatureMatrix (all its valid windows, stride 1) or a WindowSet to filter. Raises if fewer
+    than ``min_pool`` windows remain. Neighbouring pool windows overlap heavily; that is fine
+    for self-supervised pre-training, which needs coverage rather than independence.
+    """
+    ws = source if isinstance(source, WindowSet) else WindowSet.from_matrix(source, window)
+    fm = ws.matrix
+    spans = _label_spans(fm, labels, window)
+    meta = ws.meta
+    p_sym = meta.get_column("symbol").to_list()
+    p_start = meta.get_column("start_ts").dt.epoch("ns").to_numpy()
+    p_end = meta.get_column("end_ts").dt.epoch("ns").to_numpy()
+    keep = np.ones(len(ws), dtype=bool)
+    by_symbol = spans.with_columns(
+        pl.col("start_ts").dt.epoch("ns").alias("s"), pl.col("end_ts").dt.epoch("ns").alias("e")
+    ).sort("symbol", "s").partition_by("symbol", as_dict=True)
+    sym_arr = np.array(p_sym, dtype=object)
+    for (sym,), g in by_symbol.items():
+        idx = np.flatnonzero(sym_arr == sym)
+        if idx.size == 0:
+            continue
+        ls = g.get_column("s").to_numpy()
+        le_max = np.maximum.accumulate(g.get_column("e").to_numpy())
+        # labels starting at or before the pool window's end; does any reach its start?
+        k = np.searchsorted(ls, p_end[idx], side="right")
+        hit = (k > 0) & (le_max[np.maximum(k - 1, 0)] >= p_start[idx])
+        keep[idx[hit]] = False
+    pool = ws.subset(keep)
+    if len(pool) < min_pool:
+        raise ValueError(
+            f"pool has {len(pool)} windows after excluding {spans.height} labeled windows' "
+            f"time ranges; need at least {min_pool}"
+        )
+    return pool

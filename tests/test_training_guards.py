@@ -1,0 +1,287 @@
+"""Every training guard fires on a crafted broken case and stays silent on a healthy run.
+
+Data guards (``TensorData``): object dtype, non-float x, NaN/inf x. Loop guards: NaN made by
+``prepare`` inside a batch, a non-finite loss. Health guards (``GuardWarning``): more than 1000
+parameters per training sample, an epoch with no optimizer step, an epoch whose weights or loss
+did not change, validation accuracy 15+ points above training accuracy, class collapse.
+All inputs are real windows (bundled S&P 500 daily bars and BTCUSD 1-minute features).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from _train_helpers import direction_windows, ohlc_windows, quiet_config, seeded_model
+from _real_data import daily_symbols
+from moola.models import build_model, count_parameters, transformer_direction
+from moola.training import (
+    ClassificationObjective,
+    DataGuardError,
+    DirectionObjective,
+    GuardWarning,
+    RegressionObjective,
+    TensorData,
+    Trainer,
+)
+
+
+@contextmanager
+def no_guard_warning() -> Iterator[list[warnings.WarningMessage]]:
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        yield rec
+    guard = [str(w.message) for w in rec if issubclass(w.category, GuardWarning)]
+    assert not guard, guard
+
+
+def _trainer(model, objective, **cfg) -> Trainer:
+    t = Trainer(model, objective, quiet_config(**cfg), show_progress=False)
+    t.console.quiet = True
+    return t
+
+
+# ------------------------------------------------------------------------ data guards
+
+
+def test_object_dtype_input_is_refused():
+    d = ohlc_windows(8)
+    ragged = np.empty(8, dtype=object)  # windows of different lengths: numpy makes objects
+    for i in range(8):
+        ragged[i] = d["x"][i, : 100 + i]
+    with pytest.raises(DataGuardError, match="object-dtype"):
+        TensorData({"x": ragged, "y": d["y"]})
+    with pytest.raises(DataGuardError, match="object-dtype"):
+        TensorData({"x": d["x"].astype(object), "y": d["y"]})
+    TensorData(d)  # the same windows as float32 pass
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_])
+def test_non_float_input_is_refused(dtype):
+    d = ohlc_windows(8)
+    with pytest.raises(DataGuardError, match="dtype"):
+        TensorData({"x": (d["x"] * 100).astype(dtype), "y": d["y"]})
+
+
+def test_non_float_tensor_input_and_non_array_are_refused():
+    d = ohlc_windows(8)
+    with pytest.raises(DataGuardError, match="floating point"):
+        TensorData({"x": torch.from_numpy(d["x"]).long(), "y": d["y"]})
+    with pytest.raises(DataGuardError, match="numpy array or tensor"):
+        TensorData({"x": d["x"].tolist(), "y": d["y"]})
+    # float64 is accepted and stored as float32; integer labels are fine
+    td = TensorData({"x": d["x"].astype(np.float64), "y": d["y"]})
+    assert td.tensors["x"].dtype == torch.float32 and td.tensors["y"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_x_is_refused_with_its_index(bad):
+    d = ohlc_windows(8)
+    d["x"][5, 17, 2] = bad
+    with pytest.raises(DataGuardError, match=r"1 NaN/inf value\(s\), first at index \(5, 17, 2\)"):
+        TensorData(d)
+    with pytest.raises(DataGuardError, match="NaN/inf"):
+        TensorData({"x": torch.from_numpy(d["x"]), "y": d["y"]})
+
+
+def test_nan_in_a_reconstruction_target_is_refused():
+    d = ohlc_windows(4)
+    target = d["x"].copy()
+    target[0, 0, 0] = np.nan
+    with pytest.raises(DataGuardError, match="'target'"):
+        TensorData({"x": d["x"], "target": target})
+
+
+# ------------------------------------------------------------------------ loop guards
+
+
+class RescaledMasking(ClassificationObjective):
+    """Masks bars and rescales by the kept fraction, as dropout-style augmentation does.
+
+    ``safe=False`` is the classic bug: a window whose bars are all masked is divided by 0,
+    so NaN enters the batch inside ``prepare`` (after TensorData's checks)."""
+
+    def __init__(self, safe: bool) -> None:
+        super().__init__(2)
+        self.safe = safe
+
+    def prepare(self, batch, training):
+        if not training:
+            return batch
+        x = batch["x"]
+        keep = torch.ones(x.shape[:2], dtype=x.dtype)
+        keep[0] = 0.0  # the first window of each batch is masked entirely
+        frac = keep.mean(1, keepdim=True)
+        if self.safe:
+            frac = frac.clamp_min(1.0 / x.shape[1])
+        return {**batch, "x": x * keep[..., None] / frac[..., None]}
+
+
+def test_nan_made_inside_a_batch_by_prepare_stops_the_loop():
+    d = TensorData(ohlc_windows(16))
+    model = seeded_model("jade_compact")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = _trainer(model, RescaledMasking(safe=False), batch_size=8)
+    with pytest.raises(FloatingPointError, match=r"batch 0 of epoch 1 holds NaN/inf in 'x'"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)
+        t.fit(d)
+    # it stopped before any optimizer step touched the weights
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_finite_prepare_trains_normally():
+    d = TensorData(ohlc_windows(16))
+    t = _trainer(seeded_model("jade_compact"), RescaledMasking(safe=True), batch_size=8, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)
+        res = t.fit(d)
+    assert math.isfinite(res.history[0]["train_loss"])
+
+
+def test_non_finite_loss_stops_the_loop():
+    """A regression target is not a model input, so a NaN there surfaces as the loss."""
+    d = direction_windows(8)
+    y = np.log(np.linspace(1.0, 1.1, 8)).astype(np.float32)[:, None]
+    y[3] = np.nan
+    model = build_model(transformer_direction(31).model_copy(
+        update={"direction": None, "regression": {"horizons": [1]}}))
+    t = _trainer(model, RegressionObjective(), batch_size=8)
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1, batch 0"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)
+        t.fit(TensorData({"x": d["x"], "y": y}))
+
+
+# ---------------------------------------------------------------------- health guards
+
+
+def test_more_than_1000_parameters_per_sample_warns():
+    d = TensorData(ohlc_windows(32, pointers=True))
+    t = _trainer(seeded_model("jade"), ClassificationObjective(2), epochs=1, batch_size=32)
+    with pytest.warns(GuardWarning, match=r"615,554 parameters for 32 training samples \(19,236:1"):
+        res = t.fit(d)
+    assert any("memorise" in w for w in res.warnings)
+
+
+def test_parameter_ratio_threshold_is_exactly_1000():
+    """direction_transformer has 85,761 parameters: 85 samples (1,009:1) warn, 86 (997:1) not."""
+    model_params = count_parameters(seeded_model("direction_transformer"))
+    assert model_params == 85_761
+    over = direction_windows(85)
+    under = direction_windows(86)
+    t = _trainer(seeded_model("direction_transformer"), DirectionObjective(), epochs=1, batch_size=128)
+    with pytest.warns(GuardWarning, match="85,761 parameters for 85 training samples"):
+        t.fit(TensorData(over))
+    t = _trainer(seeded_model("direction_transformer"), DirectionObjective(), epochs=1, batch_size=128)
+    with no_guard_warning():
+        res = t.fit(TensorData(under))
+    assert res.warnings == []
+
+
+def test_epoch_without_an_optimizer_step_warns():
+    d = ohlc_windows(8)
+    empty = TensorData({"x": d["x"][:0], "y": d["y"][:0]})
+    t = _trainer(seeded_model("jade_compact"), ClassificationObjective(2), epochs=2)
+    with pytest.warns(GuardWarning, match="epoch 1 made no optimizer step"):
+        res = t.fit(empty)
+    assert sum("no optimizer step" in w for w in res.warnings) == 2
+    assert all(h["step"] == 0 for h in res.history)
+
+
+def test_epoch_whose_weights_did_not_change_warns():
+    """A zero learning rate in every parameter group: the optimizer steps, nothing moves."""
+    d = TensorData(direction_windows(96))
+    model = seeded_model("direction_transformer")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = Trainer(model, DirectionObjective(), quiet_config(epochs=2, batch_size=48),
+                param_groups=[{"params": list(model.parameters()), "lr": 0.0}], show_progress=False)
+    t.console.quiet = True
+    with pytest.warns(GuardWarning, match=r"epoch 2: no weight changed"):
+        res = t.fit(d)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert res.history[-1]["step"] == 4  # the steps did happen
+
+
+def test_epoch_whose_loss_did_not_change_warns():
+    """A learning rate of 1e-20 moves only the zero-initialised biases, by ~1e-21: the weights
+    differ bitwise, the loss does not (no dropout, one sample per batch)."""
+    d = TensorData(direction_windows(24))
+    torch.manual_seed(0)
+    model = build_model(transformer_direction(31, dropout=0.0))
+    zero = [n for n, p in model.named_parameters() if (p == 0).all()]
+    assert zero, "expected zero-initialised biases (LayerNorm / attention)"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = _trainer(model, DirectionObjective(), epochs=2, batch_size=1,
+                 optimizer={"name": "sgd", "lr": 1e-20, "momentum": 0.0, "weight_decay": 0.0})
+    with pytest.warns(GuardWarning, match=r"epoch 2: the loss did not change"):
+        res = t.fit(d)
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any("no weight changed" in w for w in res.warnings)
+
+
+def _last_bar_labels(d: dict[str, np.ndarray], threshold: float) -> np.ndarray:
+    """A learnable real label: was the window's last close-to-close log return above the
+    threshold (feature 3 is log(close / previous close), standardised)."""
+    return (d["x"][:, -1, 3] > threshold).astype(np.int64)
+
+
+def test_validation_accuracy_far_above_training_accuracy_warns():
+    """Leakage-like: training labels are noise (next-bar direction) while the validation labels
+    all equal the class the collapsed model predicts, so val accuracy ~1 vs train ~0.5."""
+    train = ohlc_windows(32)
+    majority = int(np.bincount(train["y"]).argmax())
+    val = ohlc_windows(16, symbols=("MSFT", "KO"))
+    val["y"][:] = majority
+    t = _trainer(seeded_model("direction_transformer", n_features=4), DirectionObjective(),
+                 epochs=2, batch_size=32)
+    with pytest.warns(GuardWarning, match=r"validation accuracy .* points above training accuracy"):
+        res = t.fit(TensorData(train), TensorData(val))
+    last = res.history[-1]
+    assert last["val_accuracy"] - last["train_accuracy"] > 0.15
+
+
+def test_class_collapse_warns_when_one_class_dominates():
+    """95% of the training labels are 'up' (real next-bar labels, up-windows kept), no class
+    weights: the model predicts 'up' for everything and recall of 'down' collapses."""
+    pool = ohlc_windows(80)
+    up, down = np.flatnonzero(pool["y"] == 1), np.flatnonzero(pool["y"] == 0)
+    idx = np.sort(np.concatenate([up[:19], down[:1]]))
+    train = {k: v[idx] for k, v in pool.items()}
+    assert train["y"].mean() == 0.95
+    val = ohlc_windows(16, symbols=("MSFT", "KO"))
+    assert 0.25 < val["y"].mean() < 0.75
+    t = _trainer(seeded_model("direction_transformer", n_features=4), DirectionObjective(),
+                 epochs=2, batch_size=20)
+    with pytest.warns(GuardWarning, match=r"class collapse: validation recall below 0.3 for class\(es\) 0"):
+        res = t.fit(TensorData(train), TensorData(val))
+    assert res.history[-1]["val_recall_0"] < 0.3
+    # the guard only judges the end of training: exactly one collapse warning
+    assert sum("class collapse" in w for w in res.warnings) == 1
+
+
+def test_a_healthy_run_raises_no_guard_warning():
+    """Balanced, learnable real labels, 700 parameters per sample, a validation set from other
+    symbols: every guard stays silent and the model learns."""
+    symbols = tuple(daily_symbols())
+    train = ohlc_windows(120, symbols=symbols[:12])
+    val = ohlc_windows(40, symbols=symbols[12:16])
+    thr = float(np.median(train["x"][:, -1, 3]))
+    train["y"], val["y"] = _last_bar_labels(train, thr), _last_bar_labels(val, thr)
+    assert 0.3 < val["y"].mean() < 0.7
+    model = seeded_model("direction_transformer", n_features=4)
+    assert count_parameters(model) / 120 < 1000
+    t = _trainer(model, DirectionObjective(), epochs=4, batch_size=24,
+                 optimizer={"lr": 3e-3})
+    with no_guard_warning():
+        res = t.fit(TensorData(train), TensorData(val))
+    assert res.warnings == []
+    last = res.history[-1]
+    assert last["val_accuracy"] >= 0.8 and last["train_accuracy"] >= 0.8
+    assert min(last["val_recall_0"], last["val_recall_1"]) >= 0.3
