@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from moola.pretraining import (
     masked_count,
     pretrain_model,
 )
-from moola.training import TensorData, Trainer, masked_mse
+from moola.training import Callback, TensorData, Trainer, masked_mse
 from test_augment import raw_windows
 
 T = 105
@@ -192,6 +194,7 @@ def test_trainer_fits_one_epoch_over_views_data() -> None:
     assert v2 == pytest.approx(v1, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_on_real_windows() -> None:
     x = raw_windows()
     train, val = x[:256], x[256:384]
@@ -203,3 +206,40 @@ def test_pretraining_learns_on_real_windows() -> None:
     v0, _, _ = trainer.evaluate(TensorData({"x": val}))
     res = trainer.fit(TensorData({"x": train}), TensorData({"x": val}))
     assert res.history[-1]["val_loss"] < v0
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer: Trainer, step: int, loss: float, bs: int) -> None:
+        if step == self.step:
+            raise _Crash(f"simulated crash at step {step}")
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_resumes_bitwise(tmp_path: Path) -> None:
+    """All training-time randomness (augmentation, masks) comes from the saved global RNG."""
+    x = raw_windows()[:64]
+    norm = stats(x)
+
+    def run(run_dir: Path, callbacks: tuple[Callback, ...] | list[Callback] = (),
+            resume: bool = False) -> MaskedAutoencoder:
+        obj = MaskedReconstructionObjective(MaskConfig(strategy="block"),
+                                            Augmenter(AugmentConfig(p=0.7)), norm)
+        mae = small_mae(5)
+        cfg = quiet_config(epochs=2, batch_size=16, checkpoint_every=3)
+        Trainer(mae, obj, cfg, run_dir=run_dir, callbacks=callbacks, show_progress=False).fit(
+            ViewsData(TensorData({"x": x}), 2), TensorData({"x": x[:16]}), resume=resume)
+        return mae
+
+    ref = run(tmp_path / "ref")
+    with pytest.raises(_Crash):
+        run(tmp_path / "cut", callbacks=[_CrashAt(11)])  # 8 steps per epoch: mid-epoch 2
+    resumed = run(tmp_path / "cut", resume=True)
+    a, b = ref.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,7 +20,7 @@ import torch
 
 from _train_helpers import direction_windows, ohlc_windows, quiet_config, seeded_model
 from _real_data import daily_symbols
-from moola.models import build_model, count_parameters, transformer_direction
+from moola.models import RegressionHeadConfig, build_model, count_parameters, transformer_direction
 from moola.training import (
     ClassificationObjective,
     DataGuardError,
@@ -151,7 +151,7 @@ def test_non_finite_loss_stops_the_loop():
     y = np.log(np.linspace(1.0, 1.1, 8)).astype(np.float32)[:, None]
     y[3] = np.nan
     model = build_model(transformer_direction(31).model_copy(
-        update={"direction": None, "regression": {"horizons": [1]}}))
+        update={"direction": None, "regression": RegressionHeadConfig(horizons=[1])}))
     t = _trainer(model, RegressionObjective(), batch_size=8)
     with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1, batch 0"), \
             warnings.catch_warnings():
@@ -163,9 +163,9 @@ def test_non_finite_loss_stops_the_loop():
 
 
 def test_more_than_1000_parameters_per_sample_warns():
-    d = TensorData(ohlc_windows(32, pointers=True))
-    t = _trainer(seeded_model("jade"), ClassificationObjective(2), epochs=1, batch_size=32)
-    with pytest.warns(GuardWarning, match=r"615,554 parameters for 32 training samples \(19,236:1"):
+    d = TensorData(ohlc_windows(8, pointers=True))
+    t = _trainer(seeded_model("jade"), ClassificationObjective(2), epochs=1, batch_size=8)
+    with pytest.warns(GuardWarning, match=r"615,554 parameters for 8 training samples \(76,944:1"):
         res = t.fit(d)
     assert any("memorise" in w for w in res.warnings)
 
@@ -197,10 +197,10 @@ def test_epoch_without_an_optimizer_step_warns():
 
 def test_epoch_whose_weights_did_not_change_warns():
     """A zero learning rate in every parameter group: the optimizer steps, nothing moves."""
-    d = TensorData(direction_windows(96))
+    d = TensorData(direction_windows(16))
     model = seeded_model("direction_transformer")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    t = Trainer(model, DirectionObjective(), quiet_config(epochs=2, batch_size=48),
+    t = Trainer(model, DirectionObjective(), quiet_config(epochs=2, batch_size=8),
                 param_groups=[{"params": list(model.parameters()), "lr": 0.0}], show_progress=False)
     t.console.quiet = True
     with pytest.warns(GuardWarning, match=r"epoch 2: no weight changed"):
@@ -212,7 +212,7 @@ def test_epoch_whose_weights_did_not_change_warns():
 def test_epoch_whose_loss_did_not_change_warns():
     """A learning rate of 1e-20 moves only the zero-initialised biases, by ~1e-21: the weights
     differ bitwise, the loss does not (no dropout, one sample per batch)."""
-    d = TensorData(direction_windows(24))
+    d = TensorData(direction_windows(10))
     torch.manual_seed(0)
     model = build_model(transformer_direction(31, dropout=0.0))
     zero = [n for n, p in model.named_parameters() if (p == 0).all()]
@@ -269,7 +269,7 @@ def test_class_collapse_warns_when_one_class_dominates():
 def test_a_healthy_run_raises_no_guard_warning():
     """Balanced, learnable real labels, 700 parameters per sample, a validation set from other
     symbols: every guard stays silent and the model learns."""
-    symbols = tuple(daily_symbols())
+    symbols = tuple(s for s in daily_symbols() if s not in ("UA", "BHF"))  # >= 11 windows each
     train = ohlc_windows(120, symbols=symbols[:12])
     val = ohlc_windows(40, symbols=symbols[12:16])
     thr = float(np.median(train["x"][:, -1, 3]))

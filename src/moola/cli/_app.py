@@ -378,3 +378,22 @@ def evaluate(
     from moola.pipelines.train import run_evaluate
 
     run_evaluate(run_dir, store=data, split=split, console=console)
+
+
+@app.command("label")
+@_friendly_errors
+def label(
+    store: Annotated[Path, typer.Option("--store", help="Store with daily bars.")],
+    out: Annotated[Path, typer.Option("--out", help="Labels CSV to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Labeler config (default configs/labeler.yaml).")
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+) -> None:
+    """Label 105-bar windows as consolidation / retracement (deterministic rules, with pointers)."""
+    from moola.pipelines.label import run_label
+
+    res = run_label(store, out, config, overrides or [])
+    console.print(f"{res.n_labels} labeled windows -> {out}: " + ", ".join(
+        f"{k} {v} ({100 * v / max(res.n_labels, 1):.0f}%)" for k, v in res.balance.items()))
+    console.print(f"unlabeled pool (disjoint in time from every labeled window): {res.pool_size:,} windows")

@@ -3,6 +3,13 @@
 from moola.datasets.labeled import LabeledWindows, load_labels, save_labels
 from moola.datasets.normalize import RobustScaler, Standardizer, load_scaler, scaler_from_dict
 from moola.datasets.panel import DayPanel, PanelBatch, PanelDay
+from moola.datasets.patterns import (
+    LabelerConfig,
+    build_pool,
+    class_balance,
+    label_windows,
+    make_labels_file,
+)
 from moola.datasets.splits import (
     Fold,
     SampleSpans,
@@ -20,6 +27,7 @@ __all__ = [
     "DayPanel",
     "Fold",
     "LabeledWindows",
+    "LabelerConfig",
     "PanelBatch",
     "PanelDay",
     "RobustScaler",
@@ -28,9 +36,13 @@ __all__ = [
     "Standardizer",
     "WindowSet",
     "assert_no_overlap",
+    "build_pool",
     "chronological_split",
+    "class_balance",
+    "label_windows",
     "load_labels",
     "load_scaler",
+    "make_labels_file",
     "overlap_groups",
     "purged_kfold",
     "save_labels",

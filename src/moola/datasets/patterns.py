@@ -1,114 +1,109 @@
 """Rule-based pattern labeler: consolidation / retracement in 105-bar windows of real prices.
 
-Every rule reads only the bars of the window it labels (ATR included), so a label never
-looks past the window's last bar. The rules, thresholds and class balance are documented in
-``docs/labeler.md``; the thresholds live in ``LabelerConfig`` (``configs/labeler.yaml``).
+Each window is labeled from its own bars only (its ATR included), so a label never looks
+past the window's last bar. Rules, thresholds and the class balance: ``docs/labeler.md``;
+thresholds: ``LabelerConfig`` / ``configs/labeler.yaml``. ``match_window`` is the rule on
+one window; ``scan_windows`` applies it to every candidate window at once (same result).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Self
 
 import numpy as np
 import polars as pl
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from moola.config import Config
 from moola.data._gaps import mark_gaps
 from moola.data._schema import TS_DTYPE, Timeframe
 from moola.data._store import Store
+from moola.datasets.labeled import LabeledWindows, _to_utc_ts
 from moola.datasets.windows import WindowSet, flag_prefix, symbol_ranges
 from moola.features import adjusted_bars, build_features
 from moola.features._matrix import FeatureMatrix
 
 __all__ = [
     "CLASSES",
+    "LABEL_COLUMNS",
     "LabelerConfig",
     "Match",
     "build_pool",
     "candidate_windows",
+    "class_balance",
+    "label_windows",
     "make_labels_file",
     "match_window",
-    "class_balance",
     "prepare_bars",
-    "label_windows",
     "scan_windows",
     "select_labels",
 ]
 
 ClassName = Literal["consolidation", "retracement"]
 CLASSES: tuple[str, ...] = ("consolidation", "retracement")
+# The labels-file columns (what load_labels reads); the diagnostics follow them.
 LABEL_COLUMNS: tuple[str, ...] = ("symbol", "end_ts", "label", "pointer_start", "pointer_end")
+DIAGNOSTIC_COLUMNS: tuple[str, ...] = (
+    "direction", "impulse_start", "impulse_end", "atr", "impulse_atr", "range_atr", "retrace",
+    "score", "start_ts",
+)
+BarSource = pl.DataFrame | Store | str | Path
 
 
 class LabelerConfig(Config):
     """Every threshold of the pattern labeler, in one place (see docs/labeler.md)."""
 
-    window: int = Field(105, ge=40, description="bars per window")
-    atr_period: int = Field(14, ge=1, description="bars in the ATR (simple mean of true ranges)")
-    impulse_atr: float = Field(
-        3.0, gt=0, description="impulse: |close[b] - close[a]| >= impulse_atr x ATR[a]"
-    )
-    impulse_max_bars: int = Field(15, ge=1, description="impulse: b - a <= impulse_max_bars")
-    min_len: int = Field(10, ge=2, description="consolidation: at least this many bars")
-    range_atr: float = Field(
-        2.5, gt=0, description="consolidation: max(high) - min(low) <= range_atr x ATR[a]"
-    )
+    window: int = Field(105, ge=2, description="bars per window")
+    atr_period: int = Field(14, ge=1, description="ATR = mean of this many true ranges")
+    impulse_atr: float = Field(4.0, gt=0, description="impulse >= impulse_atr x ATR[a]")
+    impulse_max_bars: int = Field(15, ge=1, description="impulse: b - a <= this")
+    min_len: int = Field(10, ge=1, description="consolidation: at least this many bars")
+    range_atr: float = Field(2.5, gt=0, description="consolidation: range <= range_atr x ATR[a]")
     hold_max: float = Field(
-        0.382, gt=0, lt=1, description="consolidation: closes give back < hold_max of the impulse"
+        0.382, gt=0, lt=1, description="consolidation: every close gives back < this x impulse"
     )
     retrace_min: float = Field(0.382, gt=0, lt=1, description="retracement: ratio >= this")
     retrace_max: float = Field(0.786, gt=0, lt=1, description="retracement: ratio <= this")
-    retrace_min_bars: int = Field(3, ge=1, description="retracement: counter-move >= this many bars")
-    retrace_max_bars: int = Field(
-        30, ge=1, description="retracement: counter-move <= this many bars"
-    )
-    end_slack: int = Field(
-        5, ge=1, description="pattern's last bar is one of the window's last end_slack bars"
-    )
+    retrace_min_bars: int = Field(3, ge=1, description="retracement: counter-move >= this")
+    retrace_max_bars: int = Field(15, ge=1, description="retracement: counter-move <= this")
+    end_slack: int = Field(5, ge=1, description="pattern ends in the window's last end_slack bars")
     priority: list[ClassName] = Field(
         default_factory=lambda: ["consolidation", "retracement"],
-        description="class order when two patterns end on the same bar",
+        description="class order for two patterns ending on the same bar",
     )
-    max_per_symbol: int | None = Field(
-        None, ge=1, description="cap on selected windows per symbol (None: no cap)"
-    )
-    skip_degenerate: bool = Field(
-        True, description="no candidate window holds a bar with volume <= 0 or high == low"
-    )
+    max_per_symbol: int | None = Field(None, ge=1, description="cap on labels per symbol")
+    skip_degenerate: bool = Field(True, description="skip windows with volume <= 0 or high == low")
     label_from: date | None = Field(
-        date(2015, 7, 1), description="labeled windows start on or after this day (UTC)"
+        date(2015, 1, 1), description="labeled windows start on or after this day (UTC)"
     )
     label_to: date | None = Field(None, description="labeled windows end on or before this day")
-    feature_set: str = Field(
-        "ohlc4", description="candidate windows are the valid windows of this feature set"
-    )
+    feature_set: str = Field("ohlc4", description="candidates = valid windows of this feature set")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        """Cross-field rules, all reported together so one edit fixes a file."""
-        problems = []
+        """Cross-field rules, each reported under its own key, all at once."""
+        errs: list[tuple[str, str]] = []
         if self.retrace_min >= self.retrace_max:
-            problems.append(f"retrace_min {self.retrace_min} must be < retrace_max {self.retrace_max}")
+            errs.append(("retrace_min", f"must be < retrace_max ({self.retrace_max})"))
         if self.retrace_min_bars > self.retrace_max_bars:
-            problems.append(
-                f"retrace_min_bars {self.retrace_min_bars} must be <= "
-                f"retrace_max_bars {self.retrace_max_bars}"
-            )
+            errs.append(("retrace_min_bars", f"must be <= retrace_max_bars ({self.retrace_max_bars})"))
         if sorted(self.priority) != sorted(CLASSES):
-            problems.append(f"priority must list each of {list(CLASSES)} once, got {self.priority}")
+            errs.append(("priority", f"must list each of {list(CLASSES)} exactly once"))
         if self.label_from and self.label_to and self.label_from > self.label_to:
-            problems.append(f"label_from {self.label_from} is after label_to {self.label_to}")
-        if self.first_impulse_end + 1 >= self.window:
-            problems.append(
-                f"window {self.window} leaves no room after atr_period + impulse_max_bars "
-                f"({self.first_impulse_end} bars)"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
+            errs.append(("label_from", f"is after label_to ({self.label_to})"))
+        if self.first_impulse_end + 2 > self.window:
+            errs.append(("window", f"leaves no bar after atr_period + impulse_max_bars + 1 "
+                                   f"({self.first_impulse_end + 1})"))
+        if errs:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("labeler_config", msg),
+                                 loc=(key,), input=getattr(self, key))
+                for key, msg in errs
+            ])
         return self
 
     @property
@@ -204,8 +199,10 @@ def match_window(
     ``cfg.priority``, then the larger impulse, then the later impulse end.
     """
     w = close.shape[0]
-    if w != cfg.window:
-        raise ValueError(f"expected {cfg.window} bars, got {w}")
+    if not high.shape == low.shape == close.shape == (cfg.window,):
+        raise ValueError(f"expected 3 arrays of {cfg.window} bars, got {close.shape}")
+    if not (np.isfinite(high).all() and np.isfinite(low).all() and np.isfinite(close).all()):
+        raise ValueError("window holds a missing or non-finite price")
     atr = _atr(high, low, close, cfg.atr_period)
     bs, ds, as_, ks = _impulses(close, atr, cfg)
     if bs.size == 0:
@@ -256,38 +253,37 @@ def match_window(
     return min(found, key=lambda m: (-m.pointer_end, rank[m.label], -m.impulse_atr, -m.impulse_end))
 
 
-# ------------------------------------------------------------------ bars -> windows -> labels
-MATCH_COLUMNS: tuple[str, ...] = (
-    "direction", "impulse_start", "impulse_end", "atr", "impulse_atr", "range_atr", "retrace",
-)
-
-
-def prepare_bars(bars: pl.DataFrame | Store | str | Path) -> pl.DataFrame:
-    """Canonical daily bars, gap-marked and sorted; a Store (or its path) is read at 1d."""
-    if isinstance(bars, (str, Path)):
-        bars = Store(bars)
-    if isinstance(bars, Store):
-        bars = bars.read(Timeframe.D1)
+# ------------------------------------------------------------------ bars -> candidate windows
+def prepare_bars(source: BarSource) -> pl.DataFrame:
+    """Canonical daily bars sorted and gap-marked; a Store (or a store path) is read at 1d."""
+    if isinstance(source, (str, Path)):
+        source = Store(source)
+    bars = source.read(Timeframe.D1) if isinstance(source, Store) else source
     bars = bars.sort("symbol", "ts")
     if "gap_before" not in bars.columns:
         bars = mark_gaps(bars, Timeframe.D1)
     return bars
 
 
+def _utc(day: date) -> datetime:
+    """Midnight UTC of ``day``, to compare with bar timestamps."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 def candidate_windows(bars: pl.DataFrame, cfg: LabelerConfig) -> WindowSet:
     """The windows the labeler may label: valid ``cfg.feature_set`` windows of ``bars``.
 
-    Valid means what ``LabeledWindows.from_labels`` accepts (one symbol, no gap, no NaN), so
-    a label never gets rejected; with ``skip_degenerate`` a window also holds no placeholder
-    bar (volume <= 0 or high == low), like BHF's quotes before its 2017 listing; and it lies
-    within [label_from, label_to], which leaves the time before for the unlabeled pool.
+    Valid is what ``LabeledWindows.from_labels`` accepts (one symbol, no gap, no NaN), so no
+    label gets rejected. With ``skip_degenerate`` no bar has volume <= 0 or high == low
+    (placeholder quotes, like BHF's before its 2017 listing); windows lie in
+    [label_from, label_to], which leaves the time before label_from to the unlabeled pool.
     """
+    bars = prepare_bars(bars)
     fm = build_features(bars, cfg.feature_set, timeframe=Timeframe.D1)
     ws = WindowSet.from_matrix(fm, cfg.window)
     if cfg.skip_degenerate and len(ws):
         bad = bars.select(
-            ((pl.col("volume").fill_null(0) <= 0) | (pl.col("high") == pl.col("low")))
-            .fill_null(True)
+            ((pl.col("volume") <= 0) | (pl.col("high") == pl.col("low"))).fill_null(True)
         ).to_series().to_numpy()
         p = flag_prefix(bad)
         ws = ws.subset(p[ws.starts + cfg.window] == p[ws.starts])
@@ -301,11 +297,7 @@ def candidate_windows(bars: pl.DataFrame, cfg: LabelerConfig) -> WindowSet:
     return ws
 
 
-def _utc(day: date) -> datetime:
-    """Midnight UTC of ``day``, to compare with bar timestamps."""
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-
-
+# ------------------------------------------------------------------ scan: every window at once
 def _symbol_matches(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, cfg: LabelerConfig
 ) -> dict[str, np.ndarray]:
@@ -348,7 +340,7 @@ def _symbol_matches(
     give = np.fmax.accumulate(peak[:, None] - x, axis=1) / move[:, None]
     holds = inside & (rng <= cfg.range_atr * atr[as_][:, None]) & (give < cfg.hold_max)
     run = np.minimum(np.cumprod(holds, axis=1).sum(axis=1)[:, None], t[None, :])
-    ok_c = (run >= cfg.min_len) & (run >= t[None, :] - cfg.end_slack + 1)
+    ok_c = inside & (run >= cfg.min_len) & (run >= t[None, :] - cfg.end_slack + 1)
     out: dict[str, list[np.ndarray]] = {k: [] for k in (
         "end", "label", "b", "e", "dir", "a", "atr", "k", "range", "retrace")}
     for code, ok, e_off in ((0, ok_c, run), (1, ok_r, e_r)):
@@ -371,81 +363,66 @@ def _symbol_matches(
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def scan_windows(bars: pl.DataFrame | Store | str | Path, cfg: LabelerConfig) -> pl.DataFrame:
-    """Every candidate window that holds a pattern, one row each (before de-duplication).
+def scan_windows(source: BarSource, cfg: LabelerConfig) -> pl.DataFrame:
+    """Every candidate window holding a pattern, one row each, before de-duplication.
 
-    Candidates are the valid ``cfg.window``-bar windows of ``cfg.feature_set`` (so the labels
-    load with zero rejected rows); prices are split/dividend adjusted like the features.
-    Gives the same rows as ``match_window`` on each candidate, in (symbol, end_ts) order.
+    The same rows as ``match_window`` on each window of ``candidate_windows`` (a test holds
+    the two to exact equality), from split/dividend-adjusted prices like the features.
+    Columns: the labels-file columns, the diagnostics, then start_row / end_row (rows of
+    ``prepare_bars(source)``).
     """
-    bars = prepare_bars(bars)
+    bars = prepare_bars(source)
     ws = candidate_windows(bars, cfg)
-    fm, starts = ws.matrix, ws.starts
     adj = adjusted_bars(bars)
-    high = adj.get_column("high").to_numpy()
-    low = adj.get_column("low").to_numpy()
-    close = adj.get_column("close").to_numpy()
+    high, low, close = (adj.get_column(c).to_numpy() for c in ("high", "low", "close"))
     w = cfg.window
-    _, bounds = symbol_ranges(fm)
-    valid_end = np.zeros(fm.values.shape[0], dtype=bool)
-    valid_end[starts + (w - 1)] = True
+    _, bounds = symbol_ranges(ws.matrix)
+    valid_end = np.zeros(close.shape[0], dtype=bool)
+    valid_end[ws.end_rows] = True
+    ints = ("end_row", "code", "pointer_start", "pointer_end", "direction", "impulse_start",
+            "impulse_end")
     parts = []
     for lo, hi in bounds.tolist():
         m = _symbol_matches(high[lo:hi], low[lo:hi], close[lo:hi], cfg)
         end = m["end"] + lo
         keep = valid_end[end]
-        w0 = end - (w - 1)
+        w0 = end - (w - 1) - lo  # window start, in symbol rows
         parts.append(pl.DataFrame({
-            "end_row": end[keep],
-            "label_code": m["label"][keep],
-            "pointer_start": (m["b"] + lo - w0 + 1)[keep],
-            "pointer_end": (m["e"] + lo - w0)[keep],
-            "direction": m["dir"][keep],
-            "impulse_start": (m["a"] + lo - w0)[keep],
-            "impulse_end": (m["b"] + lo - w0)[keep],
-            "atr": m["atr"][keep],
-            "impulse_atr": m["k"][keep],
-            "range_atr": m["range"][keep],
-            "retrace": m["retrace"][keep],
-        }, schema_overrides={c: pl.Int64 for c in (
-            "end_row", "label_code", "pointer_start", "pointer_end", "direction",
-            "impulse_start", "impulse_end")}))
-    found = pl.concat(parts)
-    rank = {c: i for i, c in enumerate(cfg.priority)}
+            "end_row": end, "code": m["label"], "pointer_start": m["b"] + 1 - w0,
+            "pointer_end": m["e"] - w0, "direction": m["dir"], "impulse_start": m["a"] - w0,
+            "impulse_end": m["b"] - w0, "atr": m["atr"], "impulse_atr": m["k"],
+            "range_atr": m["range"], "retrace": m["retrace"],
+        }, schema_overrides=dict.fromkeys(ints, pl.Int64)).filter(pl.Series(keep)))
+    rank = [cfg.priority.index(c) for c in CLASSES]
     found = (
-        found.with_columns(
-            pl.col("label_code").replace_strict({0: rank["consolidation"], 1: rank["retracement"]})
-            .alias("_rank"),
-        )
+        pl.concat(parts)
+        .with_columns(pl.col("code").replace_strict(list(range(len(CLASSES))), rank).alias("_rank"))
+        # per window: latest pattern end, then priority, then larger impulse, then later b
         .sort(["end_row", "pointer_end", "_rank", "impulse_atr", "impulse_end"],
               descending=[False, True, False, True, True])
         .unique("end_row", keep="first", maintain_order=True)
-        .with_columns(
-            pl.col("label_code").replace_strict({0: CLASSES[0], 1: CLASSES[1]},
-                                                return_dtype=pl.String).alias("label"),
-            pl.col("impulse_atr").alias("score"),
-            (pl.col("end_row") - (w - 1)).alias("start_row"),
-        )
     )
-    keys = fm.keys
-    start = found.get_column("start_row")
+    keys = ws.matrix.keys
+    start = (found.get_column("end_row") - (w - 1)).alias("start_row")
     end = found.get_column("end_row")
     return found.with_columns(
-        keys.get_column("symbol").gather(start).alias("symbol"),
-        keys.get_column("ts").gather(start).cast(TS_DTYPE).alias("start_ts"),
+        keys.get_column("symbol").gather(end).alias("symbol"),
         keys.get_column("ts").gather(end).cast(TS_DTYPE).alias("end_ts"),
-    ).select(
-        "symbol", "end_ts", "label", "pointer_start", "pointer_end", *MATCH_COLUMNS, "score",
-        "start_ts", "start_row", "end_row",
-    )
+        pl.col("code").replace_strict(list(range(len(CLASSES))), list(CLASSES),
+                                      return_dtype=pl.String).alias("label"),
+        pl.col("impulse_atr").alias("score"),
+        keys.get_column("ts").gather(start).cast(TS_DTYPE).alias("start_ts"),
+        start,
+    ).select(*LABEL_COLUMNS, *DIAGNOSTIC_COLUMNS, "start_row", "end_row")
 
 
+# ------------------------------------------------------------------ selection and the file
 def select_labels(matches: pl.DataFrame, cfg: LabelerConfig) -> pl.DataFrame:
-    """Non-overlapping windows per symbol: greedy by score, so near-duplicates never pile up.
+    """Non-overlapping windows per symbol, strongest first, so no near-duplicates pile up.
 
-    Matches are taken strongest first (score, then later window end); one is kept only if
-    its window shares no bar with a window already kept on the same symbol (and the symbol is
-    under ``cfg.max_per_symbol``). Deterministic: no randomness, a total order.
+    Matches are taken by score (impulse size in ATR), then later window end; one is kept only
+    if its window shares no bar with a window already kept on its symbol (and the symbol is
+    under ``cfg.max_per_symbol``). A total order: the result is deterministic.
     """
     order = matches.sort(["symbol", "score", "end_row"], descending=[False, True, True])
     sym = order.get_column("symbol").to_list()
@@ -454,9 +431,8 @@ def select_labels(matches: pl.DataFrame, cfg: LabelerConfig) -> pl.DataFrame:
     taken = np.zeros(int(end.max()) + 1 if end.size else 0, dtype=bool)
     per_symbol: dict[str, int] = {}
     keep = np.zeros(order.height, dtype=bool)
-    cap = cfg.max_per_symbol
     for i in range(order.height):
-        if cap is not None and per_symbol.get(sym[i], 0) >= cap:
+        if cfg.max_per_symbol is not None and per_symbol.get(sym[i], 0) >= cfg.max_per_symbol:
             continue
         if taken[start[i] : end[i] + 1].any():
             continue
@@ -466,15 +442,15 @@ def select_labels(matches: pl.DataFrame, cfg: LabelerConfig) -> pl.DataFrame:
     return order.filter(pl.Series(keep)).sort("symbol", "end_ts")
 
 
-def label_windows(bars: pl.DataFrame | Store | str | Path, cfg: LabelerConfig) -> pl.DataFrame:
-    """The labeled set: ``scan_windows`` then ``select_labels`` (loadable by ``load_labels``).
+def label_windows(source: BarSource, cfg: LabelerConfig | None = None) -> pl.DataFrame:
+    """The labeled set: ``scan_windows`` then ``select_labels``, sorted by (symbol, end_ts).
 
     Columns: symbol, end_ts, label, pointer_start, pointer_end (the labels file), then the
     diagnostics direction, impulse_start, impulse_end, atr, impulse_atr, range_atr, retrace,
-    score and start_ts (first bar of the window).
+    score, start_ts (the window's first bar). Window offsets are 0-based.
     """
-    picked = select_labels(scan_windows(bars, cfg), cfg)
-    return picked.drop("start_row", "end_row")
+    cfg = cfg or LabelerConfig()
+    return select_labels(scan_windows(source, cfg), cfg).drop("start_row", "end_row")
 
 
 def class_balance(labels: pl.DataFrame) -> dict[str, int]:
@@ -484,26 +460,25 @@ def class_balance(labels: pl.DataFrame) -> dict[str, int]:
 
 
 def _format_labels(labels: pl.DataFrame) -> pl.DataFrame:
-    """The CSV form: ISO UTC times, floats rounded to 6 decimals (stable across machines)."""
+    """The CSV form: ISO UTC times, floats rounded to 6 decimals (stable across machines),
+    NaN (range_atr of a retracement) as an empty cell."""
     iso = "%Y-%m-%dT%H:%M:%SZ"
-    return labels.with_columns(
-        pl.col("end_ts").dt.convert_time_zone("UTC").dt.strftime(iso),
-        pl.col("start_ts").dt.convert_time_zone("UTC").dt.strftime(iso),
-        *[pl.col(c).round(6) for c in ("atr", "impulse_atr", "range_atr", "retrace", "score")],
+    return labels.select(*LABEL_COLUMNS, *DIAGNOSTIC_COLUMNS).with_columns(
+        pl.col("end_ts").dt.strftime(iso),
+        pl.col("start_ts").dt.strftime(iso),
+        *[pl.col(c).round(6).fill_nan(None)
+          for c in ("atr", "impulse_atr", "range_atr", "retrace", "score")],
     )
 
 
 def make_labels_file(
-    out_path: str | Path,
-    source: pl.DataFrame | Store | str | Path,
-    cfg: LabelerConfig | None = None,
+    out_path: str | Path, source: BarSource, cfg: LabelerConfig | None = None
 ) -> pl.DataFrame:
-    """Label ``source`` (bars, a Store or a store path) and write the labels CSV atomically.
+    """Label ``source`` (bars, a Store or a store path) and write the CSV atomically.
 
-    Returns the labels as written (times as ISO strings). The shipped
+    Returns the rows as written (times as ISO strings). The shipped
     ``data/labels/sp500_patterns.csv`` is this on the bundled subset with configs/labeler.yaml.
     """
-    cfg = cfg or LabelerConfig()
     out = _format_labels(label_windows(source, cfg))
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -513,27 +488,26 @@ def make_labels_file(
     return out
 
 
-# ------------------------------------------------------------------ pool
+# ------------------------------------------------------------------ the unlabeled pool
 def _label_spans(fm: FeatureMatrix, labels: pl.DataFrame, window: int) -> pl.DataFrame:
-    """(symbol, start_ts, end_ts) of each labeled window, from its bars in ``fm``."""
+    """(symbol, start_ts, end_ts) of each labeled window, read from its bars in ``fm``."""
     keys = fm.keys.select("symbol", pl.col("ts").cast(TS_DTYPE)).with_row_index("_row")
-    want = labels.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("end_ts").cast(TS_DTYPE) if labels.schema["end_ts"] != pl.String
-        else pl.col("end_ts").str.to_datetime(time_zone="UTC").cast(TS_DTYPE),
-    )
+    want = pl.DataFrame({
+        "symbol": labels.get_column("symbol").cast(pl.String),
+        "end_ts": _to_utc_ts(labels.get_column("end_ts")),
+    })
     joined = want.join(keys, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"],
                        how="left", maintain_order="left")
     missing = joined.filter(pl.col("_row").is_null())
     if missing.height:
         raise ValueError(
             f"{missing.height} labeled windows have no bar in the matrix, so their time range "
-            f"is unknown and the pool cannot exclude it: {missing.head(5).rows()}"
+            f"is unknown and cannot be kept out of the pool: {missing.head(5).rows()}"
         )
-    names, bounds = symbol_ranges(fm)
+    _, bounds = symbol_ranges(fm)
     end = joined.get_column("_row").cast(pl.Int64).to_numpy()
-    code = np.searchsorted(bounds[:, 1], end, side="right")
-    start = np.maximum(end - (window - 1), bounds[code, 0])  # never before the symbol's 1st bar
+    first = bounds[np.searchsorted(bounds[:, 1], end, side="right"), 0]
+    start = np.maximum(end - (window - 1), first)  # never before the symbol's first bar
     ts = fm.keys.get_column("ts").cast(TS_DTYPE)
     return pl.DataFrame({
         "symbol": joined.get_column("symbol"),
@@ -544,44 +518,43 @@ def _label_spans(fm: FeatureMatrix, labels: pl.DataFrame, window: int) -> pl.Dat
 
 def build_pool(
     source: FeatureMatrix | WindowSet,
-    labels: pl.DataFrame,
+    labels: pl.DataFrame | LabeledWindows,
     window: int = 105,
     min_pool: int = 10_000,
 ) -> WindowSet:
-    """Unlabeled windows for self-supervision, sharing no time with any labeled window's symbol.
+    """Unlabeled windows for self-supervision that share no time with a labeled window.
 
-    A pool window on symbol s is dropped if its [start_ts, end_ts] meets the [start_ts, end_ts]
-    of any labeled window on s (``window`` bars ending at its end_ts). ``source`` is a
-    FeatureMatrix (all its valid windows, stride 1) or a WindowSet to filter. Raises if fewer
-    than ``min_pool`` windows remain. Neighbouring pool windows overlap heavily; that is fine
-    for self-supervised pre-training, which needs coverage rather than independence.
+    A pool window on symbol s is dropped when its [start_ts, end_ts] meets that of any
+    labeled window on s (``window`` bars up to its end_ts). ``source``: a FeatureMatrix (all
+    its valid windows, stride 1) or a WindowSet to filter. Raises below ``min_pool`` windows.
+    Neighbouring pool windows overlap heavily; fine for pre-training, which wants coverage.
     """
     ws = source if isinstance(source, WindowSet) else WindowSet.from_matrix(source, window)
-    fm = ws.matrix
-    spans = _label_spans(fm, labels, window)
+    if isinstance(labels, LabeledWindows):
+        spans = labels.meta.select("symbol", "start_ts", "end_ts")
+    else:
+        spans = _label_spans(ws.matrix, labels, window)
     meta = ws.meta
-    p_sym = meta.get_column("symbol").to_list()
+    sym = meta.get_column("symbol").to_numpy()
     p_start = meta.get_column("start_ts").dt.epoch("ns").to_numpy()
     p_end = meta.get_column("end_ts").dt.epoch("ns").to_numpy()
     keep = np.ones(len(ws), dtype=bool)
-    by_symbol = spans.with_columns(
+    spans = spans.with_columns(
         pl.col("start_ts").dt.epoch("ns").alias("s"), pl.col("end_ts").dt.epoch("ns").alias("e")
-    ).sort("symbol", "s").partition_by("symbol", as_dict=True)
-    sym_arr = np.array(p_sym, dtype=object)
-    for (sym,), g in by_symbol.items():
-        idx = np.flatnonzero(sym_arr == sym)
-        if idx.size == 0:
-            continue
+    ).sort("symbol", "s")
+    for (name,), g in spans.partition_by("symbol", as_dict=True).items():
+        idx = np.flatnonzero(sym == name)
         ls = g.get_column("s").to_numpy()
-        le_max = np.maximum.accumulate(g.get_column("e").to_numpy())
-        # labels starting at or before the pool window's end; does any reach its start?
+        reach = np.maximum.accumulate(g.get_column("e").to_numpy())
+        # the labels starting by the pool window's end: does the farthest-reaching one
+        # reach back to its start?
         k = np.searchsorted(ls, p_end[idx], side="right")
-        hit = (k > 0) & (le_max[np.maximum(k - 1, 0)] >= p_start[idx])
+        hit = (k > 0) & (reach[np.maximum(k - 1, 0)] >= p_start[idx])
         keep[idx[hit]] = False
     pool = ws.subset(keep)
     if len(pool) < min_pool:
         raise ValueError(
-            f"pool has {len(pool)} windows after excluding {spans.height} labeled windows' "
-            f"time ranges; need at least {min_pool}"
+            f"pool holds {len(pool)} windows once the time ranges of {spans.height} labeled "
+            f"windows are excluded; at least {min_pool} are required"
         )
     return pool

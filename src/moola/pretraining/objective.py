@@ -82,8 +82,6 @@ class MaskedReconstructionObjective(ReconstructionObjective):
     ``MaskedAutoencoder``.
     """
 
-    name = "masked_reconstruction"
-
     def __init__(
         self,
         mask: MaskConfig | None = None,
