@@ -351,11 +351,21 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16")] = None,
+    pretrained_encoder: Annotated[
+        Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory.")
+    ] = None,
+    transfer_mode: Annotated[
+        str | None, typer.Option("--transfer-mode", help="full|forward-only")
+    ] = None,
 ) -> None:
     """Train a model; writes a checkpoint directory with report.html, metrics and baselines."""
     from moola.pipelines.train import RunConfig, run_train
 
     extra = list(overrides or [])
+    if pretrained_encoder:
+        extra.append(f"pretrained_encoder={pretrained_encoder}")
+    if transfer_mode:
+        extra.append(f"transfer_mode={transfer_mode}")
     if device:
         extra.append(f"train.device={device}")
     if precision:
@@ -397,3 +407,46 @@ def label(
     console.print(f"{res.n_labels} labeled windows -> {out}: " + ", ".join(
         f"{k} {v} ({100 * v / max(res.n_labels, 1):.0f}%)" for k, v in res.balance.items()))
     console.print(f"unlabeled pool (disjoint in time from every labeled window): {res.pool_size:,} windows")
+
+
+@app.command("pretrain")
+@_friendly_errors
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", help="Pretrain config YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16")] = None,
+) -> None:
+    """Masked-autoencoder pretraining of a BiLSTM encoder on the unlabeled pool."""
+    from moola.pipelines.pretrain import PretrainConfig, run_pretrain
+
+    extra = list(overrides or [])
+    if device:
+        extra.append(f"train.device={device}")
+    if precision:
+        extra.append(f"train.precision={precision}")
+    run_pretrain(PretrainConfig.from_yaml(config, extra), console=console, resume=resume)
+
+
+@app.command("oof")
+@_friendly_errors
+def oof(
+    config: Annotated[Path, typer.Option("--config", help="OOF config YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    pretrained_encoder: Annotated[
+        Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory.")
+    ] = None,
+    transfer_mode: Annotated[
+        str | None, typer.Option("--transfer-mode", help="full|forward-only")
+    ] = None,
+) -> None:
+    """Folds x seeds comparison of scratch vs pretrained arms and baselines, with a verdict."""
+    from moola.pipelines.oof import OOFConfig, run_oof
+
+    extra = list(overrides or [])
+    if pretrained_encoder:
+        extra.append(f"pretrained_encoder={pretrained_encoder}")
+    if transfer_mode:
+        extra.append(f"transfer_mode={transfer_mode}")
+    run_oof(OOFConfig.from_yaml(config, extra), console=console)

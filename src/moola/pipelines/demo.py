@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from moola.evaluation.data_report import (
 )
 from moola.features import FeatureMatrix, build_features
 from moola.pipelines.data import run_ingest, run_validate
+from moola.pipelines.label import run_label
+from moola.pipelines.oof import OOFConfig, run_oof
+from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 from moola.pipelines.train import RunConfig, run_train
 
 WINDOW = 105
@@ -107,6 +111,22 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     outcome = run_train(run_cfg, console=console)
     timings["train+evaluate"] = time.perf_counter() - t3
 
+    console.rule("[bold]5. label patterns, pretrain a masked autoencoder, OOF verdict")
+    t4 = time.perf_counter()
+    lab = run_label(store_dir, out / "labels.csv")
+    console.print(f"  labeler: {lab.n_labels} windows {lab.balance}; pool {lab.pool_size:,} windows")
+    ptr_cfg = PretrainConfig.from_yaml(configs_dir() / "pretrain_demo.yaml",
+                                       [f"out_dir={out / 'runs'}", f"data.store={store_dir}",
+                                        f"data.labels={out / 'labels.csv'}"])
+    enc_dir = run_pretrain(ptr_cfg, console=console)
+    oof_cfg = OOFConfig.from_yaml(configs_dir() / "oof_demo.yaml",
+                                  [f"out_dir={out / 'runs'}", f"data.store={store_dir}",
+                                   f"data.labels={out / 'labels.csv'}",
+                                   f"pretrained_encoder={enc_dir}"])
+    oof_dir = run_oof(oof_cfg, console=console)
+    verdict = json.loads((oof_dir / "verdict.json").read_text())["verdict"]
+    timings["label+pretrain+oof"] = time.perf_counter() - t4
+
     summary = _summary_table(store, val, feats, splits)
     model_m = outcome.metrics.get("model", {})
     summary.add_row("train run", f"{outcome.run_dir} (report.html, metrics.json, weights.safetensors)")
@@ -121,6 +141,8 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
         beats = acc > base_acc[best_name]
         summary.add_row("verdict", f"the model {'beats' if beats else 'does NOT beat'} the best "
                         f"baseline ({best_name}, {base_acc[best_name]:.4f}) on the test split")
+    summary.add_row("pretraining verdict", verdict)
+    summary.add_row("oof report", str(oof_dir / "report.html"))
     console.print(summary)
 
     # ---- report
@@ -170,9 +192,13 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                      "base bytes": ws.base.nbytes})
     report.table(pl.DataFrame(rows), caption="105-bar windows, chronological 70/15/15 split "
                  "with purge and a 5-bar embargo; overlap checked")
-    report.heading("Training run")
-    rel = os.path.relpath(outcome.run_dir / "report.html", report.out_dir)
-    report.sections.append(f'<p>Model report: <a href="{rel}">{rel}</a></p>')
+    report.heading("Training run and pretraining verdict")
+    for title, target in (("direction model report", outcome.run_dir / "report.html"),
+                          ("pretraining report", enc_dir / "report.html"),
+                          ("OOF comparison report", oof_dir / "report.html")):
+        rel = os.path.relpath(target, report.out_dir)
+        report.sections.append(f'<p>{title}: <a href="{rel}">{rel}</a></p>')
+    report.paragraph(f"Verdict: {verdict}")
     timings["total"] = time.perf_counter() - t0
     report.table(pl.DataFrame({"step": list(timings), "seconds": list(timings.values())}),
                  caption="timings")

@@ -142,10 +142,23 @@ def _model_cfg(cfg: OOFConfig, n_features: int, n_classes: int) -> ModelConfig:
     return cfg.model or preset_config(cfg.preset, n_features=n_features, n_classes=n_classes)
 
 
+def fold_normalizer(cfg: OOFConfig, x_train: np.ndarray) -> Standardizer:
+    """With a pretrained encoder every arm uses the encoder's normaliser (fitted on the unlabeled
+    pool), so arms differ only in their weights; otherwise one fitted on the fold's training
+    windows."""
+    if cfg.pretrained_encoder is not None:
+        from moola.datasets import load_scaler
+
+        path = Path(cfg.pretrained_encoder) / "normalizer.json"
+        if path.is_file():
+            return load_scaler(path)  # type: ignore[return-value]
+    return Standardizer().fit(x_train)
+
+
 def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: np.ndarray,
                 te: np.ndarray, seed: int, console: Console) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Train one arm on one fold with one seed; return test proba, pointer preds, transfer note."""
-    norm = Standardizer().fit(data.x[tr])
+    norm = fold_normalizer(cfg, data.x[tr])
     xs = {k: np.ascontiguousarray(norm.transform(data.x[i]), dtype=np.float32)
           for k, i in (("tr", tr), ("va", va), ("te", te))}
     seed_everything(seed)
@@ -244,7 +257,7 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
             n_seeds = cfg.seeds if frac is None else min(cfg.seeds, cfg.efficiency_seeds)
             for k, f in enumerate(folds):
                 train_idx = _subset(f.train, data.y, frac, 0)
-                norm = Standardizer().fit(data.x[train_idx])
+                norm = fold_normalizer(cfg, data.x[train_idx])
                 xtr = norm.transform(data.x[train_idx]).astype(np.float32)
                 xte = norm.transform(data.x[f.test]).astype(np.float32)
                 for b in run_baselines(xtr, data.y[train_idx], xte, data.y[f.test], data.classes,

@@ -23,8 +23,10 @@ from moola.features import FeatureMatrix, build_features
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
 from moola.pipelines._progress import frame_table
 from moola.training import (
+    Callback,
     ClassificationObjective,
     DirectionObjective,
+    FreezeSchedule,
     Objective,
     RegressionObjective,
     TensorData,
@@ -76,6 +78,10 @@ class RunConfig(Config):
     train: TrainConfig = TrainConfig()
     baselines: list[Literal["majority", "logistic", "minirocket"]] = Field(
         default_factory=lambda: ["majority", "logistic", "minirocket"])
+    pretrained_encoder: str | None = None  # a `moola pretrain` output directory
+    transfer_mode: Literal["full", "forward-only"] = "full"
+    freeze_epochs: int = Field(0, ge=0)  # keep transferred tensors frozen this many epochs
+    encoder_lr_mult: float = Field(1.0, gt=0)  # transferred tensors train at lr x this
 
     @model_validator(mode="after")
     def _one_model(self) -> RunConfig:
@@ -228,7 +234,12 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
-    data = prepare_data(cfg.data, store_dir)
+    enc_norm = None
+    if cfg.pretrained_encoder is not None and (Path(cfg.pretrained_encoder) / "normalizer.json").is_file():
+        from moola.datasets import load_scaler
+
+        enc_norm = load_scaler(Path(cfg.pretrained_encoder) / "normalizer.json")  # same inputs as pretraining
+    data = prepare_data(cfg.data, store_dir, normalizer=enc_norm)  # type: ignore[arg-type]
     n_features = data.x["train"].shape[2]
     n_classes = len(data.classes)
     model_cfg = resolve_model(cfg, n_features, n_classes)
@@ -237,6 +248,21 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     seed_everything(cfg.train.seed)
     model = build_model(model_cfg)
     n_params = count_parameters(model)
+    callbacks: list[Callback] = []
+    param_groups = None
+    if cfg.pretrained_encoder is not None:
+        from moola.models import param_groups as make_groups
+        from moola.models import transfer_encoder
+
+        report = transfer_encoder(model, cfg.pretrained_encoder, cfg.transfer_mode,
+                                  expected_schema_hash=data.schema_hash)
+        console.print(str(report), highlight=False, markup=False)
+        (run_dir / "transfer_report.txt").write_text(str(report) + "\n")
+        names = report.transferred_names
+        lr = cfg.train.optimizer.lr
+        param_groups = make_groups(model, names, base_lr=lr, encoder_lr=lr * cfg.encoder_lr_mult)
+        if cfg.freeze_epochs:
+            callbacks.append(FreezeSchedule(set(names), cfg.freeze_epochs))
     console.print(
         f"[bold]{cfg.name}[/]: {model_cfg.name} with {n_params:,} parameters on "
         f"{len(data.y['train']):,} train / {len(data.y['val']):,} val / {len(data.y['test']):,} "
@@ -260,7 +286,7 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     objective = make_objective(model_cfg, cfg.train, data.y["train"], n_classes)
     tensors = {k: TensorData({"x": data.x[k], "y": data.y[k]}) for k in ("train", "val", "test")}
     trainer = Trainer(model, objective, cfg.train, run_dir=run_dir, show_progress=show_progress,
-                      console=console)
+                      console=console, callbacks=callbacks, param_groups=param_groups)
     fit = trainer.fit(tensors["train"], tensors["val"], resume=resume)
 
     test_loss, test_m, test_c = trainer.evaluate(tensors["test"])

@@ -227,7 +227,7 @@ class Trainer:
                         self._checkpoint(opt, sched, epoch, b + 1, run_sum, run_n)
                 logs = self._epoch_logs(epoch, run_sum, run_n, opt, train_d, train_eval_idx, val_d)
                 if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    sched.step(logs.get(cfg.scheduler.monitor, logs["train_loss"]))
+                    sched.step(self._plateau_value(logs))
                 self.history.append(logs)
                 if self.run_dir is not None:
                     with open(self.run_dir / "history.jsonl", "a") as fh:
@@ -250,6 +250,17 @@ class Trainer:
             warnings=list(self.warnings),
             seconds=time.perf_counter() - t_start,
         )
+
+    def _plateau_value(self, logs: dict[str, float]) -> float:
+        """The plateau scheduler's metric; without validation data a ``val_`` monitor falls back
+        to its ``train_`` twin (same direction, so the scheduler's min/max mode still holds)."""
+        mon = self.config.scheduler.monitor
+        if mon in logs:
+            return logs[mon]
+        twin = "train_" + mon.removeprefix("val_") if mon.startswith("val_") else None
+        if twin in logs:
+            return logs[twin]
+        raise KeyError(f"scheduler.monitor '{mon}' is not logged; available: {sorted(logs)}")
 
     def _step(self, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, sched: Any,
               epoch: int, b: int) -> float:

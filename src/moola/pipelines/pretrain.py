@@ -1,0 +1,187 @@
+"""The pretrain recipe: unlabeled pool -> masked-autoencoder training -> an encoder directory
+that declares its architecture and feature schema, ready for ``--pretrained-encoder``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import Field
+from rich.console import Console
+from safetensors.torch import save_file
+
+from moola.config import Config
+from moola.data import Store, Timeframe, mark_gaps
+from moola.datasets import (
+    SampleSpans,
+    Standardizer,
+    WindowSet,
+    assert_no_overlap,
+    build_pool,
+    load_labels,
+)
+from moola.evaluation import plot_learning_curves
+from moola.evaluation.data_report import DataReport
+from moola.features import build_features
+from moola.models import ENCODER_META, ENCODER_WEIGHTS, EncoderSpec, RNNEncoderConfig
+from moola.pipelines.train import DataConfig, bundled_dir, calendar_positions, resolve_store
+from moola.pretraining import (
+    AugmentConfig,
+    Augmenter,
+    MaskConfig,
+    MaskedReconstructionObjective,
+    Normalize,
+    ViewsData,
+    pretrain_model,
+)
+from moola.training import TensorData, TrainConfig, Trainer, masked_mse, seed_everything, write_meta
+from moola.training.checkpoint import atomic_write_json
+
+
+class PretrainDataConfig(Config):
+    store: str | None = None
+    bundled: Literal["sp500_daily"] = "sp500_daily"
+    timeframe: str = "1d"
+    feature_set: str = "ohlc4"
+    window: int = 105
+    labels: str | None = None  # labeled windows to keep OUT of the pool (default: shipped set)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_pool: int | None = Field(None, ge=100)  # subsample the pool (evenly) for quick runs
+
+
+class PretrainConfig(Config):
+    """Masked-autoencoder pretraining of a BiLSTM encoder on the unlabeled pool."""
+
+    name: str = "pretrain"
+    out_dir: str = "runs"
+    data: PretrainDataConfig = PretrainDataConfig()
+    encoder: RNNEncoderConfig = RNNEncoderConfig(kind="lstm", input_size=4, hidden=128, layers=2,
+                                                 bidirectional=True, dropout=0.1)
+    mask: MaskConfig = MaskConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=256)
+
+
+def _drop_placeholder_windows(pool: WindowSet, bars: pl.DataFrame) -> WindowSet:
+    """Drop windows holding a zero-volume or zero-range bar: placeholder quotes (e.g. BHF's
+    pre-listing rows at $0.001) whose huge log ratios would dominate the normaliser and the
+    reconstruction loss. The labeler skips the same windows."""
+    bad = bars.select((pl.col("volume") <= 0) | (pl.col("high") <= pl.col("low"))).to_series()
+    prefix = np.concatenate([[0], np.cumsum(bad.to_numpy().astype(np.int64))])
+    keep = prefix[pool.end_rows + 1] == prefix[pool.start_rows]
+    return pool.subset(np.flatnonzero(keep))
+
+
+def _pool_split(spans: SampleSpans, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Chronological pool split: the last ``val_fraction`` of end times validate; train windows
+    overlapping any validation window in time are purged."""
+    cut = np.quantile(spans.end, 1 - val_fraction)
+    val = np.flatnonzero(spans.end > cut)
+    first_val_start = spans.start[val].min()
+    train = np.flatnonzero(spans.end < first_val_start)
+    assert_no_overlap(spans, train, val)
+    return train, val
+
+
+def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
+                 show_progress: bool = True, resume: bool = False) -> Path:
+    console = console or Console()
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    store_dir = resolve_store(DataConfig(store=d.store, bundled=d.bundled), Path(cfg.out_dir))
+    tf = Timeframe(d.timeframe)
+    bars = mark_gaps(Store(store_dir).read(tf), tf)
+    fm = build_features(bars, d.feature_set)
+    labels_path = Path(d.labels) if d.labels else bundled_dir().parent / "labels" / "sp500_patterns.csv"
+    labels = load_labels(labels_path)
+    pool = build_pool(fm, labels, window=d.window, min_pool=0)
+    pool = _drop_placeholder_windows(pool, bars)
+    if d.max_pool is not None and len(pool) > d.max_pool:
+        pool = pool.subset(np.linspace(0, len(pool) - 1, d.max_pool).round().astype(np.int64))
+    pos = calendar_positions(fm.keys["ts"].dt.epoch("ns").to_numpy())
+    spans = SampleSpans(pos[pool.start_rows], pos[pool.end_rows], group=pool.symbol_codes())
+    tr, va = _pool_split(spans, d.val_fraction)
+    x_tr = pool.batch(tr)  # (N, T, F) raw float32
+    x_va = pool.batch(va)
+    scaler = Standardizer().fit(x_tr)
+    scaler.save(out / "normalizer.json")
+    enc_cfg = cfg.encoder.model_copy(update={"input_size": fm.values.shape[1]})
+    resolved = cfg.model_copy(update={"encoder": enc_cfg})
+    resolved.to_yaml(out / "config.yaml")
+    seed_everything(cfg.train.seed)
+    model = pretrain_model(enc_cfg, n_features=fm.values.shape[1])
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"[bold]{cfg.name}[/]: masked autoencoder ({enc_cfg.kind} {enc_cfg.layers}x{enc_cfg.hidden}"
+        f"{' bidirectional' if enc_cfg.bidirectional else ''}, {n_params:,} parameters) on "
+        f"{len(tr):,} pool windows x {cfg.augment.views} view(s) per epoch, {len(va):,} validation "
+        f"windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; pool excludes the "
+        f"{labels.height} labeled windows of {labels_path.name} and their time ranges"
+    )
+    objective = MaskedReconstructionObjective(cfg.mask, Augmenter(cfg.augment),
+                                              Normalize.from_scaler(scaler))
+    train_data = ViewsData(TensorData({"x": x_tr}), cfg.augment.views)
+    trainer = Trainer(model, objective, cfg.train, run_dir=out, show_progress=show_progress,
+                      console=console)
+    fit = trainer.fit(train_data, TensorData({"x": x_va}), resume=resume)
+    val_loss, val_m, _ = trainer.evaluate(TensorData({"x": x_va}))
+
+    spec = EncoderSpec.from_encoder(model.encoder, feature_set=d.feature_set,
+                                    feature_schema_hash=fm.schema_hash, window=d.window)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.encoder_state_dict().items()}
+    tmp = out / f".{ENCODER_WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / ENCODER_WEIGHTS)
+    atomic_write_json(out / ENCODER_META, spec.to_dict())
+    write_meta(out, feature_set=d.feature_set, feature_schema_hash=fm.schema_hash,
+               pool_windows=len(pool), n_params=n_params, labels_excluded=str(labels_path))
+    vb = objective.prepare({"x": torch.from_numpy(x_va)}, training=False)
+    zero = float(masked_mse(torch.zeros_like(vb["target"]), vb["target"], vb["mask"]))
+    metrics = {"val_masked_mse": val_m.get("masked_mse"), "val_loss": val_loss,
+               "val_masked_mse_predict_zero": zero,  # the trivial reconstruction to beat
+               "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
+               "epochs_run": len(fit.history), "train_windows": len(tr), "val_windows": len(va),
+               "views": cfg.augment.views, "seconds": time.perf_counter() - t0,
+               "warnings": fit.warnings}
+    atomic_write_json(out / "metrics.json", metrics)
+    _report(out, cfg, fit.history, metrics, model, objective, x_va)
+    console.print(f"encoder: {out} (val masked MSE {metrics['val_masked_mse']:.4f} vs "
+                  f"{zero:.4f} for predicting zero; "
+                  f"declares {spec.kind} {spec.layers}x{spec.hidden}, "
+                  f"{'bi' if spec.bidirectional else 'uni'}directional, input {spec.input_size}, "
+                  f"schema {spec.feature_schema_hash})")
+    return out
+
+
+def _report(out: Path, cfg: PretrainConfig, history: list[dict], metrics: dict,
+            model: torch.nn.Module, objective: MaskedReconstructionObjective,
+            x_va: np.ndarray) -> None:
+    import matplotlib.pyplot as plt
+
+    rep = DataReport(out, title=f"pretraining: {cfg.name}")
+    rep.table(pl.DataFrame([{k: v for k, v in metrics.items() if not isinstance(v, list)}]),
+              caption="pretraining summary")
+    rep.figure(plot_learning_curves(history), "learning_curves",
+               "masked reconstruction loss (masked positions only) per epoch")
+    # one validation window: input, mask and reconstruction of the close channel
+    batch = objective.prepare({"x": torch.from_numpy(x_va[:1])}, training=False)
+    model.eval()
+    with torch.no_grad():
+        rec = model(batch["x"])["reconstruction"][0].numpy()
+    tgt = batch["target"][0].numpy()
+    mask = batch["mask"][0].numpy().astype(bool)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(tgt[:, -1], lw=1, label="target (normalised close log-ratio)")
+    ax.plot(rec[:, -1], lw=1, label="reconstruction")
+    for t in np.flatnonzero(mask):
+        ax.axvspan(t - 0.5, t + 0.5, color="orange", alpha=0.25)
+    ax.set_title("a validation window: masked steps shaded")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "reconstruction", "reconstruction of a validation window (masked steps shaded)")
+    rep.write("report.html")

@@ -1,0 +1,533 @@
+"""The one training loop on real windows: every preset overfits 32 samples, runs are seeded,
+optimizers and LR schedules do what the config documents, bf16 runs, early stopping restores
+the best epoch, the loss options change the loss, and ``evaluate`` keeps input order."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import moola.training.trainer as trainer_mod
+from _train_helpers import (
+    ALL_PRESETS,
+    DIRECTION_PRESETS,
+    direction_windows,
+    ohlc_windows,
+    quiet_config,
+    seeded_model,
+    state_digest,
+    states_equal,
+    windows_for,
+)
+from moola.models import build_model, transformer_direction
+from moola.training import (
+    Callback,
+    ClassificationObjective,
+    DirectionObjective,
+    GuardWarning,
+    TensorData,
+    Trainer,
+    epoch_order,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: deterministic, and on a shared 2-core machine far faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)  # tiny sets: the ratio guard fires
+        yield
+    torch.set_num_threads(before)
+
+
+def _fit(model, objective, train, val=None, callbacks=(), run_dir=None, **cfg) -> tuple[Trainer, Any]:
+    cfg.setdefault("num_threads", 1)
+    t = Trainer(model, objective, quiet_config(**cfg), run_dir=run_dir, callbacks=callbacks,
+                show_progress=False)
+    t.console.quiet = True
+    return t, t.fit(train, val)
+
+
+def _small_transformer(seed: int = 0, n_features: int = 31):
+    """A dropout-free direction transformer: its forward depends on the weights alone."""
+    torch.manual_seed(seed)
+    return build_model(transformer_direction(n_features, d_model=32, heads=4, layers=1, ff=64,
+                                             dropout=0.0))
+
+
+# ---------------------------------------------------------------------------- overfitting
+
+
+class StopWhenFit(Callback):
+    """Stop once the eval-mode training accuracy reaches the target (bounds the runtime)."""
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if logs["train_accuracy"] >= self.target:
+            trainer.stop_training = True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_each_preset_overfits_32_real_samples(preset):
+    d = windows_for(preset, 32)
+    assert d["x"].shape == (32, 105, 31 if preset in DIRECTION_PRESETS else 4)
+    assert 0.25 < d["y"].mean() < 0.75  # both classes present: 95% is not the majority share
+    objective = DirectionObjective() if preset in DIRECTION_PRESETS else ClassificationObjective(2)
+    model = seeded_model(preset, seed=0)
+    data = TensorData(d)
+    t, res = _fit(model, objective, data, callbacks=[StopWhenFit(0.95)], epochs=200, batch_size=8,
+                  optimizer={"lr": 3e-3, "weight_decay": 0.0})
+    loss, metrics, _ = t.evaluate(data)  # independent of the loop's own logs
+    assert metrics["accuracy"] >= 0.95, (preset, len(res.history), res.history[-1])
+    assert loss < res.history[0]["train_loss"] * 0.8
+    if preset in ("jade", "jade_compact"):  # the pointer head learned as well
+        assert "pointer_mae" in metrics
+        assert metrics["pointer_mae"] < res.history[0]["train_pointer_mae"]
+
+
+# ------------------------------------------------------------------------------ seeding
+
+
+def test_same_seed_gives_bitwise_identical_weights_and_another_seed_differs():
+    """Dropout, shuffling and init all follow the seed: two runs agree bit for bit."""
+    data = TensorData(ohlc_windows(24, pointers=True))
+
+    def run(init_seed: int, train_seed: int) -> dict[str, torch.Tensor]:
+        m = seeded_model("jade_compact", seed=init_seed)
+        _, res = _fit(m, ClassificationObjective(2), data, epochs=2, batch_size=8, seed=train_seed)
+        return {k: v.clone() for k, v in m.state_dict().items()}, res.history
+
+    a, ha = run(0, 0)
+    b, hb = run(0, 0)
+    assert states_equal(a, b)
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    c, _ = run(0, 1)  # only the training seed (shuffle + dropout) differs
+    assert not states_equal(a, c)
+    e, _ = run(1, 0)  # only the init differs
+    assert not states_equal(a, e)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    assert torch.equal(epoch_order(50, 3, 2), epoch_order(50, 3, 2))
+    assert not torch.equal(epoch_order(50, 3, 2), epoch_order(50, 3, 1))
+    assert not torch.equal(epoch_order(50, 3, 2), epoch_order(50, 4, 2))
+    assert sorted(epoch_order(50, 3, 2).tolist()) == list(range(50))
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+@pytest.fixture
+def captured(monkeypatch) -> dict[str, list]:
+    """The optimizer the loop builds, and the LR of param group 0 at each optimizer step."""
+    got: dict[str, list] = {"opt": [], "lr": []}
+    real = trainer_mod.build_optimizer
+
+    def build(cfg, params):
+        opt = real(cfg, params)
+        opt.register_step_pre_hook(lambda o, a, k: got["lr"].append(o.param_groups[0]["lr"]))
+        got["opt"].append(opt)
+        return opt
+
+    monkeypatch.setattr(trainer_mod, "build_optimizer", build)
+    return got
+
+
+def _reference_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    from pytorch_optimizer import AdaBelief
+
+    wd = 1e-2
+    return {
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9),
+        "adabelief": lambda: AdaBelief(params, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "adabelief"])
+def test_each_optimizer_steps_exactly_like_its_torch_reference(name, captured):
+    """Three steps through the loop equal three hand-written steps of the named optimizer
+    with the configured hyperparameters, on the same batches in the same order."""
+    d = direction_windows(24)
+    lr = 3e-3
+    model = _small_transformer()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    _fit(model, DirectionObjective(), TensorData(d), epochs=1, batch_size=8, grad_clip=None,
+         seed=4, optimizer={"name": name, "lr": lr, "weight_decay": 1e-2})
+    assert type(captured["opt"][0]).__name__.lower() == name
+    assert captured["lr"] == [lr] * 3
+
+    ref = _small_transformer()
+    assert states_equal(ref.state_dict(), init)
+    opt = _reference_optimizer(name, ref.parameters(), lr)
+    order = epoch_order(24, 4, 0)
+    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
+    ref.train()
+    for b in range(3):
+        idx = order[b * 8:(b + 1) * 8]
+        loss = F.binary_cross_entropy_with_logits(ref(x[idx])["direction"], y[idx].float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    got, want = model.state_dict(), ref.state_dict()
+    assert not states_equal(got, init)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def _sched_run(captured, epochs: int, n: int = 8, batch_size: int = 2, lr: float = 3e-3,
+               val: TensorData | None = None, **sched) -> tuple[list[float], Any]:
+    d = TensorData(direction_windows(n))
+    _, res = _fit(_small_transformer(), DirectionObjective(), d, val, epochs=epochs,
+                  batch_size=batch_size, optimizer={"lr": lr}, scheduler=sched)
+    return captured["lr"], res
+
+
+def test_no_scheduler_keeps_the_lr(captured):
+    lrs, _ = _sched_run(captured, epochs=2, name="none")
+    assert lrs == [3e-3] * 8
+
+
+def test_warmup_ramps_linearly_then_holds(captured):
+    lrs, _ = _sched_run(captured, epochs=2, name="none", warmup_steps=5)
+    want = [3e-3 * (i + 1) / 5 for i in range(5)] + [3e-3] * 3
+    assert lrs == pytest.approx(want, rel=1e-12)
+
+
+def test_cosine_warm_restarts_follow_the_formula_and_restart(captured):
+    lrs, _ = _sched_run(captured, epochs=4, name="cosine_warm_restarts", T_0=2, eta_min=1e-4)
+    base, eta, nb = 3e-3, 1e-4, 4
+    want = [eta + (base - eta) * (1 + math.cos(math.pi * ((e + b / nb) % 2) / 2)) / 2
+            for e in range(4) for b in range(nb)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    assert lrs[0] == pytest.approx(base) and lrs[8] == pytest.approx(base)  # restart at epoch 3
+    assert all(lrs[i + 1] < lrs[i] for i in range(7))  # decays within the cycle
+    assert lrs[7] < 0.1 * base
+
+
+def test_cosine_warm_restarts_with_t_mult_lengthens_cycles(captured):
+    lrs, _ = _sched_run(captured, epochs=7, n=4, name="cosine_warm_restarts", T_0=2, T_mult=2)
+    starts = [i for i, lr in enumerate(lrs) if lr == pytest.approx(3e-3)]
+    assert starts == [0, 4, 12]  # cycles of 2 and 4 epochs (2 steps each)
+
+
+def test_cosine_warm_restarts_with_warmup_scales_the_cosine(captured):
+    lrs, _ = _sched_run(captured, epochs=2, name="cosine_warm_restarts", T_0=2, warmup_steps=4)
+    cos = [3e-3 * (1 + math.cos(math.pi * (s / 4) / 2)) / 2 for s in range(8)]
+    want = [c * min(1.0, (i + 1) / 4) for i, c in enumerate(cos)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+
+
+def test_one_cycle_rises_to_its_peak_then_anneals(captured):
+    lrs, _ = _sched_run(captured, epochs=5, name="one_cycle", max_lr=1e-2, pct_start=0.3)
+    assert len(lrs) == 20
+    peak = int(np.argmax(lrs))
+    assert lrs[peak] == pytest.approx(1e-2, rel=1e-9)
+    assert peak == round(0.3 * 20) - 1
+    assert lrs[0] == pytest.approx(1e-2 / 25, rel=1e-9)  # torch's default div_factor
+    assert lrs[-1] == pytest.approx(1e-2 / 25 / 1e4, rel=1e-6)  # final_div_factor
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=True))
+    assert all(a > b for a, b in zip(lrs[peak:-1], lrs[peak + 1:], strict=True))
+
+
+def test_one_cycle_peak_defaults_to_the_optimizer_lr(captured):
+    lrs, _ = _sched_run(captured, epochs=5, name="one_cycle")
+    assert max(lrs) == pytest.approx(3e-3, rel=1e-9) and lrs[0] == pytest.approx(3e-3 / 25)
+
+
+def test_plateau_halves_the_lr_when_the_metric_is_flat(captured):
+    """A learning rate of 1e-20 cannot move the validation loss: after ``patience`` flat
+    epochs the LR is cut by ``factor``, and again ``patience + 1`` epochs later."""
+    val = TensorData(direction_windows(8, offset=50 * 105))
+    _, res = _sched_run(captured, epochs=6, lr=1e-20, val=val, name="plateau", patience=1,
+                        factor=0.5)
+    vloss = [h["val_loss"] for h in res.history]
+    assert max(vloss) - min(vloss) < 1e-6 * vloss[0]  # flat indeed
+    per_epoch = [h["lr"] for h in res.history]
+    assert per_epoch == pytest.approx([1e-20, 1e-20, 1e-20, 5e-21, 5e-21, 2.5e-21], rel=1e-12)
+
+
+def test_plateau_keeps_the_lr_while_the_metric_improves(captured):
+    """patience 0: an epoch that improves the best val_loss keeps the LR, any other halves it."""
+    d = TensorData(ohlc_windows(32))
+    thr = float(np.median(d.tensors["x"][:, -1, 3]))
+    y = (d.tensors["x"][:, -1, 3] > thr).long()  # learnable: the last bar's close return
+    train = TensorData({"x": d.tensors["x"], "y": y})
+    _, res = _fit(_small_transformer(n_features=4), DirectionObjective(), train, train,
+                  epochs=6, batch_size=8, optimizer={"lr": 3e-3},
+                  scheduler={"name": "plateau", "patience": 0, "factor": 0.5})
+    vloss = [h["val_loss"] for h in res.history]
+    lr = [h["lr"] for h in res.history]
+    best, kept = vloss[0], 0
+    for e in range(1, 6):
+        improved = vloss[e] < best * (1 - 1e-4)  # torch's default relative threshold
+        best = min(best, vloss[e])
+        kept += improved
+        assert lr[e + 1] if e + 1 < 6 else True
+        if e + 1 < 6:
+            assert lr[e + 1] == pytest.approx(lr[e] * (1.0 if improved else 0.5)), (e, vloss, lr)
+    assert lr[1] == 3e-3 and kept >= 2, (vloss, lr)  # it did improve, and kept the LR then
+
+
+@pytest.mark.parametrize(("monitor", "with_val", "source"), [
+    ("val_loss", True, "val_loss"),
+    ("val_accuracy", True, "val_accuracy"),
+    ("val_loss", False, "train_loss"),
+    ("val_accuracy", False, "train_accuracy"),  # max mode must watch an accuracy, not a loss
+    ("train_loss", True, "train_loss"),
+])
+def test_plateau_watches_the_monitored_metric(monkeypatch, monitor, with_val, source):
+    seen: list[float] = []
+    real_step = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+
+    def spy(self, metrics, *a, **k):
+        seen.append(float(metrics))
+        return real_step(self, metrics, *a, **k)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", spy)
+    d = TensorData(direction_windows(8))
+    val = TensorData(direction_windows(8, offset=50 * 105)) if with_val else None
+    _, res = _fit(_small_transformer(), DirectionObjective(), d, val, epochs=3, batch_size=4,
+                  scheduler={"name": "plateau", "monitor": monitor})
+    assert seen == [h[source] for h in res.history]
+
+
+def test_plateau_refuses_a_monitor_that_is_never_logged():
+    d = TensorData(direction_windows(8))
+    with pytest.raises(KeyError, match="val_acuracy"):
+        _fit(_small_transformer(), DirectionObjective(), d, epochs=1, batch_size=4,
+             scheduler={"name": "plateau", "monitor": "val_acuracy"})
+
+
+# -------------------------------------------------------------------------------- bf16
+
+
+def test_bf16_precision_runs_under_autocast_and_keeps_fp32_weights():
+    d = TensorData(direction_windows(16))
+    dtypes: list[torch.dtype] = []
+
+    def run(precision: str) -> tuple[torch.nn.Module, Any, Trainer]:
+        m = _small_transformer()
+        lin = next(mod for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+        lin.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype))
+        t, res = _fit(m, DirectionObjective(), d, epochs=2, batch_size=8, precision=precision)
+        return m, res, t
+
+    m16, r16, t16 = run("bf16")
+    assert torch.bfloat16 in dtypes and torch.float32 not in dtypes
+    dtypes.clear()
+    m32, r32, _ = run("fp32")
+    assert set(dtypes) == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    l16 = [h["train_loss"] for h in r16.history]
+    l32 = [h["train_loss"] for h in r32.history]
+    assert all(math.isfinite(v) for v in l16)
+    assert l16 != l32 and l16 == pytest.approx(l32, abs=0.05)  # bf16 rounding, same training
+    loss, metrics, c = t16.evaluate(d)
+    assert math.isfinite(loss) and c["proba"].dtype == np.float32
+    np.testing.assert_allclose(c["proba"].sum(1), 1.0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- early stopping
+
+
+class Snapshots(Callback):
+    """The weights at the end of every epoch (runs after EarlyStopping)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path, restore_best):
+    """Noise labels: the validation loss falls, then rises as the model memorises."""
+    train = TensorData(direction_windows(32))
+    val = TensorData(direction_windows(32, offset=40 * 105))
+    snaps = Snapshots()
+    model = _small_transformer()
+    t, res = _fit(model, DirectionObjective(), train, val, callbacks=[snaps], run_dir=tmp_path,
+                  epochs=60, batch_size=8, optimizer={"lr": 3e-3},
+                  early_stopping={"metric": "val_loss", "patience": 3, "restore_best": restore_best})
+    vloss = [h["val_loss"] for h in res.history]
+    assert res.stopped_early, vloss
+    best = int(np.argmin(vloss))
+    assert res.best_epoch == best
+    assert len(res.history) == best + 1 + 3 < 60
+    assert best < len(res.history) - 1
+    final = load_file(str(tmp_path / "weights.safetensors"))
+    assert states_equal(final, model.state_dict())
+    if restore_best:
+        assert states_equal(final, snaps.states[best])
+        assert not states_equal(final, snaps.states[-1])
+        # the resumable checkpoint kept the same best weights
+        import json
+
+        latest = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
+        kept = load_file(str(tmp_path / "ckpt" / latest["dir"] / "best.safetensors"))
+        assert states_equal(kept, final)
+        # and evaluating the restored model gives the best epoch's validation loss
+        vl, _, _ = t.evaluate(val)
+        assert vl == pytest.approx(vloss[best], rel=1e-6)
+    else:
+        assert states_equal(final, snaps.states[-1])
+
+
+def test_early_stopping_on_a_max_metric_with_min_delta():
+    train = TensorData(direction_windows(32))
+    val = TensorData(direction_windows(32, offset=40 * 105))
+    _, res = _fit(_small_transformer(), DirectionObjective(), train, val, epochs=40, batch_size=8,
+                  optimizer={"lr": 3e-3},
+                  early_stopping={"metric": "val_accuracy", "mode": "max", "patience": 2,
+                                  "min_delta": 0.5})
+    # nothing can improve accuracy by 0.5 after the first epoch: stop after 1 + patience
+    assert res.stopped_early and res.best_epoch == 0 and len(res.history) == 3
+
+
+def test_early_stopping_on_a_metric_that_is_not_logged_fails_loudly():
+    d = TensorData(direction_windows(8))
+    with pytest.raises(KeyError, match="val_loss"):
+        _fit(_small_transformer(), DirectionObjective(), d, epochs=2, batch_size=4,
+             early_stopping={"metric": "val_loss"})
+
+
+# --------------------------------------------------------------------------- loss options
+
+
+@pytest.fixture(scope="module")
+def fixed_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Real windows through a seeded jade_compact: logits and pointer logits, fixed."""
+    d = ohlc_windows(16, pointers=True)
+    model = seeded_model("jade_compact", seed=0).eval()
+    batch = {k: torch.from_numpy(v) for k, v in d.items()}
+    with torch.no_grad():
+        out = model(batch["x"])
+    # spread the logits so the options matter (a fresh model is nearly uniform)
+    out["logits"] = out["logits"] * 40
+    return out, batch
+
+
+def _plain_ce(out, batch) -> float:
+    return float(F.cross_entropy(out["logits"], batch["y"]))
+
+
+def test_plain_classification_loss_is_cross_entropy(fixed_batch):
+    out, batch = fixed_batch
+    no_ptr = {k: v for k, v in batch.items() if k != "pointers"}
+    assert float(ClassificationObjective(2).loss(out, no_ptr)) == pytest.approx(_plain_ce(out, batch))
+    # focal with gamma 0 is plain CE too
+    assert float(ClassificationObjective(2, focal_gamma=0.0).loss(out, no_ptr)) == \
+        pytest.approx(_plain_ce(out, batch))
+
+
+def test_focal_loss_changes_the_loss_as_its_formula_says(fixed_batch):
+    out, batch = fixed_batch
+    no_ptr = {k: v for k, v in batch.items() if k != "pointers"}
+    got = float(ClassificationObjective(2, focal_gamma=2.0).loss(out, no_ptr))
+    logp = F.log_softmax(out["logits"], -1).gather(1, batch["y"][:, None]).squeeze(1)
+    want = float((-(1 - logp.exp()) ** 2 * logp).mean())
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got < _plain_ce(out, batch) * 0.9  # easy samples are down-weighted
+
+
+def test_label_smoothing_changes_the_loss(fixed_batch):
+    out, batch = fixed_batch
+    no_ptr = {k: v for k, v in batch.items() if k != "pointers"}
+    got = float(ClassificationObjective(2, label_smoothing=0.2).loss(out, no_ptr))
+    want = float(F.cross_entropy(out["logits"], batch["y"], label_smoothing=0.2))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert abs(got - _plain_ce(out, batch)) > 1e-3
+    # smoothing inside the focal branch: targets (1 - s) one-hot + s / C
+    gotf = float(ClassificationObjective(2, focal_gamma=1.0, label_smoothing=0.2).loss(out, no_ptr))
+    logp = F.log_softmax(out["logits"], -1)
+    target = F.one_hot(batch["y"], 2).float() * 0.8 + 0.1
+    pt = logp.exp().gather(1, batch["y"][:, None]).squeeze(1)
+    wantf = float((-(target * logp).sum(-1) * (1 - pt)).mean())
+    assert gotf == pytest.approx(wantf, rel=1e-5)
+
+
+def test_class_weights_change_the_loss(fixed_batch):
+    out, batch = fixed_batch
+    no_ptr = {k: v for k, v in batch.items() if k != "pointers"}
+    w = torch.tensor([3.0, 0.5])
+    got = float(ClassificationObjective(2, class_weights=w).loss(out, no_ptr))
+    want = float(F.cross_entropy(out["logits"], batch["y"], weight=w))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert abs(got - _plain_ce(out, batch)) > 1e-3
+    # focal + weights: weighted mean of the focal terms
+    gotf = float(ClassificationObjective(2, class_weights=w, focal_gamma=2.0).loss(out, no_ptr))
+    logp = F.log_softmax(out["logits"], -1).gather(1, batch["y"][:, None]).squeeze(1)
+    per = -(1 - logp.exp()) ** 2 * logp
+    ww = w[batch["y"]]
+    assert gotf == pytest.approx(float((per * ww).sum() / ww.sum()), rel=1e-5)
+
+
+def test_pointer_weight_adds_the_pointer_loss(fixed_batch):
+    out, batch = fixed_batch
+    base = float(ClassificationObjective(2, pointer_weight=0.0).loss(out, batch))
+    assert base == pytest.approx(_plain_ce(out, batch))
+    ptr = float(F.cross_entropy(out["start_logits"], batch["pointers"][:, 0])
+                + F.cross_entropy(out["end_logits"], batch["pointers"][:, 1]))
+    got = float(ClassificationObjective(2, pointer_weight=0.5).loss(out, batch))
+    assert got == pytest.approx(base + 0.5 * ptr / 2, rel=1e-6)
+
+
+def test_direction_loss_options_change_the_loss():
+    d = direction_windows(16)
+    m = _small_transformer().eval()
+    with torch.no_grad():
+        out = m(torch.from_numpy(d["x"]))
+    out["direction"] = out["direction"] * 10
+    batch = {"y": torch.from_numpy(d["y"])}
+    plain = float(DirectionObjective().loss(out, batch))
+    assert plain == pytest.approx(float(F.binary_cross_entropy_with_logits(
+        out["direction"], batch["y"].float())), rel=1e-6)
+    smooth = float(DirectionObjective(label_smoothing=0.2).loss(out, batch))
+    assert smooth == pytest.approx(float(F.binary_cross_entropy_with_logits(
+        out["direction"], batch["y"].float() * 0.8 + 0.1)), rel=1e-6)
+    weighted = float(DirectionObjective(pos_weight=3.0).loss(out, batch))
+    assert len({round(plain, 6), round(smooth, 6), round(weighted, 6)}) == 3
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def test_evaluate_returns_predictions_in_input_order():
+    d = ohlc_windows(29, pointers=True)
+    model = seeded_model("jade_compact", seed=2)
+    t = Trainer(model, ClassificationObjective(2), quiet_config(batch_size=4), show_progress=False)
+    loss, metrics, c = t.evaluate(TensorData(d), batch_size=4)  # 8 batches, a ragged last one
+    np.testing.assert_array_equal(c["y"], d["y"])
+    np.testing.assert_array_equal(c["ptr_true"], d["pointers"])
+    model.eval()
+    with torch.no_grad():
+        for i in (0, 5, 28):  # one window at a time
+            p = torch.softmax(model(torch.from_numpy(d["x"][i:i + 1]))["logits"], -1)[0].numpy()
+            np.testing.assert_allclose(c["proba"][i], p, rtol=1e-5, atol=1e-6)
+    assert metrics["accuracy"] == pytest.approx(float((c["proba"].argmax(1) == d["y"]).mean()))
+    # a permuted input gives the permuted predictions
+    perm = np.random.default_rng(0).permutation(29)
+    _, _, cp = t.evaluate(TensorData({k: v[perm] for k, v in d.items()}), batch_size=7)
+    np.testing.assert_array_equal(cp["y"], d["y"][perm])
+    np.testing.assert_allclose(cp["proba"], c["proba"][perm], rtol=1e-5, atol=1e-6)
+    assert state_digest(model)  # evaluate changed nothing it should not
+    assert not model.training
