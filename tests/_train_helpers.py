@@ -21,7 +21,7 @@ from torch import nn
 from _real_data import load_crypto, load_daily
 from moola.features import build_features
 from moola.models import build_model, preset_config
-from moola.training import TensorData, TrainConfig
+from moola.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -143,14 +143,11 @@ def seeded_model(preset: str, seed: int = 0, n_features: int | None = None) -> n
 
 
 def quiet_config(**kw: Any) -> TrainConfig:
-    """A TrainConfig on CPU without early stopping; keyword sections may be dicts."""
-    base: dict[str, Any] = {"device": "cpu", "early_stopping": None, "epochs": 2, "batch_size": 16}
+    """A TrainConfig on CPU, one torch thread, no early stopping; sections may be dicts."""
+    base: dict[str, Any] = {"device": "cpu", "early_stopping": None, "epochs": 2, "batch_size": 16,
+                            "num_threads": 1}
     base.update(kw)
     return TrainConfig.from_dict(base)
-
-
-def tensor_data(d: dict[str, np.ndarray]) -> TensorData:
-    return TensorData(d)
 
 
 def state_digest(model_or_state: nn.Module | dict[str, torch.Tensor]) -> str:

@@ -23,6 +23,7 @@ import sys
 import textwrap
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ import moola
 from _train_helpers import ROOT, SRC, ohlc_windows, quiet_config, seeded_model, states_equal
 from moola.models import build_model, lstm_classifier, preset_config
 from moola.training import (
+    Callback,
     ClassificationObjective,
     GuardWarning,
     TensorData,
@@ -47,6 +49,15 @@ from moola.training import (
 from moola.training.checkpoint import load_state
 
 TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """In-process fits use one torch thread (train.num_threads=1); restore the count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 # The training script run in a subprocess: a seeded model on real windows, fit with run_dir.
 SCRIPT = textwrap.dedent("""
@@ -159,18 +170,23 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     ref = _popen(script, ref_dir, variant, resume=False)  # uninterrupted, runs alongside
 
-    # kill points: random per run (seeded by wall time, printed for a rerun), never the last step
+    # kill points: random per run, from a seed printed for a rerun (MOOLA_KILL_SEED=...);
+    # each kill leaves at least 6 steps to go, so the run cannot finish before the kill
     seed = int(os.environ.get("MOOLA_KILL_SEED", time.time_ns() % 2**31))
+    print(f"kill seed {seed}")
     rng = random.Random(seed)
     total = STEPS[variant]
-    done = -1
+    done = 0
     resumed_from = []
     for i in range(n_kills):
-        k = rng.randint(max(1, done + 1), total - 8 + 2 * i)
+        if done + 1 > total - 6:
+            break
+        k = rng.randint(done + 1, total - 6)
         got = _kill_at(script, run_dir, variant, resume=i > 0, k=k, delay=rng.uniform(0, 0.05))
         assert got >= k, f"kill seed {seed}"
         resumed_from.append(got)
         done = got
+    assert resumed_from
     final = _popen(script, run_dir, variant, resume=True)
     _finish(final)
     _finish(ref)
@@ -191,6 +207,59 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     assert not states_equal(b, seeded_model(
         "jade_compact" if variant == "classifier" else "direction_transformer",
         seed=3 if variant == "classifier" else 5).state_dict())
+
+
+class Crash(Callback):
+    """Dies (as a kill would) right after optimizer step ``step``, before its checkpoint, or
+    right after epoch ``epoch`` was appended to history.jsonl but before its checkpoint."""
+
+    def __init__(self, step: int | None = None, epoch: int | None = None) -> None:
+        self.step, self.epoch = step, epoch
+
+    def on_batch_end(self, trainer, step, loss, batch_size):
+        if step == self.step:
+            raise KeyboardInterrupt(f"simulated kill after step {step}")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated kill after logging epoch {epoch + 1}")
+
+
+def test_resume_after_a_kill_at_every_step_and_epoch_end_is_bitwise_identical(tmp_path):
+    """Deterministic complement of the SIGKILL test: 3 epochs x 3 batches, checkpoints every
+    2 steps; a kill after each step and after each logged epoch, then a resume."""
+    train = TensorData(ohlc_windows(24, pointers=True))
+    val = TensorData(ohlc_windows(8, symbols=("MSFT",), pointers=True))
+    cfg = quiet_config(epochs=3, batch_size=8, seed=2, checkpoint_every=2,
+                       optimizer={"lr": 3e-3}, scheduler={"name": "one_cycle"},
+                       early_stopping={"metric": "val_loss", "patience": 5})
+
+    def fit(run_dir: Path, resume: bool, callbacks=()) -> None:
+        m = seeded_model("jade_compact", seed=2)
+        t = Trainer(m, ClassificationObjective(2), cfg, run_dir=run_dir, callbacks=callbacks,
+                    show_progress=False)
+        t.console.quiet = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GuardWarning)
+            t.fit(train, val, resume=resume)
+
+    ref = tmp_path / "ref"
+    fit(ref, resume=False)
+    ref_hist = _strip_timing(_history(ref))
+    ref_weights = (ref / "weights.safetensors").read_bytes()
+    kills = [{"step": k} for k in range(1, 9)] + [{"epoch": e} for e in (0, 1)]
+    for kill in kills:
+        run_dir = tmp_path / "_".join(f"{k}{v}" for k, v in kill.items())
+        with pytest.raises(KeyboardInterrupt):
+            fit(run_dir, resume=False, callbacks=[Crash(**kill)])
+        if "epoch" in kill:  # the log is one epoch ahead of the latest checkpoint
+            assert len(_history(run_dir)) == kill["epoch"] + 1
+            assert _latest_step(run_dir) < 3 * (kill["epoch"] + 1)
+        fit(run_dir, resume=True)
+        hist = _history(run_dir)
+        assert [h["epoch"] for h in hist] == [1, 2, 3], kill
+        assert _strip_timing(hist) == ref_hist, kill
+        assert (run_dir / "weights.safetensors").read_bytes() == ref_weights, kill
 
 
 def test_resume_without_checkpoint_starts_from_scratch_and_equals_a_fresh_run(tmp_path):
@@ -333,7 +402,7 @@ def test_from_checkpoint_rebuilds_the_model_with_identical_outputs(trained_run):
 
 
 def test_from_checkpoint_refuses_a_directory_without_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
         from_checkpoint(tmp_path)
 
 
@@ -395,7 +464,7 @@ def pipeline_run(tmp_path_factory):
         "data": {"bundled": "sp500_daily", "symbols": ["AAPL", "MSFT"], "stride": 10,
                  "feature_set": "ohlc4"},
         "preset": "jade_compact", "baselines": ["majority"],
-        "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "seed": 0},
+        "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "seed": 0, "num_threads": 1},
     })
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GuardWarning)
@@ -407,7 +476,7 @@ def test_pipeline_run_directory_describes_itself(pipeline_run):
     from moola.features import build_features
     from moola.pipelines.train import RunConfig, load_features, prepare_data
 
-    cfg, outcome = pipeline_run
+    _, outcome = pipeline_run
     run = outcome.run_dir
     for name in ("config.yaml", "weights.safetensors", "metrics.json", "meta.json", "history.jsonl"):
         assert (run / name).is_file(), name

@@ -155,6 +155,20 @@ def fold_normalizer(cfg: OOFConfig, x_train: np.ndarray) -> Standardizer:
     return Standardizer().fit(x_train)
 
 
+def _check_encoder_schema(encoder_dir: str, schema_hash: str) -> None:
+    """Refuse an encoder pretrained on other features before anything runs: every arm and
+    baseline applies its normaliser, which would otherwise fail first with a bare feature-count
+    error (or, for a set of the same width, run the scratch cells before the refusal)."""
+    from moola.models.transfer import IncompatibleEncoderError, read_encoder_dir
+
+    spec, _ = read_encoder_dir(encoder_dir)
+    if spec.feature_schema_hash is not None and spec.feature_schema_hash != schema_hash:
+        raise IncompatibleEncoderError(
+            f"encoder from {encoder_dir} does not fit this data: feature schema hash: source "
+            f"{spec.feature_schema_hash} (feature set {spec.feature_set}) != expected {schema_hash}: "
+            f"the encoder and its normaliser were pretrained on other features")
+
+
 def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: np.ndarray,
                 te: np.ndarray, seed: int, console: Console) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Train one arm on one fold with one seed; return test proba, pointer preds, transfer note."""
@@ -219,6 +233,8 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
     data = load_labeled(cfg.data, Path(cfg.out_dir))
+    if cfg.pretrained_encoder is not None:
+        _check_encoder_schema(cfg.pretrained_encoder, data.schema_hash)
     n = len(data.y)
     mcfg = _model_cfg(cfg, data.x.shape[2], len(data.classes))
     n_params = count_parameters(build_model(mcfg))

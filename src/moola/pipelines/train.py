@@ -182,6 +182,21 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
     return PreparedData(x, y, classes, fm.names, fm.schema_hash, split, meta, normalizer)
 
 
+def check_encoder_schema(encoder_dir: str | Path, feature_set: str) -> None:
+    """Refuse an encoder pretrained on other features before anything is scaled or trained."""
+    from moola.features import get_feature_set, schema_hash
+    from moola.models import IncompatibleEncoderError, read_encoder_dir
+
+    spec, _ = read_encoder_dir(encoder_dir)
+    fs = get_feature_set(feature_set)
+    want = schema_hash(fs.name, tuple(fs.names), dict(fs.params))
+    if spec.feature_schema_hash is not None and spec.feature_schema_hash != want:
+        raise IncompatibleEncoderError(
+            f"encoder {encoder_dir} was pretrained on feature schema {spec.feature_schema_hash} "
+            f"({spec.feature_set}) but this run uses {want} ({feature_set}): features differ"
+        )
+
+
 def resolve_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
     if cfg.model is not None:
         return cfg.model
@@ -235,10 +250,13 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     run_dir.mkdir(parents=True, exist_ok=True)
     store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
     enc_norm = None
-    if cfg.pretrained_encoder is not None and (Path(cfg.pretrained_encoder) / "normalizer.json").is_file():
-        from moola.datasets import load_scaler
+    if cfg.pretrained_encoder is not None:
+        check_encoder_schema(cfg.pretrained_encoder, cfg.data.feature_set)
+        if (Path(cfg.pretrained_encoder) / "normalizer.json").is_file():
+            from moola.datasets import load_scaler
 
-        enc_norm = load_scaler(Path(cfg.pretrained_encoder) / "normalizer.json")  # same inputs as pretraining
+            # the encoder saw inputs scaled like this during pretraining
+            enc_norm = load_scaler(Path(cfg.pretrained_encoder) / "normalizer.json")
     data = prepare_data(cfg.data, store_dir, normalizer=enc_norm)  # type: ignore[arg-type]
     n_features = data.x["train"].shape[2]
     n_classes = len(data.classes)

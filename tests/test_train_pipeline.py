@@ -1,0 +1,263 @@
+"""The train recipe end to end through the CLI on the bundled S&P 500 data: typed run configs,
+one small real run (1 epoch, stride 20), recomputable baselines, reproduction from the saved
+config, ``moola evaluate`` and ``moola models list``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner, Result
+
+from _train_helpers import ROOT
+from moola.cli import app
+from moola.config import ConfigError
+from moola.models import PRESETS, build_model, count_parameters, preset_config
+from moola.pipelines.train import RunConfig, prepare_data
+
+DEMO = ROOT / "configs" / "train_demo.yaml"
+OVERRIDES = ["train.epochs=1", "data.stride=20", "baselines=[majority,logistic]",
+             "train.device=cpu", "train.num_threads=1"]
+PNGS = ("learning_curves.png", "confusion_matrix.png", "reliability.png", "baselines.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """The run sets torch to one thread (train.num_threads=1); put the count back after."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, RunConfig]:
+    """``moola train --config configs/train_demo.yaml out_dir=TMP ...`` once for the module."""
+    out = tmp_path_factory.mktemp("cli_train")
+    args = [f"out_dir={out}", *OVERRIDES]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", DEMO, *args)
+    assert res.exit_code == 0, res.output
+    cfg = RunConfig.from_yaml(DEMO, args)
+    run_dir = out / cfg.name
+    assert f"run directory: {run_dir}" in res.output.replace("\n", "")
+    return run_dir, cfg
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def test_demo_config_round_trips(tmp_path):
+    cfg = RunConfig.from_yaml(DEMO)
+    path = tmp_path / "dumped.yaml"
+    cfg.to_yaml(path)
+    again = RunConfig.from_yaml(path)
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+    assert yaml.safe_load(path.read_text()) == cfg.to_dict()
+    # overrides land where they say
+    over = RunConfig.from_yaml(DEMO, ["train.epochs=3", "data.stride=7", "train.optimizer.lr=2e-4"])
+    assert (over.train.epochs, over.data.stride, over.train.optimizer.lr) == (3, 7, 2e-4)
+
+
+def test_a_bad_config_names_every_problem_at_once(tmp_path):
+    data = yaml.safe_load(DEMO.read_text())
+    data["colour"] = "blue"  # unknown key
+    data["train"]["epochs"] = -3  # out of range
+    data["train"]["batch_size"] = "lots"  # wrong type
+    data["data"]["strid"] = 2  # a typo in a nested section
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_yaml(bad)
+    keys = [p.split(":")[0] for p in e.value.problems]
+    assert sorted(keys) == ["colour", "data.strid", "train.batch_size", "train.epochs"], keys
+    msg = str(e.value)
+    assert "4 problem(s)" in msg and str(bad) in msg and "'lots'" in msg
+    # the CLI says the same, on stderr, with exit code 2 and nothing written
+    res = cli("train", "--config", bad, f"out_dir={tmp_path / 'out'}")
+    assert res.exit_code == 2
+    for key in ("colour", "data.strid", "train.batch_size", "train.epochs"):
+        assert key in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_overrides_are_reported_by_key():
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_yaml(DEMO, ["train.epochs=0", "train.optimizer.name=rmsprop", "nokey"])
+    assert "nokey" in str(e.value)  # not key=value: reported before validation
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_yaml(DEMO, ["train.epochs=0", "train.optimizer.name=rmsprop"])
+    keys = sorted(p.split(":")[0] for p in e.value.problems)
+    assert keys == ["train.epochs", "train.optimizer.name"]
+
+
+# ---------------------------------------------------------------------------- a real run
+
+
+def test_cli_train_writes_a_complete_run_directory(run):
+    run_dir, cfg = run
+    for name in ("config.yaml", "weights.safetensors", "report.html", "metrics.json",
+                 "meta.json", "history.jsonl", "normalizer.json", *PNGS):
+        p = run_dir / name
+        assert p.is_file() and p.stat().st_size > 0, name
+    for png in PNGS:
+        assert (run_dir / png).read_bytes()[:8] == PNG_MAGIC, png
+    html = (run_dir / "report.html").read_text()
+    for png in PNGS:
+        assert png in html, png
+    # the saved config is the resolved one: the overrides plus the model the preset became
+    saved = RunConfig.from_yaml(run_dir / "config.yaml")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    n_features = len(meta["feature_names"])
+    assert saved.model == preset_config(cfg.preset, n_features=n_features, n_classes=2)
+    assert saved.model_copy(update={"model": None}) == cfg
+    assert RunConfig.from_yaml(run_dir / "config.yaml") == RunConfig.from_dict(saved.to_dict())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    m = _metrics(run_dir)
+    assert {"model", "baselines", "baseline_metrics", "run"} <= set(m)
+    assert [b["model"] for b in m["baselines"]] == ["model", "majority", "logistic"]
+    assert m["run"]["epochs_run"] == 1
+    assert 0.0 <= m["model"]["accuracy"] <= 1.0
+
+
+def test_baselines_in_metrics_are_recomputable(run):
+    """Majority and logistic baselines recomputed with sklearn on the run's own split."""
+    run_dir, _ = run
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    data = prepare_data(cfg.data, Path(meta["store"]))
+    m = _metrics(run_dir)
+    assert m["run"]["n_train"] == len(data.y["train"]) and m["run"]["n_test"] == len(data.y["test"])
+    ytr, yte = data.y["train"], data.y["test"]
+
+    majority = int(np.bincount(ytr, minlength=2).argmax())
+    maj_acc = float((yte == majority).mean())
+    assert m["baseline_metrics"]["majority"]["accuracy"] == pytest.approx(maj_acc, abs=1e-12)
+
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    lr = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000,
+                                                            random_state=cfg.train.seed))
+    lr.fit(flat(data.x["train"]), ytr)
+    log_acc = accuracy_score(yte, lr.predict(flat(data.x["test"])))
+    assert m["baseline_metrics"]["logistic"]["accuracy"] == pytest.approx(log_acc, abs=1e-12)
+
+    table = {row["model"]: row for row in m["baselines"]}
+    assert table["majority"]["accuracy"] == pytest.approx(maj_acc, abs=1e-12)
+    assert table["logistic"]["accuracy"] == pytest.approx(log_acc, abs=1e-12)
+    assert table["model"]["accuracy"] == m["model"]["accuracy"]
+
+
+def test_training_again_from_the_saved_config_reproduces_the_run(run, tmp_path):
+    run_dir, _ = run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", run_dir / "config.yaml", f"out_dir={tmp_path}")
+    assert res.exit_code == 0, res.output
+    again = tmp_path / run_dir.name
+    a, b = _metrics(run_dir), _metrics(again)
+    for key in ("accuracy", "balanced_accuracy", "log_loss", "brier", "roc_auc"):
+        assert a["model"][key] == b["model"][key], key
+    assert a["model"]["confusion_matrix"] == b["model"]["confusion_matrix"]
+    assert a["run"]["test_loss"] == b["run"]["test_loss"]
+    assert (run_dir / "weights.safetensors").read_bytes() == (again / "weights.safetensors").read_bytes()
+    meta_a = json.loads((run_dir / "meta.json").read_text())
+    meta_b = json.loads((again / "meta.json").read_text())
+    assert meta_a["data_fingerprint"] == meta_b["data_fingerprint"]
+    assert meta_a["feature_schema_hash"] == meta_b["feature_schema_hash"]
+
+
+def test_cli_evaluate_gives_the_run_s_test_accuracy(run):
+    run_dir, _ = run
+    res = cli("evaluate", run_dir)
+    assert res.exit_code == 0, res.output
+    ev = json.loads((run_dir / "evaluation_test.json").read_text())
+    m = _metrics(run_dir)
+    assert ev["test"]["metrics"]["accuracy"] == pytest.approx(m["model"]["accuracy"], abs=1e-12)
+    assert ev["test"]["metrics"]["log_loss"] == pytest.approx(m["model"]["log_loss"], rel=1e-6)
+    assert ev["test"]["loss"] == pytest.approx(m["run"]["test_loss"], rel=1e-6)
+    for name in ("majority", "logistic"):
+        assert ev["test"]["baselines"][name]["accuracy"] == pytest.approx(
+            m["baseline_metrics"][name]["accuracy"], abs=1e-12)
+
+
+def test_cli_evaluate_refuses_a_different_feature_schema(run, tmp_path):
+    run_dir, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ckpt"))
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["feature_schema_hash"] = "0" * 16
+    (copy / "meta.json").write_text(json.dumps(meta))
+    res = cli("evaluate", copy)
+    assert res.exit_code == 2
+    assert "feature schema hash" in res.stderr and "0" * 16 in res.stderr
+
+
+# --------------------------------------------------------------------------- models list
+
+
+def _table_rows(output: str) -> dict[str, list[str]]:
+    """Rows of a rich table: {first cell: [cells...]}, wrapped continuation lines joined."""
+    rows: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if cells[0]:
+            current = rows.setdefault(cells[0], cells)
+        elif current is not None:
+            for i, c in enumerate(cells):
+                if c:
+                    current[i] = f"{current[i]} {c}".strip()
+    return rows
+
+
+def test_models_list_prints_every_preset_with_its_parameter_count():
+    res = cli("models", "list")
+    assert res.exit_code == 0, res.output
+    rows = _table_rows(res.stdout)
+    presets = ["simple_lstm", "jade", "jade_compact", "direction_lstm", "direction_transformer"]
+    assert set(presets) <= set(PRESETS) and sorted(rows) == sorted(PRESETS)
+    for name in PRESETS:
+        n = count_parameters(build_model(preset_config(name, n_features=4)))
+        assert rows[name][2] == f"{n:,}", (name, rows[name])
+        assert rows[name][3] == "-" and rows[name][4] == ""  # no sample count: no ratio, no note
+
+
+def test_models_list_warns_for_jade_at_174_samples():
+    res = cli("models", "list", "--n-samples", "174")
+    assert res.exit_code == 0, res.output
+    rows = _table_rows(res.stdout)
+    jade = rows["jade"]
+    assert jade[3] == "3,537.7"
+    assert "615,554 parameters for 174 samples (3,538:1)" in jade[4], jade
+    assert "memorise" in jade[4]
+    for name in ("jade_compact", "direction_lstm", "direction_transformer"):  # under 1,000:1
+        assert rows[name][4] == "", rows[name]
+    # another input shape changes the counts (31 features for the direction presets)
+    res = cli("models", "list", "--input-shape", "105x31")
+    rows31 = _table_rows(res.stdout)
+    n = count_parameters(build_model(preset_config("direction_lstm", n_features=31)))
+    assert rows31["direction_lstm"][2] == f"{n:,}"
