@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner, Result
@@ -152,16 +152,23 @@ def test_baselines_in_metrics_are_recomputable(run):
     assert m["run"]["n_train"] == len(data.y["train"]) and m["run"]["n_test"] == len(data.y["test"])
     ytr, yte = data.y["train"], data.y["test"]
 
-    majority = int(np.bincount(ytr, minlength=2).argmax())
-    maj_acc = float((yte == majority).mean())
+    prior = np.bincount(ytr, minlength=2) / len(ytr)
+    maj_acc = float((yte == int(prior.argmax())).mean())
     assert m["baseline_metrics"]["majority"]["accuracy"] == pytest.approx(maj_acc, abs=1e-12)
+    maj_ll = log_loss(yte, np.tile(prior, (len(yte), 1)), labels=[0, 1])
+    assert m["baseline_metrics"]["majority"]["log_loss"] == pytest.approx(maj_ll, rel=1e-6)
 
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
     lr = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000,
                                                             random_state=cfg.train.seed))
     lr.fit(flat(data.x["train"]), ytr)
-    log_acc = accuracy_score(yte, lr.predict(flat(data.x["test"])))
+    proba = lr.predict_proba(flat(data.x["test"]))
+    log_acc = accuracy_score(yte, proba.argmax(1))
     assert m["baseline_metrics"]["logistic"]["accuracy"] == pytest.approx(log_acc, abs=1e-12)
+    # accuracy can coincide across settings (e.g. both at the majority share): the
+    # probabilities cannot, so the log loss pins C, scaling and the solver down
+    log_ll = log_loss(yte, proba, labels=[0, 1])
+    assert m["baseline_metrics"]["logistic"]["log_loss"] == pytest.approx(log_ll, rel=1e-5)
 
     table = {row["model"]: row for row in m["baselines"]}
     assert table["majority"]["accuracy"] == pytest.approx(maj_acc, abs=1e-12)

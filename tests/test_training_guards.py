@@ -297,7 +297,7 @@ def test_class_collapse_warns_when_one_class_dominates():
     val = ohlc_windows(16, symbols=("MSFT", "KO"))
     assert 0.25 < val["y"].mean() < 0.75
     t = _trainer(seeded_model("direction_transformer", n_features=4), DirectionObjective(),
-                 epochs=2, batch_size=20)
+                 epochs=3, batch_size=20)
     with pytest.warns(GuardWarning, match=r"class collapse: validation recall below 0.3 for class\(es\) 0"):
         res = t.fit(TensorData(train), TensorData(val))
     assert res.history[-1]["val_recall_0"] < 0.3
