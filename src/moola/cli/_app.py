@@ -341,6 +341,13 @@ def models_list(
 # ---------------------------------------------------------------------- train / eval
 
 
+def _with_options(overrides: list[str] | None, **options: object) -> list[str]:
+    """Turn convenience flags (``--device cuda`` ...) into ``key=value`` config overrides."""
+    out = list(overrides or [])
+    out += [f"{key}={value}" for key, value in options.items() if value is not None]
+    return out
+
+
 @app.command("train")
 @_friendly_errors
 def train(
@@ -361,15 +368,9 @@ def train(
     """Train a model; writes a checkpoint directory with report.html, metrics and baselines."""
     from moola.pipelines.train import RunConfig, run_train
 
-    extra = list(overrides or [])
-    if pretrained_encoder:
-        extra.append(f"pretrained_encoder={pretrained_encoder}")
-    if transfer_mode:
-        extra.append(f"transfer_mode={transfer_mode}")
-    if device:
-        extra.append(f"train.device={device}")
-    if precision:
-        extra.append(f"train.precision={precision}")
+    extra = _with_options(overrides, pretrained_encoder=pretrained_encoder,
+                          transfer_mode=transfer_mode, **{"train.device": device,
+                                                          "train.precision": precision})
     cfg = RunConfig.from_yaml(config, extra)
     out = run_train(cfg, console=console, resume=resume)
     console.print(f"run directory: {out.run_dir}")
@@ -421,11 +422,7 @@ def pretrain(
     """Masked-autoencoder pretraining of a BiLSTM encoder on the unlabeled pool."""
     from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 
-    extra = list(overrides or [])
-    if device:
-        extra.append(f"train.device={device}")
-    if precision:
-        extra.append(f"train.precision={precision}")
+    extra = _with_options(overrides, **{"train.device": device, "train.precision": precision})
     run_pretrain(PretrainConfig.from_yaml(config, extra), console=console, resume=resume)
 
 
@@ -444,9 +441,6 @@ def oof(
     """Folds x seeds comparison of scratch vs pretrained arms and baselines, with a verdict."""
     from moola.pipelines.oof import OOFConfig, run_oof
 
-    extra = list(overrides or [])
-    if pretrained_encoder:
-        extra.append(f"pretrained_encoder={pretrained_encoder}")
-    if transfer_mode:
-        extra.append(f"transfer_mode={transfer_mode}")
+    extra = _with_options(overrides, pretrained_encoder=pretrained_encoder,
+                          transfer_mode=transfer_mode)
     run_oof(OOFConfig.from_yaml(config, extra), console=console)
