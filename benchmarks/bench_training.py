@@ -84,6 +84,30 @@ def moola_loop(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, bs: int, bf
     return float(res.history[-1]["samples_per_s"])
 
 
+class _Tiny(torch.nn.Module):
+    """A model that costs almost nothing, so the loop's own per-step cost is what is timed."""
+
+    def __init__(self, f: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(f, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.fc(x[:, -1])}
+
+
+def loop_cost_ms(bs: int, n: int = 8192, repeats: int = 5) -> tuple[float, float]:
+    """Per-step ms of moola's loop and of the bare loop around a near-free model."""
+    x_np, y_np = make_data(n, 4)
+    x_t, y_t = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    steps = (n + bs - 1) // bs
+    del steps
+    m, b = [], []
+    for _ in range(repeats):  # samples/s -> ms per step of ``bs`` samples
+        b.append(1e3 * bs / bare_loop(_Tiny(4), x_t, y_t, bs, False))
+        m.append(1e3 * bs / moola_loop(_Tiny(4), x_np, y_np, bs, False))
+    return statistics.median(m), statistics.median(b)
+
+
 def latency(model: torch.nn.Module, f: int, reps: int) -> tuple[float, float]:
     model.eval()
     x = torch.randn(1, T, f)
@@ -113,6 +137,7 @@ def main() -> None:
     print("| model | batch | precision | moola samples/s | bare samples/s | loop overhead | "
           "train GFLOP/sample | achieved GFLOP/s | MFU vs matmul |")
     print("|---|---|---|---|---|---|---|---|---|")
+    steps_rate: dict[tuple[str, int], float] = {}
     for name in ("simple_lstm", "jade"):
         cfg = preset_config(name, n_features=4, n_classes=2)
         flops = rnn_train_flops(cfg)
@@ -127,11 +152,25 @@ def main() -> None:
                     torch.manual_seed(0)
                     moola_r.append(moola_loop(build_model(cfg), x_np, y_np, bs, bf16))
                 m, b = statistics.median(moola_r), statistics.median(bare_r)
+                if not bf16:
+                    steps_rate[name, bs] = b
                 achieved = flops * m / 1e9
                 ceiling = g16 if bf16 else g32
                 print(f"| {name} | {bs} | {'bf16' if bf16 else 'fp32'} | {m:,.0f} | {b:,.0f} | "
                       f"{100 * (1 - m / b):+.1f}% | {flops / 1e9:.3f} | {achieved:.0f} | "
                       f"{100 * achieved / ceiling:.0f}% |")
+    print("\nloop cost per step around a near-free model (so model time cannot hide it), and "
+          "that cost as a share of a real model's step (bare simple_lstm / jade fp32 step time)")
+    print("| batch | moola ms/step | bare ms/step | loop's own cost ms/step | share of simple_lstm step |"
+          " share of jade step |")
+    print("|---|---|---|---|---|---|")
+    for bs in (64, 256):
+        m_ms, b_ms = loop_cost_ms(bs)
+        own = m_ms - b_ms
+        sl = 1e3 * bs / steps_rate["simple_lstm", bs]
+        jd = 1e3 * bs / steps_rate["jade", bs]
+        print(f"| {bs} | {m_ms:.3f} | {b_ms:.3f} | {own:+.3f} | {100 * own / sl:+.2f}% | "
+              f"{100 * own / jd:+.2f}% |")
     torch.set_num_threads(1)
     print("\nsingle-window inference latency, 1 thread, inference_mode")
     print("| preset | input | p50 ms | p99 ms |")
