@@ -10,6 +10,7 @@ count each bar up to ``window`` times.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -45,14 +46,15 @@ def _as_numeric(X: Any, what: str) -> tuple[np.ndarray, list[str] | None]:
     return arr, names
 
 
-class _Scaler(BaseEstimator):
+class _Scaler(BaseEstimator, ABC):
     """Shared fit/transform/serialise logic: ``(x - center) / scale`` per feature."""
 
     _center_attr: ClassVar[str] = "center_"
 
     # --- subclass hook ----------------------------------------------------------------
+    @abstractmethod
     def _statistics(self, X2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Per-feature (centre, spread) of the (N, F) training rows, NaN ignored."""
 
     # --- fitting ----------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, feature_names: Sequence[str] | None = None) -> Self:
@@ -197,7 +199,7 @@ class Standardizer(_Scaler):
     _center_attr: ClassVar[str] = "mean_"
 
     def __init__(self) -> None:
-        pass
+        """No hyper-parameters: scikit-learn still wants an explicit ``__init__``."""
 
     def _statistics(self, X2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean = np.nanmean(X2, axis=0)
