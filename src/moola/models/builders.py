@@ -116,6 +116,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --- families: a few parameters -> ModelConfig --------------------------------------------------
 
 
+def _lstm(n_features: int, hidden: int, layers: int, bidirectional: bool,
+          dropout: float) -> RNNEncoderConfig:
+    return RNNEncoderConfig(kind="lstm", input_size=n_features, hidden=hidden, layers=layers,
+                            bidirectional=bidirectional, dropout=dropout)
+
+
 def lstm_classifier(
     n_features: int,
     n_classes: int = 2,
@@ -131,14 +137,7 @@ def lstm_classifier(
     """LSTM -> attention pooling -> class logits, optionally with a start/end pointer head."""
     return ModelConfig(
         name=name,
-        encoder=RNNEncoderConfig(
-            kind="lstm",
-            input_size=n_features,
-            hidden=hidden,
-            layers=layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-        ),
+        encoder=_lstm(n_features, hidden, layers, bidirectional, dropout),
         classifier=ClassifierHeadConfig(
             n_classes=n_classes, hidden=attn_hidden, heads=attn_heads, dropout=dropout
         ),
@@ -159,14 +158,7 @@ def lstm_direction(
     """LSTM -> pooling -> MLP -> one binary direction logit."""
     return ModelConfig(
         name=name,
-        encoder=RNNEncoderConfig(
-            kind="lstm",
-            input_size=n_features,
-            hidden=hidden,
-            layers=layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-        ),
+        encoder=_lstm(n_features, hidden, layers, bidirectional, dropout),
         direction=DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling),
     )
 
