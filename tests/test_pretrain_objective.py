@@ -209,7 +209,7 @@ def test_pretraining_learns_on_real_windows() -> None:
 
 
 class _Crash(RuntimeError):
-    pass
+    """Raised by the test to stop training mid-epoch, like a killed process."""
 
 
 class _CrashAt(Callback):

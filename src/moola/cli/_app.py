@@ -341,6 +341,14 @@ def models_list(
 # ---------------------------------------------------------------------- train / eval
 
 
+EncoderOpt = Annotated[
+    Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory.")
+]
+TransferModeOpt = Annotated[str | None, typer.Option("--transfer-mode", help="full|forward-only")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32|bf16")]
+
+
 def _with_options(overrides: list[str] | None, **options: object) -> list[str]:
     """Turn convenience flags (``--device cuda`` ...) into ``key=value`` config overrides."""
     out = list(overrides or [])
@@ -356,14 +364,10 @@ def train(
         list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16")] = None,
-    pretrained_encoder: Annotated[
-        Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory.")
-    ] = None,
-    transfer_mode: Annotated[
-        str | None, typer.Option("--transfer-mode", help="full|forward-only")
-    ] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    pretrained_encoder: EncoderOpt = None,
+    transfer_mode: TransferModeOpt = None,
 ) -> None:
     """Train a model; writes a checkpoint directory with report.html, metrics and baselines."""
     from moola.pipelines.train import RunConfig, run_train
@@ -416,8 +420,8 @@ def pretrain(
     config: Annotated[Path, typer.Option("--config", help="Pretrain config YAML.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16")] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Masked-autoencoder pretraining of a BiLSTM encoder on the unlabeled pool."""
     from moola.pipelines.pretrain import PretrainConfig, run_pretrain
@@ -431,12 +435,8 @@ def pretrain(
 def oof(
     config: Annotated[Path, typer.Option("--config", help="OOF config YAML.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
-    pretrained_encoder: Annotated[
-        Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory.")
-    ] = None,
-    transfer_mode: Annotated[
-        str | None, typer.Option("--transfer-mode", help="full|forward-only")
-    ] = None,
+    pretrained_encoder: EncoderOpt = None,
+    transfer_mode: TransferModeOpt = None,
 ) -> None:
     """Folds x seeds comparison of scratch vs pretrained arms and baselines, with a verdict."""
     from moola.pipelines.oof import OOFConfig, run_oof

@@ -65,11 +65,20 @@ class TensorData:
     def __len__(self) -> int:
         return self.n
 
-    def to(self, device: torch.device) -> TensorData:
-        out = TensorData.__new__(TensorData)
-        out.tensors = {k: v.to(device) for k, v in self.tensors.items()}
-        out.n = self.n
+    @classmethod
+    def _trusted(cls, tensors: dict[str, Tensor]) -> TensorData:
+        """Wrap tensors that came from a checked TensorData (no second round of guards)."""
+        out = cls.__new__(cls)
+        out.tensors = tensors
+        out.n = next(iter(tensors.values())).shape[0]
         return out
+
+    def to(self, device: torch.device) -> TensorData:
+        return TensorData._trusted({k: v.to(device) for k, v in self.tensors.items()})
+
+    def subset(self, idx: Tensor) -> TensorData:
+        """The rows ``idx`` (gathered), e.g. a fixed sample of the training set."""
+        return TensorData._trusted(self.batch(idx))
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         return {k: v.index_select(0, idx.to(v.device)) for k, v in self.tensors.items()}

@@ -309,10 +309,7 @@ class Trainer:
             "samples_per_s": run_n / secs if secs > 0 else math.nan,
         }
         if self.objective.has_accuracy:
-            sub = TensorData.__new__(TensorData)
-            sub.tensors = train_d.batch(train_eval_idx.to(self.device))
-            sub.n = len(train_eval_idx)
-            _, m, _ = self.evaluate(sub)
+            _, m, _ = self.evaluate(train_d.subset(train_eval_idx.to(self.device)))
             logs.update({f"train_{k}": v for k, v in m.items()})
         if val_d is not None:
             vloss, vm, _ = self.evaluate(val_d)
