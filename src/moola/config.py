@@ -83,6 +83,18 @@ class Config(BaseModel):
         return out
 
 
+def config_hash(cfg: Config | dict[str, Any], exclude: tuple[str, ...] = ("name", "out_dir")) -> str:
+    """12 hex digits naming what a config computes: where it is written and what it is called
+    (``exclude``) do not change the hash, every other value does."""
+    import hashlib
+    import json
+
+    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    data = {k: v for k, v in data.items() if k not in exclude}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``a.b.c=value`` overrides; values parsed as YAML scalars/lists (``lr=1e-3``, ``x=[1,2]``)."""
     problems = []

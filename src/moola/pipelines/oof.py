@@ -6,7 +6,7 @@ inner validation split carved from each fold's training windows (also overlap-gr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from moola.config import Config
+from moola.config import Config, config_hash
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import LabeledWindows, SampleSpans, load_labels, stratified_group_kfold
 from moola.datasets.normalize import Standardizer
@@ -26,6 +26,8 @@ from moola.models import build_model, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._progress import frame_table, progress_bar
 from moola.pipelines.train import bundled_dir, resolve_store
+from moola.refs import resolve_ref
+from moola.tracking import Tracker, TrackingOptions
 from moola.training import (
     ClassificationObjective,
     FreezeSchedule,
@@ -223,15 +225,27 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
     return col["proba"], col.get("ptr_pred"), note
 
 
-def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bool = True) -> Path:
-    """All arms x folds x seeds (+ label-efficiency), then the comparison report."""
+def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bool = True,
+            tracking: TrackingOptions | None = None) -> Path:
+    """All arms x folds x seeds (+ label-efficiency), then the comparison report; one MLflow run
+    whose metrics are each arm's means (metrics.json)."""
+    opts = tracking or TrackingOptions()
+    with Tracker("oof", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+        return _run_oof(cfg, tracker, console=console, show_progress=show_progress)
+
+
+def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_progress: bool) -> Path:
     from moola.pipelines.oof_report import write_oof_report
 
     console = console or Console()
     t0 = time.perf_counter()
+    if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
+        cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
     out = Path(cfg.out_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
+    tracker.log_params(cfg.flat())
+    tracker.set_tags({"moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(cfg)})
     data = load_labeled(cfg.data, Path(cfg.out_dir))
     if cfg.pretrained_encoder is not None:
         _check_encoder_schema(cfg.pretrained_encoder, data.schema_hash)
@@ -309,6 +323,15 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
         "n_labeled": n, "n_params": n_params, "folds": cfg.folds, "seeds": cfg.seeds,
         "seconds": time.perf_counter() - t0,
     })
+    arm_means: dict[str, dict[str, float]] = {}
+    for row in summary.iter_rows(named=True):
+        arm_means[str(row["arm"])] = {k[: -len("_mean")]: float(v) for k, v in row.items()
+                                      if k.endswith("_mean") and v is not None}
+    atomic_write_json(out / "metrics.json", {"arms": arm_means, "n_labeled": n,
+                                             "seconds": time.perf_counter() - t0})
+    tracker.set_tags({"moola.feature_schema_hash": data.schema_hash, "moola.verdict": verdict[:5000]})
+    tracker.log_final(out / "metrics.json")
+    tracker.log_artifacts(out)
     console.print(f"report: {report}")
     return out
 

@@ -4,6 +4,8 @@ that declares its architecture and feature schema, ready for ``--pretrained-enco
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +16,7 @@ from pydantic import Field
 from rich.console import Console
 from safetensors.torch import save_file
 
-from moola.config import Config
+from moola.config import Config, config_hash
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import (
     SampleSpans,
@@ -38,7 +40,17 @@ from moola.pretraining import (
     ViewsData,
     pretrain_model,
 )
-from moola.training import TensorData, TrainConfig, Trainer, masked_mse, seed_everything, write_meta
+from moola.tracking import MlflowCallback, Tracker, TrackingOptions
+from moola.training import (
+    Callback,
+    TensorData,
+    TrainConfig,
+    Trainer,
+    data_fingerprint,
+    masked_mse,
+    seed_everything,
+    write_meta,
+)
 from moola.training.checkpoint import atomic_write_json
 
 
@@ -88,7 +100,17 @@ def _pool_split(spans: SampleSpans, val_fraction: float) -> tuple[np.ndarray, np
 
 
 def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
-                 show_progress: bool = True, resume: bool = False) -> Path:
+                 show_progress: bool = True, resume: bool = False, callbacks: Sequence[Callback] = (),
+                 tracking: TrackingOptions | None = None) -> Path:
+    """Pool -> masked-autoencoder training -> encoder directory, recorded as one MLflow run."""
+    opts = tracking or TrackingOptions()
+    with Tracker("pretrain", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+        return _run_pretrain(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
+                             extra_callbacks=callbacks)
+
+
+def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | None,
+                  show_progress: bool, resume: bool, extra_callbacks: Sequence[Callback]) -> Path:
     console = console or Console()
     t0 = time.perf_counter()
     out = Path(cfg.out_dir) / cfg.name
@@ -114,6 +136,10 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
     enc_cfg = cfg.encoder.model_copy(update={"input_size": fm.values.shape[1]})
     resolved = cfg.model_copy(update={"encoder": enc_cfg})
     resolved.to_yaml(out / "config.yaml")
+    tracker.log_params(resolved.flat())
+    tracker.set_tags({"moola.feature_schema_hash": fm.schema_hash, "moola.feature_set": d.feature_set,
+                      "moola.data_fingerprint": data_fingerprint(x_tr),
+                      "moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(resolved)})
     seed_everything(cfg.train.seed)
     model = pretrain_model(enc_cfg, n_features=fm.values.shape[1])
     n_params = sum(p.numel() for p in model.parameters())
@@ -128,7 +154,7 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
                                               Normalize.from_scaler(scaler))
     train_data = ViewsData(TensorData({"x": x_tr}), cfg.augment.views)
     trainer = Trainer(model, objective, cfg.train, run_dir=out, show_progress=show_progress,
-                      console=console)
+                      console=console, callbacks=[MlflowCallback(tracker), *extra_callbacks])
     fit = trainer.fit(train_data, TensorData({"x": x_va}), resume=resume)
     val_loss, val_m, _ = trainer.evaluate(TensorData({"x": x_va}))
 
@@ -151,6 +177,8 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
                "warnings": fit.warnings}
     atomic_write_json(out / "metrics.json", metrics)
     _report(out, cfg, fit.history, metrics, model, objective, x_va)
+    tracker.log_final(out / "metrics.json")
+    tracker.log_artifacts(out)
     console.print(f"encoder: {out} (val masked MSE {metrics['val_masked_mse']:.4f} vs "
                   f"{zero:.4f} for predicting zero; "
                   f"declares {spec.kind} {spec.layers}x{spec.hidden}, "

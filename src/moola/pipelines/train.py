@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,13 +16,15 @@ import torch
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from moola.config import Config
+from moola.config import Config, config_hash
 from moola.data import Store, Timeframe, ingest, mark_gaps
 from moola.datasets import SampleSpans, Split, Standardizer, WindowSet, chronological_split
 from moola.datasets.normalize import RobustScaler
 from moola.features import FeatureMatrix, build_features
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
 from moola.pipelines._progress import frame_table
+from moola.refs import resolve_ref
+from moola.tracking import MlflowCallback, Tracker, TrackingOptions
 from moola.training import (
     Callback,
     ClassificationObjective,
@@ -239,13 +242,28 @@ class TrainOutcome:
 
 
 def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: bool = True,
-              resume: bool = False) -> TrainOutcome:
-    """Setup -> train -> evaluate (with baselines) -> save. Returns the run directory."""
+              resume: bool = False, callbacks: Sequence[Callback] = (),
+              tracking: TrackingOptions | None = None) -> TrainOutcome:
+    """Setup -> train -> evaluate (with baselines) -> save, recorded as one MLflow run.
+
+    ``callbacks`` join the recipe's own (sweeps report progress, tuning reports to a pruner);
+    this is the one training function behind ``train``, ``sweep`` and ``tune``.
+    """
+    opts = tracking or TrackingOptions()
+    with Tracker("train", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+        return _run_train(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
+                          extra_callbacks=callbacks)
+
+
+def _run_train(cfg: RunConfig, tracker: Tracker, *, console: Console | None, show_progress: bool,
+               resume: bool, extra_callbacks: Sequence[Callback]) -> TrainOutcome:
     from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
     from moola.evaluation.calibration import TemperatureScaler
 
     console = console or Console()
     t0 = time.perf_counter()
+    if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
+        cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
@@ -263,10 +281,11 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     model_cfg = resolve_model(cfg, n_features, n_classes)
     resolved = cfg.model_copy(update={"model": model_cfg, "preset": cfg.preset})
     resolved.to_yaml(run_dir / "config.yaml")
+    tracker.log_params(resolved.flat())
     seed_everything(cfg.train.seed)
     model = build_model(model_cfg)
     n_params = count_parameters(model)
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [MlflowCallback(tracker), *extra_callbacks]
     param_groups = None
     if cfg.pretrained_encoder is not None:
         from moola.models import param_groups as make_groups
@@ -290,12 +309,16 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     )
     if data.normalizer is not None:
         data.normalizer.save(run_dir / "normalizer.json")
+    fingerprint = data_fingerprint(data.x["train"], data.y["train"])
+    tracker.set_tags({"moola.data_fingerprint": fingerprint, "moola.feature_schema_hash": data.schema_hash,
+                      "moola.feature_set": cfg.data.feature_set, "moola.run_dir": str(run_dir.resolve()),
+                      "moola.config_hash": config_hash(resolved)})
     write_meta(
         run_dir,
         feature_set=cfg.data.feature_set,
         feature_names=list(data.feature_names),
         feature_schema_hash=data.schema_hash,
-        data_fingerprint=data_fingerprint(data.x["train"], data.y["train"]),
+        data_fingerprint=fingerprint,
         store=str(store_dir),
         classes=data.classes,
         n_params=n_params,
@@ -340,6 +363,8 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
         run_facts["seconds_total"] = time.perf_counter() - t0
         metrics = {"model": test_m, "run": run_facts}
         atomic_write_json(run_dir / "metrics.json", metrics)
+    tracker.log_final(run_dir / "metrics.json")
+    tracker.log_artifacts(run_dir)
     return TrainOutcome(run_dir, metrics, report, fit.warnings)
 
 

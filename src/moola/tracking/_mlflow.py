@@ -1,0 +1,212 @@
+"""MLflow tracking of every run: params, per-epoch metrics, final metrics, tags and artifacts.
+
+Uses ``MlflowClient`` with an explicit run id (no fluent "active run" global), so a tracker in
+one thread or process never logs into another's run. The store is MLflow's own default
+(``sqlite:///./mlflow.db``) unless ``MLFLOW_TRACKING_URI`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from moola.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from moola.training.trainer import Trainer
+
+__all__ = [
+    "MlflowCallback",
+    "Tracker",
+    "TrackingOptions",
+    "flatten_metrics",
+    "git_sha",
+    "tracking_enabled",
+    "tracking_uri",
+]
+
+# Local resume state, not an artifact anyone reloads: the run directory's weights are.
+_SKIP_ARTIFACTS = {"ckpt"}
+_PARAM_MAX = 6000  # MLflow's limit on one param value
+
+
+def tracking_enabled() -> bool:
+    """Tracking is on unless ``MOOLA_TRACKING=off`` (the test suite sets it for speed)."""
+    return os.environ.get("MOOLA_TRACKING", "on").lower() not in {"off", "0", "false", "no"}
+
+
+def tracking_uri() -> str:
+    """The store runs go to: ``MLFLOW_TRACKING_URI``, else MLflow's default in the cwd."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def git_sha() -> str:
+    """The commit of the moola checkout that ran (``+dirty`` if it had local changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested metrics.json -> dotted numeric metrics; lists, strings and non-finite values skipped."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, key))
+        elif isinstance(v, bool) or (isinstance(v, int | float) and math.isfinite(float(v))):
+            out[key] = float(v)
+    return out
+
+
+def _param_value(v: Any) -> str:
+    s = "" if v is None else str(v)
+    return s if len(s) <= _PARAM_MAX else s[: _PARAM_MAX - 3] + "..."
+
+
+@dataclass
+class TrackingOptions:
+    """How a pipeline run is recorded; ``experiment`` None -> ``MLFLOW_EXPERIMENT_NAME`` or the
+    command's name."""
+
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    enabled: bool | None = None  # None -> tracking_enabled()
+
+
+class Tracker:
+    """One MLflow run, opened on ``__enter__`` and closed FINISHED, FAILED or KILLED on exit.
+
+    Call order: ``__enter__`` -> ``log_params``/``set_tags`` -> ``log_metrics`` (per epoch) ->
+    ``log_final`` -> ``log_artifacts`` -> ``__exit__``. A disabled tracker accepts every call.
+    """
+
+    def __init__(self, command: str, options: TrackingOptions | None = None) -> None:
+        self.command = command
+        self.options = options or TrackingOptions()
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return tracking_enabled() if self.options.enabled is None else self.options.enabled
+
+    @property
+    def experiment_name(self) -> str:
+        return self.options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.command
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient()
+        self.experiment_id = ensure_experiment(self._client, self.experiment_name)
+        tags = {"moola.command": self.command, "moola.git_sha": git_sha(), **self.options.tags}
+        run = self._client.create_run(self.experiment_id, run_name=self.options.run_name,
+                                      tags={k: str(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        if exc_type is None:
+            status = "FINISHED"
+        else:
+            pruned = exc_type.__name__ == "TrialPruned"
+            status = "KILLED" if pruned or issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            self.set_tags({"moola.error": f"{exc_type.__name__}: {exc}"[:5000]})
+            self._client.log_text(self.run_id, text, "error/traceback.txt")
+        self._client.set_terminated(self.run_id, status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(str(k)[:250], _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step or 0) for k, v in flatten_metrics(metrics).items()]
+        for i in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_final(self, metrics_json: Path) -> None:
+        """The run's metrics.json, flattened, as final metrics (what ``runs show`` prints)."""
+        import json
+
+        if metrics_json.is_file():
+            self.log_metrics(json.loads(metrics_json.read_text()))
+
+    def log_artifacts(self, run_dir: Path, artifact_path: str = "run") -> None:
+        """The run directory (weights, config, report, plots) minus resume state."""
+        if self._client is None or self.run_id is None:
+            return
+        for p in sorted(Path(run_dir).iterdir()):
+            if p.name in _SKIP_ARTIFACTS or p.name.startswith("."):
+                continue
+            if p.is_dir():
+                self._client.log_artifacts(self.run_id, str(p), f"{artifact_path}/{p.name}")
+            else:
+                self._client.log_artifact(self.run_id, str(p), artifact_path)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if missing (tolerating a concurrent creator)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:  # another process created it between the two calls
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+class MlflowCallback(Callback):
+    """Logs each epoch's numeric logs (loss, val_loss, val_accuracy, lr ...) at step = epoch."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.tracker.log_metrics({k: v for k, v in logs.items() if k != "epoch"}, step=epoch + 1)
