@@ -1,7 +1,11 @@
-"""The ``moola`` command line: thin Typer wrappers over ``moola.pipelines``."""
+"""The ``moola`` command line: thin Typer wrappers over ``moola.pipelines`` and ``moola.sweeps``."""
 
 from __future__ import annotations
 
+from moola.cli import _runs, _sweep, _tune
 from moola.cli._app import app
+
+for _module in (_runs, _sweep, _tune):
+    _module.register(app)
 
 __all__ = ["app"]
