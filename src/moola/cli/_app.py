@@ -342,7 +342,8 @@ def models_list(
 
 
 EncoderOpt = Annotated[
-    Path | None, typer.Option("--pretrained-encoder", help="A moola pretrain output directory, or sweep:NAME:best.")
+    Path | None,
+    typer.Option("--pretrained-encoder", help="A moola pretrain output directory, or sweep:NAME:best."),
 ]
 TransferModeOpt = Annotated[str | None, typer.Option("--transfer-mode", help="full|forward-only")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")]
