@@ -95,6 +95,21 @@ def config_hash(cfg: Config | dict[str, Any], exclude: tuple[str, ...] = ("name"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set ``a.b.c`` in nested dicts, creating sections; returns a problem text instead of raising."""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            return f"override '{key}': '{p}' is not a section"
+        node = nxt
+    node[parts[-1]] = value
+    return None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``a.b.c=value`` overrides; values parsed as YAML scalars/lists (``lr=1e-3``, ``x=[1,2]``)."""
     problems = []
@@ -107,18 +122,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                problems.append(f"override '{key}': '{p}' is not a section")
-                break
-            node = nxt
-        else:
-            node[parts[-1]] = value
+        problem = set_dotted(data, key, value)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError(problems, "overrides")
     return data

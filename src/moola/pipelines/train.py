@@ -121,8 +121,18 @@ def resolve_store(cfg: DataConfig, cache_root: Path) -> Path:
     """The configured store, or the bundled file ingested once into ``cache_root``."""
     if cfg.store is not None:
         return Path(cfg.store)
+    import fcntl
+
     store = cache_root / f"_bundled_{cfg.bundled}"
-    ingest([bundled_dir() / BUNDLED[cfg.bundled]], Store(store))  # idempotent: no change twice
+    cache_root.mkdir(parents=True, exist_ok=True)
+    # parallel runs (a sweep, several tuning workers) share this cache: wait for each other here
+    # instead of meeting the store's fail-fast writer lock
+    with open(cache_root / f"_bundled_{cfg.bundled}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            ingest([bundled_dir() / BUNDLED[cfg.bundled]], Store(store))  # idempotent: no change twice
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
     return store
 
 
@@ -331,7 +341,10 @@ def _run_train(cfg: RunConfig, tracker: Tracker, *, console: Console | None, sho
     fit = trainer.fit(tensors["train"], tensors["val"], resume=resume)
 
     test_loss, test_m, test_c = trainer.evaluate(tensors["test"])
+    # the kept model's validation loss: what sweeps and tuning select on (never a test number)
+    val_loss, val_m, val_c = trainer.evaluate(tensors["val"])
     run_facts: dict = {
+        "val_loss": val_loss, "val": val_m,
         "test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
         "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
         "warnings": fit.warnings, "n_params": n_params,
@@ -341,7 +354,6 @@ def _run_train(cfg: RunConfig, tracker: Tracker, *, console: Console | None, sho
     if n_classes:
         test_metrics = classification_metrics(data.y["test"], test_c["proba"], data.classes)
         # temperature scaling: fitted on the validation split only, reported beside raw
-        _, _, val_c = trainer.evaluate(tensors["val"])
         ts = TemperatureScaler().fit(np.log(np.clip(val_c["proba"], 1e-12, 1)), data.y["val"])
         cal = ts.transform(np.log(np.clip(test_c["proba"], 1e-12, 1)))
         run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)

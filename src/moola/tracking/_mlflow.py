@@ -104,6 +104,7 @@ class Tracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
+        self._last_step = 0  # highest per-epoch step logged; final metrics go one step later
 
     @property
     def enabled(self) -> bool:
@@ -154,7 +155,10 @@ class Tracker:
             return
         from mlflow.entities import RunTag
 
-        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        # tags the caller fixed in TrackingOptions win (a sweep knows the run's final directory)
+        items = [RunTag(k, str(v)) for k, v in tags.items() if k not in self.options.tags]
+        if items:
+            self._client.log_batch(self.run_id, tags=items)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._client is None or self.run_id is None:
@@ -164,16 +168,24 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        self._last_step = max(self._last_step, step or 0)
         items = [Metric(k, v, now, step or 0) for k, v in flatten_metrics(metrics).items()]
         for i in range(0, len(items), 1000):
             self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_final(self, metrics_json: Path) -> None:
-        """The run's metrics.json, flattened, as final metrics (what ``runs show`` prints)."""
+        """The run's metrics.json, flattened, as final metrics (what ``runs show`` prints).
+
+        Logged one step after the last epoch (tag ``moola.final_step``): MLflow reports a key's
+        highest step, so a key also logged per epoch (pretrain's ``val_loss``) reads as its final
+        value, e.g. after the best epoch was restored, not as the last epoch's.
+        """
         import json
 
         if metrics_json.is_file():
-            self.log_metrics(json.loads(metrics_json.read_text()))
+            step = self._last_step + 1 if self._last_step else 0
+            self.set_tags({"moola.final_step": step})
+            self.log_metrics(json.loads(metrics_json.read_text()), step=step)
 
     def log_artifacts(self, run_dir: Path, artifact_path: str = "run") -> None:
         """The run directory (weights, config, report, plots) minus resume state."""

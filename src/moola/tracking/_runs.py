@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import polars as pl
 
-__all__ = ["RunRecord", "get_run", "list_runs"]
+__all__ = ["ArtifactEntry", "RunRecord", "epoch_history", "get_run", "list_artifacts", "list_runs"]
+
+# what `runs list` shows per run, first found first: train, pretrain, oof, tuning
+HEADLINE = ("run.val_loss", "val_loss", "model.balanced_accuracy", "model.accuracy", "model.loss",
+            "val_masked_mse", "arms.scratch.balanced_accuracy", "value")
+_HEADLINE_MAX = 3
 
 
 @dataclass
@@ -25,11 +32,38 @@ class RunRecord:
     tags: dict[str, str]
     artifact_uri: str
 
+    @property
+    def command(self) -> str:
+        return self.tags.get("moola.command", "")
+
+    @property
+    def final_step(self) -> int:
+        """The step final metrics were logged at; earlier runs logged them at step 0."""
+        return int(self.tags.get("moola.final_step", 0))
+
+
+@dataclass
+class ArtifactEntry:
+    path: str
+    is_dir: bool
+    size: int | None
+
 
 def _client() -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()
+
+
+def _missing_sqlite_store() -> str | None:
+    """The file of a ``sqlite:///`` store that does not exist yet (reading must not create it)."""
+    from moola.tracking._mlflow import tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    return None if path.name == ":memory:" or path.exists() else str(path)
 
 
 def _experiments(client: Any, experiment: str | None) -> dict[str, str]:
@@ -42,8 +76,19 @@ def _experiments(client: Any, experiment: str | None) -> dict[str, str]:
     return {e.experiment_id: e.name for e in client.search_experiments()}
 
 
+def _ms_to_datetime(ms: int | None) -> Any:
+    return pl.Series([ms]).cast(pl.Datetime("ms")).item() if ms else None
+
+
 def list_runs(experiment: str | None = None, max_results: int = 200) -> pl.DataFrame:
     """Newest first: run id, experiment, name, status, start time and the headline metrics."""
+    schema = {"run_id": pl.String, "experiment": pl.String, "name": pl.String, "status": pl.String,
+              "command": pl.String, "start": pl.Datetime("ms"), "metrics": pl.String}
+    missing = _missing_sqlite_store()
+    if missing is not None:
+        if experiment is not None:
+            raise ValueError(f"no MLflow experiment {experiment!r}: the store {missing} does not exist")
+        return pl.DataFrame([], schema=schema)
     client = _client()
     exps = _experiments(client, experiment)
     rows: list[dict[str, Any]] = []
@@ -52,36 +97,41 @@ def list_runs(experiment: str | None = None, max_results: int = 200) -> pl.DataF
                                   order_by=["attributes.start_time DESC"])
         for r in runs:
             m = r.data.metrics
-            headline = {k: m[k] for k in ("val_loss", "test.accuracy", "model.accuracy", "val_masked_mse",
-                                          "model.loss", "value") if k in m}
+            headline = [k for k in HEADLINE if k in m][:_HEADLINE_MAX]
             rows.append({
                 "run_id": r.info.run_id, "experiment": exps.get(r.info.experiment_id, "?"),
                 "name": r.info.run_name, "status": r.info.status,
                 "command": r.data.tags.get("moola.command", ""),
-                "start": pl.Series([r.info.start_time]).cast(pl.Datetime("ms")).item()
-                if r.info.start_time else None,
-                "metrics": ", ".join(f"{k}={v:.4g}" for k, v in headline.items()),
+                "start": _ms_to_datetime(r.info.start_time),
+                "metrics": ", ".join(f"{k}={m[k]:.4g}" for k in headline),
             })
-    schema = {"run_id": pl.String, "experiment": pl.String, "name": pl.String, "status": pl.String,
-              "command": pl.String, "start": pl.Datetime("ms"), "metrics": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 
 def get_run(ref: str, experiment: str | None = None) -> RunRecord:
-    """A run by id, or by name (the newest run of that name)."""
+    """A run by id, or by name (the newest run of that name); ValueError if there is none."""
+    from moola.tracking._mlflow import tracking_uri
+
+    not_found = f"no MLflow run with id or name {ref!r}" + (
+        f" in experiment {experiment!r}" if experiment else "") + f" in {tracking_uri()}"
+    if _missing_sqlite_store() is not None:
+        raise ValueError(not_found + " (the store does not exist yet)")
     client = _client()
     run = None
     try:
         run = client.get_run(ref)
     except Exception:  # not an id: look it up by name
-        exps = _experiments(client, experiment)
-        hits = client.search_runs(list(exps), filter_string=f"attributes.run_name = '{ref}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1) if exps else []
-        if not hits:
-            from moola.tracking._mlflow import tracking_uri
-
-            raise ValueError(f"no MLflow run with id or name {ref!r} in {tracking_uri()}") from None
-        run = hits[0]
+        run = None
+    exps = _experiments(client, experiment)
+    if run is not None and run.info.experiment_id not in exps:
+        run = None  # an id, but of another experiment than the one asked for
+    if run is None and exps:
+        name = ref.replace("\\", "\\\\").replace("'", "\\'")
+        hits = client.search_runs(list(exps), filter_string=f"attributes.run_name = '{name}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        run = hits[0] if hits else None
+    if run is None:
+        raise ValueError(not_found)
     exp = client.get_experiment(run.info.experiment_id)
     return RunRecord(
         run_id=run.info.run_id, name=run.info.run_name, experiment=exp.name, status=run.info.status,
@@ -90,3 +140,18 @@ def get_run(ref: str, experiment: str | None = None) -> RunRecord:
                                              if not k.startswith("mlflow.")},
         artifact_uri=run.info.artifact_uri,
     )
+
+
+def epoch_history(run: RunRecord, key: str = "val_loss") -> list[tuple[int, float]]:
+    """(epoch, value) of a per-epoch metric, without the final value logged after the last epoch."""
+    hist = _client().get_metric_history(run.run_id, key)
+    final = run.final_step
+    pts = {m.step: m.value for m in sorted(hist, key=lambda m: (m.step, m.timestamp))
+           if m.step >= 1 and m.step != final}
+    return sorted(pts.items())
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[ArtifactEntry]:
+    """The run's artifacts at ``path`` (top level by default), one level deep."""
+    return [ArtifactEntry(a.path, bool(a.is_dir), a.file_size)
+            for a in _client().list_artifacts(run_id, path)]

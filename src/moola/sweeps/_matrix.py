@@ -1,0 +1,227 @@
+"""Experiment matrices: a base config plus a grid and/or named variants, expanded into runs.
+
+A run is identified by the hash of its resolved config (name and out_dir excluded), so
+rerunning a sweep recognises finished work even if the matrix file was reordered.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
+
+from moola.config import Config, ConfigError, config_hash, set_dotted
+from moola.refs import sweeps_root
+
+__all__ = ["COMMANDS", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant", "expand_matrix",
+           "load_matrix"]
+
+Command = Literal["train", "pretrain", "oof"]
+COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof")
+# where each command's metrics.json keeps the validation loss of the kept model
+DEFAULT_SELECT = {"train": "run.val_loss:min", "pretrain": "val_loss:min"}
+
+
+def config_class(command: str) -> type[Config]:
+    """The typed config a command runs (explicit, no dotted-path imports)."""
+    if command == "train":
+        from moola.pipelines.train import RunConfig
+
+        return RunConfig
+    if command == "pretrain":
+        from moola.pipelines.pretrain import PretrainConfig
+
+        return PretrainConfig
+    if command == "oof":
+        from moola.pipelines.oof import OOFConfig
+
+        return OOFConfig
+    raise ValueError(f"unknown sweep command {command!r}; one of {', '.join(COMMANDS)}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``metric:min|max``: a dotted path into each run's metrics.json and a direction."""
+
+    metric: str
+    mode: Literal["min", "max"]
+
+    @classmethod
+    def parse(cls, text: str) -> Selection:
+        metric, _, mode = text.rpartition(":")
+        if not metric or mode not in ("min", "max"):
+            raise ValueError(f"selection {text!r} is not METRIC:min or METRIC:max (e.g. val_loss:min)")
+        return cls(metric, mode)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.mode}"
+
+    def value(self, metrics: dict[str, Any]) -> float | None:
+        """The metric from a metrics.json mapping; None if the run did not record it."""
+        node: Any = metrics
+        for part in self.metric.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+
+class Resources(Config):
+    """What one run needs: CPU threads (also its torch thread count) and a GPU fraction."""
+
+    cpus: PositiveInt = 1
+    gpus: NonNegativeFloat = 0.0
+
+
+class Variant(Config):
+    """A named set of dotted-key overrides (``set: {mask.strategy: block, train.epochs: 4}``)."""
+
+    name: str = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", v):
+            raise ValueError(f"variant name {v!r} may hold letters, digits and _.=+- only")
+        return v
+
+
+class MatrixConfig(Config):
+    """A sweep: ``base`` (a config file of ``command``, path relative to the matrix file) plus
+    ``grid`` (cartesian product) and/or ``variants`` (named); with both, every variant x grid."""
+
+    name: str = Field(min_length=1)
+    command: Command
+    base: str | dict[str, Any]
+    overrides: dict[str, Any] = Field(default_factory=dict)  # applied to every run
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[Variant] = Field(default_factory=list)
+    select: str | None = None  # METRIC:min|max; default per command (validation loss)
+    resources: Resources = Resources()
+    parallel: PositiveInt = 1
+    out_dir: str | None = None  # default: MOOLA_SWEEPS_DIR or runs/sweeps
+
+    @field_validator("name")
+    @classmethod
+    def _name_slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError(f"sweep name {v!r} may hold letters, digits and _.- only")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _nonempty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, vals in v.items() if not vals]
+        if empty:
+            raise ValueError(f"grid keys with no values: {', '.join(empty)}")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> MatrixConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique: {', '.join(dup)}")
+        if self.select is not None:
+            Selection.parse(self.select)
+        elif self.command not in DEFAULT_SELECT:
+            raise ValueError(f"command {self.command} has no default selection metric; set 'select'")
+        return self
+
+    def selection(self, override: str | None = None) -> Selection:
+        return Selection.parse(override or self.select or DEFAULT_SELECT[self.command])
+
+    def sweep_dir(self) -> Path:
+        return Path(self.out_dir) / self.name if self.out_dir else sweeps_root() / self.name
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its label, what it overrides and its fully validated config."""
+
+    label: str  # variant name and/or grid values; unique within the sweep
+    overrides: dict[str, Any]  # what distinguishes this run from the base
+    config: dict[str, Any]  # the validated config (name/out_dir set by the runner)
+    key: str  # config hash: the identity used to skip finished runs
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label}-{self.key[:8]}"
+
+
+def load_matrix(path: str | Path) -> MatrixConfig:
+    return MatrixConfig.from_yaml(path)
+
+
+def _label_for(values: dict[str, Any]) -> str:
+    parts = []
+    for k, v in values.items():
+        short = k.split(".")[-1]
+        parts.append(f"{short}={v}")
+    label = ",".join(parts)
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", label)[:80] or "base"
+
+
+def base_dict(matrix: MatrixConfig, matrix_path: Path) -> dict[str, Any]:
+    """The base config as a mapping (inline, or read from a path relative to the matrix file)."""
+    if isinstance(matrix.base, dict):
+        return dict(matrix.base)
+    base_path = Path(matrix.base)
+    if not base_path.is_absolute():
+        base_path = matrix_path.parent / base_path
+    if not base_path.is_file():
+        raise ConfigError([f"base: {base_path} does not exist"], str(matrix_path))
+    data = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"base: {base_path} is not a mapping"], str(matrix_path))
+    return data
+
+
+def expand_matrix(matrix: MatrixConfig, matrix_path: str | Path) -> list[RunSpec]:
+    """Every run of the matrix, validated; all invalid combinations are reported at once."""
+    matrix_path = Path(matrix_path)
+    cls = config_class(matrix.command)
+    base = base_dict(matrix, matrix_path)
+    keys = list(matrix.grid)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*matrix.grid.values())]
+    variants = matrix.variants or [None]
+    problems: list[str] = []
+    specs: list[RunSpec] = []
+    for variant in variants:
+        for combo in combos:
+            over = {**matrix.overrides, **(variant.set if variant else {}), **combo}
+            label = "+".join(p for p in ((variant.name if variant else ""),
+                                         (_label_for(combo) if combo else "")) if p) or "base"
+            data = copy.deepcopy(base)
+            bad = [p for k, v in over.items() if (p := set_dotted(data, k, v))]
+            if bad:
+                problems += [f"run {label}: {p}" for p in bad]
+                continue
+            try:
+                cfg = cls.from_dict(data, source=f"{matrix_path} run {label}")
+            except ConfigError as e:
+                problems += [f"run {label}: {p}" for p in e.problems]
+                continue
+            specs.append(RunSpec(label=label, overrides=over, config=cfg.to_dict(), key=config_hash(cfg)))
+    if problems:
+        raise ConfigError(problems, str(matrix_path))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(["two runs got the same label; give variants distinct names"], str(matrix_path))
+    keys_seen: dict[str, str] = {}
+    for s in specs:
+        if s.key in keys_seen:
+            raise ConfigError([f"runs {keys_seen[s.key]} and {s.label} have identical configs"],
+                              str(matrix_path))
+        keys_seen[s.key] = s.label
+    return specs
