@@ -298,7 +298,7 @@ def demo(
     ] = None,
 ) -> None:
     """The main job on bundled real data: ingest, validate, features, windows, report."""
-    from moola.pipelines.demo import run_demo
+    from moola.demo import run_demo
 
     run_demo(out, data_dir=data_dir, console=console)
 

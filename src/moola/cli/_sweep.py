@@ -16,6 +16,12 @@ def register(app: typer.Typer) -> None:
     @_friendly_errors
     def sweep(
         matrix: Annotated[Path, typer.Argument(help="Matrix YAML: base config + grid and/or variants.")],
+        overrides: Annotated[
+            list[str] | None, typer.Argument(help="key=value for every run, e.g. train.device=cuda")
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Parent directory of the sweep (default: the matrix's).")
+        ] = None,
         parallel: Annotated[
             int | None, typer.Option("--parallel", min=1, help="Runs at once (default: the matrix's).")
         ] = None,
@@ -38,7 +44,8 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"--backend {backend!r}: local or ray")
         try:
             res = run_sweep(matrix, parallel=parallel, backend=backend, ray_address=ray_address,  # type: ignore[arg-type]
-                            select=select, console=console, retry_failed=not no_retry)
+                            select=select, console=console, retry_failed=not no_retry, out_dir=out,
+                            run_overrides=overrides)
         except SweepLockedError as e:
             raise ValueError(str(e)) from None
         console.print(f"report: {res.report}")

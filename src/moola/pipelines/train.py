@@ -112,7 +112,7 @@ class PreparedData:
 
 
 def bundled_dir() -> Path:
-    from moola.pipelines.demo import bundled_data_dir
+    from moola.pipelines._paths import bundled_data_dir
 
     return bundled_data_dir()
 

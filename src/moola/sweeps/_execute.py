@@ -102,6 +102,7 @@ def execute_spec(spec: dict[str, Any]) -> dict[str, Any]:
     state = sweep_dir / "state"
     error_file = state / f"{name}.error.json"
     error_file.unlink(missing_ok=True)
+    (state / f"{name}.result.json").unlink(missing_ok=True)
     if work.exists():  # left by a killed attempt: start clean
         shutil.rmtree(work)
     os.environ.update(spec.get("env", {}))
@@ -117,7 +118,9 @@ def execute_spec(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         with _in_dir(spec["cwd"]), open(log_path, "a") as log:
             console = Console(file=log, width=120, force_terminal=False)
+            t_run = time.perf_counter()
             _run(spec["command"], config, [progress], tracking, console)
+            pipeline_seconds = time.perf_counter() - t_run  # what `moola <command>` itself takes
             # the run as it will live: config.yaml names its final place, then one atomic rename
             cfg_path = work / "config.yaml"
             if cfg_path.is_file():
@@ -132,7 +135,10 @@ def execute_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             work.replace(final)
-        return {"status": "done", "seconds": time.perf_counter() - t0, "error": None}
+        result = {"status": "done", "seconds": time.perf_counter() - t0, "error": None,
+                  "pipeline_seconds": pipeline_seconds, "pid": os.getpid()}
+        atomic_write_json(state / f"{name}.result.json", result)
+        return result
     except BaseException as e:  # a failed run is a result, not a crash of the sweep
         if isinstance(e, KeyboardInterrupt):
             raise

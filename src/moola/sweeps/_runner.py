@@ -55,7 +55,7 @@ class RunState:
     status: str = "pending"  # pending | running | done | skipped | failed
     value: float | None = None
     seconds: float | None = None  # driver wall time, launch to result
-    run_seconds: float | None = None  # the run's own time, from its metrics.json
+    run_seconds: float | None = None  # the pipeline's own time (what `moola train` alone takes)
     error: str | None = None
     epoch: int | None = None
     epochs: int | None = None
@@ -141,6 +141,9 @@ class _Driver:
         st.status = status
         st.value = self.sel.value(metrics)
         st.run_seconds = _run_seconds(metrics)
+        result = self.sweep_dir / "state" / f"{st.spec.run_name}.result.json"
+        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
+            st.run_seconds = float(json.loads(result.read_text())["pipeline_seconds"])
         st.error = None
 
     def mark_failed(self, st: RunState, fallback: str) -> None:
@@ -340,14 +343,29 @@ def _prewarm(drv: _Driver) -> None:
 
 def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: Backend = "local",
               ray_address: str | None = None, select: str | None = None, console: Console | None = None,
-              retry_failed: bool = True) -> SweepResult:
-    """Run every unfinished run of the matrix; returns states, the best run and the report."""
+              retry_failed: bool = True, out_dir: str | Path | None = None,
+              run_overrides: list[str] | None = None) -> SweepResult:
+    """Run every unfinished run of the matrix; returns states, the best run and the report.
+
+    ``run_overrides`` (``key=value``) join the matrix's shared overrides (e.g. ``train.device=cuda``);
+    ``out_dir`` replaces the matrix's.
+    """
     from moola.sweeps._report import write_sweep_outputs
 
     console = console or Console()
     t0 = time.perf_counter()
     matrix_path = Path(matrix_path)
     matrix = load_matrix(matrix_path)
+    if run_overrides:
+        extra: dict[str, Any] = {}
+        for item in run_overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not key=value")
+            key, raw = item.split("=", 1)
+            extra[key.strip()] = yaml.safe_load(raw)
+        matrix = matrix.model_copy(update={"overrides": {**matrix.overrides, **extra}})
+    if out_dir is not None:
+        matrix = matrix.model_copy(update={"out_dir": str(out_dir)})
     specs = expand_matrix(matrix, matrix_path)
     sel = matrix.selection(select)
     sweep_dir = matrix.sweep_dir()

@@ -206,12 +206,24 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     try:
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, artifact_location=_artifact_location(name)))
     except Exception:  # another process created it between the two calls
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return str(exp.experiment_id)
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """For a local SQLite store, artifacts beside the database (``DBDIR/mlruns/EXPERIMENT``), so
+    a store moved or served elsewhere (``mlflow ui``) keeps its artifacts; None = MLflow's default."""
+    import re
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return (db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).resolve().as_uri()
 
 
 class MlflowCallback(Callback):

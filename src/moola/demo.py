@@ -1,4 +1,6 @@
-"""The demo: the whole main job on the bundled real data, ending in a printed summary and a report."""
+"""The demo: the whole main job on the bundled real data, ending in a printed summary and a report.
+
+It composes pipelines and sweeps, so it sits above both: cli -> demo -> {sweeps, pipelines}."""
 
 from __future__ import annotations
 
@@ -22,30 +24,16 @@ from moola.evaluation.data_report import (
     plot_price,
 )
 from moola.features import FeatureMatrix, build_features
+from moola.pipelines._paths import bundled_data_dir, configs_dir
 from moola.pipelines.data import run_ingest, run_validate
 from moola.pipelines.label import run_label
 from moola.pipelines.oof import OOFConfig, run_oof
-from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 from moola.pipelines.train import RunConfig, run_train
+from moola.refs import resolve_ref
+from moola.sweeps import run_sweep
+from moola.tracking import tracking_uri
 
 WINDOW = 105
-
-
-def bundled_data_dir() -> Path:
-    """The repo's ``data/bundled`` (the package is installed editable from the repo)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "data" / "bundled"
-        if (cand / "sp500_subset.parquet").is_file():
-            return cand
-    raise FileNotFoundError(
-        "bundled data not found (data/bundled/sp500_subset.parquet); pass --data DIR"
-    )
-
-
-def configs_dir() -> Path:
-    """The repo's ``configs/`` beside ``data/bundled``."""
-    return bundled_data_dir().parent.parent / "configs"
 
 
 def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
@@ -53,6 +41,9 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     """Ingest -> validate -> features -> windows -> leakage-safe split -> report."""
     console = console or Console()
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the demo's runs go to a store inside its output unless the user named one
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(out / 'mlflow.db').resolve()}")
     data = Path(data_dir) if data_dir else bundled_data_dir()
     store_dir = out / "store"
     report = DataReport(out / "report", title="moola demo: bundled real data")
@@ -111,21 +102,30 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     outcome = run_train(run_cfg, console=console)
     timings["train+evaluate"] = time.perf_counter() - t3
 
-    console.rule("[bold]5. label patterns, pretrain a masked autoencoder, OOF verdict")
+    console.rule("[bold]5. label patterns; sweep 3 pretraining variants (2 workers); tune; OOF verdict")
     t4 = time.perf_counter()
     lab = run_label(store_dir, out / "labels.csv")
     console.print(f"  labeler: {lab.n_labels} windows {lab.balance}; pool {lab.pool_size:,} windows")
-    ptr_cfg = PretrainConfig.from_yaml(configs_dir() / "pretrain_demo.yaml",
-                                       [f"out_dir={out / 'runs'}", f"data.store={store_dir}",
-                                        f"data.labels={out / 'labels.csv'}"])
-    enc_dir = run_pretrain(ptr_cfg, console=console)
+    sweep = run_sweep(configs_dir() / "sweep_pretrain_demo.yaml", out_dir=out / "sweeps", parallel=2,
+                      run_overrides=[f"data.store={store_dir.resolve()}",
+                                     f"data.labels={(out / 'labels.csv').resolve()}"],
+                      console=console)
+    if sweep.best is None:
+        raise RuntimeError(f"no pretraining variant finished; see {sweep.sweep_dir}/runs.yaml")
+    enc_ref = f"sweep:{sweep.sweep_dir}:best"
+    enc_dir = Path(resolve_ref(enc_ref))
+    timings["pretraining sweep"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    tuned = _tune_step(out, store_dir, console)
+    timings["tuning"] = time.perf_counter() - t5
+    t6 = time.perf_counter()
     oof_cfg = OOFConfig.from_yaml(configs_dir() / "oof_demo.yaml",
                                   [f"out_dir={out / 'runs'}", f"data.store={store_dir}",
                                    f"data.labels={out / 'labels.csv'}",
-                                   f"pretrained_encoder={enc_dir}"])
+                                   f"pretrained_encoder={enc_ref}"])
     oof_dir = run_oof(oof_cfg, console=console)
     verdict = json.loads((oof_dir / "verdict.json").read_text())["verdict"]
-    timings["label+pretrain+oof"] = time.perf_counter() - t4
+    timings["oof"] = time.perf_counter() - t6
 
     summary = _summary_table(store, val, feats, splits)
     model_m = outcome.metrics.get("model", {})
@@ -141,7 +141,12 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
         beats = acc > base_acc[best_name]
         summary.add_row("verdict", f"the model {'beats' if beats else 'does NOT beat'} the best "
                         f"baseline ({best_name}, {base_acc[best_name]:.4f}) on the test split")
+    summary.add_row("pretraining sweep", f"best of {len(sweep.runs)}: {sweep.best.spec.label} "
+                    f"(val masked loss {sweep.best.value:.4f}) -> {enc_dir}; report {sweep.report}")
+    summary.add_row("tuning", tuned)
     summary.add_row("pretraining verdict", verdict)
+    summary.add_row("MLflow", f"every run above is in {tracking_uri()}: "
+                    f"mlflow ui --backend-store-uri {tracking_uri()}")
     summary.add_row("oof report", str(oof_dir / "report.html"))
     console.print(summary)
 
@@ -194,7 +199,8 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                  "with purge and a 5-bar embargo; overlap checked")
     report.heading("Training run and pretraining verdict")
     for title, target in (("direction model report", outcome.run_dir / "report.html"),
-                          ("pretraining report", enc_dir / "report.html"),
+                          ("pretraining sweep (ablation) report", sweep.sweep_dir / "report.html"),
+                          ("best encoder's pretraining report", enc_dir / "report.html"),
                           ("OOF comparison report", oof_dir / "report.html")):
         rel = os.path.relpath(target, report.out_dir)
         report.sections.append(f'<p>{title}: <a href="{rel}">{rel}</a></p>')
@@ -205,6 +211,26 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     path = report.write("data_report.html")
     console.print(f"[bold green]report:[/] {path}")
     return path
+
+
+def _tune_step(out: Path, store_dir: Path, console: Console) -> str:
+    """A 6-trial Optuna study (2 worker processes, median pruner) over the direction model's
+    learning rate, width, heads (divisors only), depth and head MLP; best exported as YAML."""
+    from moola.sweeps._space import load_space
+    from moola.sweeps._tune import TuneOptions, run_tune
+
+    base = RunConfig.from_yaml(
+        configs_dir() / "tune_demo.yaml",
+        [f"out_dir={out / 'runs'}", f"data.store={store_dir.resolve()}", "data.timeframe=1d",
+         "data.stride=6", "train.epochs=3", "baselines=[majority]"],
+    )
+    space = load_space(configs_dir() / "tune_space_demo.yaml")
+    res = run_tune(base, space, TuneOptions(trials=6, out=out / "tune", jobs=2, pruner="median",
+                                            sampler="tpe", seed=0), console=console)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in res.counts.items() if v)
+    best = f"best trial {res.best_number}: val_loss {res.best_value:.4f}" if res.best_value is not None \
+        else "no finished trial"
+    return f"study {res.study} ({counts}); {best}; config {res.best_yaml}; storage {res.storage}"
 
 
 def _summary_table(store: Store, val: object, feats: dict[str, FeatureMatrix],
