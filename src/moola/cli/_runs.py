@@ -14,7 +14,8 @@ from moola.cli._app import _friendly_errors, console
 runs_app = typer.Typer(help="Tracked runs (MLflow): list them, show one.", no_args_is_help=True)
 
 ExperimentOpt = Annotated[
-    str | None, typer.Option("--experiment", "-e", help="Only this MLflow experiment (train, sweep/NAME ...).")
+    str | None,
+    typer.Option("--experiment", "-e", help="Only this MLflow experiment (train, sweep/NAME ...)."),
 ]
 
 
@@ -33,7 +34,9 @@ def _value(v: float) -> str:
     return f"{v:.6g}"
 
 
-def _kv_table(title: str, items: dict[str, str], key: str, value: str) -> Table:
+def _kv_table(title: str, items: dict[str, str], key: str, value: str) -> Table | str:
+    if not items:
+        return f"{title}: none"
     t = Table(title=title, title_justify="left")
     t.add_column(key, overflow="fold")
     t.add_column(value, overflow="fold")
@@ -58,16 +61,18 @@ def runs_list(
         console.print(f"no runs{escape(where)} yet: train, pretrain, oof, sweep or tune one "
                       "(MOOLA_TRACKING=off records nothing; MLFLOW_TRACKING_URI picks another store)")
         return
-    t = Table(title=f"{frame.height} run(s), newest first", title_justify="left")
+    t = Table(title=f"{frame.height} run(s), newest first", title_justify="left", box=None,
+              pad_edge=False, header_style="bold underline")
     t.add_column("run id", no_wrap=True, min_width=32)
-    for col in ("experiment", "name", "status", "command", "start (UTC)"):
+    for col in ("experiment", "name", "status", "command"):
         t.add_column(col, overflow="fold")
+    t.add_column("start (UTC)", no_wrap=True)
     t.add_column("metrics", overflow="fold")
     for r in frame.iter_rows(named=True):
-        start = r["start"].strftime("%Y-%m-%d %H:%M:%S") if r["start"] else "-"
+        start = r["start"].strftime("%Y-%m-%d %H:%M") if r["start"] else "-"
         style = {"FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}.get(r["status"])
-        t.add_row(r["run_id"], escape(r["experiment"]), escape(r["name"] or ""),
-                  r["status"], escape(r["command"]), start, escape(r["metrics"]), style=style)
+        t.add_row(r["run_id"], escape(r["experiment"]), escape(r["name"] or ""), r["status"],
+                  escape(r["command"]), start, escape(r["metrics"].replace(" ", "\n")), style=style)
     console.print(t)
 
 
@@ -96,8 +101,8 @@ def runs_show(
         console.print(f"{k:>15}: {escape(str(v))}", highlight=False, soft_wrap=True)
     console.print(_kv_table("tags", rec.tags, "tag", "value"))
     console.print(_kv_table(f"params ({len(rec.params)})", rec.params, "param", "value"))
-    console.print(_kv_table(f"final metrics ({len(rec.metrics)}; last value of each)",
-                            {k: _value(v) for k, v in rec.metrics.items()}, "metric", "value"))
+    console.print(_kv_table(f"final metrics ({len(rec.metrics)})",
+                            {k: _value(v) for k, v in rec.metrics.items()}, "metric", "last value"))
     hist = epoch_history(rec, history_key)
     if hist:
         t = Table(title=f"{history_key} per epoch", title_justify="left")

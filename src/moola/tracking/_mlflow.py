@@ -222,7 +222,9 @@ def _artifact_location(experiment: str) -> str | None:
     uri = tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):])
+    from urllib.parse import unquote
+
+    db = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
     return (db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).resolve().as_uri()
 
 
@@ -233,4 +235,6 @@ class MlflowCallback(Callback):
         self.tracker = tracker
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        self.tracker.log_metrics({k: v for k, v in logs.items() if k != "epoch"}, step=epoch + 1)
+        # epoch is MLflow's step; the trainer's batch counter would shadow MLflow's own "step"
+        self.tracker.log_metrics({k: v for k, v in logs.items() if k not in ("epoch", "step")},
+                                 step=epoch + 1)

@@ -11,10 +11,10 @@ import polars as pl
 
 __all__ = ["ArtifactEntry", "RunRecord", "epoch_history", "get_run", "list_artifacts", "list_runs"]
 
-# what `runs list` shows per run, first found first: train, pretrain, oof, tuning
-HEADLINE = ("run.val_loss", "val_loss", "model.balanced_accuracy", "model.accuracy", "model.loss",
-            "val_masked_mse", "arms.scratch.balanced_accuracy", "value")
-_HEADLINE_MAX = 3
+# what `runs list` shows per run: the first key found of each group (train, pretrain, oof, tuning)
+HEADLINE = (("run.val_loss", "val_loss"), ("model.balanced_accuracy", "model.loss"),
+            ("arms.scratch.balanced_accuracy",), ("arms.pretrained_finetuned.balanced_accuracy",),
+            ("value",))
 
 
 @dataclass
@@ -97,13 +97,13 @@ def list_runs(experiment: str | None = None, max_results: int = 200) -> pl.DataF
                                   order_by=["attributes.start_time DESC"])
         for r in runs:
             m = r.data.metrics
-            headline = [k for k in HEADLINE if k in m][:_HEADLINE_MAX]
+            headline = [next(k for k in group if k in m) for group in HEADLINE if any(k in m for k in group)]
             rows.append({
                 "run_id": r.info.run_id, "experiment": exps.get(r.info.experiment_id, "?"),
                 "name": r.info.run_name, "status": r.info.status,
                 "command": r.data.tags.get("moola.command", ""),
                 "start": _ms_to_datetime(r.info.start_time),
-                "metrics": ", ".join(f"{k}={m[k]:.4g}" for k in headline),
+                "metrics": " ".join(f"{k}={m[k]:.4g}" for k in headline),
             })
     return pl.DataFrame(rows, schema=schema)
 
