@@ -30,7 +30,7 @@ from moola.pipelines.label import run_label
 from moola.pipelines.oof import OOFConfig, run_oof
 from moola.pipelines.train import RunConfig, run_train
 from moola.refs import resolve_ref
-from moola.sweeps import run_sweep
+from moola.sweeps import TuneOptions, load_space, run_sweep, run_tune
 from moola.tracking import tracking_uri
 
 WINDOW = 105
@@ -216,9 +216,6 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
 def _tune_step(out: Path, store_dir: Path, console: Console) -> str:
     """A 6-trial Optuna study (2 worker processes, median pruner) over the direction model's
     learning rate, width, heads (divisors only), depth and head MLP; best exported as YAML."""
-    from moola.sweeps._space import load_space
-    from moola.sweeps._tune import TuneOptions, run_tune
-
     base = RunConfig.from_yaml(
         configs_dir() / "tune_demo.yaml",
         [f"out_dir={out / 'runs'}", f"data.store={store_dir.resolve()}", "data.timeframe=1d",

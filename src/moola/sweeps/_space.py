@@ -426,7 +426,7 @@ def check_space(space: SearchSpace, base: RunConfig, *, draws: int = 32, seed: i
             trial_config(data, values)
         except ConfigError as e:
             for p in e.problems:
-                if p not in problems:
+                if p.split(" (got ")[0] not in {q.split(" (got ")[0] for q in problems}:
                     problems.append(p)
         study.tell(trial, 0.0)
     if problems:

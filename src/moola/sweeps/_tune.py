@@ -50,8 +50,10 @@ __all__ = [
     "TuneResult",
     "default_storage",
     "parse_metric",
+    "resolve_storage_url",
     "run_tune",
     "study_lock",
+    "summarize",
 ]
 
 Mode = Literal["min", "max"]
@@ -86,6 +88,20 @@ def parse_metric(text: str) -> tuple[str, Mode]:
 def default_storage(out: str | Path) -> str:
     """SQLite beside the runs: ``sqlite:///OUT/optuna.db``."""
     return f"sqlite:///{Path(out)}/optuna.db"
+
+
+def resolve_storage_url(url: str) -> str:
+    """A bare ``postgresql://`` URL gets the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
+    moola installs psycopg2-binary."""
+    import importlib.util
+
+    import sqlalchemy
+
+    u = sqlalchemy.engine.make_url(url)
+    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
 
 
 def _masked(url: str) -> str:
@@ -130,7 +146,7 @@ class TuneOptions:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or default_storage(self.out)
+        return resolve_storage_url(self.storage) if self.storage else default_storage(self.out)
 
     def study_name(self, base: RunConfig) -> str:
         return self.study or f"{base.name}-tune"
