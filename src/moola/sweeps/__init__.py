@@ -55,6 +55,7 @@ __all__ = [
     "default_storage",
     "expand_matrix",
     "load_matrix",
+    "load_space",
     "resolve_storage_url",
     "run_sweep",
     "run_tune",
