@@ -62,6 +62,16 @@ def test_grid_times_variants_expands_with_distinct_labels_and_hashes(tmp_path):
     assert one.config["data"]["symbols"] == ["AAPL"]  # the shared overrides apply too
 
 
+def test_each_run_declares_its_resources_variant_over_matrix(tmp_path):
+    heavy = {"name": "heavy", "set": {"train.batch_size": 256}, "resources": {"cpus": 2, "gpus": 0.5}}
+    path = _matrix(tmp_path, "res", [GOOD[0], heavy], resources={"cpus": 1, "gpus": 0.25})
+    specs = {s.label: s for s in expand_matrix(load_matrix(path), path)}
+    assert (specs["lr_small"].resources.cpus, specs["lr_small"].resources.gpus) == (1, 0.25)
+    assert (specs["heavy"].resources.cpus, specs["heavy"].resources.gpus) == (2, 0.5)
+    with pytest.raises(ConfigError, match="resources"):
+        MatrixConfig.from_dict({"name": "x", "command": "train", "base": {}, "resources": {"cpus": 0}})
+
+
 def test_the_config_hash_ignores_name_and_order_but_not_values(tmp_path):
     a = expand_matrix(load_matrix(p := _matrix(tmp_path, "a", GOOD)), p)
     b = expand_matrix(load_matrix(q := _matrix(tmp_path, "b", list(reversed(GOOD)))), q)

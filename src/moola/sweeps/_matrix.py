@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +87,7 @@ class Variant(Config):
 
     name: str = Field(min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources | None = None  # this variant's needs; default: the matrix's
 
     @field_validator("name")
     @classmethod
@@ -153,6 +154,7 @@ class RunSpec:
     overrides: dict[str, Any]  # what distinguishes this run from the base
     config: dict[str, Any]  # the validated config (name/out_dir set by the runner)
     key: str  # config hash: the identity used to skip finished runs
+    resources: Resources = field(default_factory=lambda: Resources())  # not part of the identity
 
     @property
     def run_name(self) -> str:
@@ -212,7 +214,9 @@ def expand_matrix(matrix: MatrixConfig, matrix_path: str | Path) -> list[RunSpec
             except ConfigError as e:
                 problems += [f"run {label}: {p}" for p in e.problems]
                 continue
-            specs.append(RunSpec(label=label, overrides=over, config=cfg.to_dict(), key=config_hash(cfg)))
+            res = variant.resources if variant and variant.resources else matrix.resources
+            specs.append(RunSpec(label=label, overrides=over, config=cfg.to_dict(), key=config_hash(cfg),
+                                 resources=res))
     if problems:
         raise ConfigError(problems, str(matrix_path))
     labels = [s.label for s in specs]

@@ -124,12 +124,11 @@ class _Driver:
     """Holds the run states and writes the sweep's files as results arrive."""
 
     def __init__(self, matrix: MatrixConfig, specs: list[RunSpec], sel: Selection, sweep_dir: Path,
-                 console: Console, threads: int) -> None:
+                 console: Console) -> None:
         self.matrix = matrix
         self.sel = sel
         self.sweep_dir = sweep_dir
         self.console = console
-        self.threads = threads
         self.states = [RunState(s) for s in specs]
 
     # ---------------------------------------------------------------- bookkeeping
@@ -162,7 +161,7 @@ class _Driver:
             env["MLFLOW_TRACKING_URI"] = _absolute_uri(tracking_uri())
         return {"sweep": self.matrix.name, "sweep_dir": str(self.sweep_dir.resolve()),
                 "command": self.matrix.command, "label": st.spec.label, "key": st.spec.key,
-                "run_name": st.spec.run_name, "config": st.spec.config, "threads": self.threads,
+                "run_name": st.spec.run_name, "config": st.spec.config, "threads": st.spec.resources.cpus,
                 "cwd": os.getcwd(), "env": env}
 
     def poll_progress(self, st: RunState) -> None:
@@ -247,7 +246,8 @@ def _run_local(drv: _Driver, pending: list[RunState], parallel: int, live: Live)
             spec_path = state_dir / f"{st.spec.run_name}.spec.json"
             atomic_write_json(spec_path, drv.spec_dict(st))
             log = open(drv.sweep_dir / "logs" / f"{st.spec.run_name}.log", "ab")  # noqa: SIM115
-            env = dict(os.environ, OMP_NUM_THREADS=str(drv.threads), MKL_NUM_THREADS=str(drv.threads))
+            threads = str(st.spec.resources.cpus)
+            env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             proc = subprocess.Popen([sys.executable, "-m", "moola.sweeps._execute", str(spec_path)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
             st.status, st.started = "running", time.perf_counter()
@@ -281,15 +281,15 @@ def _run_ray(drv: _Driver, pending: list[RunState], parallel: int, live: Live, a
     if started_here:
         kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
         ray.init(address=address, **kwargs)
-    res = drv.matrix.resources
-    remote = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(execute_spec)
+    remote = ray.remote(max_retries=0)(execute_spec)
     in_flight: dict[Any, RunState] = {}
     queue = list(pending)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < parallel:
                 st = queue.pop(0)
-                ref = remote.remote(drv.spec_dict(st))
+                res = st.spec.resources
+                ref = remote.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(drv.spec_dict(st))
                 st.status, st.started = "running", time.perf_counter()
                 in_flight[ref] = st
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
@@ -371,7 +371,7 @@ def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: 
     sweep_dir = matrix.sweep_dir()
     n_parallel = parallel or matrix.parallel
     with _sweep_lock(sweep_dir):
-        drv = _Driver(matrix, specs, sel, sweep_dir, console, threads=matrix.resources.cpus)
+        drv = _Driver(matrix, specs, sel, sweep_dir, console)
         _prepare_dirs(drv)
         resolved = matrix.to_dict() | {"base": base_dict(matrix, matrix_path)}  # self-contained
         _atomic_text(sweep_dir / "matrix.yaml", yaml.safe_dump(resolved, sort_keys=False))
