@@ -34,6 +34,7 @@ from moola.sweeps._tune import (
     _make_storage,
     parse_metric,
     resolve_storage_url,
+    study_lock,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")
@@ -288,6 +289,22 @@ def test_two_processes_make_exactly_n_trials_on_one_study(tmp_path, reg_config, 
     assert (tmp_path / "out" / study / "best.yaml").is_file()
     if backend == "postgresql":
         optuna.delete_study(study_name=study, storage=resolve_storage_url(url))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_claim_lock_excludes_another_process_until_released(tmp_path, backend):
+    """The exact total rests on this lock: while one process holds it, another cannot claim."""
+    url = _sqlite(tmp_path) if backend == "sqlite" else resolve_storage_url(_postgres_url())
+    code = ("import sys, time; from moola.sweeps._tune import study_lock\n"
+            "with study_lock(sys.argv[1]):\n    print('claimed', time.time(), flush=True)\n")
+    with study_lock(url):
+        proc = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
+        time.sleep(4.0)  # ample time to import and try the lock
+        assert proc.poll() is None, "the other process got the lock while it was held"
+        released = time.time()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith("claimed")
+    assert float(out.split()[1]) >= released
 
 
 # ----------------------------------------------------------------------------------- pruning
