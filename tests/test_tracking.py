@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from rich.console import Console
@@ -36,7 +34,6 @@ from moola.pipelines.oof import OOFConfig, run_oof
 from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 from moola.pipelines.train import RunConfig, run_train
 from moola.tracking import Tracker
-from moola.training import GuardWarning
 
 TRAIN_DEMO = ROOT / "configs" / "train_demo.yaml"
 PRETRAIN_DEMO = ROOT / "configs" / "pretrain_demo.yaml"
@@ -64,16 +61,6 @@ class Store:
 class Tracked:
     run_dir: Path
     run: Run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """The runs set torch to one thread (train.num_threads=1); put the count back after."""
-    before = torch.get_num_threads()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner, Result
@@ -52,14 +50,6 @@ DEMO_TINY = ["data.window=32", "data.stride=20", "train.epochs=2", "train.device
 
 def cli(*args: str | Path) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """In-process trials set torch to one thread (train.num_threads=1); put the count back after."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

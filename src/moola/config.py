@@ -21,6 +21,18 @@ class ConfigError(ValueError):
         )
 
 
+def read_yaml_mapping(path: str | Path, expected: str = "a mapping") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; a bad file is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level must be {expected}"], str(path))
+    return data
+
+
 def _problems(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
@@ -45,14 +57,7 @@ class Config(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
-        if not isinstance(data, dict):
-            raise ConfigError(["top level must be a mapping"], str(path))
-        data = apply_overrides(data, overrides or [])
+        data = apply_overrides(read_yaml_mapping(path), overrides or [])
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
 
-from moola.config import Config, ConfigError, config_hash, set_dotted
+from moola.config import Config, ConfigError, config_hash, read_yaml_mapping, set_dotted
 from moola.refs import sweeps_root
 
 __all__ = ["COMMANDS", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant", "expand_matrix",
@@ -183,10 +182,7 @@ def base_dict(matrix: MatrixConfig, matrix_path: Path) -> dict[str, Any]:
         base_path = matrix_path.parent / base_path
     if not base_path.is_file():
         raise ConfigError([f"base: {base_path} does not exist"], str(matrix_path))
-    data = yaml.safe_load(base_path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"base: {base_path} is not a mapping"], str(matrix_path))
-    return data
+    return read_yaml_mapping(base_path)
 
 
 def expand_matrix(matrix: MatrixConfig, matrix_path: str | Path) -> list[RunSpec]:

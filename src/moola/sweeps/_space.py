@@ -25,10 +25,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
-import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
-from moola.config import Config, ConfigError, set_dotted
+from moola.config import Config, ConfigError, read_yaml_mapping, set_dotted
 
 if TYPE_CHECKING:
     import optuna
@@ -367,13 +366,7 @@ def _reference_problems(data: Any) -> list[str]:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file; every problem is reported, by key."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["top level must be a mapping with 'params'"], str(path))
+    data = read_yaml_mapping(path, "a mapping with 'params'")
     return SearchSpace.from_dict(data, source=str(path))
 
 
