@@ -92,10 +92,11 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
     if curves:
         fig, ax = plt.subplots(figsize=(8, 4))
         for st, h in curves:
-            ep = [e.get("epoch", i) + 1 for i, e in enumerate(h) if "val_loss" in e]
+            ep = [int(e.get("epoch", i + 1)) for i, e in enumerate(h) if "val_loss" in e]  # 1-based
             ax.plot(ep, [e["val_loss"] for e in h if "val_loss" in e], marker="o", ms=3,
                     lw=2.5 if st is best else 1.2, label=st.spec.label)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
         ax.set_title("validation loss per epoch, per run (best run drawn thick)")
