@@ -300,3 +300,22 @@ def test_best_encoder_of_a_pretraining_sweep_chains_into_train_by_reference(tmp_
     assert "4/8" in (out.run_dir / "transfer_report.txt").read_text()
     with pytest.raises(RefError, match="sweep:nope:best"):
         resolve_ref("sweep:nope:best")
+
+
+def test_a_ray_token_on_disk_opts_the_driver_into_token_auth(tmp_path, monkeypatch):
+    """Ray >= 2.59 enables token auth on ``ray start --head`` when ~/.ray/auth_token exists, and a
+    driver that does not send it fails with InvalidAuthToken: moola opts in when a token exists."""
+    from moola.sweeps._runner import _ray_token_auth_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    _ray_token_auth_env()
+    assert "RAY_AUTH_MODE" not in os.environ  # no token: leave Ray's default alone
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("0" * 64)
+    _ray_token_auth_env()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice is kept
+    _ray_token_auth_env()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"

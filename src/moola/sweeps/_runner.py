@@ -270,9 +270,22 @@ def _run_local(drv: _Driver, pending: list[RunState], parallel: int, live: Live)
         time.sleep(0.25)
 
 
+def _ray_token_auth_env() -> None:
+    """Ray >= 2.59: ``ray start --head`` turns token authentication on whenever a token exists
+    (``ray.init()`` writes ``~/.ray/auth_token`` when it starts a local instance), but a driver
+    joining with ``ray.init(address=...)`` sends the token only if ``RAY_AUTH_MODE=token``: it
+    fails with InvalidAuthToken. Opt in before ray is imported (it reads the mode once)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _run_ray(drv: _Driver, pending: list[RunState], parallel: int, live: Live, address: str | None) -> None:
     """Each run a Ray task with the matrix's resources (CPUs, GPU fraction); the cluster may
     span machines (``--ray-address``) provided they share the sweep directory's filesystem."""
+    _ray_token_auth_env()
     import ray
 
     from moola.sweeps._execute import execute_spec
