@@ -84,23 +84,16 @@ class Resources(Config):
 class Variant(Config):
     """A named set of dotted-key overrides (``set: {mask.strategy: block, train.epochs: 4}``)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.=+-]+$")  # part of directory names
     set: dict[str, Any] = Field(default_factory=dict)
     resources: Resources | None = None  # this variant's needs; default: the matrix's
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", v):
-            raise ValueError(f"variant name {v!r} may hold letters, digits and _.=+- only")
-        return v
 
 
 class MatrixConfig(Config):
     """A sweep: ``base`` (a config file of ``command``, path relative to the matrix file) plus
     ``grid`` (cartesian product) and/or ``variants`` (named); with both, every variant x grid."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # the sweep's directory name
     command: Command
     base: str | dict[str, Any]
     overrides: dict[str, Any] = Field(default_factory=dict)  # applied to every run
@@ -110,13 +103,6 @@ class MatrixConfig(Config):
     resources: Resources = Resources()
     parallel: PositiveInt = 1
     out_dir: str | None = None  # default: MOOLA_SWEEPS_DIR or runs/sweeps
-
-    @field_validator("name")
-    @classmethod
-    def _name_slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
-            raise ValueError(f"sweep name {v!r} may hold letters, digits and _.- only")
-        return v
 
     @field_validator("grid")
     @classmethod
