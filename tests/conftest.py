@@ -4,6 +4,8 @@
   in its tmp dir), so ordinary tests neither write ./mlflow.db nor pay for it.
 * Runs in this process set torch's thread count (``train.num_threads=1``); it is put back
   after each module so one module's runs do not slow the next.
+* ``one_torch_thread``: one intra-op thread for a test (deterministic, and on a shared 2-core
+  machine far faster), restored afterwards; modules opt in with ``pytest.mark.usefixtures``.
 """
 
 from __future__ import annotations
@@ -21,5 +23,15 @@ def _restore_torch_threads() -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)

@@ -8,9 +8,6 @@ loop (``Trainer``); the optimizer the loop builds is captured to read its state 
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -23,7 +20,6 @@ from moola.training import (
     Callback,
     ClassificationObjective,
     FreezeSchedule,
-    GuardWarning,
     TensorData,
     Trainer,
 )
@@ -35,15 +31,9 @@ BASE_LR = 1e-2
 ENC_LR = 1e-3  # the configured lower encoder LR
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: deterministic, and on a shared 2-core machine far faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)  # tiny sets: the ratio guard fires
-        yield
-    torch.set_num_threads(before)
+# one torch thread per test; tiny sets make the parameter-ratio guard fire
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")]
 
 
 def _source() -> tuple[EncoderSpec, dict[str, torch.Tensor]]:

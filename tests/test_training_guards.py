@@ -33,7 +33,8 @@ from moola.training import (
 
 # pytest.warns(match=...) re-emits the other guard warnings of a run; the tests check those
 # through FitResult.warnings instead (see _kinds), so the re-emitted copies are noise
-pytestmark = pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")]
 
 KINDS = {
     "ratio": "the model can memorise the set",
@@ -55,13 +56,6 @@ def _kinds(messages: list[str]) -> list[str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine far faster; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @contextmanager

@@ -5,8 +5,6 @@ the best epoch, the loss options change the loss, and ``evaluate`` keeps input o
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -33,22 +31,14 @@ from moola.training import (
     Callback,
     ClassificationObjective,
     DirectionObjective,
-    GuardWarning,
     TensorData,
     Trainer,
     epoch_order,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: deterministic, and on a shared 2-core machine far faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)  # tiny sets: the ratio guard fires
-        yield
-    torch.set_num_threads(before)
+# one torch thread per test; tiny sets make the parameter-ratio guard fire
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")]
 
 
 def _fit(model, objective, train, val=None, callbacks=(), run_dir=None, **cfg) -> tuple[Trainer, Any]:

@@ -23,7 +23,6 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +50,7 @@ from moola.training.checkpoint import load_state
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """In-process fits use one torch thread (train.num_threads=1); restore the count after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The training script run in a subprocess: a seeded model on real windows, fit with run_dir.
 SCRIPT = textwrap.dedent("""

@@ -115,19 +115,24 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> str | None:
     return None
 
 
+def parse_override(item: str) -> tuple[str, Any] | str:
+    """``a.b=value`` -> (dotted key, YAML-parsed value), or a problem text if it is no key=value."""
+    if "=" not in item:
+        return f"override '{item}' is not key=value"
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``a.b.c=value`` overrides; values parsed as YAML scalars/lists (``lr=1e-3``, ``x=[1,2]``)."""
     problems = []
     for item in overrides:
-        if "=" not in item:
-            problems.append(f"override '{item}' is not key=value")
-            continue
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        problem = set_dotted(data, key, value)
+        parsed = parse_override(item)
+        problem = parsed if isinstance(parsed, str) else set_dotted(data, *parsed)
         if problem:
             problems.append(problem)
     if problems:

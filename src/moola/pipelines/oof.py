@@ -6,7 +6,7 @@ inner validation split carved from each fold's training windows (also overlap-gr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +25,7 @@ from moola.features import build_features
 from moola.models import build_model, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._progress import frame_table, progress_bar
-from moola.pipelines.train import bundled_dir, resolve_store
+from moola.pipelines.train import DailyWindowsData, bundled_dir, resolve_store
 from moola.refs import resolve_ref
 from moola.tracking import Tracker, TrackingOptions
 from moola.training import (
@@ -44,13 +44,9 @@ BASELINE_ARMS = ("majority", "logistic", "minirocket")
 REPORT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
 
 
-class OOFDataConfig(Config):
-    store: str | None = None
-    bundled: Literal["sp500_daily"] = "sp500_daily"
-    timeframe: str = "1d"
-    feature_set: str = "ohlc4"
-    window: int = 105
-    labels: str | None = None  # labels file; None -> the shipped data/labels/sp500_patterns.csv
+class OOFDataConfig(DailyWindowsData):
+    """``labels``: the labeled windows compared over folds."""
+
     classes: list[str] = Field(default_factory=lambda: ["consolidation", "retracement"])
 
 
@@ -229,8 +225,7 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
             tracking: TrackingOptions | None = None) -> Path:
     """All arms x folds x seeds (+ label-efficiency), then the comparison report; one MLflow run
     whose metrics are each arm's means (metrics.json)."""
-    opts = tracking or TrackingOptions()
-    with Tracker("oof", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+    with Tracker("oof", tracking, run_name=cfg.name) as tracker:
         return _run_oof(cfg, tracker, console=console, show_progress=show_progress)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -30,7 +28,13 @@ from moola.evaluation import plot_learning_curves
 from moola.evaluation.data_report import DataReport
 from moola.features import build_features
 from moola.models import ENCODER_META, ENCODER_WEIGHTS, EncoderSpec, RNNEncoderConfig
-from moola.pipelines.train import DataConfig, bundled_dir, calendar_positions, resolve_store
+from moola.pipelines.train import (
+    DailyWindowsData,
+    DataConfig,
+    bundled_dir,
+    calendar_positions,
+    resolve_store,
+)
 from moola.pretraining import (
     AugmentConfig,
     Augmenter,
@@ -54,13 +58,9 @@ from moola.training import (
 from moola.training.checkpoint import atomic_write_json
 
 
-class PretrainDataConfig(Config):
-    store: str | None = None
-    bundled: Literal["sp500_daily"] = "sp500_daily"
-    timeframe: str = "1d"
-    feature_set: str = "ohlc4"
-    window: int = 105
-    labels: str | None = None  # labeled windows to keep OUT of the pool (default: shipped set)
+class PretrainDataConfig(DailyWindowsData):
+    """``labels``: the labeled windows kept OUT of the pool (with their time ranges)."""
+
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_pool: int | None = Field(None, ge=100)  # subsample the pool (evenly) for quick runs
 
@@ -103,8 +103,7 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
                  show_progress: bool = True, resume: bool = False, callbacks: Sequence[Callback] = (),
                  tracking: TrackingOptions | None = None) -> Path:
     """Pool -> masked-autoencoder training -> encoder directory, recorded as one MLflow run."""
-    opts = tracking or TrackingOptions()
-    with Tracker("pretrain", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+    with Tracker("pretrain", tracking, run_name=cfg.name) as tracker:
         return _run_pretrain(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
                              extra_callbacks=callbacks)
 

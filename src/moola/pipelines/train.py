@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +68,17 @@ class DataConfig(Config):
     horizon: int = Field(1, ge=1)  # bars ahead for the label
     split: SplitConfig = SplitConfig()
     normalize: Literal["none", "standard", "robust"] = "standard"
+
+
+class DailyWindowsData(Config):
+    """Daily bars cut into fixed windows around a labels file (shared by pretrain and oof)."""
+
+    store: str | None = None  # a moola store; None -> the bundled S&P subset
+    bundled: Literal["sp500_daily"] = "sp500_daily"
+    timeframe: str = "1d"
+    feature_set: str = "ohlc4"
+    window: int = 105
+    labels: str | None = None  # None -> the shipped data/labels/sp500_patterns.csv
 
 
 class RunConfig(Config):
@@ -259,8 +270,7 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     ``callbacks`` join the recipe's own (sweeps report progress, tuning reports to a pruner);
     this is the one training function behind ``train``, ``sweep`` and ``tune``.
     """
-    opts = tracking or TrackingOptions()
-    with Tracker("train", replace(opts, run_name=opts.run_name or cfg.name)) as tracker:
+    with Tracker("train", tracking, run_name=cfg.name) as tracker:
         return _run_train(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
                           extra_callbacks=callbacks)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moola.training.callbacks import Callback
-from moola.training.checkpoint import atomic_write_json
+from moola.training.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["ProgressFile", "execute_spec"]
 
@@ -68,23 +68,13 @@ def _in_dir(path: str) -> Iterator[None]:
 
 def _run(command: str, config: dict[str, Any], callbacks: list[Callback], tracking: Any,
          console: Any) -> None:
-    from moola.sweeps._matrix import config_class
+    from moola.sweeps._matrix import command_entry
 
-    cfg = config_class(command).from_dict(config, source="sweep run")
-    if command == "train":
-        from moola.pipelines.train import run_train
-
-        run_train(cfg, console=console, show_progress=False, callbacks=callbacks,  # type: ignore[arg-type]
-                  tracking=tracking)
-    elif command == "pretrain":
-        from moola.pipelines.pretrain import run_pretrain
-
-        run_pretrain(cfg, console=console, show_progress=False, callbacks=callbacks,  # type: ignore[arg-type]
-                     tracking=tracking)
-    else:
-        from moola.pipelines.oof import run_oof
-
-        run_oof(cfg, console=console, show_progress=False, tracking=tracking)  # type: ignore[arg-type]
+    cls, run = command_entry(command)
+    kwargs: dict[str, Any] = {"console": console, "show_progress": False, "tracking": tracking}
+    if command != "oof":  # an oof run trains many cells; it reports no per-epoch progress
+        kwargs["callbacks"] = callbacks
+    run(cls.from_dict(config, source="sweep run"), **kwargs)
 
 
 def execute_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +118,7 @@ def execute_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
                 saved = yaml.safe_load(cfg_path.read_text())
                 saved["out_dir"] = str(sweep_dir / "runs")
-                tmp = cfg_path.with_name(".config.yaml.tmp")
-                tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
-                tmp.replace(cfg_path)
+                atomic_write_text(cfg_path, yaml.safe_dump(saved, sort_keys=False))
             if final.exists():
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,20 +28,22 @@ COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof")
 DEFAULT_SELECT = {"train": "run.val_loss:min", "pretrain": "val_loss:min"}
 
 
-def config_class(command: str) -> type[Config]:
-    """The typed config a command runs (explicit, no dotted-path imports)."""
+def command_entry(command: str) -> tuple[type[Config], Callable[..., Any]]:
+    """The typed config a command takes and the pipeline function that runs it (an explicit
+    table, no dotted-path imports); every function takes ``console``, ``show_progress`` and
+    ``tracking``, and all but ``run_oof`` take ``callbacks``."""
     if command == "train":
-        from moola.pipelines.train import RunConfig
+        from moola.pipelines.train import RunConfig, run_train
 
-        return RunConfig
+        return RunConfig, run_train
     if command == "pretrain":
-        from moola.pipelines.pretrain import PretrainConfig
+        from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 
-        return PretrainConfig
+        return PretrainConfig, run_pretrain
     if command == "oof":
-        from moola.pipelines.oof import OOFConfig
+        from moola.pipelines.oof import OOFConfig, run_oof
 
-        return OOFConfig
+        return OOFConfig, run_oof
     raise ValueError(f"unknown sweep command {command!r}; one of {', '.join(COMMANDS)}")
 
 
@@ -174,7 +177,7 @@ def base_dict(matrix: MatrixConfig, matrix_path: Path) -> dict[str, Any]:
 def expand_matrix(matrix: MatrixConfig, matrix_path: str | Path) -> list[RunSpec]:
     """Every run of the matrix, validated; all invalid combinations are reported at once."""
     matrix_path = Path(matrix_path)
-    cls = config_class(matrix.command)
+    cls, _ = command_entry(matrix.command)
     base = base_dict(matrix, matrix_path)
     keys = list(matrix.grid)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*matrix.grid.values())]

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from moola.pipelines._progress import frame_table
 from moola.refs import BEST_FILE
+from moola.training.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from moola.sweeps._matrix import MatrixConfig, Selection
@@ -127,9 +128,7 @@ def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, s
             "run_dir": str((sweep_dir / "runs" / best.spec.run_name).resolve()),
             "overrides": best.spec.overrides,
         }
-        tmp = best_file.with_name(f".{BEST_FILE}.tmp")
-        tmp.write_text(yaml.safe_dump(best_doc, sort_keys=False))
-        tmp.replace(best_file)
+        atomic_write_text(best_file, yaml.safe_dump(best_doc, sort_keys=False))
         console.print(f"[bold]best[/]: {best.spec.label} ({sel.metric} = {best.value:.4f}) -> "
                       f"{best_doc['run_dir']}  (reference: sweep:{matrix.name}:best)")
     else:

@@ -34,9 +34,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from moola.config import ConfigError, parse_override
 from moola.refs import RUNS_FILE
 from moola.sweeps._matrix import MatrixConfig, RunSpec, Selection, base_dict, expand_matrix, load_matrix
-from moola.training.checkpoint import atomic_write_json
+from moola.training.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["RunState", "SweepLockedError", "SweepResult", "run_sweep"]
 
@@ -110,16 +111,6 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _run_seconds(metrics: dict[str, Any]) -> float | None:
-    for path in (("run", "seconds_total"), ("seconds",)):
-        node: Any = metrics
-        for p in path:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, int | float):
-            return float(node)
-    return None
-
-
 class _Driver:
     """Holds the run states and writes the sweep's files as results arrive."""
 
@@ -139,8 +130,7 @@ class _Driver:
         metrics = _read_metrics(self.final_dir(st)) or {}
         st.status = status
         st.value = self.sel.value(metrics)
-        st.run_seconds = _run_seconds(metrics)
-        result = self.sweep_dir / "state" / f"{st.spec.run_name}.result.json"
+        result = self.sweep_dir / "state" / f"{st.spec.run_name}.result.json"  # by execute_spec
         with contextlib.suppress(OSError, json.JSONDecodeError, KeyError):
             st.run_seconds = float(json.loads(result.read_text())["pipeline_seconds"])
         st.error = None
@@ -184,7 +174,7 @@ class _Driver:
                 self.sel.metric: st.value, "seconds": st.seconds, "error": st.error,
                 "overrides": st.spec.overrides,
             }
-        _atomic_text(self.sweep_dir / RUNS_FILE, yaml.safe_dump(out, sort_keys=False))
+        atomic_write_text(self.sweep_dir / RUNS_FILE, yaml.safe_dump(out, sort_keys=False))
 
     # ---------------------------------------------------------------- display
     def table(self) -> Table:
@@ -223,12 +213,6 @@ def _absolute_uri(uri: str) -> str:
     if "://" not in uri:  # a bare path is a file store
         return str(Path(uri).resolve())
     return uri
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # -------------------------------------------------------------------- backends
@@ -370,12 +354,11 @@ def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: 
     matrix_path = Path(matrix_path)
     matrix = load_matrix(matrix_path)
     if run_overrides:
-        extra: dict[str, Any] = {}
-        for item in run_overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not key=value")
-            key, raw = item.split("=", 1)
-            extra[key.strip()] = yaml.safe_load(raw)
+        parsed = [parse_override(item) for item in run_overrides]
+        bad = [p for p in parsed if isinstance(p, str)]
+        if bad:
+            raise ConfigError(bad, "overrides")
+        extra = dict(p for p in parsed if not isinstance(p, str))
         matrix = matrix.model_copy(update={"overrides": {**matrix.overrides, **extra}})
     if out_dir is not None:
         matrix = matrix.model_copy(update={"out_dir": str(out_dir)})
@@ -387,7 +370,7 @@ def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: 
         drv = _Driver(matrix, specs, sel, sweep_dir, console)
         _prepare_dirs(drv)
         resolved = matrix.to_dict() | {"base": base_dict(matrix, matrix_path)}  # self-contained
-        _atomic_text(sweep_dir / "matrix.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(sweep_dir / "matrix.yaml", yaml.safe_dump(resolved, sort_keys=False))
         runs_file = sweep_dir / RUNS_FILE
         previous = (yaml.safe_load(runs_file.read_text()) or {}) if runs_file.is_file() else {}
         pending = []

@@ -5,7 +5,6 @@ from moola.tracking._mlflow import (
     Tracker,
     TrackingOptions,
     flatten_metrics,
-    git_sha,
     tracking_enabled,
     tracking_uri,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "TrackingOptions",
     "flatten_metrics",
     "get_run",
-    "git_sha",
     "list_runs",
     "tracking_enabled",
     "tracking_uri",

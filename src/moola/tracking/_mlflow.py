@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from moola.training.callbacks import Callback
+from moola.training.checkpoint import git_sha
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -28,7 +28,6 @@ __all__ = [
     "Tracker",
     "TrackingOptions",
     "flatten_metrics",
-    "git_sha",
     "tracking_enabled",
     "tracking_uri",
 ]
@@ -48,19 +47,6 @@ def tracking_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
-
-
-def git_sha() -> str:
-    """The commit of the moola checkout that ran (``+dirty`` if it had local changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -98,9 +84,11 @@ class Tracker:
     ``log_final`` -> ``log_artifacts`` -> ``__exit__``. A disabled tracker accepts every call.
     """
 
-    def __init__(self, command: str, options: TrackingOptions | None = None) -> None:
+    def __init__(self, command: str, options: TrackingOptions | None = None, *,
+                 run_name: str | None = None) -> None:
         self.command = command
         self.options = options or TrackingOptions()
+        self.run_name = self.options.run_name or run_name  # the options' name wins
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
@@ -121,8 +109,8 @@ class Tracker:
 
         self._client = MlflowClient()
         self.experiment_id = ensure_experiment(self._client, self.experiment_name)
-        tags = {"moola.command": self.command, "moola.git_sha": git_sha(), **self.options.tags}
-        run = self._client.create_run(self.experiment_id, run_name=self.options.run_name,
+        tags = {"moola.command": self.command, "moola.git_sha": git_sha(mark_dirty=True), **self.options.tags}
+        run = self._client.create_run(self.experiment_id, run_name=self.run_name,
                                       tags={k: str(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
         return self

@@ -34,16 +34,21 @@ CONFIG = "config.yaml"
 META = "meta.json"
 
 
-def git_sha() -> str:
-    """The repository commit the code ran from, or 'unknown' outside a git checkout."""
+def git_sha(mark_dirty: bool = False) -> str:
+    """The repository commit the code ran from, or 'unknown' outside a git checkout;
+    ``mark_dirty`` appends ``+dirty`` when tracked files have uncommitted changes."""
+    here = Path(moola.__file__).parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(moola.__file__).parent, capture_output=True,
-            text=True, timeout=5, check=False,
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=False)
+        sha = out.stdout.strip()
+        if sha and mark_dirty:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=5, check=False)
+            sha += "+dirty" if status.stdout.strip() else ""
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return sha or "unknown"
 
 
 def data_fingerprint(*arrays: np.ndarray | torch.Tensor) -> str:
