@@ -21,8 +21,9 @@ from typer.testing import CliRunner, Result
 from _train_helpers import ROOT
 from moola.cli import app
 from moola.config import ConfigError
+from moola.datasets.tasks import prepare_data
 from moola.models import PRESETS, build_model, count_parameters, preset_config
-from moola.pipelines.train import RunConfig, prepare_data
+from moola.pipelines.train import RunConfig
 
 DEMO = ROOT / "configs" / "train_demo.yaml"
 OVERRIDES = ["train.epochs=1", "data.stride=20", "baselines=[majority,logistic]",

@@ -470,8 +470,9 @@ def pipeline_run(tmp_path_factory):
 
 
 def test_pipeline_run_directory_describes_itself(pipeline_run):
+    from moola.datasets.tasks import load_features, prepare_data
     from moola.features import build_features
-    from moola.pipelines.train import RunConfig, load_features, prepare_data
+    from moola.pipelines.train import RunConfig
 
     _, outcome = pipeline_run
     run = outcome.run_dir

@@ -23,7 +23,8 @@ from typer.testing import CliRunner, Result
 from _train_helpers import ROOT
 from moola.cli import app
 from moola.config import ConfigError
-from moola.pipelines.train import DataConfig, RunConfig, resolve_store
+from moola.datasets.tasks import DataConfig, resolve_store
+from moola.pipelines.train import RunConfig
 from moola.sweeps._space import SearchSpace, check_space, load_space, trial_config
 from moola.sweeps._tune import (
     TuneError,

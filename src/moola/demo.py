@@ -16,6 +16,7 @@ from rich.table import Table
 
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import SampleSpans, WindowSet, assert_no_overlap, chronological_split
+from moola.datasets.tasks import bundled_dir, configs_dir
 from moola.evaluation.data_report import (
     DataReport,
     plot_bars_per_symbol,
@@ -24,7 +25,6 @@ from moola.evaluation.data_report import (
     plot_price,
 )
 from moola.features import FeatureMatrix, build_features
-from moola.pipelines._paths import bundled_data_dir, configs_dir
 from moola.pipelines.data import run_ingest, run_validate
 from moola.pipelines.label import run_label
 from moola.pipelines.oof import OOFConfig, run_oof
@@ -44,7 +44,7 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     # the demo's runs go to a store inside its output unless the user named one
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    data = Path(data_dir) if data_dir else bundled_data_dir()
+    data = Path(data_dir) if data_dir else bundled_dir()
     store_dir = out / "store"
     report = DataReport(out / "report", title="moola demo: bundled real data")
     timings: dict[str, float] = {}

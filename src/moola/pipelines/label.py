@@ -18,7 +18,7 @@ class LabelResult:
 
 
 def default_labeler_config() -> Path:
-    from moola.pipelines._paths import configs_dir
+    from moola.datasets.tasks import configs_dir
 
     return configs_dir() / "labeler.yaml"
 

@@ -6,7 +6,6 @@ inner validation split carved from each fold's training windows (also overlap-gr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -16,16 +15,14 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from moola.config import Config, config_hash
-from moola.data import Store, Timeframe, mark_gaps
-from moola.datasets import LabeledWindows, SampleSpans, load_labels, stratified_group_kfold
+from moola.datasets import SampleSpans, stratified_group_kfold
 from moola.datasets.normalize import Standardizer
+from moola.datasets.tasks import LabeledSet, LabeledWindowsData, load_labeled
 from moola.evaluation import classification_metrics, run_baselines
 from moola.evaluation.comparison import PairedDifference, paired_difference, summarize_arms
-from moola.features import build_features
 from moola.models import build_model, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._progress import frame_table, progress_bar
-from moola.pipelines.train import DailyWindowsData, bundled_dir, resolve_store
 from moola.refs import resolve_ref
 from moola.tracking import Tracker, TrackingOptions
 from moola.training import (
@@ -44,10 +41,8 @@ BASELINE_ARMS = ("majority", "logistic", "minirocket")
 REPORT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
 
 
-class OOFDataConfig(DailyWindowsData):
+class OOFDataConfig(LabeledWindowsData):
     """``labels``: the labeled windows compared over folds."""
-
-    classes: list[str] = Field(default_factory=lambda: ["consolidation", "retracement"])
 
 
 class OOFConfig(Config):
@@ -78,35 +73,6 @@ class OOFConfig(Config):
         if any(a != "scratch" for a in self.arms) and self.pretrained_encoder is None:
             raise ValueError("arms pretrained_* need 'pretrained_encoder' (a pretrain output dir)")
         return self
-
-
-@dataclass
-class LabeledSet:
-    x: np.ndarray  # (N, T, F) float32, raw features
-    y: np.ndarray  # (N,) int64
-    pointers: np.ndarray | None  # (N, 2)
-    spans: SampleSpans
-    meta: pl.DataFrame
-    classes: list[str]
-    schema_hash: str
-
-
-def load_labeled(cfg: OOFDataConfig, cache_root: Path) -> LabeledSet:
-    from moola.pipelines.train import DataConfig
-
-    store_dir = resolve_store(DataConfig(store=cfg.store, bundled=cfg.bundled), cache_root)
-    tf = Timeframe(cfg.timeframe)
-    bars = mark_gaps(Store(store_dir).read(tf), tf)
-    fm = build_features(bars, cfg.feature_set)
-    path = Path(cfg.labels) if cfg.labels else bundled_dir().parent / "labels" / "sp500_patterns.csv"
-    labels = load_labels(path, classes=cfg.classes)
-    lw = LabeledWindows.from_labels(fm, labels, cfg.window, classes=cfg.classes)
-    if lw.rejected.height:
-        raise ValueError(f"{path}: {lw.rejected.height} label rows rejected, first: "
-                         f"{lw.rejected.row(0, named=True)}")
-    start, end = lw.spans()
-    spans = SampleSpans(start, end, group=lw.meta["symbol"].to_numpy(), label=lw.y)
-    return LabeledSet(lw.X, lw.y, lw.pointers, spans, lw.meta, list(lw.classes), fm.schema_hash)
 
 
 def _subset(idx: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:

@@ -24,17 +24,17 @@ from moola.datasets import (
     build_pool,
     load_labels,
 )
+from moola.datasets.tasks import (
+    DailyWindowsData,
+    DataConfig,
+    calendar_positions,
+    default_labels_path,
+    resolve_store,
+)
 from moola.evaluation import plot_learning_curves
 from moola.evaluation.data_report import DataReport
 from moola.features import build_features
 from moola.models import ENCODER_META, ENCODER_WEIGHTS, EncoderSpec, RNNEncoderConfig
-from moola.pipelines.train import (
-    DailyWindowsData,
-    DataConfig,
-    bundled_dir,
-    calendar_positions,
-    resolve_store,
-)
 from moola.pretraining import (
     AugmentConfig,
     Augmenter,
@@ -119,7 +119,7 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     tf = Timeframe(d.timeframe)
     bars = mark_gaps(Store(store_dir).read(tf), tf)
     fm = build_features(bars, d.feature_set)
-    labels_path = Path(d.labels) if d.labels else bundled_dir().parent / "labels" / "sp500_patterns.csv"
+    labels_path = Path(d.labels) if d.labels else default_labels_path()
     labels = load_labels(labels_path)
     pool = build_pool(fm, labels, window=d.window, min_pool=0)
     pool = _drop_placeholder_windows(pool, bars)

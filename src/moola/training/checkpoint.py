@@ -13,81 +13,46 @@ Optimizer/scheduler/RNG states go through ``torch.save`` and come back with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import moola
+from moola._io import atomic_write, atomic_write_json, atomic_write_text, data_fingerprint, git_sha
+
+__all__ = [
+    "CONFIG",
+    "META",
+    "WEIGHTS",
+    "atomic_write_json",
+    "atomic_write_text",
+    "data_fingerprint",
+    "from_checkpoint",
+    "git_sha",
+    "load_state",
+    "load_weights",
+    "read_config",
+    "read_meta",
+    "save_state",
+    "save_weights",
+    "write_meta",
+]
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.yaml"
 META = "meta.json"
 
 
-def git_sha(mark_dirty: bool = False) -> str:
-    """The repository commit the code ran from, or 'unknown' outside a git checkout;
-    ``mark_dirty`` appends ``+dirty`` when tracked files have uncommitted changes."""
-    here = Path(moola.__file__).parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=False)
-        sha = out.stdout.strip()
-        if sha and mark_dirty:
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=5, check=False)
-            sha += "+dirty" if status.stdout.strip() else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return sha or "unknown"
-
-
-def data_fingerprint(*arrays: np.ndarray | torch.Tensor) -> str:
-    """Content hash of the training arrays: equal fingerprints mean the same data."""
-    h = hashlib.sha256()
-    for a in arrays:
-        arr = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def save_weights(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
@@ -141,7 +106,7 @@ def save_state(run_dir: Path, step: int, state: dict[str, Any], model: nn.Module
     if best is not None:
         save_file({k: v.contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
     torch.save(state.pop("torch_state"), tmp / "torch_state.pt")
-    (tmp / "loop.json").write_text(json.dumps(state, default=_json_default))
+    atomic_write_json(tmp / "loop.json", state, indent=None)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -1,0 +1,221 @@
+"""``manifest.json``: what a run or encoder directory is, typed and versioned.
+
+One model (``Manifest``) is read and written here and nowhere else. It holds everything needed
+to turn raw bars into the model's inputs (feature set, ordered names, schema hash, window,
+horizon, timeframe, symbols, normaliser statistics, calibration temperature) and to prove what
+the model saw (the exact time ranges of every split per symbol, the pool's time coverage for an
+encoder, the data fingerprint, versions and the git SHA, ``+dirty`` when the tree had changes).
+
+Directories written before the manifest existed carry ``meta.json`` instead; ``read_manifest``
+migrates those on read (format_version 1 -> current) without touching the directory.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, field_validator
+
+import moola
+from moola._io import atomic_write_json, git_sha
+from moola.config import Config
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LEGACY_META",
+    "MANIFEST",
+    "Manifest",
+    "ManifestError",
+    "TimeRange",
+    "intervals_overlap",
+    "merge_intervals",
+    "periods_by_symbol",
+    "read_manifest",
+    "write_manifest",
+]
+
+MANIFEST = "manifest.json"
+LEGACY_META = "meta.json"
+FORMAT_VERSION = 2
+Kind = Literal["train_run", "encoder", "oof"]
+
+
+class ManifestError(ValueError):
+    """A directory without a readable manifest, or one this version cannot read."""
+
+
+class TimeRange(Config):
+    """A closed UTC interval ``[start, end]`` (timestamps of the first and last bar seen)."""
+
+    start: datetime
+    end: datetime
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+    def overlaps(self, other: TimeRange, embargo_s: float = 0.0) -> bool:
+        """True when the two intervals are closer than ``embargo_s`` seconds (or intersect)."""
+        gap_after = (other.start - self.end).total_seconds()
+        gap_before = (self.start - other.end).total_seconds()
+        return not (gap_after > embargo_s or gap_before > embargo_s)
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M}"
+
+
+class Manifest(Config):
+    """The typed content of ``manifest.json`` (documented key by key in docs/manifest.md)."""
+
+    kind: Kind
+    format_version: int = FORMAT_VERSION
+    # --- inputs: raw bars -> features -> windows
+    feature_set: str
+    feature_names: list[str] = Field(default_factory=list)
+    feature_schema_hash: str | None = None
+    window: int | None = None
+    horizon: int | None = None
+    timeframe: str | None = None
+    symbols: list[str] = Field(default_factory=list)
+    task: str | None = None
+    classes: list[str] = Field(default_factory=list)
+    label: str | None = None  # how a label is defined, in words (e.g. "sign of the 1-bar log return")
+    normalizer: dict[str, Any] | None = None  # the scaler's own dict (kind, center, scale)
+    temperature: float | None = None  # calibration temperature fitted on validation
+    # --- what the model saw: split -> symbol -> [first bar, last bar] of its windows
+    periods: dict[str, dict[str, TimeRange]] = Field(default_factory=dict)
+    # encoders: the pool's time coverage across all symbols (merged intervals) and the
+    # normaliser's fit range; runs: the rules that separate their splits
+    pool_intervals: list[TimeRange] = Field(default_factory=list)
+    normalizer_fit: list[TimeRange] = Field(default_factory=list)
+    embargo_bars: int | None = None
+    allow_transductive: bool = False
+    # --- provenance
+    data_fingerprint: str | None = None
+    store: str | None = None
+    n_params: int | None = None
+    n_train: int | None = None
+    moola_version: str = moola.__version__
+    torch_version: str | None = None
+    git_sha: str = "unknown"
+    created: datetime | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def period_envelope(self, split: str) -> TimeRange | None:
+        """The earliest start and latest end of one split over all symbols."""
+        ranges = list(self.periods.get(split, {}).values())
+        if not ranges:
+            return None
+        return TimeRange(start=min(r.start for r in ranges), end=max(r.end for r in ranges))
+
+
+def write_manifest(run_dir: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically, stamping versions, git SHA and creation time."""
+    import torch
+
+    m = manifest.model_copy(update={
+        "moola_version": moola.__version__, "torch_version": torch.__version__,
+        "git_sha": manifest.git_sha if manifest.git_sha != "unknown" else git_sha(mark_dirty=True),
+        "created": manifest.created or datetime.now(UTC),
+    })
+    return atomic_write_json(Path(run_dir) / MANIFEST, m.model_dump(mode="json"))
+
+
+def read_manifest(run_dir: str | Path) -> Manifest:
+    """The directory's manifest; a pre-manifest ``meta.json`` is migrated in memory."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if path.is_file():
+        data = json.loads(path.read_text())
+        data.pop("_nulls", None)
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ManifestError(
+                f"{path}: format_version {version!r} is not one this moola ({moola.__version__}) "
+                f"reads (1..{FORMAT_VERSION}); upgrade moola")
+        return Manifest.from_dict(data, source=str(path))
+    legacy = run_dir / LEGACY_META
+    if legacy.is_file():
+        return _migrate_v1(json.loads(legacy.read_text()), run_dir, legacy)
+    raise ManifestError(f"{run_dir}: neither {MANIFEST} nor {LEGACY_META}: not a moola run directory")
+
+
+def _migrate_v1(meta: dict[str, Any], run_dir: Path, source: Path) -> Manifest:
+    """format_version 1 (``meta.json``, before manifests) -> the current model."""
+    import yaml
+
+    known = {"feature_set", "feature_names", "feature_schema_hash", "data_fingerprint", "store",
+             "classes", "n_params", "n_train", "moola_version", "torch_version", "git_sha"}
+    cfg: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = loaded if isinstance(loaded, dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    kind: Kind = "encoder" if (run_dir / "encoder.json").is_file() else "train_run"
+    normalizer = None
+    if (run_dir / "normalizer.json").is_file():
+        normalizer = json.loads((run_dir / "normalizer.json").read_text())
+    temperature = None
+    if (run_dir / "metrics.json").is_file():
+        run = json.loads((run_dir / "metrics.json").read_text()).get("run", {})
+        temperature = run.get("temperature") if isinstance(run, dict) else None
+    fields: dict[str, Any] = {k: v for k, v in meta.items() if k in known and v is not None}
+    fields.setdefault("feature_set", data.get("feature_set", "unknown"))
+    return Manifest(
+        kind=kind, format_version=FORMAT_VERSION, window=data.get("window"),
+        horizon=data.get("horizon"), timeframe=data.get("timeframe"),
+        symbols=list(data.get("symbols") or []), task=data.get("task"),
+        embargo_bars=(data.get("split") or {}).get("embargo_bars") if isinstance(data.get("split"), dict)
+        else None, normalizer=normalizer, temperature=temperature,
+        extra={"migrated_from": f"{source.name} (format_version 1)",
+               **{k: v for k, v in meta.items() if k not in known}},
+        **fields,
+    )
+
+
+def periods_by_symbol(meta: pl.DataFrame) -> dict[str, TimeRange]:
+    """symbol -> [first window start, last window end] of a frame with symbol/start_ts/end_ts."""
+    if meta.height == 0:
+        return {}
+    g = meta.group_by("symbol").agg(pl.col("start_ts").min().alias("s"), pl.col("end_ts").max().alias("e"))
+    return {str(r["symbol"]): TimeRange(start=r["s"], end=r["e"])
+            for r in g.sort("symbol").iter_rows(named=True)}
+
+
+def merge_intervals(start: np.ndarray, end: np.ndarray, *, gap_s: float = 0.0) -> list[TimeRange]:
+    """The union of ``[start_i, end_i]`` (datetime64 or epoch ns) as disjoint sorted intervals;
+    intervals closer than ``gap_s`` seconds are joined."""
+    s = np.asarray(start).astype("datetime64[ns]").astype(np.int64)
+    e = np.asarray(end).astype("datetime64[ns]").astype(np.int64)
+    if len(s) == 0:
+        return []
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    out: list[tuple[int, int]] = []
+    cur_s, cur_e = int(s[0]), int(e[0])
+    gap = int(gap_s * 1e9)
+    for a, b in zip(s[1:].tolist(), e[1:].tolist(), strict=True):
+        if a <= cur_e + gap:
+            cur_e = max(cur_e, b)
+        else:
+            out.append((cur_s, cur_e))
+            cur_s, cur_e = a, b
+    out.append((cur_s, cur_e))
+
+    def dt(ns: int) -> datetime:
+        return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+    return [TimeRange(start=dt(a), end=dt(b)) for a, b in out]
+
+
+def intervals_overlap(a: list[TimeRange], b: list[TimeRange], embargo_s: float = 0.0
+                      ) -> list[tuple[TimeRange, TimeRange]]:
+    """Every pair (x in a, y in b) closer than ``embargo_s`` seconds, for an error message."""
+    return [(x, y) for x in a for y in b if x.overlaps(y, embargo_s)]
