@@ -82,7 +82,7 @@ def run(precision: str, device: torch.device, steps: int) -> dict[str, float]:
     def step(prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> None:
         batch = prepare({"x": x})
         with ctx():
-            out = model(batch["x"])
+            out = model(batch)
             loss = full.loss(out, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

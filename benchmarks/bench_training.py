@@ -65,7 +65,7 @@ def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int,
     t = time.perf_counter()
     for xb, yb in batches:
         with ctx:
-            out = model(xb)
+            out = model({"x": xb})
             loss = F.cross_entropy(out["logits"].float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,10 +114,10 @@ def latency(model: torch.nn.Module, f: int, reps: int) -> tuple[float, float]:
     times = []
     with torch.inference_mode():
         for _ in range(20):
-            model(x)
+            model({"x": x})
         for _ in range(reps):
             t = time.perf_counter()
-            model(x)
+            model({"x": x})
             times.append(time.perf_counter() - t)
     ms = np.array(times) * 1e3
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))

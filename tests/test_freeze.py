@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 import moola.training.trainer as trainer_mod
@@ -116,8 +117,8 @@ def _run(mode: str, bidirectional: bool, headline: str,
     cfg = quiet_config(epochs=EPOCHS, batch_size=8,
                        optimizer={"name": "adamw", "lr": BASE_LR, "weight_decay": 0.1})
     t = Trainer(model, ClassificationObjective(2), cfg, callbacks=[FreezeSchedule(names, FREEZE), rec],
-                param_groups=groups, show_progress=False)
-    t.console.quiet = True
+                param_groups=groups, show_progress=False,
+                console=Console(quiet=True))
     t.fit(TensorData(ohlc_windows(32, pointers=True)))
     return model, rec, names, t
 
@@ -156,7 +157,7 @@ def test_frozen_tensors_stay_bitwise_then_train_once_unfrozen(mode, bidirectiona
         assert not torch.equal(rec.snapshots[EPOCHS - 1][n], rec.start[n]), n
     assert rec.state_after[FREEZE] == selected
     assert all(p.requires_grad for p in model.parameters())
-    assert f"epoch {FREEZE + 1}: unfroze {n_transferred} tensors" in trainer.messages
+    assert f"epoch {FREEZE + 1}: unfroze {n_transferred} tensors" in trainer.messages_
 
 
 def test_transferred_group_runs_at_the_configured_lower_lr(captured):
@@ -182,13 +183,13 @@ def test_prefix_selection_and_an_empty_selection():
     cfg = quiet_config(epochs=1, batch_size=8)
     data = TensorData(ohlc_windows(16, pointers=True))
     t = Trainer(model, ClassificationObjective(2), cfg, callbacks=[FreezeSchedule("encoder.", 1)],
-                show_progress=False)
-    t.console.quiet = True
+                show_progress=False,
+                console=Console(quiet=True))
     t.fit(data)
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), start[n]) == n.startswith("encoder."), n
     t = Trainer(_target(False), ClassificationObjective(2), cfg,
-                callbacks=[FreezeSchedule({"encoder.rnn.weight_ih_l9"}, 1)], show_progress=False)
-    t.console.quiet = True
+                callbacks=[FreezeSchedule({"encoder.rnn.weight_ih_l9"}, 1)], show_progress=False,
+                console=Console(quiet=True))
     with pytest.raises(ValueError, match="matches no parameter"):
         t.fit(data)

@@ -245,7 +245,7 @@ def assert_every_parameter_learns(model: nn.Module, x: torch.Tensor, n_classes: 
     """
     model = copy.deepcopy(model).double().train()
     x = x.double()
-    _loss(model(x), x, n_classes).backward()
+    _loss(model({"x": x}), x, n_classes).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-12]
     assert not dead, f"parameters without gradient: {dead}"
 
@@ -255,7 +255,7 @@ def test_model_with_every_head(enc):
     torch.manual_seed(0)
     model = build_model(_all_heads_config(enc))
     x = torch.randn(B, T, F_IN)
-    out = model(x)
+    out = model({"x": x})
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "logits": (B, 3),
         "start_logits": (B, T),
@@ -273,7 +273,7 @@ def test_model_takes_built_modules():
     enc = RNNEncoder(F_IN, hidden=8, layers=1)
     model = SequenceModel(enc, {"pointer": PointerHead(enc.out_dim)})
     assert model.config is None
-    assert set(model(torch.randn(2, 10, F_IN))) == {"start_logits", "end_logits"}
+    assert set(model({"x": torch.randn(2, 10, F_IN)})) == {"start_logits", "end_logits"}
     with pytest.raises(ValueError, match="at least one head"):
         SequenceModel(enc, {})
 
@@ -287,24 +287,31 @@ def small_model() -> SequenceModel:
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
 def test_non_float_input_is_a_type_error_naming_the_dtype(small_model, dtype):
     with pytest.raises(TypeError, match=str(dtype)):
-        small_model(torch.ones(2, 10, F_IN, dtype=dtype))
+        small_model({"x": torch.ones(2, 10, F_IN, dtype=dtype)})
 
 
 def test_non_tensor_input_is_a_type_error(small_model):
     with pytest.raises(TypeError, match="ndarray"):
-        small_model(np.zeros((2, 10, F_IN), dtype=object))
+        small_model({"x": np.zeros((2, 10, F_IN), dtype=object)})
+
+
+def test_a_bare_tensor_is_refused_with_the_model_contract(small_model):
+    with pytest.raises(TypeError, match=r"model\(batch\).*model\(\{'x': x\}\)"):
+        small_model(torch.randn(2, 10, F_IN))
+    with pytest.raises(KeyError, match="no 'x'"):
+        small_model({"features": torch.randn(2, 10, F_IN)})
 
 
 @pytest.mark.parametrize("shape", [(2, 10, F_IN + 1), (2, 10), (10, F_IN, 1)])
 def test_wrong_feature_count_is_a_value_error_naming_the_expected_shape(small_model, shape):
     with pytest.raises(ValueError, match=rf"\(B, T, F\) with F = {F_IN}"):
-        small_model(torch.randn(*shape))
+        small_model({"x": torch.randn(*shape)})
 
 
 def test_float64_input_is_accepted_by_a_float64_model():
     enc = RNNEncoder(F_IN, hidden=8, layers=1)
     model = SequenceModel(enc, {"classifier": ClassifierHead(enc.out_dim, hidden=16, heads=2)}).double()
-    assert model(torch.randn(2, 10, F_IN, dtype=torch.float64))["logits"].dtype == torch.float64
+    assert model({"x": torch.randn(2, 10, F_IN, dtype=torch.float64)})["logits"].dtype == torch.float64
 
 
 def test_init_is_deterministic_under_manual_seed():

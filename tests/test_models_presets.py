@@ -43,7 +43,7 @@ def test_preset_output_shapes(preset):
     name, model, x = preset
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        out = model({"x": x})
     assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(model.config)
     assert all(torch.isfinite(v).all() for v in out.values()), name
 
@@ -110,7 +110,7 @@ def test_count_parameters_matches_a_hand_count():
 def test_preset_config_overrides_features_and_classes():
     cfg = preset_config("jade", n_features=11, n_classes=3)
     assert (cfg.n_features, cfg.classifier.n_classes) == (11, 3)
-    assert build_model(cfg)(torch.randn(2, 20, 11))["logits"].shape == (2, 3)
+    assert build_model(cfg)({"x": torch.randn(2, 20, 11)})["logits"].shape == (2, 3)
     assert preset_config("direction_lstm", n_classes=2) == preset_config("direction_lstm")
     with pytest.raises(ValueError, match="n_classes=3"):
         preset_config("direction_lstm", n_classes=3)

@@ -38,19 +38,18 @@ def small_mae(seed: int = 0) -> MaskedAutoencoder:
     return pretrain_model(RNNEncoderConfig(input_size=4, hidden=16, layers=2, bidirectional=True), 4)
 
 
-def test_prepare_builds_indicator_channel_target_and_hides_masked_values() -> None:
+def test_prepare_builds_mask_tensor_target_and_hides_masked_values() -> None:
     x = raw_windows()[:32]
     norm = stats(x)
     obj = MaskedReconstructionObjective(MaskConfig(strategy="block"), Augmenter(), norm)
     b = obj.prepare({"x": x}, training=False)
-    assert b["x"].shape == (32, T, 5)
+    assert b["x"].shape == (32, T, 4), "the input stays F wide: no indicator channel"
     assert b["mask"].shape == (32, T) and b["mask"].dtype == torch.bool
     assert (b["mask"].sum(1) == masked_count(T, obj.mask_cfg)).all()
-    assert torch.equal(b["x"][..., 4], b["mask"].float())
     assert torch.allclose(b["target"], norm(x))  # eval: no augmentation
     m = b["mask"]
-    assert (b["x"][..., :4][m] == 0).all(), "masked values must not be visible in the input"
-    assert torch.equal(b["x"][..., :4][~m], b["target"][~m])
+    assert (b["x"][m] == 0).all(), "masked values must not be visible in the input"
+    assert torch.equal(b["x"][~m], b["target"][~m])
     assert torch.equal(x, raw_windows()[:32]), "prepare must not modify the raw batch"
 
 
@@ -103,7 +102,8 @@ def test_mask_token_is_used_and_masked_values_cannot_leak() -> None:
     obj = MaskedReconstructionObjective(MaskConfig(strategy="block"), None, stats(x))
     mae = small_mae()
     b = obj.prepare({"x": x}, training=False)
-    out = mae(b["x"])
+    assert b["x"].shape == (8, T, 4) and b["mask"].shape == (8, T), "the mask travels as its own tensor"
+    out = mae(b)
     assert out["reconstruction"].shape == (8, T, 4)
     loss = obj.loss(out, b)
     loss.backward()
@@ -111,23 +111,27 @@ def test_mask_token_is_used_and_masked_values_cannot_leak() -> None:
     assert g is not None and float(g.abs().sum()) > 0, "the gradient must reach the mask token"
     # whatever sits in the feature channels at masked steps, the output is the same
     poked = b["x"].clone()
-    poked[..., :4][b["mask"]] = 123.0
+    poked[b["mask"]] = 123.0
     with torch.no_grad():
-        assert torch.equal(mae(poked)["reconstruction"], mae(b["x"])["reconstruction"])
+        assert torch.equal(mae({**b, "x": poked})["reconstruction"], mae(b)["reconstruction"])
         # ... but the token value matters
         mae.mask_token.weight.add_(1.0)
-        assert not torch.equal(mae(b["x"])["reconstruction"], out["reconstruction"].detach())
+        assert not torch.equal(mae(b)["reconstruction"], out["reconstruction"].detach())
 
 
-def test_plain_window_is_encoded_unmasked_and_bad_widths_are_errors() -> None:
+def test_plain_window_is_encoded_unmasked_and_bad_inputs_are_errors() -> None:
     mae = small_mae()
     x = torch.randn(2, T, 4)
     with torch.no_grad():
-        a = mae(x)["reconstruction"]
-        b = mae(torch.cat([x, torch.zeros(2, T, 1)], -1))["reconstruction"]
+        a = mae({"x": x})["reconstruction"]
+        b = mae({"x": x, "mask": torch.zeros(2, T, dtype=torch.bool)})["reconstruction"]
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="mask indicator"):
-        mae(torch.randn(2, T, 6))
+    with pytest.raises(ValueError, match=r"\(B, T, 4\)"):
+        mae({"x": torch.randn(2, T, 6)})
+    with pytest.raises(ValueError, match="mask"):
+        mae({"x": x, "mask": torch.zeros(2, T)})  # float, not bool
+    with pytest.raises(TypeError, match="model\\(batch\\)"):
+        mae(x)
 
 
 def test_default_pretrain_model_is_a_bilstm_2x128_whose_encoder_transfers_by_name() -> None:
@@ -149,7 +153,7 @@ def test_default_pretrain_model_is_a_bilstm_2x128_whose_encoder_transfers_by_nam
 
 def test_pretrain_model_accepts_a_transformer_and_checks_widths() -> None:
     mae = pretrain_model(TransformerEncoderConfig(input_size=4, d_model=16, heads=2, ff=32), 4)
-    assert mae(torch.randn(2, 20, 5))["reconstruction"].shape == (2, 20, 4)
+    assert mae({"x": torch.randn(2, 20, 4)})["reconstruction"].shape == (2, 20, 4)
     with pytest.raises(ValueError, match="n_features"):
         pretrain_model(RNNEncoderConfig(input_size=3), 4)
 
@@ -179,7 +183,7 @@ def test_trainer_fits_one_epoch_over_views_data() -> None:
     trainer = Trainer(mae, obj, cfg, show_progress=False)
     before = {k: v.clone() for k, v in mae.state_dict().items()}
     res = trainer.fit(data, TensorData({"x": val}))
-    assert trainer.n_train == 192 and trainer.global_step == 6
+    assert trainer.n_train_ == 192 and trainer.global_step_ == 6
     h = res.history[-1]
     assert np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"])
     assert "val_masked_mse" in h

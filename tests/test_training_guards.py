@@ -3,12 +3,14 @@
 Data guards (``TensorData``): object dtype, non-float x, NaN/inf x. Loop guards: NaN made by
 ``prepare`` inside a batch, a non-finite loss. Health guards (``GuardWarning``): more than 1000
 parameters per training sample, an epoch with no optimizer step, an epoch whose weights or loss
-did not change, validation accuracy 15+ points above training accuracy, class collapse.
+did not change, validation accuracy 15+ points above training accuracy, class collapse (a
+single predicted class, or a class recalled below 0.3, judged on the model the run keeps).
 All inputs are real windows (bundled S&P 500 daily bars and BTCUSD 1-minute features).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from _real_data import daily_symbols
 from _train_helpers import direction_windows, ohlc_windows, quiet_config, seeded_model
@@ -30,6 +33,7 @@ from moola.training import (
     TensorData,
     Trainer,
 )
+from moola.training.guards import COLLAPSE, ONE_CLASS, single_predicted_class
 
 # pytest.warns(match=...) re-emits the other guard warnings of a run; the tests check those
 # through FitResult.warnings instead (see _kinds), so the re-emitted copies are noise
@@ -42,7 +46,7 @@ KINDS = {
     "no_weight": "no weight changed",
     "same_loss": "the loss did not change",
     "gap": "points above training accuracy",
-    "collapse": "class collapse",
+    "collapse": COLLAPSE,
 }
 
 
@@ -68,9 +72,8 @@ def no_guard_warning() -> Iterator[list[warnings.WarningMessage]]:
 
 
 def _trainer(model, objective, **cfg) -> Trainer:
-    t = Trainer(model, objective, quiet_config(**cfg), show_progress=False)
-    t.console.quiet = True
-    return t
+    return Trainer(model, objective, quiet_config(**cfg), show_progress=False,
+                   console=Console(quiet=True))
 
 
 # ------------------------------------------------------------------------ data guards
@@ -228,8 +231,8 @@ def test_epoch_whose_weights_did_not_change_warns():
     model = seeded_model("direction_transformer")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     t = Trainer(model, DirectionObjective(), quiet_config(epochs=2, batch_size=8),
-                param_groups=[{"params": list(model.parameters()), "lr": 0.0}], show_progress=False)
-    t.console.quiet = True
+                param_groups=[{"params": list(model.parameters()), "lr": 0.0}], show_progress=False,
+                console=Console(quiet=True))
     with pytest.warns(GuardWarning, match=r"epoch 2: no weight changed"):
         res = t.fit(d)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -280,19 +283,79 @@ def test_validation_accuracy_far_above_training_accuracy_warns():
     assert set(kinds) <= {"ratio", "gap", "collapse"}
 
 
-def test_class_collapse_warns_when_one_class_dominates():
-    """95% of the training labels are 'up' (real next-bar labels, up-windows kept), no class
-    weights: the model predicts 'up' for everything and recall of 'down' collapses."""
+def test_single_predicted_class_from_recalls():
+    assert single_predicted_class([0.0, 1.0]) == 1
+    assert single_predicted_class([1.0, 0.0]) == 0
+    assert single_predicted_class([0.01, 0.99]) == 1  # 1 in 100 'down' windows: still one class
+    assert single_predicted_class([0.0, 0.97, 0.02]) == 1
+    assert single_predicted_class([0.05, 0.97]) is None  # rare, but two classes are predicted
+    assert single_predicted_class([0.45, 0.55]) is None
+    assert single_predicted_class([0.0, 0.0]) is None  # predicts a class that is absent
+    assert single_predicted_class([1.0]) is None  # one class exists: nothing to collapse
+
+
+def _dominated(share_up: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Real next-bar training windows of which ``share_up`` in 20 are 'up' (up-windows kept),
+    and a validation set from other symbols with both classes."""
     pool = ohlc_windows(80)
     up, down = np.flatnonzero(pool["y"] == 1), np.flatnonzero(pool["y"] == 0)
-    idx = np.sort(np.concatenate([up[:19], down[:1]]))
+    idx = np.sort(np.concatenate([up[:share_up], down[:20 - share_up]]))
     train = {k: v[idx] for k, v in pool.items()}
-    assert train["y"].mean() == 0.95
     val = ohlc_windows(16, symbols=("MSFT", "KO"))
     assert 0.25 < val["y"].mean() < 0.75
+    return train, val
+
+
+def _recording_trainer(model, objective, **cfg) -> tuple[Trainer, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system="truecolor", width=300)
+    return Trainer(model, objective, quiet_config(**cfg), show_progress=False,
+                   console=console), out
+
+
+def test_a_model_that_predicts_one_class_is_called_collapsed_loudly():
+    """Constant training labels (every real window called 'up'): the model learns the constant,
+    predicts only 'up' on a two-class validation set; said in red every epoch, then once as a
+    warning about the kept model."""
+    train, val = _dominated(20)
+    assert train["y"].min() == 1
+    t, out = _recording_trainer(seeded_model("direction_transformer", n_features=4),
+                                DirectionObjective(), epochs=3, batch_size=20)
+    with pytest.warns(GuardWarning, match=rf"{COLLAPSE}: the kept model \(epoch 3 of 3 run\) "
+                      rf"{ONE_CLASS} 1 on validation"):
+        res = t.fit(TensorData(train), TensorData(val))
+    assert all(h["val_recall_0"] == 0.0 and h["val_balanced_accuracy"] == 0.5 for h in res.history)
+    assert _kinds(res.warnings) == ["ratio", "collapse"]
+    assert "3 of 3 epochs predicted a single class" in res.warnings[-1]
+    text = out.getvalue()
+    red = [ln for ln in text.splitlines() if "COLLAPSE epoch" in ln]
+    assert len(red) == 3 and all("\x1b[1;31m" in ln for ln in red)  # bold red, one per epoch
+    assert "predicts only class 1 on validation (balanced accuracy 0.500" in text
+
+
+def test_collapse_is_judged_on_the_epoch_early_stopping_keeps():
+    """Early stopping ends the run before its last configured epoch and restores an earlier one:
+    the guard judges that epoch (it used to skip the check when the run stopped early)."""
+    train, val = _dominated(20)
+    t, _ = _recording_trainer(seeded_model("direction_transformer", n_features=4),
+                              DirectionObjective(), epochs=8, batch_size=20,
+                              early_stopping={"metric": "val_loss", "patience": 1})
+    with pytest.warns(GuardWarning, match=ONE_CLASS):
+        res = t.fit(TensorData(train), TensorData(val))
+    assert res.stopped_early and len(res.history) < 8
+    kept = res.best_epoch + 1
+    assert f"the kept model (epoch {kept} of {len(res.history)} run)" in res.warnings[-1]
+    assert _kinds(res.warnings) == ["ratio", "collapse"]
+
+
+def test_class_collapse_warns_when_one_class_dominates():
+    """95% of the training labels are 'up' (real next-bar labels), no class weights: 'down' is
+    (almost) never predicted, so the kept model is called collapsed."""
+    train, val = _dominated(19)
+    assert train["y"].mean() == 0.95
     t = _trainer(seeded_model("direction_transformer", n_features=4), DirectionObjective(),
                  epochs=3, batch_size=20)
-    with pytest.warns(GuardWarning, match=r"class collapse: validation recall below 0.3 for class\(es\) 0"):
+    with pytest.warns(GuardWarning, match=rf"{COLLAPSE}: the kept model"):
         res = t.fit(TensorData(train), TensorData(val))
     assert res.history[-1]["val_recall_0"] < 0.3
     # the guard only judges the end of training: exactly one collapse warning

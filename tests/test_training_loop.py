@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from safetensors.torch import load_file
 
 import moola.training.trainer as trainer_mod
@@ -44,8 +45,8 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
 def _fit(model, objective, train, val=None, callbacks=(), run_dir=None, **cfg) -> tuple[Trainer, Any]:
     cfg.setdefault("num_threads", 1)
     t = Trainer(model, objective, quiet_config(**cfg), run_dir=run_dir, callbacks=callbacks,
-                show_progress=False)
-    t.console.quiet = True
+                show_progress=False,
+                console=Console(quiet=True))
     return t, t.fit(train, val)
 
 
@@ -175,7 +176,7 @@ def test_each_optimizer_steps_exactly_like_its_torch_reference(name, captured):
     ref.train()
     for b in range(3):
         idx = order[b * 8:(b + 1) * 8]
-        loss = F.binary_cross_entropy_with_logits(ref(x[idx])["direction"], y[idx].float())
+        loss = F.binary_cross_entropy_with_logits(ref({"x": x[idx]})["direction"], y[idx].float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -426,7 +427,7 @@ def fixed_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     model = seeded_model("jade_compact", seed=0).eval()
     batch = {k: torch.from_numpy(v) for k, v in d.items()}
     with torch.no_grad():
-        out = model(batch["x"])
+        out = model(batch)
     # spread the logits so the options matter (a fresh model is nearly uniform)
     out["logits"] = out["logits"] * 40
     return out, batch
@@ -501,7 +502,7 @@ def test_direction_loss_options_change_the_loss():
     d = direction_windows(16)
     m = _small_transformer().eval()
     with torch.no_grad():
-        out = m(torch.from_numpy(d["x"]))
+        out = m({"x": torch.from_numpy(d["x"])})
     out["direction"] = out["direction"] * 10
     batch = {"y": torch.from_numpy(d["y"])}
     plain = float(DirectionObjective().loss(out, batch))
@@ -528,7 +529,7 @@ def test_evaluate_returns_predictions_in_input_order():
     model.eval()
     with torch.no_grad():
         for i in (0, 5, 28):  # one window at a time
-            p = torch.softmax(model(torch.from_numpy(d["x"][i:i + 1]))["logits"], -1)[0].numpy()
+            p = torch.softmax(model({"x": torch.from_numpy(d["x"][i:i + 1])})["logits"], -1)[0].numpy()
             np.testing.assert_allclose(c["proba"][i], p, rtol=1e-5, atol=1e-6)
     assert metrics["accuracy"] == pytest.approx(float((c["proba"].argmax(1) == d["y"]).mean()))
     # a permuted input gives the permuted predictions

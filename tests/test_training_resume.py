@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from rich.console import Console
 from safetensors.torch import load_file
 
 import moola
@@ -57,6 +58,7 @@ SCRIPT = textwrap.dedent("""
     import sys, warnings
     sys.path.insert(0, {tests!r})
     import torch
+    from rich.console import Console
     from _train_helpers import direction_windows, ohlc_windows, quiet_config, seeded_model
     from moola.training import (ClassificationObjective, DirectionObjective, GuardWarning,
                                 TensorData, Trainer)
@@ -87,8 +89,8 @@ SCRIPT = textwrap.dedent("""
             optimizer={{"name": "sgd", "lr": 1e-2, "momentum": 0.9}},
             scheduler={{"name": "plateau", "patience": 0, "factor": 0.5}},
         )
-    trainer = Trainer(model, objective, cfg, run_dir=run_dir, show_progress=False)
-    trainer.console.quiet = True
+    trainer = Trainer(model, objective, cfg, run_dir=run_dir, show_progress=False,
+                      console=Console(quiet=True))
     trainer.fit(train, val, resume=resume)
 """)
 STEPS = {"classifier": 4 * 6, "direction": 4 * 6}  # epochs * batches per epoch
@@ -232,8 +234,8 @@ def test_resume_after_a_kill_at_every_step_and_epoch_end_is_bitwise_identical(tm
     def fit(run_dir: Path, resume: bool, callbacks=()) -> None:
         m = seeded_model("jade_compact", seed=2)
         t = Trainer(m, ClassificationObjective(2), cfg, run_dir=run_dir, callbacks=callbacks,
-                    show_progress=False)
-        t.console.quiet = True
+                    show_progress=False,
+                    console=Console(quiet=True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GuardWarning)
             t.fit(train, val, resume=resume)
@@ -269,8 +271,8 @@ def test_resume_without_checkpoint_starts_from_scratch_and_equals_a_fresh_run(tm
     outs = []
     for resume, name in ((False, "a"), (True, "b"), (True, "c")):
         m = seeded_model("jade_compact", seed=1)
-        t = Trainer(m, ClassificationObjective(2), cfg, run_dir=tmp_path / name, show_progress=False)
-        t.console.quiet = True
+        t = Trainer(m, ClassificationObjective(2), cfg, run_dir=tmp_path / name, show_progress=False,
+                    console=Console(quiet=True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GuardWarning)
             t.fit(d, resume=resume)
@@ -297,8 +299,8 @@ def trained_run(tmp_path_factory):
     val = TensorData(ohlc_windows(16, symbols=("MSFT", "KO"), pointers=True))
     cfg = quiet_config(epochs=2, batch_size=16, seed=0, num_threads=1, checkpoint_every=1,
                        early_stopping={"metric": "val_loss", "patience": 5})
-    t = Trainer(model, ClassificationObjective(2), cfg, run_dir=run_dir, show_progress=False)
-    t.console.quiet = True
+    t = Trainer(model, ClassificationObjective(2), cfg, run_dir=run_dir, show_progress=False,
+                console=Console(quiet=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GuardWarning)
         t.fit(train, val)
@@ -388,7 +390,7 @@ def test_from_checkpoint_rebuilds_the_model_with_identical_outputs(trained_run):
     model.eval()
     x = train.tensors["x"]
     with torch.no_grad():
-        a, b = model(x), rebuilt(x)
+        a, b = model({"x": x}), rebuilt({"x": x})
     assert a.keys() == b.keys() == {"logits", "start_logits", "end_logits"}
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -476,17 +478,18 @@ def test_pipeline_run_directory_describes_itself(pipeline_run):
 
     _, outcome = pipeline_run
     run = outcome.run_dir
-    for name in ("config.yaml", "weights.safetensors", "metrics.json", "meta.json", "history.jsonl"):
+    for name in ("config.yaml", "weights.safetensors", "metrics.json", "manifest.json", "history.jsonl"):
         assert (run / name).is_file(), name
-    meta = json.loads((run / "meta.json").read_text())
+    meta = json.loads((run / "manifest.json").read_text())
     for key in ("feature_schema_hash", "data_fingerprint", "moola_version", "git_sha"):
         assert meta.get(key), key
     assert meta["moola_version"] == moola.__version__
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode == 0:
         # the commit the code ran from: HEAD, or an ancestor if someone committed since
-        assert re.fullmatch(r"[0-9a-f]{40}", meta["git_sha"]), meta["git_sha"]
-        anc = subprocess.run(["git", "merge-base", "--is-ancestor", meta["git_sha"], "HEAD"],
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", meta["git_sha"]), meta["git_sha"]
+        sha = meta["git_sha"].removesuffix("+dirty")  # +dirty: the tree had uncommitted changes
+        anc = subprocess.run(["git", "merge-base", "--is-ancestor", sha, "HEAD"],
                              cwd=ROOT, capture_output=True)
         assert anc.returncode == 0, meta["git_sha"]
     else:
@@ -511,7 +514,7 @@ def test_pipeline_run_directory_describes_itself(pipeline_run):
     # from_checkpoint rebuilds it, and the rebuilt model reproduces the test accuracy
     model = from_checkpoint(run)
     with torch.no_grad():
-        proba = torch.softmax(model(torch.from_numpy(data.x["test"]))["logits"], -1).numpy()
+        proba = torch.softmax(model({"x": torch.from_numpy(data.x["test"])})["logits"], -1).numpy()
     acc = float((proba.argmax(1) == data.y["test"]).mean())
     assert acc == pytest.approx(metrics["model"]["accuracy"], abs=1e-12)
     assert np.isfinite(proba).all()

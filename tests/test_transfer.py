@@ -359,7 +359,7 @@ def test_freeze_exact_names_after_forward_only(src_dir: Path) -> None:
     assert freeze(model, report.transferred_names) == 4
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     assert {n for n, g in grads.items() if not g} == set(report.transferred_names)
-    model(real_window())["logits"].sum().backward()
+    model({"x": real_window()})["logits"].sum().backward()
     for n, p in model.named_parameters():
         assert (p.grad is None) == (n in report.transferred_names), n
     assert unfreeze(model, report.transferred_names) == 4
@@ -381,7 +381,7 @@ def test_param_groups_give_the_encoder_its_own_lr(src_dir: Path) -> None:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(groups)
     model.train()
-    model(real_window())["logits"].sum().backward()
+    model({"x": real_window()})["logits"].sum().backward()
     opt.step()  # Adam's first step moves each element by ~lr (sign of its gradient)
     for n, p in model.named_parameters():
         step = (p.detach() - before[n]).abs().max().item()

@@ -6,15 +6,17 @@ a day's windows are gathered when asked for, so the whole panel never exists den
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
+import torch
 
 from moola.datasets.windows import WindowSet, symbol_ranges, ts_ns
-from moola.features._matrix import FeatureMatrix
+from moola.features import FeatureMatrix
 
-__all__ = ["DayPanel", "PanelBatch", "PanelDay"]
+__all__ = ["DayPanel", "DayPanelSource", "PanelBatch", "PanelDay"]
 
 
 class PanelDay(NamedTuple):
@@ -170,3 +172,41 @@ class DayPanel:
             f"DayPanel(dates={self.n_dates}, symbols={self.n_symbols}, window={self.window}, "
             f"horizon={self.horizon}, present={int(self.mask.sum())})"
         )
+
+
+class DayPanelSource:
+    """A ``moola.training.BatchSource`` over the dates of a ``DayPanel``: one sample is one day.
+
+    ``days`` picks the panel dates this source covers (a split), in order; a batch of B days is
+    ``{"x": (B, S, T, F) float32, "mask": (B, S) bool, "symbol_id": (B, S) int64}`` plus
+    ``"y": (B, S) float32`` (0 where masked) when the panel has a target. Windows are gathered
+    per batch, so the dense (D, S, T, F) panel never exists.
+    """
+
+    def __init__(self, panel: DayPanel, days: np.ndarray | None = None,
+                 device: torch.device | None = None) -> None:
+        self.panel = panel
+        self.days = np.arange(len(panel)) if days is None else np.asarray(days, dtype=np.int64)
+        self.device = device or torch.device("cpu")
+
+    def __len__(self) -> int:
+        return int(self.days.shape[0])
+
+    def to(self, device: torch.device) -> DayPanelSource:
+        return DayPanelSource(self.panel, self.days, torch.device(device))
+
+    def batches(self, order: torch.Tensor, batch_size: int, start: int = 0
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        n_batches = (len(order) + batch_size - 1) // batch_size
+        for b in range(start, n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size].cpu().numpy()
+            pb = self.panel.batch(self.days[idx])
+            S = self.panel.n_symbols
+            batch = {
+                "x": torch.from_numpy(pb.X),  # (B, S, T, F)
+                "mask": torch.from_numpy(pb.mask),  # (B, S)
+                "symbol_id": torch.arange(S, dtype=torch.int64).expand(len(idx), S).contiguous(),
+            }
+            if pb.target is not None:
+                batch["y"] = torch.from_numpy(np.where(pb.mask, pb.target, 0).astype(np.float32))
+            yield {k: v.to(self.device) for k, v in batch.items()}

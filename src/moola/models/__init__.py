@@ -2,7 +2,7 @@
 
     cfg = preset_config("jade", n_features=4)      # a ModelConfig with pinned numbers
     model = build_model(cfg)                       # SequenceModel(encoder, heads)
-    out = model(x)                                 # x (B, T, F) -> {"logits": (B, C), ...}
+    out = model({"x": x})                          # x (B, T, F) -> {"logits": (B, C), ...}
 """
 
 from moola.models.builders import (

@@ -1,6 +1,14 @@
-"""SequenceModel: one encoder shared by any set of task heads."""
+"""SequenceModel: one encoder shared by any set of task heads.
+
+The model contract every moola model follows: ``model(batch) -> outputs``, where ``batch`` is a
+mapping of named tensors with at least ``"x"`` (B, T, F), and optionally ``"mask"`` (B, T) bool
+(steps hidden from the model), ``"symbol_id"`` (B,) or, for day panels, ``"x"`` (D, S, T, F) with
+a ``"mask"`` (D, S) presence mask; ``outputs`` maps head names to tensors.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -41,8 +49,15 @@ class SequenceModel(nn.Module):
         self._check_input(x)
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encode(x)  # (B, T, D)
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"models are called as model(batch) with a mapping of named tensors, e.g. "
+                f"model({{'x': x}}) with x (B, T, {self.n_features}); got {type(batch).__name__}"
+            )
+        if "x" not in batch:
+            raise KeyError(f"batch has no 'x' tensor (B, T, {self.n_features}); keys: {sorted(batch)}")
+        h = self.encode(batch["x"])  # (B, T, D)
         out: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
             out.update(head(h))

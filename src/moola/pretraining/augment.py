@@ -192,9 +192,8 @@ class Augmenter:
 class ViewsData:
     """``k`` views of every window of ``base`` per epoch, without copying windows.
 
-    The interface the training loop uses (``len``, ``n``, ``to``, ``batch``, ``batches``):
-    length ``n * k``; sample index i is base row ``i % n``. With an epoch shuffle over
-    ``n * k`` indices each window appears k times per epoch, augmented afresh each time by the
+    A ``moola.training.BatchSource``: length ``n * k``; sample index i is base row ``i % n``.
+    With an epoch shuffle over ``n * k`` indices each window appears k times per epoch, augmented afresh each time by the
     objective's ``prepare``.
     """
 

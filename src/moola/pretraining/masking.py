@@ -26,9 +26,8 @@ Masked inputs: a learned mask token (``MaskToken``), not zeros plus an indicator
 token is one learned (F,) vector that replaces every masked bar, so the encoder's input stays
 F wide and its weights load unchanged into a classifier that sees unmasked F-feature windows;
 an indicator channel would make the pretrained first layer F + 1 wide and the fine-tuned model
-would need a constant dummy column (or surgery on ``weight_ih_l0``) to reuse it. How the mask
-reaches the model through the single-tensor ``model(x)`` call is described in
-``moola.pretraining.objective``.
+would need a constant dummy column (or surgery on ``weight_ih_l0``) to reuse it. The mask
+reaches the model as ``batch["mask"]`` (see ``moola.pretraining.objective``).
 """
 
 from __future__ import annotations

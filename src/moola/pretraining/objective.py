@@ -1,14 +1,13 @@
 """Masked-reconstruction pretraining: the objective's ``prepare`` and the masked autoencoder.
 
-How the mask reaches the model. The training loop calls ``model(batch["x"])`` with one tensor,
-so ``MaskedReconstructionObjective.prepare`` sends the mask inside it: ``batch["x"]`` becomes
-(B, T, F + 1), the augmented, normalised window (F channels, masked steps zeroed) plus a last
-0/1 mask-indicator channel. ``MaskedAutoencoder.forward`` strips that channel, puts its learned
-token (``MaskToken``) at the masked steps, encodes the F-wide result and reconstructs it. The
-indicator never reaches the encoder, whose input stays F wide, so its weights (state-dict keys
-``encoder.rnn.*``, the same names as in ``SequenceModel``) load by name into a classifier that
-sees plain F-feature windows. Zeroing the masked steps in ``x`` as well means that even a model
-that ignored the indicator could not read the hidden values.
+How the mask reaches the model: as a named tensor of the batch (``model(batch)``, the contract
+of every moola model). ``MaskedReconstructionObjective.prepare`` writes ``batch["mask"]`` (B, T)
+bool next to the masked window ``batch["x"]`` (B, T, F); ``MaskedAutoencoder.forward`` puts its
+learned token (``MaskToken``) at the masked steps, encodes the F-wide result and reconstructs
+it. The encoder's input stays F wide, so its weights (state-dict keys ``encoder.rnn.*``, the
+same names as in ``SequenceModel``) load by name into a classifier that sees plain F-feature
+windows. The masked steps of ``x`` are zeroed as well, so even a model that ignored the mask
+could not read the hidden values.
 
 Per batch, ``prepare(batch, training)``:
 1. ``x`` = the raw window (e.g. ohlc4 log ratios), augmented when training (``Augmenter``:
@@ -17,14 +16,14 @@ Per batch, ``prepare(batch, training)``:
 3. ``mask`` (B, T) bool: drawn from torch's global RNG when training; at evaluation a hash of
    each window's content and ``eval_seed`` (``sample_keys``), so validation loss is computed on
    the same masks every epoch, whatever the batching, and the global RNG is left untouched;
-4. ``x`` = target with masked steps zeroed, plus the indicator channel.
+4. ``x`` = target with masked steps zeroed.
 
 The loss is ``masked_mse`` over masked steps only (all features of a masked step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -78,7 +77,7 @@ class MaskedReconstructionObjective(ReconstructionObjective):
     """Masking (+ augmentation when training) in ``prepare``; masked MSE as the loss.
 
     ``batch["x"]`` must hold the RAW window (B, T, F); see the module docstring for what
-    ``prepare`` writes (``x`` (B, T, F + 1), ``target``, ``mask``). Pair with
+    ``prepare`` writes (``x`` (B, T, F) masked, ``target``, ``mask`` (B, T)). Pair with
     ``MaskedAutoencoder``.
     """
 
@@ -112,18 +111,17 @@ class MaskedReconstructionObjective(ReconstructionObjective):
         out = dict(batch)
         out["target"] = x
         out["mask"] = mask
-        m = mask.unsqueeze(-1)
-        out["x"] = torch.cat([x.masked_fill(m, 0.0), m.to(x.dtype)], -1)
+        out["x"] = x.masked_fill(mask.unsqueeze(-1), 0.0)  # (B, T, F)
         return out
 
 
 class MaskedAutoencoder(nn.Module):
     """Encoder + learned mask token + per-bar reconstruction head.
 
-    ``forward(x)`` takes (B, T, F + 1) whose last channel is the 0/1 mask indicator (what
-    ``MaskedReconstructionObjective.prepare`` builds): masked steps get ``mask_token``, the
-    indicator is dropped, and the F-wide result is encoded and reconstructed. A plain (B, T, F)
-    input is encoded unmasked. Returns ``{"reconstruction": (B, T, F)}``.
+    ``forward(batch)`` takes ``batch["x"]`` (B, T, F) and, optionally, ``batch["mask"]`` (B, T)
+    bool (what ``MaskedReconstructionObjective.prepare`` builds): masked steps get
+    ``mask_token``, and the result is encoded and reconstructed. Without a mask the window is
+    encoded unmasked. Returns ``{"reconstruction": (B, T, F)}``.
 
     State-dict keys: ``encoder.*`` (``encoder.rnn.*`` for an RNN, as in ``SequenceModel``),
     ``mask_token.weight`` and ``head.fc.*``.
@@ -139,25 +137,30 @@ class MaskedAutoencoder(nn.Module):
         self.head = head
         self.n_features = n_features
 
-    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(F-wide window with the token at masked steps, mask (B, T) bool)."""
-        F_ = self.n_features
-        if x.ndim != 3 or x.shape[-1] not in (F_, F_ + 1):
-            raise ValueError(
-                f"expected (B, T, {F_ + 1}) (features + mask indicator) or (B, T, {F_}), "
-                f"got shape {tuple(x.shape)}"
+    def _masked_input(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, T, F) window with the learned token at the masked steps."""
+        if not isinstance(batch, Mapping) or "x" not in batch:
+            raise TypeError(
+                "MaskedAutoencoder is called as model(batch) with batch['x'] (B, T, "
+                f"{self.n_features}) and an optional batch['mask'] (B, T) bool"
             )
-        if x.shape[-1] == F_:
-            return x, torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = x[..., F_] > 0.5
-        return self.mask_token(x[..., :F_], mask), mask
+        x = batch["x"]
+        if x.ndim != 3 or x.shape[-1] != self.n_features:
+            raise ValueError(f"expected batch['x'] of shape (B, T, {self.n_features}), got {tuple(x.shape)}")
+        mask = batch.get("mask")
+        if mask is None:
+            return x
+        if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"batch['mask'] must be bool of shape {tuple(x.shape[:2])} (B, T), "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        return self.mask_token(x, mask)
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Per-bar representations (B, T, D) of a (masked or plain) window."""
-        return self.encoder(self.split(x)[0])
+        return self.encoder(self._masked_input(batch))
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return self.head(self.encode(x))
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.head(self.encode(batch))
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """``encoder.*`` weights only, named as in ``SequenceModel`` (load with strict=False)."""

@@ -18,7 +18,7 @@ from moola.training.config import (
     SchedulerConfig,
     TrainConfig,
 )
-from moola.training.data import DataGuardError, TensorData, epoch_order
+from moola.training.data import Batch, BatchSource, DataGuardError, TensorData, epoch_order
 from moola.training.guards import GuardWarning, HealthGuard
 from moola.training.objectives import (
     ClassificationObjective,
@@ -32,6 +32,8 @@ from moola.training.objectives import (
 from moola.training.trainer import FitResult, Trainer, resolve_device, seed_everything
 
 __all__ = [
+    "Batch",
+    "BatchSource",
     "Callback",
     "ClassificationObjective",
     "DataGuardError",

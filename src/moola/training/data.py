@@ -1,16 +1,41 @@
-"""In-memory training data: contiguous tensors, batches by index, no worker processes.
+"""What the training loop reads: the ``BatchSource`` protocol, and ``TensorData``, in-memory
+contiguous tensors batched by index gathers with no worker processes.
 
 Workers buy nothing when the data is already a tensor in memory, and fork-plus-threads is
 how DataLoaders deadlock; so batches are plain index gathers on the device.
+
+Call order the Trainer follows on any source (and the only methods it uses):
+1. ``len(source)``: the number of samples N; an epoch's order is a permutation of ``range(N)``;
+2. ``source.to(device)``: a source whose batches live on ``device`` (may return ``self``);
+3. ``source.batches(order, batch_size, start)``: the batches over ``order`` (a 1-D int64 tensor
+   of sample indices) from batch number ``start`` on, each a ``Batch`` (str -> Tensor) with at
+   least ``"x"``; batch b holds samples ``order[b * batch_size:(b + 1) * batch_size]``, so a
+   resumed epoch skips ``start`` batches and sees exactly the samples it would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+__all__ = ["Batch", "BatchSource", "DataGuardError", "TensorData", "epoch_order", "num_batches"]
+
+Batch = dict[str, Tensor]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Anything the Trainer can train or evaluate on (see the module docstring for the order)."""
+
+    def __len__(self) -> int: ...
+
+    def to(self, device: torch.device) -> BatchSource: ...
+
+    def batches(self, order: Tensor, batch_size: int, start: int = 0) -> Iterator[Batch]: ...
 
 
 class DataGuardError(TypeError):
@@ -80,10 +105,10 @@ class TensorData:
         """The rows ``idx`` (gathered), e.g. a fixed sample of the training set."""
         return TensorData._trusted(self.batch(idx))
 
-    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+    def batch(self, idx: Tensor) -> Batch:
         return {k: v.index_select(0, idx.to(v.device)) for k, v in self.tensors.items()}
 
-    def batches(self, order: Tensor, batch_size: int, start: int = 0) -> Iterator[dict[str, Tensor]]:
+    def batches(self, order: Tensor, batch_size: int, start: int = 0) -> Iterator[Batch]:
         """Batches over ``order`` from batch number ``start`` (so a resumed epoch skips ahead)."""
         for b in range(start, num_batches(len(order), batch_size)):
             yield self.batch(order[b * batch_size:(b + 1) * batch_size])

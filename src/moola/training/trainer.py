@@ -9,7 +9,6 @@ bitwise the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from moola._io import dumps_json
 from moola.training.callbacks import Callback, EarlyStopping, ProgressBar
 from moola.training.checkpoint import (
     WEIGHTS,
@@ -31,7 +31,7 @@ from moola.training.checkpoint import (
     save_weights,
 )
 from moola.training.config import OptimizerConfig, SchedulerConfig, TrainConfig
-from moola.training.data import TensorData, epoch_order, num_batches
+from moola.training.data import BatchSource, epoch_order, num_batches
 from moola.training.guards import HealthGuard
 from moola.training.objectives import Objective
 
@@ -97,7 +97,16 @@ class FitResult:
 
 
 class Trainer:
-    """Construct with model, objective and config; ``fit`` runs; ``evaluate`` measures."""
+    """Construct with model, objective and config; ``fit`` runs; ``evaluate`` measures.
+
+    The constructor only stores what it is given (scikit-learn style). ``fit`` resolves the
+    device, assembles the callbacks (health guard, early stopping, the given ones, progress bar)
+    and leaves its learned state in attributes ending in ``_``: ``device_``, ``callbacks_``,
+    ``early_stopping_``, ``history_``, ``warnings_``, ``messages_``, ``global_step_``,
+    ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
+    ``batches_per_epoch_``. Callbacks may set ``stop_training`` to end the run after an epoch.
+    Data is any ``BatchSource`` (``moola.training.data``).
+    """
 
     def __init__(
         self,
@@ -114,140 +123,159 @@ class Trainer:
         self.model = model
         self.objective = objective
         self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = run_dir
+        self.callbacks = callbacks
         self.param_groups = param_groups
-        self.console = console or Console(stderr=True)
-        self.callbacks: list[Callback] = [HealthGuard(config.guards)]
-        self.early_stopping: EarlyStopping | None = None
-        if config.early_stopping is not None:
-            es = config.early_stopping
-            self.early_stopping = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta,
-                                                es.restore_best)
-            self.callbacks.append(self.early_stopping)
-        self.callbacks.extend(callbacks)
-        if show_progress:
-            self.callbacks.append(ProgressBar())
-        self.device = resolve_device(config.device)
-        self.warnings: list[str] = []
-        self.messages: list[str] = []
-        self.stop_training = False
-        self.history: list[dict[str, float]] = []
-        self.global_step = 0
-        self.steps_in_epoch = 0
-        self.start_epoch = 0
-        self.resume_batch = 0
-        self.n_train = 0
-        self.batches_per_epoch = 0
-        self._epoch_t0 = time.perf_counter()
+        self.show_progress = show_progress
+        self.console = console
 
     # -------------------------------------------------------------------- helpers
     def log(self, message: str) -> None:
-        self.messages.append(message)
-        self.console.print(message, highlight=False)
+        if not hasattr(self, "messages_"):
+            self.messages_: list[str] = []
+        self.messages_.append(message)
+        (self.console or Console(stderr=True)).print(message, highlight=False)
 
     def epoch_seconds(self) -> float:
         return time.perf_counter() - self._epoch_t0
 
+    @property
+    def run_path(self) -> Path | None:
+        return Path(self.run_dir) if self.run_dir is not None else None
+
+    def _device(self) -> torch.device:
+        if not hasattr(self, "device_"):
+            self.device_ = resolve_device(self.config.device)
+        return self.device_
+
+    def _setup(self) -> None:
+        """Device, callbacks and fresh loop state, once per ``fit``."""
+        cfg = self.config
+        self.device_ = resolve_device(cfg.device)
+        self.callbacks_: list[Callback] = [HealthGuard(cfg.guards)]
+        self.early_stopping_: EarlyStopping | None = None
+        if cfg.early_stopping is not None:
+            es = cfg.early_stopping
+            self.early_stopping_ = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta,
+                                                 es.restore_best)
+            self.callbacks_.append(self.early_stopping_)
+        self.callbacks_.extend(self.callbacks)
+        if self.show_progress:
+            self.callbacks_.append(ProgressBar())
+        self.stop_training = False
+        self.messages_ = []
+        self.history_: list[dict[str, float]] = []
+        self.warnings_ = []
+        self.global_step_ = 0
+        self.steps_in_epoch_ = 0
+        self.start_epoch_ = 0
+        self.resume_batch_ = 0
+        self.n_train_ = 0
+        self.batches_per_epoch_ = 0
+        self._epoch_t0 = time.perf_counter()
+
     def _autocast(self) -> Any:
         if self.config.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self._device().type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _warmup(self, opt: torch.optim.Optimizer) -> None:
         w = self.config.scheduler.warmup_steps
-        if w and self.global_step < w:
-            f = (self.global_step + 1) / w
+        if w and self.global_step_ < w:
+            f = (self.global_step_ + 1) / w
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f if self.config.scheduler.name in ("none", "plateau") \
                     else g["lr"] * f
-        elif w and self.global_step == w and self.config.scheduler.name in ("none", "plateau"):
+        elif w and self.global_step_ == w and self.config.scheduler.name in ("none", "plateau"):
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"]
 
     # ------------------------------------------------------------------------ fit
-    def fit(self, train: TensorData, val: TensorData | None = None, *, resume: bool = False) -> FitResult:
+    def fit(self, train: BatchSource, val: BatchSource | None = None, *, resume: bool = False) -> FitResult:
         cfg = self.config
         t_start = time.perf_counter()
+        self._setup()
+        run_dir = self.run_path
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        self.model.to(self.device)
-        train_d = train.to(self.device)
-        val_d = val.to(self.device) if val is not None else None
-        self.n_train = len(train_d)
-        self.batches_per_epoch = num_batches(self.n_train, cfg.batch_size)
+        self.model.to(self.device_)
+        train_d = train.to(self.device_)
+        val_d = val.to(self.device_) if val is not None else None
+        self.n_train_ = len(train_d)
+        self.batches_per_epoch_ = num_batches(self.n_train_, cfg.batch_size)
         params = self.param_groups if self.param_groups is not None else self.model.parameters()
         opt = build_optimizer(cfg.optimizer, params)
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
-        sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=self.batches_per_epoch,
+        sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=self.batches_per_epoch_,
                                 epochs=cfg.epochs)
         run_sum, run_n = 0.0, 0
         loaded = None
         if resume:
-            if self.run_dir is None:
+            if run_dir is None:
                 raise ValueError("resume=True needs a run_dir")
-            loaded = load_state(self.run_dir)
+            loaded = load_state(run_dir)
             if loaded is None:
-                self.log(f"no checkpoint in {self.run_dir}: starting from scratch")
-        if self.run_dir is not None and loaded is None:  # a fresh start, resumed or not
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "history.jsonl").write_text("")
+                self.log(f"no checkpoint in {run_dir}: starting from scratch")
+        if run_dir is not None and loaded is None:  # a fresh start, resumed or not
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "history.jsonl").write_text("")
         if loaded is not None:
             run_sum, run_n = self._restore(loaded, opt, sched)
         # eval-mode train metrics use a fixed subset so they are comparable across epochs
         g = torch.Generator().manual_seed(cfg.seed + 7)
-        k = min(self.n_train, cfg.guards.train_eval_samples)
-        train_eval_idx = torch.randperm(self.n_train, generator=g)[:k].sort().values
+        k = min(self.n_train_, cfg.guards.train_eval_samples)
+        train_eval_idx = torch.randperm(self.n_train_, generator=g)[:k].sort().values
 
-        for cb in self.callbacks:
+        for cb in self.callbacks_:
             cb.on_fit_start(self)
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                first = epoch == self.start_epoch
-                start_b = self.resume_batch if first else 0
+            for epoch in range(self.start_epoch_, cfg.epochs):
+                first = epoch == self.start_epoch_
+                start_b = self.resume_batch_ if first else 0
                 if not first:
                     run_sum, run_n = 0.0, 0
-                    self.steps_in_epoch = 0
+                    self.steps_in_epoch_ = 0
                 self._epoch_t0 = time.perf_counter()
-                for cb in self.callbacks:
+                for cb in self.callbacks_:
                     cb.on_epoch_start(self, epoch)
                 self.model.train()
-                order = epoch_order(self.n_train, cfg.seed, epoch)
+                order = epoch_order(self.n_train_, cfg.seed, epoch)
                 for b, batch in enumerate(train_d.batches(order, cfg.batch_size, start=start_b),
                                           start=start_b):
                     loss = self._step(batch, opt, sched, epoch, b)
                     bs = int(batch["x"].shape[0])
                     run_sum += loss * bs
                     run_n += bs
-                    for cb in self.callbacks:
-                        cb.on_batch_end(self, self.global_step, loss, bs)
-                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 \
-                            and b + 1 < self.batches_per_epoch:
+                    for cb in self.callbacks_:
+                        cb.on_batch_end(self, self.global_step_, loss, bs)
+                    if cfg.checkpoint_every and self.global_step_ % cfg.checkpoint_every == 0 \
+                            and b + 1 < self.batches_per_epoch_:
                         self._checkpoint(opt, sched, epoch, b + 1, run_sum, run_n)
                 logs = self._epoch_logs(epoch, run_sum, run_n, opt, train_d, train_eval_idx, val_d)
                 if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     sched.step(self._plateau_value(logs))
-                self.history.append(logs)
-                if self.run_dir is not None:
-                    with open(self.run_dir / "history.jsonl", "a") as fh:
-                        fh.write(json.dumps(logs) + "\n")
-                for cb in self.callbacks:
+                self.history_.append(logs)
+                if run_dir is not None:
+                    with open(run_dir / "history.jsonl", "a") as fh:
+                        fh.write(dumps_json(logs, indent=None) + "\n")
+                for cb in self.callbacks_:
                     cb.on_epoch_end(self, epoch, logs)
                 self._checkpoint(opt, sched, epoch + 1, 0, 0.0, 0)
                 if self.stop_training:
                     break
         finally:
-            for cb in self.callbacks:
+            for cb in self.callbacks_:
                 cb.on_fit_end(self)
-        if self.run_dir is not None:
-            save_weights(self.model, self.run_dir / WEIGHTS)
-        es = self.early_stopping
+        if run_dir is not None:
+            save_weights(self.model, run_dir / WEIGHTS)
+        es = self.early_stopping_
         return FitResult(
-            history=self.history,
+            history=self.history_,
             best_epoch=es.best_epoch if es is not None else None,
             stopped_early=self.stop_training,
-            warnings=list(self.warnings),
+            warnings=list(self.warnings_),
             seconds=time.perf_counter() - t_start,
         )
 
@@ -273,10 +301,10 @@ class Trainer:
                 f"({int((~torch.isfinite(x)).sum())} values): check masking/augmentation"
             )
         if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
-            sched.step(epoch + b / self.batches_per_epoch)
+            sched.step(epoch + b / self.batches_per_epoch_)
         self._warmup(opt)
         with self._autocast():
-            out = self.model(x)
+            out = self.model(batch)
             loss = self.objective.loss(out, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -292,24 +320,24 @@ class Trainer:
         if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) \
                 and sched.last_epoch + 1 < sched.total_steps:
             sched.step()
-        self.global_step += 1
-        self.steps_in_epoch += 1
+        self.global_step_ += 1
+        self.steps_in_epoch_ += 1
         return float(loss.detach())
 
     def _epoch_logs(self, epoch: int, run_sum: float, run_n: int, opt: torch.optim.Optimizer,
-                    train_d: TensorData, train_eval_idx: torch.Tensor,
-                    val_d: TensorData | None) -> dict[str, float]:
+                    train_d: BatchSource, train_eval_idx: torch.Tensor,
+                    val_d: BatchSource | None) -> dict[str, float]:
         secs = self.epoch_seconds()
         logs: dict[str, float] = {
             "epoch": epoch + 1,
-            "step": self.global_step,
+            "step": self.global_step_,
             "train_loss": run_sum / run_n if run_n else math.nan,
             "lr": float(opt.param_groups[0]["lr"]),
             "epoch_seconds": secs,
             "samples_per_s": run_n / secs if secs > 0 else math.nan,
         }
         if self.objective.has_accuracy:
-            _, m, _ = self.evaluate(train_d.subset(train_eval_idx.to(self.device)))
+            _, m, _ = self.evaluate(train_d, order=train_eval_idx)
             logs.update({f"train_{k}": v for k, v in m.items()})
         if val_d is not None:
             vloss, vm, _ = self.evaluate(val_d)
@@ -319,19 +347,24 @@ class Trainer:
 
     # ------------------------------------------------------------------- evaluate
     @torch.no_grad()
-    def evaluate(self, data: TensorData, batch_size: int | None = None
+    def evaluate(self, data: BatchSource, batch_size: int | None = None, *,
+                 order: torch.Tensor | None = None
                  ) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
-        """Mean loss, metrics and the collected per-sample arrays, in eval mode, in order."""
+        """Mean loss, metrics and the collected per-sample arrays, in eval mode, in order
+        (of ``order`` when given: a subset of the samples)."""
         self.model.eval()
-        d = data.to(self.device)
+        device = self._device()
+        self.model.to(device)
+        d = data.to(device)
         bs = batch_size or max(self.config.batch_size, 256)
-        order = torch.arange(len(d), device=self.device)
+        if order is None:
+            order = torch.arange(len(d))
         tot, n = 0.0, 0
         parts: dict[str, list[np.ndarray]] = {}
         for batch in d.batches(order, bs):
             batch = self.objective.prepare(batch, training=False)
             with self._autocast():
-                out = self.model(batch["x"])
+                out = self.model(batch)
                 loss = self.objective.loss(out, batch)
             k = int(batch["x"].shape[0])
             tot += float(loss) * k
@@ -345,7 +378,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoint
     def _checkpoint(self, opt: torch.optim.Optimizer, sched: Any, epoch: int, batch: int,
                     run_sum: float, run_n: int) -> None:
-        if self.run_dir is None:
+        run_dir = self.run_path
+        if run_dir is None:
             return
         torch_state: dict[str, Any] = {
             "optimizer": opt.state_dict(),
@@ -358,17 +392,17 @@ class Trainer:
             "torch_state": torch_state,
             "epoch": epoch,
             "batch": batch,
-            "global_step": self.global_step,
-            "steps_in_epoch": self.steps_in_epoch if batch else 0,
+            "global_step": self.global_step_,
+            "steps_in_epoch": self.steps_in_epoch_ if batch else 0,
             "run_sum": run_sum,
             "run_n": run_n,
-            "history": self.history,
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "warnings": self.warnings,
+            "history": self.history_,
+            "callbacks": [cb.state_dict() for cb in self.callbacks_],
+            "warnings": self.warnings_,
         }
-        es = self.early_stopping
+        es = self.early_stopping_
         best = es.best_weights if es is not None else None
-        save_state(self.run_dir, self.global_step, state,
+        save_state(run_dir, self.global_step_, state,
                    self.model, best)
 
     def _restore(self, loaded: tuple[dict[str, Any], Path], opt: torch.optim.Optimizer,
@@ -384,20 +418,26 @@ class Trainer:
         torch.set_rng_state(ts["rng_cpu"])
         if "rng_cuda" in ts and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ts["rng_cuda"])
-        self.start_epoch = int(state["epoch"])
-        self.resume_batch = int(state["batch"])
-        self.global_step = int(state["global_step"])
-        self.steps_in_epoch = int(state["steps_in_epoch"])
-        self.history = list(state["history"])
-        if self.run_dir is not None:  # an epoch logged after this checkpoint will be re-run
-            (self.run_dir / "history.jsonl").write_text(
-                "".join(json.dumps(h) + "\n" for h in self.history))
-        self.warnings = list(state["warnings"])
-        for cb, s in zip(self.callbacks, state["callbacks"], strict=False):
+        self.start_epoch_ = int(state["epoch"])
+        self.resume_batch_ = int(state["batch"])
+        self.global_step_ = int(state["global_step"])
+        self.steps_in_epoch_ = int(state["steps_in_epoch"])
+        self.history_ = [_restore_nan(h) for h in state["history"]]
+        run_dir = self.run_path
+        if run_dir is not None:  # an epoch logged after this checkpoint will be re-run
+            (run_dir / "history.jsonl").write_text(
+                "".join(dumps_json(h, indent=None) + "\n" for h in self.history_))
+        self.warnings_ = list(state["warnings"])
+        for cb, s in zip(self.callbacks_, state["callbacks"], strict=False):
             cb.load_state_dict(s)
-        if self.early_stopping is not None and (d / "best.safetensors").is_file():
+        if self.early_stopping_ is not None and (d / "best.safetensors").is_file():
             from safetensors.torch import load_file
 
-            self.early_stopping.best_weights = load_file(str(d / "best.safetensors"))
-        self.log(f"resumed from {d.name}: epoch {self.start_epoch + 1}, batch {self.resume_batch}")
+            self.early_stopping_.best_weights = load_file(str(d / "best.safetensors"))
+        self.log(f"resumed from {d.name}: epoch {self.start_epoch_ + 1}, batch {self.resume_batch_}")
         return float(state["run_sum"]), int(state["run_n"])
+
+
+def _restore_nan(logs: dict[str, Any]) -> dict[str, float]:
+    """Epoch logs read back from strict JSON: the nulls written for NaN become NaN again."""
+    return {k: math.nan if v is None else v for k, v in logs.items() if k != "_nulls"}
