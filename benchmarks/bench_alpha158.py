@@ -1,8 +1,8 @@
 """Benchmark: alpha158 over the full S&P 500 daily panel (rows/s, seconds, peak RSS).
 
 Usage: python benchmarks/bench_alpha158.py [PATH.parquet] [--repeat N] [--set NAME]
-PATH defaults to /work/shared/data/sp500_daily_2012_2017.parquet (columns symbol, date, open,
-high, low, close, adj_close, volume).
+PATH defaults to $MOOLA_SHARED_DATA/sp500_daily_2012_2017.parquet, else ../shared/data/ beside the
+repository root (columns symbol, date, open, high, low, close, adj_close, volume).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import polars as pl
 
 from moola.features import build_features
 
-DEFAULT_PATH = Path("/work/shared/data/sp500_daily_2012_2017.parquet")
+SHARED_DATA = Path(os.environ.get("MOOLA_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data")
+DEFAULT_PATH = SHARED_DATA / "sp500_daily_2012_2017.parquet"
 PRICE_VOLUME = ("open", "high", "low", "close", "adj_close", "volume")
 
 

@@ -13,13 +13,14 @@ from typing import Any
 import polars as pl
 from typer.testing import CliRunner, Result
 
+from _real_data import SHARED_DATA
 from moola.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data" / "bundled"
 SP500_SUBSET = BUNDLED / "sp500_subset.parquet"
 BTC_CSV = BUNDLED / "binanceus_BTCUSD_1m.csv"
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA  # $MOOLA_SHARED_DATA or ../shared/data (tests/_real_data.py)
 SHARED_PANEL = SHARED / "sp500_daily_2012_2017.parquet"
 SHARED_CRYPTO = SHARED / "crypto"
 CRYPTO_MARKETS = ("BTCUSD", "BTCUSDT", "BTCUSDC")

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from _real_data import SHARED_DATA
 from moola.data._gaps import mark_gaps
 from moola.data._schema import TS_DTYPE, Timeframe
 from moola.features._matrix import FeatureMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data" / "bundled"
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA  # $MOOLA_SHARED_DATA or ../shared/data (tests/_real_data.py)
 FEATURE_NAMES = ("log_open", "log_high", "log_low", "log_close")
 
 

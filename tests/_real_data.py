@@ -6,16 +6,46 @@ duplicate (symbol, ts) keys resolved keeping the last, sorted by symbol and ts).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_ENV = "MOOLA_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """The shared real data (the folder holding ``sp500_daily_2012_2017.parquet``):
+    ``$MOOLA_SHARED_DATA`` when set, else ``../shared/data`` beside the repository root."""
+    env = os.environ.get(SHARED_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else ROOT.parent / "shared" / "data"
+
+
+def in_ci() -> bool:
+    """CI sets ``CI`` (``true``/``1``); there the shared data must be present."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` under the shared data, or a skip on a machine without it. Under CI a missing
+    file fails the test instead: the assertions on the full data must never skip silently."""
+    if path.exists():
+        return path
+    why = (f"{path} is missing: the shared data is found at {SHARED_ENV} or ../shared/data "
+           "relative to the repository root")
+    if in_ci():
+        pytest.fail(f"{why}, and CI is set, where it must be present")
+    pytest.skip(why)
+
+
+SHARED_DATA = shared_data_dir()
 BUNDLED_DAILY = ROOT / "data" / "bundled" / "sp500_subset.parquet"
-SHARED_DAILY = Path("/work/shared/data/sp500_daily_2012_2017.parquet")
+SHARED_DAILY = SHARED_DATA / "sp500_daily_2012_2017.parquet"
 BUNDLED_CRYPTO = ROOT / "data" / "bundled" / "binanceus_BTCUSD_1m.csv"
-SHARED_CRYPTO = Path("/work/shared/data/crypto/binanceus_BTCUSD_1m_2023-03-01_2023-03-21.csv")
+SHARED_CRYPTO = SHARED_DATA / "crypto" / "binanceus_BTCUSD_1m_2023-03-01_2023-03-21.csv"
 DAILY_VALUES = ("open", "high", "low", "close", "adj_close", "volume")
 OHLCV = ("open", "high", "low", "close", "volume")
 

@@ -25,6 +25,7 @@ from _data_helpers import (
     write_kraken,
     write_yahoo,
 )
+from _real_data import require_shared
 from moola.data import (
     Format,
     IngestError,
@@ -140,9 +141,7 @@ def test_bundled_crypto_csv_auto(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("market", CRYPTO_MARKETS)
 def test_shared_crypto_csvs_auto(tmp_path: Path, market: str) -> None:
-    p = shared_crypto(market)
-    if not p.exists():
-        pytest.skip(f"{p} absent")
+    p = require_shared(shared_crypto(market))
     res = ingest([p], Store(tmp_path / "s"))
     assert [r.format for r in res.files] == [Format.BINANCE]
     assert list(res.reports) == [Timeframe.M1]

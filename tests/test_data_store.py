@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import moola._io as io_mod
 from _data_helpers import (
     SHARED_PANEL,
     SP500_SUBSET,
@@ -28,8 +29,8 @@ from _data_helpers import (
     unreferenced_files,
     write_csv_lines,
 )
+from _real_data import require_shared
 from moola.data import Store, StoreError, Timeframe, ingest, read_file, validate_bars, validate_raw
-from moola.data import _store as store_mod
 
 D1 = Timeframe.D1
 
@@ -148,7 +149,7 @@ def test_crash_mid_write_keeps_previous_store(
                 raise OSError("disk full (simulated)")
             real_replace(src, dst)
 
-        monkeypatch.setattr(store_mod.os, "replace", flaky_replace)
+        monkeypatch.setattr(io_mod.os, "replace", flaky_replace)  # the atomic writer's rename
         exc: type[BaseException] = OSError
     else:
         exc = OSError if fail_at == "commit" else KeyboardInterrupt
@@ -259,8 +260,8 @@ def _kill_during_ingest(tmp_path: Path, src: Path, store: Store, slow_after: int
 
 @pytest.mark.parametrize("source", ["bundled-slowed", "shared-panel"])
 def test_sigkill_during_ingest_leaves_previous_store(tmp_path: Path, source: str) -> None:
-    if source == "shared-panel" and not SHARED_PANEL.exists():
-        pytest.skip(f"{SHARED_PANEL} absent")
+    if source == "shared-panel":
+        require_shared(SHARED_PANEL)
     src = SP500_SUBSET if source == "bundled-slowed" else SHARED_PANEL
     store = Store(tmp_path / "s")
     ingest([_old_part(tmp_path)], store)

@@ -20,6 +20,7 @@ from _data_helpers import (
     sp500_subset,
     write_csv_lines,
 )
+from _real_data import ROOT, SHARED_ENV, require_shared, shared_data_dir
 from moola.data import (
     Action,
     IngestResult,
@@ -485,9 +486,28 @@ def test_strict_exit_codes(tmp_path: Path) -> None:
 # ------------------------------------------------------------ the full shared panel
 
 
+def test_shared_data_is_found_beside_the_repo_or_by_env_and_never_skipped_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SHARED_ENV, raising=False)
+    assert shared_data_dir() == ROOT.parent / "shared" / "data"  # ../shared, never a machine path
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
+    assert shared_data_dir() == tmp_path.resolve()
+    (tmp_path / "here.parquet").write_bytes(b"x")
+    assert require_shared(tmp_path / "here.parquet") == tmp_path / "here.parquet"
+    missing = tmp_path / "sp500_daily_2012_2017.parquet"
+    for ci in ("", "0", "false"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.skip.Exception):
+            require_shared(missing)
+    for ci in ("true", "1"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match=f"{missing}.*CI is set"):
+            require_shared(missing)
+
+
 def test_full_shared_panel(tmp_path: Path) -> None:
-    if not SHARED_PANEL.exists():
-        pytest.skip(f"{SHARED_PANEL} absent")
+    require_shared(SHARED_PANEL)  # skips only off CI: in CI these numbers must be checked
     store = tmp_path / "s"
     res = cli("data", "ingest", SHARED_PANEL, "--store", store)
     assert res.exit_code == 0, res.output

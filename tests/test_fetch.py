@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -16,8 +18,7 @@ import ccxt
 import polars as pl
 import pytest
 
-from moola.data import Store, Timeframe
-from moola.data._fetch import FetchError, FetchResult, default_store_symbol, fetch_ohlcv
+from moola.data import FetchError, FetchResult, Store, Timeframe, default_store_symbol, fetch_ohlcv
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ccxt"
 CSV = Path(__file__).parents[1] / "data" / "bundled" / "binanceus_BTCUSD_1m.csv"
@@ -345,8 +346,24 @@ def test_unknown_exchange_suggests_close_names(tmp_path: Path) -> None:
     assert not (tmp_path / "manifest.json").exists()
 
 
+def test_ccxt_is_imported_only_by_a_fetch() -> None:
+    """ccxt costs about a second to import: the CLI, the data package and every other command
+    must not pay for it; the first fetch call does (checked in a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "import moola.cli, moola.data, moola.pipelines.data\n"
+        "from moola.cli import app\n"
+        "assert 'ccxt' not in sys.modules, 'ccxt imported at import time'\n"
+        "from moola.data import make_exchange\n"
+        "make_exchange('kraken')\n"
+        "assert 'ccxt' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
 def test_exchange_by_name_gets_ccxt_rate_limiter() -> None:
-    from moola.data._fetch import make_exchange
+    from moola.data import make_exchange
 
     ex = make_exchange("kraken")
     assert isinstance(ex, ccxt.kraken) and ex.enableRateLimit

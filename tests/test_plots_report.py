@@ -19,7 +19,7 @@ from moola.evaluation.plots import (
     plot_learning_curves,
     plot_reliability,
 )
-from moola.evaluation.run_report import write_json_atomic, write_run_report
+from moola.evaluation.run_report import write_run_report
 
 CLASSES = ["down", "flat", "up"]
 HISTORY = [
@@ -149,10 +149,67 @@ def test_write_run_report_from_results(tmp_path: Path, case: dict) -> None:
     assert [b["model"] for b in saved["baselines"]] == ["model", "majority", "logistic"]
 
 
-def test_json_atomic_write_is_strict(tmp_path: Path) -> None:
-    p = write_json_atomic(tmp_path / "m.json", {"a": np.float32(1.5), "b": float("nan"), "c": np.arange(2)})
-    assert json.loads(p.read_text()) == {"a": 1.5, "b": None, "c": [0, 1]}
-    with pytest.raises(TypeError):
-        write_json_atomic(tmp_path / "m.json", {"x": object()})
-    assert json.loads(p.read_text())["a"] == 1.5  # failed write left the old file intact
-    assert [q.name for q in tmp_path.iterdir()] == ["m.json"]
+def _first_section(html: str) -> str:
+    """The report's first block after the title."""
+    body = html.split("</h1>", 1)[1]
+    return body[: body.index("</div>")]
+
+
+def test_report_opens_with_the_test_verdict(tmp_path: Path, case: dict) -> None:
+    """A model with signal (0.689) between majority (0.333) and logistic (0.701): the first
+    lines say it beats the one and not the other, and that it has not collapsed."""
+    path = write_run_report(tmp_path, history=HISTORY, metrics=case["metrics"], classes=CLASSES,
+                            y_true=case["y"], proba=case["proba"], baseline_table=case["results"],
+                            extra={"run": {"epochs_run": 6}})
+    first = _first_section(path.read_text())
+    assert "Test verdict: balanced accuracy" in first and "COLLAPSED" not in first
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    v = saved["verdict"]
+    assert saved["run"] == {"epochs_run": 6, "collapsed": False}
+    assert v["collapsed_on"] == [] and v["predicted_class"] is None
+    ba = case["metrics"]["balanced_accuracy"]
+    for r in case["results"]:
+        assert v["baselines"][r.name] == pytest.approx(r.metrics["balanced_accuracy"])
+        assert v["beats"][r.name] == (ba > r.metrics["balanced_accuracy"])
+    assert v["beats"] == {"majority": True, "logistic": False}
+    assert v["beats_beyond_noise"] == {"majority": True, "logistic": False}
+    # one standard error of a chance-level balanced accuracy: sqrt(sum 0.25 / n_c) / C
+    support = np.bincount(case["y"], minlength=3)
+    assert v["noise_se"] == pytest.approx(np.sqrt((0.25 / support).sum()) / 3)
+    assert "the model beats the majority baseline" in first
+    assert "does NOT beat the logistic baseline" in first
+
+
+def test_a_single_class_model_is_called_collapsed_first(tmp_path: Path, case: dict) -> None:
+    """Predicting 'up' for every test window: the banner opens with COLLAPSED, metrics.json says
+    run.collapsed, and the model does not beat the majority class in balanced accuracy."""
+    proba = np.tile([0.3, 0.2, 0.5], (len(case["y"]), 1))
+    metrics = classification_metrics(case["y"], proba, CLASSES)
+    path = write_run_report(tmp_path, history=HISTORY, metrics=metrics, classes=CLASSES,
+                            y_true=case["y"], proba=proba, baseline_table=case["results"])
+    first = _first_section(path.read_text())
+    lines = re.findall(r"<b>(.*?)</b>", first)
+    assert lines[0].startswith("COLLAPSED: the model predicts only &#x27;up&#x27; on the test split")
+    assert "does NOT beat the majority baseline" in lines[1]
+    assert "#c0392b" in first  # red
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["run"]["collapsed"] is True
+    assert saved["verdict"]["collapsed_on"] == ["test"] and saved["verdict"]["predicted_class"] == "up"
+    assert saved["verdict"]["beats"]["majority"] is False
+
+
+def test_a_guard_collapse_on_validation_reaches_the_banner(tmp_path: Path, case: dict) -> None:
+    """The training guard's single-class warning (about validation) is repeated in the banner and
+    marks the run collapsed even when the test predictions use several classes; the milder
+    low-recall warning does not."""
+    from moola.training.guards import COLLAPSE, ONE_CLASS
+
+    one = f"{COLLAPSE}: the kept model (epoch 2 of 4 run) {ONE_CLASS} 1 on validation"
+    low = f"{COLLAPSE}: validation recall below 0.3 for class(es) 0 (0.12)"
+    for notes, collapsed in (([low], False), ([low, one], True)):
+        path = write_run_report(tmp_path, history=HISTORY, metrics=case["metrics"],
+                                classes=CLASSES, y_true=case["y"], proba=case["proba"],
+                                baseline_table=case["results"], notes=notes)
+        saved = json.loads((tmp_path / "metrics.json").read_text())
+        assert saved["run"]["collapsed"] is collapsed
+        assert (f"COLLAPSED on validation: {one}" in _first_section(path.read_text())) is collapsed

@@ -104,6 +104,45 @@ def test_identical_runs_and_bad_matrix_fields_are_refused(tmp_path):
     assert "name" in text and "command" in text and "grid" in text
 
 
+@pytest.mark.parametrize(("command", "select"), [
+    ("train", "model.balanced_accuracy:max"),  # the test split
+    ("train", "test.balanced_accuracy:max"),
+    ("train", "run.test_calibrated.accuracy:max"),
+    ("train", "run.val_loss.x:min"),  # not a key that holds a validation number
+    ("pretrain", "val_masked_mse_predict_zero:min"),
+    ("oof", "arms.pretrained_finetuned.balanced_accuracy:max"),  # out-of-fold = test folds
+])
+def test_select_accepts_validation_metrics_only(tmp_path, command, select):
+    with pytest.raises(ConfigError) as e:
+        MatrixConfig.from_dict({"name": "s", "command": command, "base": {}, "select": select})
+    text = str(e.value)
+    assert f"select {select.rpartition(':')[0]!r}" in text, text
+    allowed = {"train": "run.val_loss, run.val.*", "pretrain": "val_loss, val_masked_mse",
+               "oof": "out-of-fold test performance"}[command]
+    assert allowed in text, text  # the keys that may be selected on (oof: why there are none)
+
+
+def test_oof_matrix_without_select_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="oof runs record no validation metric"):
+        MatrixConfig.from_dict({"name": "s", "command": "oof", "base": {}})
+
+
+def test_validation_selections_pass_and_cli_select_is_checked_before_any_run(tmp_path):
+    for command, select in (("train", "run.val_loss:min"), ("train", "run.val.balanced_accuracy:max"),
+                            ("pretrain", "val_loss:min"), ("pretrain", "val_masked_mse:min")):
+        m = MatrixConfig.from_dict({"name": "s", "command": command, "base": {}, "select": select})
+        assert str(m.selection()) == select
+        assert str(m.selection(select)) == select
+    path = _matrix(tmp_path, "sel", GOOD)
+    res = CliRunner().invoke(app, ["sweep", str(path), "--select", "model.balanced_accuracy:max"])
+    assert res.exit_code == 2, res.output
+    assert "--select" in res.output and "validation metrics only" in res.output, res.output
+    assert "run.val.*" in res.output, res.output
+    assert not (tmp_path / "sweeps" / "sel").exists()  # nothing started, not even the directory
+    with pytest.raises(ConfigError, match="METRIC:min or METRIC:max"):
+        load_matrix(path).selection("run.val_loss")
+
+
 # ------------------------------------------------------------------------- running
 
 
@@ -205,7 +244,7 @@ def test_killed_driver_leaves_nothing_half_written_and_a_rerun_completes_only_th
     assert workers == []
     done_before = {p.name: p.stat().st_mtime_ns for p in (sweep_dir / "runs").iterdir()}
     for run_dir in (sweep_dir / "runs").iterdir():  # every finished-looking run is complete
-        for f in ("metrics.json", "weights.safetensors", "config.yaml", "meta.json"):
+        for f in ("metrics.json", "weights.safetensors", "config.yaml", "manifest.json"):
             assert (run_dir / f).is_file(), (run_dir, f)
     assert 1 <= len(done_before) < 3
     res = run_sweep(path)

@@ -8,6 +8,8 @@ from typing import Any, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from moola._io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config file or override failed validation; the message lists every bad key."""
@@ -66,11 +68,7 @@ class Config(BaseModel):
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(p)
+            atomic_write_text(path, text)
         return text
 
     def flat(self) -> dict[str, Any]:

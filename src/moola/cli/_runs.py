@@ -86,8 +86,7 @@ def runs_show(
     ] = "val_loss",
 ) -> None:
     """Status, tags, params, final metrics, the per-epoch val_loss and the artifacts of one run."""
-    from moola.tracking import get_run, tracking_uri
-    from moola.tracking._runs import epoch_history, list_artifacts
+    from moola.tracking import epoch_history, get_run, list_artifacts, tracking_uri
 
     rec = get_run(run, experiment)
     console.print(f"[bold]{escape(rec.name or '')}[/] ({rec.run_id})", highlight=False)
@@ -108,8 +107,8 @@ def runs_show(
         t = Table(title=f"{history_key} per epoch", title_justify="left")
         t.add_column("epoch", justify="right")
         t.add_column(history_key, justify="right")
-        for step, v in hist:
-            t.add_row(str(step), _value(v))
+        for step, value in hist:
+            t.add_row(str(step), _value(value))
         console.print(t)
     t = Table(title="artifacts", title_justify="left")
     t.add_column("path", overflow="fold")

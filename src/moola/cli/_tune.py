@@ -44,8 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Tune hyper-parameters with Optuna: every trial is a moola train run, pruned on validation."""
         from moola.pipelines.train import RunConfig
-        from moola.sweeps._space import load_space
-        from moola.sweeps._tune import TuneOptions, run_tune
+        from moola.sweeps import TuneOptions, load_space, run_tune
 
         options = TuneOptions(trials=trials, out=out, storage=storage, study=study, jobs=jobs,
                               pruner=pruner, sampler=sampler, metric=metric, seed=seed,

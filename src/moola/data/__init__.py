@@ -17,9 +17,12 @@ from moola.data._readers import (
     parse_columns_mapping,
     read_file,
 )
-from moola.data._schema import CANONICAL_SCHEMA, REQUIRED_COLUMNS, Timeframe
+from moola.data._schema import CANONICAL_SCHEMA, PRICE_COLUMNS, REQUIRED_COLUMNS, TS_DTYPE, Timeframe
 from moola.data._store import Store, WriteSummary
 from moola.data._validate import (
+    ALLOWED,
+    DEFAULT_POLICY,
+    EXPLAIN,
     Action,
     Policy,
     Reason,
@@ -32,8 +35,13 @@ from moola.data._validate import (
 )
 
 __all__ = [
+    "ALLOWED",
     "CANONICAL_SCHEMA",
+    "DEFAULT_POLICY",
+    "EXPLAIN",
+    "PRICE_COLUMNS",
     "REQUIRED_COLUMNS",
+    "TS_DTYPE",
     "Action",
     "FetchError",
     "FetchResult",

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import ccxt
 import polars as pl
 
 from moola.data._errors import MoolaDataError
@@ -27,13 +26,18 @@ from moola.data._schema import TS_DTYPE, Timeframe
 from moola.data._store import Store, WriteSummary
 from moola.data._validate import Policy, ValidationReport, validate_raw
 
+if TYPE_CHECKING:  # ccxt takes about a second to import: only a fetch pays for it
+    import ccxt
+
 T = TypeVar("T")
 
-#: Errors worth waiting out: rate limits (RateLimitExceeded, DDoSProtection), timeouts and
-#: outages (RequestTimeout, ExchangeNotAvailable) are all ``ccxt.NetworkError`` subclasses.
-RETRYABLE: tuple[type[BaseException], ...] = (
-    ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.NetworkError,
-)
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    """Errors worth waiting out: rate limits (RateLimitExceeded, DDoSProtection), timeouts and
+    outages (RequestTimeout, ExchangeNotAvailable) are all ``ccxt.NetworkError`` subclasses."""
+    import ccxt
+
+    return (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.NetworkError)
 
 
 class FetchError(MoolaDataError):
@@ -70,6 +74,8 @@ def default_store_symbol(symbol: str) -> str:
 
 def make_exchange(exchange: str | ccxt.Exchange) -> ccxt.Exchange:
     """A ccxt exchange by id (with ccxt's own rate limiter on), or the given instance as is."""
+    import ccxt
+
     if not isinstance(exchange, str):
         return exchange
     name = exchange.strip().lower()
@@ -110,7 +116,7 @@ def _check_capabilities(ex: ccxt.Exchange, tf: Timeframe) -> None:
 
 def _frame(candles: list[list[Any]], store_symbol: str, source: str) -> pl.DataFrame:
     """ccxt ``[ms, o, h, l, c, v]`` rows -> the raw frame ``validate_raw`` expects."""
-    cols = list(zip(*candles, strict=True)) if candles else [[]] * 6
+    cols: list[Sequence[Any]] = list(zip(*candles, strict=True)) if candles else [[]] * 6
     num = pl.Float64
     df = pl.DataFrame(
         {
@@ -160,6 +166,8 @@ def fetch_ohlcv(
     failed request; after ``retries`` retries a ``FetchError`` is raised, once the pages
     already received are written. ``progress(new_candles, expected_total)`` runs per page.
     """
+    import ccxt
+
     if limit < 1:
         raise ValueError("limit must be at least 1")
     if chunk_pages < 1:
@@ -189,13 +197,14 @@ def fetch_ohlcv(
 
     rate_s = max(float(ex.rateLimit or 0), 0.0) / 1000.0
     counters = {"retries": 0}
+    retryable = _retryable()
 
     def call(fn: Callable[[], T], what: str) -> T:
         """Run one request, waiting out rate limits and network trouble a bounded number of times."""
         for attempt in range(retries + 1):
             try:
                 return fn()
-            except RETRYABLE as e:
+            except retryable as e:
                 if attempt == retries:
                     raise FetchError(
                         f"{ex.id}: {what} still failing after {retries + 1} attempts "

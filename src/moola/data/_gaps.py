@@ -41,6 +41,6 @@ def mark_gaps(
         prev_pos[1:] = pos[:-1]
         first = np.ones(len(pos), dtype=bool)
         first[1:] = sym[1:] != sym[:-1]
-        missing = np.where(first, 0, np.maximum(pos - prev_pos - 1, 0))
-        out = df.with_columns(missing_before=pl.Series(missing.astype(np.int64)))
+        n_missing = np.where(first, 0, np.maximum(pos - prev_pos - 1, 0))
+        out = df.with_columns(missing_before=pl.Series(n_missing.astype(np.int64)))
     return out.with_columns(gap_before=pl.col("missing_before") > 0)

@@ -71,7 +71,7 @@ def _check_directory_formats(paths: Sequence[str | Path], raws: list[RawBars]) -
         if not p.is_dir():
             continue
         inside = [r for r in raws if r.path.parent == p]
-        kinds = {}
+        kinds: dict[Format, str] = {}
         for r in inside:
             kinds.setdefault(r.format, r.path.name)
         if len(kinds) > 1:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -236,8 +237,8 @@ def _map_header(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise IngestError(f"duplicate column names {dup} in the header", path=path, line=1)
+    mapping: dict[str, str] = {}
     if columns is not None:
-        mapping = {}
         for canon, src in columns.items():
             src_l = src.lower()
             if src_l.isdigit() and int(src_l) < len(names):
@@ -249,17 +250,16 @@ def _map_header(
                 )
             mapping[canon] = src_l
         return mapping, Format.GENERIC
-    mapping: dict[str, str] = {}
     for n in names:
-        canon = HEADER_ALIASES.get(n)
-        if canon is None:
+        alias = HEADER_ALIASES.get(n)
+        if alias is None:
             continue
-        if canon in mapping:
+        if alias in mapping:
             raise IngestError(
-                f"columns '{mapping[canon]}' and '{n}' both look like '{canon}'",
+                f"columns '{mapping[alias]}' and '{n}' both look like '{alias}'",
                 path=path, line=1, hint="pass --format generic --columns to say which",
             )
-        mapping[canon] = n
+        mapping[alias] = n
     missing = [c for c in ("ts", "open", "high", "low", "close", "volume") if c not in mapping]
     if missing:
         raise IngestError(
@@ -300,7 +300,7 @@ def _headerless_layout(
                 )
             layout[int(src)] = canon
         return tuple(layout), Format.GENERIC
-    explicit = {
+    explicit: dict[Format, dict[int, tuple[str | None, ...]]] = {
         Format.BINANCE: {12: BINANCE_KLINES, 6: BINANCE_6},
         Format.KRAKEN: {7: KRAKEN_OHLCVT, 6: KRAKEN_OHLCVT[:6]},
         Format.COINBASE: {6: COINBASE_CANDLES},
@@ -400,7 +400,7 @@ def _read_parquet(
 
 def _to_frame(
     path: Path,
-    source: dict[str, list[str] | pl.Series],
+    source: Mapping[str, list[str] | pl.Series],
     lines: np.ndarray,
     detected: Format,
 ) -> pl.DataFrame:
@@ -550,12 +550,12 @@ def _from_epoch(path: Path, s: pl.Series, lines: np.ndarray) -> pl.Series:
     if s.is_nan().any() or s.is_infinite().any():
         i = int((s.is_nan() | s.is_infinite()).arg_true()[0])
         raise IngestError(f"timestamp {s[i]} is not finite", path=path, line=int(lines[i]), column="ts")
-    units = {_epoch_unit(float(x)) for x in (s.min(), s.max())}
+    units = {_epoch_unit(float(cast(float, x))) for x in (s.min(), s.max())}
     if len(units) > 1:
         codes = np.searchsorted([1e11, 1e14, 1e17], np.abs(s.to_numpy()), side="right")
         i = int(np.argmax(codes != codes[0]))  # first row whose unit differs from the first's
         raise IngestError(
-            f"epoch timestamps mix units ({sorted(units)}): min {s.min()}, max {s.max()}",
+            f"epoch timestamps mix units ({sorted(units)}): min {s.min()!r}, max {s.max()!r}",
             path=path, line=int(lines[i]), column="ts",
         )
     unit = units.pop()
@@ -566,7 +566,8 @@ def _from_epoch(path: Path, s: pl.Series, lines: np.ndarray) -> pl.Series:
         raise IngestError(f"epoch timestamp {s[i]} ({unit}) is out of range", path=path,
                           line=int(lines[i]), column="ts")
     ns = (s * scale).round().cast(pl.Int64)
-    if not math.isclose(float(s.min()) * scale, float(ns.min()), rel_tol=1e-12, abs_tol=1e3):
+    if not math.isclose(float(cast(float, s.min())) * scale, float(cast(int, ns.min())), rel_tol=1e-12,
+                        abs_tol=1e3):
         raise IngestError("epoch timestamps overflow", path=path, column="ts")
     return ns.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts")
 

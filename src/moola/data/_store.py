@@ -7,8 +7,9 @@ Layout::
     STORE/timeframe=1d/symbol=AAPL/rejects-<h>.parquet   # rows dropped by validation, with reasons
 
 New data files get new content-hashed names and become visible only when ``manifest.json`` is
-atomically replaced (write temp + ``os.replace``). A crash at any point leaves the previous
-manifest, hence the previous store, intact; unreferenced files are swept on the next write.
+atomically replaced (``moola._io``: unique temp, fsync, ``os.replace``). A crash at any point
+leaves the previous manifest, hence the previous store, intact; unreferenced files are swept on
+the next write.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import polars as pl
 
+from moola._io import atomic_write, atomic_write_json
 from moola.data._errors import StoreError
 from moola.data._schema import CANONICAL_SCHEMA, Timeframe, conform
 from moola.data._validate import REJECT_SCHEMA
@@ -171,7 +172,9 @@ class Store:
         with self._lock():
             manifest = self.manifest()
             parts: dict[str, Any] = dict(manifest["partitions"])
-            added, updated, unchanged = [], [], []
+            added: list[str] = []
+            updated: list[str] = []
+            unchanged: list[str] = []
             rows_new = rows_replaced = 0
             new_files: list[Path] = []
             symbols = sorted(set(bars.get_column("symbol").unique().to_list())
@@ -213,9 +216,7 @@ class Store:
                     f_rej = pdir / f"rejects-{rej_h}.parquet"
                     for frame, path in ((merged, f_bars), (rej, f_rej)):
                         if not path.exists():
-                            tmp = path.with_name(path.name + ".tmp")
-                            frame.write_parquet(tmp)
-                            os.replace(tmp, path)
+                            atomic_write(path, frame.write_parquet)
                             new_files.append(path)
                     ts = merged.get_column("ts").dt.epoch("ns")
                     parts[key] = {
@@ -227,8 +228,8 @@ class Store:
                         "rejects_hash": rej_h,
                         "rows": merged.height,
                         "rejected_rows": rej.height,
-                        "first_ts": int(ts.min()) if merged.height else None,
-                        "last_ts": int(ts.max()) if merged.height else None,
+                        "first_ts": int(cast(int, ts.min())) if merged.height else None,
+                        "last_ts": int(cast(int, ts.max())) if merged.height else None,
                         "columns": merged.columns,
                     }
                     (updated if old_entry is not None else added).append(key)
@@ -244,17 +245,16 @@ class Store:
         return WriteSummary(added, updated, unchanged, rows_new, rows_replaced)
 
     def _commit(self, manifest: dict[str, Any]) -> None:
-        tmp = self.root / (MANIFEST + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.manifest_path)
+        """The one step that makes a write visible: the manifest swapped in by rename."""
+        atomic_write_json(self.manifest_path, manifest, indent=1)
 
     def _sweep(self) -> None:
-        """Delete data files no manifest entry references (left by crashes or replaced)."""
+        """Delete data files no manifest entry references (left by crashes or replaced), and
+        manifest temp files of crashed writers (the caller holds the lock: none is live)."""
         if not self.exists():
             return
+        for f in self.root.glob(f".{MANIFEST}.*.tmp"):
+            f.unlink(missing_ok=True)
         live = set()
         for p in self.manifest()["partitions"].values():
             live.add(p["file"])

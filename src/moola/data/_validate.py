@@ -3,16 +3,16 @@ uncounted. Rows removed by a policy go to a ``rejects`` frame that the store kee
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 
+from moola._io import atomic_write_json
 from moola.data._errors import ValidationFailed
 from moola.data._gaps import mark_gaps
 from moola.data._schema import PRICE_COLUMNS, Timeframe, conform
@@ -183,12 +183,8 @@ class ValidationReport:
         }
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        tmp.replace(path)
-        return path
+        """Strict JSON (an empty price is null, listed under ``_nulls``), written atomically."""
+        return atomic_write_json(path, self.to_dict())
 
 
 def _example(rec: dict[str, Any]) -> str:
@@ -209,9 +205,9 @@ class Validated:
     report: ValidationReport
 
 
-REJECT_SCHEMA = {
-    "symbol": pl.String, "ts": pl.Datetime("ns", "UTC"), "reason": pl.String,
-    "file": pl.String, "line": pl.Int64,
+REJECT_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.String(), "ts": pl.Datetime("ns", "UTC"), "reason": pl.String(),
+    "file": pl.String(), "line": pl.Int64(),
 }
 
 
@@ -349,7 +345,7 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
     bars = conform(df.drop([c for c in df.columns if c.startswith("_")]))
     report.rows_out = bars.height
     rej = pl.concat(rejects) if rejects else pl.DataFrame(schema=REJECT_SCHEMA)
-    return Validated(bars=bars, rejects=rej.cast(REJECT_SCHEMA), report=report)
+    return Validated(bars=bars, rejects=rej.cast(pl.Schema(REJECT_SCHEMA)), report=report)
 
 
 def _flag_returns_and_stale(
@@ -508,7 +504,7 @@ def infer_timeframe(df: pl.DataFrame) -> Timeframe:
     )
     if d.height == 0:
         raise ValueError("cannot infer the timeframe from fewer than two bars; pass --timeframe")
-    med = float(d.get_column("d").median())
+    med = float(cast(float, d.get_column("d").median()))
     for tf in Timeframe:
         if tf is not Timeframe.D1 and abs(med - tf.step.total_seconds()) < 1e-6:
             return tf

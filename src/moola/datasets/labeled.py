@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from moola.data._schema import TS_DTYPE
+from moola._io import atomic_write
+from moola.data import TS_DTYPE
 from moola.datasets.windows import flag_prefix, gap_flags, nan_rows, symbol_ranges, ts_ns
-from moola.features._matrix import FeatureMatrix
+from moola.features import FeatureMatrix
 
 __all__ = ["LabeledWindows", "load_labels", "save_labels"]
 
@@ -176,17 +177,13 @@ def save_labels(df: pl.DataFrame, path: str | Path) -> Path:
         raise ValueError(f"labels lack required column(s) {missing}")
     cols = [*REQUIRED, *[c for c in POINTERS if c in df.columns]]
     out = df.select(cols).with_columns(_to_utc_ts(df.get_column("end_ts")))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        out.write_parquet(tmp)
-    elif suffix in (".csv", ".txt"):
-        out.with_columns(pl.col("end_ts").dt.to_string("%Y-%m-%d %H:%M:%S%.f%:z")).write_csv(tmp)
-    else:
-        raise ValueError(f"{path}: labels must be .csv or .parquet, got {suffix!r}")
-    tmp.replace(path)
-    return path
+        return atomic_write(path, out.write_parquet)
+    if suffix in (".csv", ".txt"):
+        text = out.with_columns(pl.col("end_ts").dt.to_string("%Y-%m-%d %H:%M:%S%.f%:z"))
+        return atomic_write(path, text.write_csv)
+    raise ValueError(f"{path}: labels must be .csv or .parquet, got {suffix!r}")
 
 
 @dataclass(frozen=True)

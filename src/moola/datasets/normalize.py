@@ -20,6 +20,8 @@ import polars as pl
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from moola._io import atomic_write_json
+
 __all__ = ["RobustScaler", "Standardizer", "load_scaler", "scaler_from_dict"]
 
 FORMAT_VERSION = 1
@@ -177,12 +179,7 @@ class _Scaler(BaseEstimator, ABC):
 
     def save(self, path: str | Path) -> Path:
         """Write ``to_dict`` as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Self:

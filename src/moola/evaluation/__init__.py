@@ -30,7 +30,7 @@ from moola.evaluation.plots import (
     plot_learning_curves,
     plot_reliability,
 )
-from moola.evaluation.run_report import to_jsonable, write_json_atomic, write_run_report
+from moola.evaluation.run_report import write_run_report
 
 __all__ = [
     "BASELINES",
@@ -55,7 +55,5 @@ __all__ = [
     "regression_metrics",
     "reliability_curve",
     "run_baselines",
-    "to_jsonable",
-    "write_json_atomic",
     "write_run_report",
 ]

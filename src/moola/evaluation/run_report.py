@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
+from moola._io import atomic_write_json
 from moola.evaluation.baselines import BaselineResult
 from moola.evaluation.baselines import baseline_table as make_baseline_table
 from moola.evaluation.data_report import DataReport
@@ -23,48 +20,11 @@ from moola.evaluation.plots import (
     plot_learning_curves,
     plot_reliability,
 )
+from moola.training.guards import COLLAPSE, ONE_CLASS, single_predicted_class
 
-__all__ = ["to_jsonable", "write_json_atomic", "write_run_report"]
+__all__ = ["run_verdict", "write_run_report"]
 
 _HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """numpy scalars / arrays -> Python; non-finite floats -> None (strict JSON)."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.bool_ | bool):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON to a temp file in the same directory, fsync, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_run_report(
@@ -103,6 +63,11 @@ def write_run_report(
 
     rep = DataReport(run_dir, title=title)
     notes = list(notes)
+    verdict = run_verdict(metrics, table, notes)
+    colour = "#fde2e2;border-color:#c0392b" if verdict["collapsed"] else "#eef5ff;border-color:#4c72b0"
+    lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
+    rep.sections.append(f"<div style='background:{colour};border:2px solid;padding:.4em 1em'>"
+                        f"{lines}</div>")
     if notes:
         rep.heading("Notes")
         items = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes)
@@ -154,14 +119,67 @@ def write_run_report(
         "model": dict(metrics),
         "baselines": table.to_dicts() if table is not None else [],
         "notes": notes,
+        "verdict": verdict,
     }
     payload.update(extra or {})
+    payload["run"] = {**payload.get("run", {}), "collapsed": verdict["collapsed"]}
     if results is not None:
         payload["baseline_metrics"] = {
             r.name: {**r.metrics, "fit_seconds": r.fit_seconds, "params": r.params} for r in results
         }
-    write_json_atomic(run_dir / "metrics.json", payload)
+    atomic_write_json(run_dir / "metrics.json", payload)
     return html_path
+
+
+def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
+                notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The report's first lines, in plain words: does the model predict a single class (on the
+    test split, or on validation per the guards' ``notes``), and does it beat the majority and
+    logistic baselines on test balanced accuracy, the score a constant prediction cannot lift
+    above 1 / n_classes.
+
+    "Beats" is a higher score; "within noise" when the margin is under two standard errors of a
+    chance-level balanced accuracy on these test windows (overlapping windows make the true
+    uncertainty larger still). Returns ``{"lines", "collapsed", "collapsed_on",
+    "predicted_class", "balanced_accuracy", "noise_se", "baselines": {name: score},
+    "beats": {name: bool}, "beats_beyond_noise": {name: bool}}`` (``verdict`` in metrics.json).
+    """
+    per_class = metrics.get("per_class") or {}
+    present = [(str(k), v) for k, v in per_class.items() if (_num(v.get("support")) or 0) > 0]
+    one = single_predicted_class([float(v["recall"]) for _, v in present])
+    predicted = present[one][0] if one is not None else None
+    val_notes = [str(n) for n in notes if str(n).startswith(COLLAPSE) and ONE_CLASS in str(n)]
+    collapsed_on = (["test"] if predicted is not None else []) + (["validation"] if val_notes else [])
+    ba = _num(metrics.get("balanced_accuracy"))
+    # noise yardstick: the standard error of a chance-level balanced accuracy on these classes
+    se = math.sqrt(sum(0.25 / float(v["support"]) for _, v in present)) / len(present) \
+        if present else None
+    scores: dict[str, float] = {}
+    if table is not None and table.height:
+        for r in table.filter(pl.col("kind") == "baseline").iter_rows(named=True):
+            if r["model"] in ("majority", "logistic") and _num(r["balanced_accuracy"]) is not None:
+                scores[r["model"]] = float(r["balanced_accuracy"])
+    beats = {k: ba is not None and ba > v for k, v in scores.items()}
+    clear = {k: beats[k] and se is not None and ba - v > 2 * se  # type: ignore[operator]
+             for k, v in scores.items()}
+    lines: list[str] = []
+    if predicted is not None:
+        lines.append(f"COLLAPSED: the model predicts only '{predicted}' on the test split "
+                     f"(n={metrics.get('n_samples', '?')}): a constant prediction, no information "
+                     "beyond the majority class.")
+    if ba is not None and scores:
+        parts = []
+        for k, v in scores.items():
+            word = ("beats" if clear[k] else "is above, but within noise of,") if beats[k] \
+                else "does NOT beat"
+            parts.append(f"{word} the {k} baseline ({v:.4f}, {ba - v:+.4f})")
+        noise = f" (one standard error ~{se:.4f})" if se is not None else ""
+        lines.append(f"Test verdict: balanced accuracy {ba:.4f}; the model "
+                     + " and ".join(parts) + noise + ".")
+    lines += [f"COLLAPSED on validation: {n}" for n in val_notes]
+    return {"lines": lines, "collapsed": bool(collapsed_on), "collapsed_on": collapsed_on,
+            "predicted_class": predicted, "balanced_accuracy": ba, "noise_se": se,
+            "baselines": scores, "beats": beats, "beats_beyond_noise": clear}
 
 
 def _num(v: Any) -> float | None:

@@ -42,7 +42,10 @@ class SequenceModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
         self.config = config
-        self.n_features: int = encoder.input_size
+        n_features = encoder.input_size
+        if not isinstance(n_features, int):
+            raise TypeError(f"encoder {type(encoder).__name__} must expose an int input_size (F)")
+        self.n_features: int = n_features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Per-bar representations (B, T, D), e.g. for probing or transfer."""

@@ -130,6 +130,7 @@ class EncoderSpec:
                 f"{source}: invalid encoder spec:\n" + "\n".join(f"  - {p}" for p in problems)
             )
         assert layers is not None and hidden is not None and input_size is not None
+        assert kind == "lstm" or kind == "gru"
         return cls(kind, layers, hidden, bool(bidirectional), input_size, feature_set, schema, window)
 
     @classmethod

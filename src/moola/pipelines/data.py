@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,13 +10,16 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from moola._io import atomic_write_json
 from moola.data import (
+    FetchResult,
     Format,
     IngestResult,
     Policy,
     Store,
     Timeframe,
     ValidationReport,
+    fetch_ohlcv,
     ingest,
     list_input_files,
     mark_gaps,
@@ -27,7 +29,6 @@ from moola.data import (
 from moola.pipelines._progress import progress_bar
 
 if TYPE_CHECKING:
-    from moola.data._fetch import FetchResult
     from moola.features import FeatureMatrix
 
 
@@ -71,10 +72,7 @@ def run_validate(
         reports[tf] = validate_bars(store.read(tf), tf, store.read_rejects(tf), pol)
     out = Path(json_out) if json_out else Path(store_dir) / "validation.json"
     payload = {tf.value: r.to_dict() for tf, r in reports.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(out)
+    atomic_write_json(out, payload)
     return StoreValidation(reports=reports, json_path=out)
 
 
@@ -106,8 +104,6 @@ def run_fetch(
     show_progress: bool = True,
 ) -> FetchResult:
     """ccxt download into the store, resuming after the last stored bar."""
-    from moola.data._fetch import fetch_ohlcv  # ccxt takes ~1 s to import: only fetch pays it
-
     with progress_bar(f"fetching {symbol}", total=None, enabled=show_progress) as advance:
         return fetch_ohlcv(
             exchange, symbol, Timeframe(timeframe), Store(store_dir), since=since, until=until,

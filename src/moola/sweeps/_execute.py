@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from moola._io import atomic_write_json, atomic_write_text
 from moola.training.callbacks import Callback
-from moola.training.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["ProgressFile", "execute_spec"]
 

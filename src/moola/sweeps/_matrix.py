@@ -19,13 +19,40 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, mode
 from moola.config import Config, ConfigError, config_hash, read_yaml_mapping, set_dotted
 from moola.refs import sweeps_root
 
-__all__ = ["COMMANDS", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant", "expand_matrix",
-           "load_matrix"]
+__all__ = ["COMMANDS", "SELECTABLE", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant",
+           "expand_matrix", "load_matrix", "selection_problem"]
 
 Command = Literal["train", "pretrain", "oof"]
 COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof")
 # where each command's metrics.json keeps the validation loss of the kept model
 DEFAULT_SELECT = {"train": "run.val_loss:min", "pretrain": "val_loss:min"}
+# The metrics.json keys a sweep may select on, per command: validation numbers only (``*`` is
+# any one metric name). Choosing the best run by a test number (train's ``model.*`` and
+# ``run.test_calibrated.*``) would make that run's test score an optimistic estimate. Every
+# number an oof run records is out-of-fold *test* performance, so oof has none.
+SELECTABLE: dict[str, tuple[str, ...]] = {
+    "train": ("run.val_loss", "run.val.*"),
+    "pretrain": ("val_loss", "val_masked_mse"),
+    "oof": (),
+}
+
+
+def selection_problem(command: str, metric: str | None) -> str | None:
+    """Why ``metric`` may not select runs of ``command`` (naming the keys that may), or None."""
+    allowed = SELECTABLE.get(command, ())
+    if metric is not None and any(
+        re.fullmatch(re.escape(p).replace(r"\*", r"[^.]+"), metric) for p in allowed
+    ):
+        return None
+    head = f"select {metric!r}: " if metric is not None else ""
+    if not allowed:
+        return (f"{head}{command} runs record no validation metric (every number in their "
+                f"metrics.json is out-of-fold test performance), so a {command} sweep has nothing "
+                f"it may select on; selectable keys exist for train ({', '.join(SELECTABLE['train'])}) "
+                f"and pretrain ({', '.join(SELECTABLE['pretrain'])})")
+    star = " (* is one metric name, e.g. run.val.balanced_accuracy)" if any("*" in p for p in allowed) else ""
+    return (f"{head}a sweep selects on validation metrics only (a test number would leak the test "
+            f"split into the choice); for {command}: {', '.join(allowed)}{star}")
 
 
 def command_entry(command: str) -> tuple[type[Config], Callable[..., Any]]:
@@ -122,13 +149,25 @@ class MatrixConfig(Config):
         if dup:
             raise ValueError(f"variant names must be unique: {', '.join(dup)}")
         if self.select is not None:
-            Selection.parse(self.select)
+            problem = selection_problem(self.command, Selection.parse(self.select).metric)
+            if problem:
+                raise ValueError(problem)
         elif self.command not in DEFAULT_SELECT:
-            raise ValueError(f"command {self.command} has no default selection metric; set 'select'")
+            raise ValueError(selection_problem(self.command, None))
         return self
 
     def selection(self, override: str | None = None) -> Selection:
-        return Selection.parse(override or self.select or DEFAULT_SELECT[self.command])
+        """The matrix's selection, or ``override`` (``--select``), checked the same way."""
+        if override is None:
+            return Selection.parse(self.select or DEFAULT_SELECT[self.command])
+        try:
+            sel = Selection.parse(override)
+        except ValueError as e:
+            raise ConfigError([str(e)], "--select") from None
+        problem = selection_problem(self.command, sel.metric)
+        if problem:
+            raise ConfigError([problem], "--select")
+        return sel
 
     def sweep_dir(self) -> Path:
         return Path(self.out_dir) / self.name if self.out_dir else sweeps_root() / self.name
@@ -181,7 +220,7 @@ def expand_matrix(matrix: MatrixConfig, matrix_path: str | Path) -> list[RunSpec
     base = base_dict(matrix, matrix_path)
     keys = list(matrix.grid)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*matrix.grid.values())]
-    variants = matrix.variants or [None]
+    variants: list[Variant | None] = list(matrix.variants) or [None]
     problems: list[str] = []
     specs: list[RunSpec] = []
     for variant in variants:

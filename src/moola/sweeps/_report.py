@@ -11,9 +11,9 @@ import polars as pl
 import yaml
 from rich.console import Console
 
-from moola.pipelines._progress import frame_table
+from moola._io import atomic_write, atomic_write_text
+from moola.pipelines import frame_table
 from moola.refs import BEST_FILE
-from moola.training.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from moola.sweeps._matrix import MatrixConfig, Selection
@@ -59,10 +59,12 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figs = []
     scored = [st for st in states if st.value is not None]
-    scored.sort(key=lambda s: s.value if sel.mode == "min" else -s.value)  # type: ignore[operator,return-value]
+    sign = 1.0 if sel.mode == "min" else -1.0
+    scored.sort(key=lambda s: sign * (s.value or 0.0))  # best first (every value is set here)
     failed = [st for st in states if st.status == "failed"]
     fig, ax = plt.subplots(figsize=(8, 0.45 * (len(scored) + len(failed)) + 1.5))
     labels = [st.spec.label for st in scored] + [f"{st.spec.label} (failed)" for st in failed]
@@ -97,7 +99,7 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
             ax.plot(ep, [e["val_loss"] for e in h if "val_loss" in e], marker="o", ms=3,
                     lw=2.5 if st is best else 1.2, label=st.spec.label)
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
         ax.set_title("validation loss per epoch, per run (best run drawn thick)")
@@ -117,7 +119,7 @@ def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, s
         if best is None or sel.better(st.value, best.value):  # type: ignore[arg-type]
             best = st
     df = summary_frame(states, sel)
-    df.write_csv(sweep_dir / "summary.csv")
+    atomic_write(sweep_dir / "summary.csv", df.write_csv)
     console.print(frame_table(df.drop("dir", "error"), title=f"sweep {matrix.name}: best first by {sel}"))
     best_file = sweep_dir / BEST_FILE
     if best is not None:

@@ -34,10 +34,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from moola._io import atomic_write_json, atomic_write_text
 from moola.config import ConfigError, parse_override
 from moola.refs import RUNS_FILE
 from moola.sweeps._matrix import MatrixConfig, RunSpec, Selection, base_dict, expand_matrix, load_matrix
-from moola.training.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["RunState", "SweepLockedError", "SweepResult", "run_sweep"]
 
@@ -333,7 +333,7 @@ def _prewarm(drv: _Driver) -> None:
     if tracking_enabled():
         from mlflow.tracking import MlflowClient
 
-        from moola.tracking._mlflow import ensure_experiment
+        from moola.tracking import ensure_experiment
 
         ensure_experiment(MlflowClient(), f"sweep/{drv.matrix.name}")
 
@@ -362,8 +362,8 @@ def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: 
         matrix = matrix.model_copy(update={"overrides": {**matrix.overrides, **extra}})
     if out_dir is not None:
         matrix = matrix.model_copy(update={"out_dir": str(out_dir)})
+    sel = matrix.selection(select)  # a bad --select fails before any run is validated or started
     specs = expand_matrix(matrix, matrix_path)
-    sel = matrix.selection(select)
     sweep_dir = matrix.sweep_dir()
     n_parallel = parallel or matrix.parallel
     with _sweep_lock(sweep_dir):

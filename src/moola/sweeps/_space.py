@@ -188,7 +188,7 @@ class ChoiceParam(Choices, _Conditional):
         if isinstance(total, bool) or not isinstance(total, int) or total < 1:
             raise ConfigError([f"{key}: divides {self.divides}, which is not a positive integer "
                                f"(got {None if total is _MISSING else total!r})"], "search space")
-        allowed = [c for c in self.choice if total % c == 0]
+        allowed = [c for c in self.choice if isinstance(c, int) and total % c == 0]
         if not allowed:
             raise ConfigError([f"{key}: no choice of {self.choice} divides {self.divides}={total}"],
                               "search space")

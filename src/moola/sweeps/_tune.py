@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from moola._io import atomic_write, atomic_write_text
 from moola.config import ConfigError, config_hash
 from moola.sweeps._space import SearchSpace, apply_values, check_space, trial_config
 from moola.training.callbacks import Callback
@@ -487,7 +488,7 @@ def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig, space: 
     import optuna
 
     metric, mode = parse_metric(opts.metric)
-    direction = "minimize" if mode == "min" else "maximize"
+    direction: Literal["minimize", "maximize"] = "minimize" if mode == "min" else "maximize"
     with study_lock(url):
         storage = _make_storage(url, opts)
         study = optuna.create_study(study_name=name, storage=storage, direction=direction,
@@ -545,13 +546,6 @@ def run_tune(base: RunConfig, space: SearchSpace, options: TuneOptions, *,
 # --- the summary ----------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename: concurrent workers finishing together never leave half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _sorted_trials(trials: list[Any], mode: Mode) -> list[Any]:
     from optuna.trial import TrialState
 
@@ -593,10 +587,10 @@ def summarize(name: str, url: str, base: RunConfig, space: SearchSpace, options:
 
     csv = study_dir / "trials.csv"
     frame = study.trials_dataframe()
-    _atomic_write(csv, lambda p: frame.to_csv(p, index=False))
+    atomic_write(csv, lambda p: frame.to_csv(p, index=False))
     result.trials_csv = csv
     plot = study_dir / "tuning.png"
-    _atomic_write(plot, lambda p: _plot_history(trials, metric, mode, name, p))
+    atomic_write(plot, lambda p: _plot_history(trials, metric, mode, name, p))
     result.plot = plot
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -609,7 +603,7 @@ def summarize(name: str, url: str, base: RunConfig, space: SearchSpace, options:
         best_yaml = study_dir / "best.yaml"
         head = (f"# moola tune: best of study {name} ({_masked(url)}): trial {best.number}, "
                 f"{metric}={best.value:.6g}\n# moola train --config {best_yaml}\n")
-        _atomic_write(best_yaml, lambda p: p.write_text(head + cfg.to_yaml()))
+        atomic_write_text(best_yaml, head + cfg.to_yaml())
         result.best_number, result.best_value, result.best_values = best.number, best.value, values
         result.best_yaml = best_yaml
         console.print(f"best: trial {best.number} {metric}={best.value:.5g}  {escape(_values_text(values))}",

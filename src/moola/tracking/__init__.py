@@ -4,19 +4,24 @@ from moola.tracking._mlflow import (
     MlflowCallback,
     Tracker,
     TrackingOptions,
+    ensure_experiment,
     flatten_metrics,
     tracking_enabled,
     tracking_uri,
 )
-from moola.tracking._runs import RunRecord, get_run, list_runs
+from moola.tracking._runs import ArtifactEntry, RunRecord, epoch_history, get_run, list_artifacts, list_runs
 
 __all__ = [
+    "ArtifactEntry",
     "MlflowCallback",
     "RunRecord",
     "Tracker",
     "TrackingOptions",
+    "ensure_experiment",
+    "epoch_history",
     "flatten_metrics",
     "get_run",
+    "list_artifacts",
     "list_runs",
     "tracking_enabled",
     "tracking_uri",

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from moola._io import git_sha
 from moola.training.callbacks import Callback
-from moola.training.checkpoint import git_sha
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -82,8 +82,9 @@ def _ms_to_datetime(ms: int | None) -> Any:
 
 def list_runs(experiment: str | None = None, max_results: int = 200) -> pl.DataFrame:
     """Newest first: run id, experiment, name, status, start time and the headline metrics."""
-    schema = {"run_id": pl.String, "experiment": pl.String, "name": pl.String, "status": pl.String,
-              "command": pl.String, "start": pl.Datetime("ms"), "metrics": pl.String}
+    schema: dict[str, pl.DataType] = {
+        "run_id": pl.String(), "experiment": pl.String(), "name": pl.String(), "status": pl.String(),
+        "command": pl.String(), "start": pl.Datetime("ms"), "metrics": pl.String()}
     missing = _missing_sqlite_store()
     if missing is not None:
         if experiment is not None:

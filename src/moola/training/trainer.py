@@ -165,7 +165,7 @@ class Trainer:
         self.stop_training = False
         self.messages_ = []
         self.history_: list[dict[str, float]] = []
-        self.warnings_ = []
+        self.warnings_: list[str] = []
         self.global_step_ = 0
         self.steps_in_epoch_ = 0
         self.start_epoch_ = 0
@@ -224,9 +224,9 @@ class Trainer:
         if loaded is not None:
             run_sum, run_n = self._restore(loaded, opt, sched)
         # eval-mode train metrics use a fixed subset so they are comparable across epochs
-        g = torch.Generator().manual_seed(cfg.seed + 7)
+        gen = torch.Generator().manual_seed(cfg.seed + 7)
         k = min(self.n_train_, cfg.guards.train_eval_samples)
-        train_eval_idx = torch.randperm(self.n_train_, generator=g)[:k].sort().values
+        train_eval_idx = torch.randperm(self.n_train_, generator=gen)[:k].sort().values
 
         for cb in self.callbacks_:
             cb.on_fit_start(self)
