@@ -213,7 +213,9 @@ def test_schema_hash_stable_and_sensitive_to_params() -> None:
     a = build_features(df, "relative11")
     b = build_features(df, "relative11")
     assert a.schema_hash == b.schema_hash
-    assert a.schema_hash == schema_hash("relative11", a.names, a.params)
+    # names, order, parameters and the code hash of the set's formulas (tests/test_manifest.py)
+    assert a.schema_hash == schema_hash("relative11", a.names, a.params, code=a.code_hash)
+    assert a.code_hash == get_feature_set("relative11").code_hash
     assert build_features(df, "relative11", atr=14).schema_hash == a.schema_hash
     c = build_features(df, "relative11", atr=10)
     assert c.schema_hash != a.schema_hash

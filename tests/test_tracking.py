@@ -223,13 +223,13 @@ def test_train_run_is_recorded_exactly(client, train_run, store, tmp_path):
     # params: the resolved config the run saved, flattened
     _assert_params(run, RunConfig.from_yaml(run_dir / "config.yaml").flat())
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "simple_lstm"
-    # tags: what the run directory's meta.json says about code and data
-    meta = json.loads((run_dir / "meta.json").read_text())
+    # tags: what the run directory's manifest.json says about code and data
+    meta = json.loads((run_dir / "manifest.json").read_text())
     tags = run.data.tags
     assert tags["moola.command"] == "train"
     assert tags["moola.data_fingerprint"] == meta["data_fingerprint"]
     assert tags["moola.feature_schema_hash"] == meta["feature_schema_hash"]
-    assert tags["moola.git_sha"].removesuffix("+dirty") == meta["git_sha"]  # tag also flags local edits
+    assert tags["moola.git_sha"] == meta["git_sha"]  # both flag local edits with +dirty
     assert tags["moola.run_dir"] == str(run_dir.resolve())
     assert tags["moola.feature_set"] == "ohlc4"
     # artifacts: the run directory minus resume state, byte for byte
@@ -303,7 +303,7 @@ def test_pretrain_run_is_recorded_exactly(client, pretrain_run):
     last = json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])
     assert last["val_loss"] != want["val_loss"] == run.data.metrics["val_loss"]
     _assert_params(run, PretrainConfig.from_yaml(run_dir / "config.yaml").flat())
-    meta = json.loads((run_dir / "meta.json").read_text())
+    meta = json.loads((run_dir / "manifest.json").read_text())  # an encoder dir's manifest
     assert run.data.tags["moola.feature_schema_hash"] == meta["feature_schema_hash"]
     assert run.data.tags["moola.command"] == "pretrain"
     arts = _artifacts(client, run)
@@ -363,7 +363,7 @@ def test_runs_show_prints_the_run(client, wide, train_run):
         out = res.output
         assert f"tracked_train ({run.info.run_id})" in out
         assert re.search(r"status: FINISHED\n", out) and re.search(r"experiment: train\n", out)
-        meta = json.loads((run_dir / "meta.json").read_text())
+        meta = json.loads((run_dir / "manifest.json").read_text())
         for tag in ("moola.git_sha", "moola.data_fingerprint", "moola.feature_schema_hash"):
             assert _row(out, tag, run.data.tags[tag]), tag
         assert _row(out, "moola.data_fingerprint", meta["data_fingerprint"])

@@ -1,6 +1,7 @@
 """The train recipe end to end through the CLI on the bundled S&P 500 data: typed run configs,
 one small real run (1 epoch, stride 20), recomputable baselines, reproduction from the saved
-config, ``moola evaluate`` and ``moola models list``."""
+config, ``moola evaluate``, ``--resume`` refusing another config, purge/embargo and
+train-only normalisation on the real ``prepare_data``, and ``moola models list``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import make_pipeline
@@ -21,7 +25,7 @@ from typer.testing import CliRunner, Result
 from _train_helpers import ROOT
 from moola.cli import app
 from moola.config import ConfigError
-from moola.datasets.tasks import prepare_data
+from moola.datasets.tasks import DataConfig, SplitConfig, load_features, prepare_data, resolve_store
 from moola.models import PRESETS, build_model, count_parameters, preset_config
 from moola.pipelines.train import RunConfig
 
@@ -109,7 +113,7 @@ def test_bad_overrides_are_reported_by_key():
 def test_cli_train_writes_a_complete_run_directory(run):
     run_dir, cfg = run
     for name in ("config.yaml", "weights.safetensors", "report.html", "metrics.json",
-                 "meta.json", "history.jsonl", "normalizer.json", *PNGS):
+                 "manifest.json", "history.jsonl", "normalizer.json", *PNGS):
         p = run_dir / name
         assert p.is_file() and p.stat().st_size > 0, name
     for png in PNGS:
@@ -119,7 +123,7 @@ def test_cli_train_writes_a_complete_run_directory(run):
         assert png in html, png
     # the saved config is the resolved one: the overrides plus the model the preset became
     saved = RunConfig.from_yaml(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "meta.json").read_text())
+    meta = json.loads((run_dir / "manifest.json").read_text())
     n_features = len(meta["feature_names"])
     assert saved.model == preset_config(cfg.preset, n_features=n_features, n_classes=2)
     assert saved.model_copy(update={"model": None}) == cfg
@@ -137,7 +141,7 @@ def test_baselines_in_metrics_are_recomputable(run):
     """Majority and logistic baselines recomputed with sklearn on the run's own split."""
     run_dir, _ = run
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "meta.json").read_text())
+    meta = json.loads((run_dir / "manifest.json").read_text())
     data = prepare_data(cfg.data, Path(meta["store"]))
     m = _metrics(run_dir)
     assert m["run"]["n_train"] == len(data.y["train"]) and m["run"]["n_test"] == len(data.y["test"])
@@ -180,8 +184,8 @@ def test_training_again_from_the_saved_config_reproduces_the_run(run, tmp_path):
     assert a["model"]["confusion_matrix"] == b["model"]["confusion_matrix"]
     assert a["run"]["test_loss"] == b["run"]["test_loss"]
     assert (run_dir / "weights.safetensors").read_bytes() == (again / "weights.safetensors").read_bytes()
-    meta_a = json.loads((run_dir / "meta.json").read_text())
-    meta_b = json.loads((again / "meta.json").read_text())
+    meta_a = json.loads((run_dir / "manifest.json").read_text())
+    meta_b = json.loads((again / "manifest.json").read_text())
     assert meta_a["data_fingerprint"] == meta_b["data_fingerprint"]
     assert meta_a["feature_schema_hash"] == meta_b["feature_schema_hash"]
 
@@ -203,13 +207,105 @@ def test_cli_evaluate_gives_the_run_s_test_accuracy(run):
 def test_cli_evaluate_refuses_a_different_feature_schema(run, tmp_path):
     run_dir, _ = run
     copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ckpt"))
-    meta = json.loads((copy / "meta.json").read_text())
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ckpt", "evaluation_*"))
+    meta = json.loads((copy / "manifest.json").read_text())
     meta["feature_schema_hash"] = "0" * 16
-    (copy / "meta.json").write_text(json.dumps(meta))
+    (copy / "manifest.json").write_text(json.dumps(meta))
     res = cli("evaluate", copy)
     assert res.exit_code == 2
-    assert "feature schema hash" in res.stderr and "0" * 16 in res.stderr
+    err = res.stderr.replace("\n", "")
+    assert f"feature schema {'0' * 16}" in err and "feature code (formulas) changed" in err
+    assert not (copy / "evaluation_test.json").exists()
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys_unless_forced(run, tmp_path):
+    run_dir, _ = run
+    out = tmp_path / "moved"  # a moved run directory resumes: name/out_dir only locate it
+    shutil.copytree(run_dir, out / run_dir.name)
+    moved = out / run_dir.name
+    weights = (moved / "weights.safetensors").read_bytes()
+    changed = [f"out_dir={out}", *OVERRIDES, "train.epochs=2", "train.optimizer.lr=0.002"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", DEMO, *changed, "--resume")
+    assert res.exit_code == 2
+    err = res.stderr.replace("\n", "")
+    assert "differs from the given config at 2 key(s)" in err
+    assert "train.epochs: stored 1, given 2" in err and "train.optimizer.lr: stored 0.001, given 0.002" in err
+    assert "--force" in err and "out_dir" not in err.split("key(s)")[1].split("--force")[0]
+    assert (moved / "weights.safetensors").read_bytes() == weights  # nothing touched
+    # the same config resumes (the finished run has nothing left to train) ...
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", DEMO, f"out_dir={out}", *OVERRIDES, "--resume")
+    assert res.exit_code == 0, res.output
+    assert (moved / "weights.safetensors").read_bytes() == weights
+    # ... and --force resumes the changed one: epoch 2 continues from epoch 1's checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", DEMO, *changed, "--resume", "--force")
+    assert res.exit_code == 0, res.output
+    history = [json.loads(line) for line in (moved / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert RunConfig.from_yaml(moved / "config.yaml").train.epochs == 2
+
+
+# ---------------------------------------------------------- split and normaliser honesty
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return resolve_store(DataConfig(), tmp_path_factory.mktemp("bundled"))
+
+
+def _positions(cal: np.ndarray, ts: pl.Series) -> np.ndarray:
+    return np.searchsorted(cal, ts.dt.epoch("ns").to_numpy())
+
+
+@settings(max_examples=8, deadline=None)
+@given(horizon=st.integers(1, 6), embargo=st.integers(0, 9), stride=st.integers(1, 9),
+       val=st.sampled_from([0.1, 0.2, 0.3]), test=st.sampled_from([0.1, 0.2, 0.25]))
+def test_prepare_data_purges_and_embargoes_by_the_label_horizon(store, horizon, embargo, stride, val, test):
+    """On the real bundled bars: no earlier window's label span [start, end + horizon] comes
+    within ``embargo`` calendar bars of a later split's window, and labels are the sign of the
+    horizon-bar forward return read straight from the bars."""
+    cfg = DataConfig(symbols=["AAPL", "JPM", "MSFT", "XOM"], window=30, stride=stride, horizon=horizon,
+                     task="direction", split=SplitConfig(val=val, test=test, embargo_bars=embargo))
+    data = prepare_data(cfg, store)
+    fm, bars, _ = load_features(cfg, store)
+    cal = np.unique(fm.keys["ts"].dt.epoch("ns").to_numpy())  # the union bar calendar
+    span = {k: (_positions(cal, m["start_ts"]), _positions(cal, m["end_ts"]) + horizon)
+            for k, m in data.meta.items()}
+    assert all(len(data.y[k]) > 0 for k in span)
+    for early, late in (("train", "val"), ("train", "test"), ("val", "test")):
+        gap = span[late][0].min() - span[early][1].max()  # later start - earlier label end
+        assert gap > embargo, (early, late, gap, embargo)
+    fwd = bars.select("symbol", "ts", up=(pl.col("adj_close").shift(-horizon).over("symbol")
+                                          > pl.col("adj_close")).cast(pl.Int64))
+    for k, m in data.meta.items():
+        want = m.join(fwd, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"], how="left")["up"]
+        assert want.null_count() == 0 and (want.to_numpy() == data.y[k]).all(), k
+
+
+def test_the_normaliser_saw_the_training_windows_only(store):
+    cfg = DataConfig(symbols=["AAPL", "JPM", "MSFT", "XOM"], window=30, stride=3, normalize="standard")
+    data = prepare_data(cfg, store)
+    raw = prepare_data(cfg.model_copy(update={"normalize": "none"}), store)
+    assert data.normalizer is not None and raw.normalizer is None
+    n_f = raw.x["train"].shape[2]
+    train = raw.x["train"].reshape(-1, n_f).astype(np.float64)  # (N * T, F)
+    mean = train.mean(0)
+    std = np.sqrt(((train - mean) ** 2).mean(0))
+    np.testing.assert_allclose(data.normalizer.mean_, mean, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(data.normalizer.scale_, std, rtol=1e-12, atol=0)
+    every = np.concatenate([raw.x[k].reshape(-1, n_f) for k in ("train", "val", "test")]).astype(np.float64)
+    assert not np.allclose(data.normalizer.mean_, every.mean(0), rtol=1e-6, atol=0)
+    assert not np.allclose(data.normalizer.scale_, every.std(0), rtol=1e-6, atol=0)
+    for k in ("train", "val", "test"):  # every split scaled with the training statistics
+        np.testing.assert_array_equal(data.x[k], data.normalizer.transform(raw.x[k]))
 
 
 # --------------------------------------------------------------------------- models list
@@ -249,8 +345,8 @@ def test_models_list_warns_for_jade_at_174_samples():
     assert res.exit_code == 0, res.output
     rows = _table_rows(res.stdout)
     jade = rows["jade"]
-    assert jade[3] == "3,537.7"
-    assert "615,554 parameters for 174 samples (3,538:1)" in jade[4], jade
+    assert jade[3] == "3,543.6"  # 616,578 parameters since the pointer head's position prior
+    assert "616,578 parameters for 174 samples (3,544:1)" in jade[4], jade
     assert "memorise" in jade[4]
     for name in ("jade_compact", "direction_lstm", "direction_transformer"):  # under 1,000:1
         assert rows[name][4] == "", rows[name]

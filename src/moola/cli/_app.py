@@ -95,7 +95,7 @@ def _report_table(title: str, report: Any, *, max_rows: int = 40) -> Table:
 
 
 def _totals_table(title: str, report: Any) -> Table:
-    from moola.data._validate import EXPLAIN, Reason
+    from moola.data import EXPLAIN, Reason
 
     t = Table(title=title, title_justify="left")
     t.add_column("reason")
@@ -200,7 +200,7 @@ def data_validate(
 @data_app.command("policies")
 def data_policies() -> None:
     """Show every validation reason, its default action and the allowed ones."""
-    from moola.data._validate import ALLOWED, DEFAULT_POLICY, EXPLAIN
+    from moola.data import ALLOWED, DEFAULT_POLICY, EXPLAIN
 
     t = Table()
     for c in ("reason", "default", "allowed", "meaning"):
@@ -364,7 +364,10 @@ def train(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the checkpoint; refused when config.yaml differs.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --resume: resume even though the stored config.yaml differs.")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     pretrained_encoder: EncoderOpt = None,
@@ -377,7 +380,7 @@ def train(
                           transfer_mode=transfer_mode, **{"train.device": device,
                                                           "train.precision": precision})
     cfg = RunConfig.from_yaml(config, extra)
-    out = run_train(cfg, console=console, resume=resume)
+    out = run_train(cfg, console=console, resume=resume, force=force)
     console.print(f"run directory: {out.run_dir}")
 
 
@@ -394,6 +397,27 @@ def evaluate(
     from moola.pipelines.train import run_evaluate
 
     run_evaluate(run_dir, store=data, split=split, console=console)
+
+
+@app.command("predict")
+@_friendly_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by moola train.")],
+    store: Annotated[Path, typer.Option("--store", help="Store with the bars to predict on.")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions Parquet file to write.")],
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Comma-separated (default: the run's symbols).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only windows whose last bar is at/after this ISO time.")
+    ] = None,
+) -> None:
+    """Per (symbol, ts) calibrated probabilities (or scores) of a trained run on a store's bars."""
+    from moola.pipelines.predict import run_predict
+
+    frame = run_predict(run_dir, store, out, symbols=symbols.split(",") if symbols else None,
+                        since=_parse_when(since))
+    console.print(f"{frame.height:,} predictions over {frame['symbol'].n_unique()} symbol(s) -> {out}")
 
 
 @app.command("label")

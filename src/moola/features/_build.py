@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from moola.data._gaps import mark_gaps
-from moola.data._schema import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe
+from moola.data import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe, mark_gaps
 from moola.features._matrix import FeatureMatrix
 from moola.features._registry import FeatureSet, FeatureSpec, get_feature_set
 
@@ -154,7 +153,8 @@ def compute_features(
         if rows.size:
             values[np.ix_(rows, np.flatnonzero(lookbacks == lb))] = np.nan
     return FeatureMatrix(
-        keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params)
+        keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params),
+        code_hash=fs.code_hash,
     )
 
 

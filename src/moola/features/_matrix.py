@@ -11,12 +11,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from moola._io import atomic_write, atomic_write_json
 
-def schema_hash(set_name: str, names: tuple[str, ...], params: dict[str, Any]) -> str:
-    """Hash of names, order and parameters: models and the runtime refuse a mismatch."""
-    payload = json.dumps(
-        {"set": set_name, "names": list(names), "params": params}, sort_keys=True, default=str
-    )
+
+def schema_hash(set_name: str, names: tuple[str, ...], params: dict[str, Any],
+                code: str | None = None) -> str:
+    """Hash of names, order, parameters and (``code``) the formulas' code hash: models and the
+    runtime refuse a mismatch. Without ``code`` it is the older names-and-parameters hash."""
+    body: dict[str, Any] = {"set": set_name, "names": list(names), "params": params}
+    if code is not None:
+        body["code"] = code
+    payload = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -33,6 +38,7 @@ class FeatureMatrix:
     names: tuple[str, ...]
     set_name: str
     params: dict[str, Any] = field(default_factory=dict)
+    code_hash: str | None = None  # FeatureSet.code_hash of the code that computed the values
 
     def __post_init__(self) -> None:
         if self.values.dtype != np.float32:
@@ -47,7 +53,7 @@ class FeatureMatrix:
 
     @property
     def schema_hash(self) -> str:
-        return schema_hash(self.set_name, self.names, self.params)
+        return schema_hash(self.set_name, self.names, self.params, code=self.code_hash)
 
     def symbol_slices(self) -> dict[str, slice]:
         """Contiguous row range of each symbol (keys are sorted by symbol)."""
@@ -63,23 +69,18 @@ class FeatureMatrix:
     def save(self, path: str | Path) -> Path:
         """Parquet with keys + one column per feature, and ``<path>.schema.json`` beside it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cols = {n: self.values[:, i] for i, n in enumerate(self.names)}
         df = self.keys.hstack(pl.DataFrame(cols))
-        tmp = path.with_name(path.name + ".tmp")
-        df.write_parquet(tmp)
-        tmp.replace(path)
+        atomic_write(path, df.write_parquet)
         meta = {
             "set": self.set_name,
             "names": list(self.names),
             "params": self.params,
+            "code_hash": self.code_hash,
             "schema_hash": self.schema_hash,
             "rows": self.keys.height,
         }
-        side = schema_path(path)
-        tmp_side = side.with_name(side.name + ".tmp")
-        tmp_side.write_text(json.dumps(meta, indent=2, default=str))
-        tmp_side.replace(side)
+        atomic_write_json(schema_path(path), meta)
         return path
 
     @classmethod
@@ -91,7 +92,7 @@ class FeatureMatrix:
         values = np.ascontiguousarray(df.select(names).to_numpy().astype(np.float32, copy=False))
         fm = cls(
             keys=df.drop(names), values=values, names=names, set_name=meta["set"],
-            params=meta["params"],
+            params=meta["params"], code_hash=meta.get("code_hash"),  # absent: an older sidecar
         )
         if fm.schema_hash != meta["schema_hash"]:
             raise ValueError(

@@ -1,10 +1,25 @@
-"""Feature-set descriptions and the name -> set registry (a plain dict, no dotted-path lookups)."""
+"""Feature-set descriptions and the name -> set registry (a plain dict, no dotted-path lookups).
+
+A set's schema hash covers its names, order and parameters AND its code: the normalised source
+(comments and docstrings dropped) of the module that builds it, of every public
+``moola.features`` module that module draws helpers from, and of the builder's adjustment and
+warm-up code. So a changed formula changes the hash and a model trained on the old formula is
+refused, while a reworded comment does not. The alternative, a ``version`` bumped by hand, is
+forgotten exactly when it matters; hashing the Polars expressions instead would miss the NumPy
+kernels some features run through ``map_batches`` (their printed form is just ``python_udf()``).
+"""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import inspect
+import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from types import ModuleType
 from typing import Any, Literal
 
 import polars as pl
@@ -71,11 +86,79 @@ class FeatureSet:
         """Bars of history the slowest feature needs: the minimum warm-up of a symbol."""
         return max((s.lookback for s in self.specs), default=0)
 
+    @property
+    def code_hash(self) -> str:
+        """Hash of the code that computes this set (see the module docstring)."""
+        return code_hash(self.make)
+
+    @property
+    def schema_hash(self) -> str:
+        """Names, order, parameters and code: what a model trained on this set depends on."""
+        from moola.features._matrix import schema_hash
+
+        return schema_hash(self.name, self.names, dict(self.params), code=self.code_hash)
+
+    @property
+    def legacy_schema_hash(self) -> str:
+        """The hash run directories written before code hashing carry (names and parameters)."""
+        from moola.features._matrix import schema_hash
+
+        return schema_hash(self.name, self.names, dict(self.params))
+
     def with_params(self, **params: Any) -> FeatureSet:
         """The same set rebuilt with some parameters overridden."""
         if not params:
             return self
         return self.make(**{**self.params, **params})
+
+
+def _normalised_source(obj: ModuleType | Callable[..., Any]) -> str:
+    """Source without comments, docstrings or layout: only a change in code changes it."""
+    try:
+        src = inspect.getsource(obj)
+    except (OSError, TypeError) as e:
+        raise RuntimeError(f"cannot read the source of {obj!r} to hash its formulas: {e}") from e
+    tree = ast.parse(textwrap.dedent(src))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def formula_modules(make: Callable[..., Any]) -> tuple[str, ...]:
+    """The module defining ``make`` plus the public ``moola.features`` modules it draws names
+    from, transitively (relative11 -> ohlc4, alpha158), sorted."""
+    seen: set[str] = set()
+    todo = [make.__module__]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for value in vars(sys.modules[name]).values():
+            dep = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if (isinstance(dep, str) and dep.startswith("moola.features.")
+                    and not dep.rsplit(".", 1)[1].startswith("_") and dep not in seen):
+                todo.append(dep)
+    return tuple(sorted(seen))
+
+
+@cache
+def _code_hash(modules: tuple[str, ...]) -> str:
+    from moola.features import _build
+
+    parts = [_normalised_source(sys.modules[m]) for m in modules]
+    # the builder's price adjustment, inf -> NaN and warm-up rules change every value too
+    parts += [_normalised_source(f) for f in (_build.adjusted_bars, _build.compute_features)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def code_hash(make: Callable[..., Any]) -> str:
+    """Hash of the normalised source behind a feature set built by ``make``."""
+    return _code_hash(formula_modules(make))
 
 
 class UnknownFeatureSetError(KeyError):

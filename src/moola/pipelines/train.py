@@ -8,19 +8,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import polars as pl
 import torch
 from pydantic import Field, model_validator
 from rich.console import Console
+from torch import nn
 
+from moola._io import atomic_write, atomic_write_json
 from moola.config import Config, config_hash
-from moola.datasets.tasks import (
-    DataConfig,
-    prepare_data,
-    resolve_store,
-)
+from moola.data import REQUIRED_COLUMNS, Store, Timeframe
+from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store
+from moola.inference import log_proba
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
 from moola.pipelines._progress import frame_table
 from moola.refs import resolve_ref
@@ -29,6 +30,7 @@ from moola.training import (
     Callback,
     ClassificationObjective,
     DirectionObjective,
+    FitResult,
     FreezeSchedule,
     Objective,
     RegressionObjective,
@@ -38,9 +40,12 @@ from moola.training import (
     balanced_class_weights,
     data_fingerprint,
     seed_everything,
-    write_meta,
 )
-from moola.training.checkpoint import atomic_write_json
+from moola.training.manifest import Manifest, TimeRange, periods_by_symbol, read_manifest, write_manifest
+from moola.training.separation import check_encoder_separation, evaluated_intervals
+
+Baseline = Literal["majority", "logistic", "minirocket"]
+ALL_BASELINES: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")
 
 
 class RunConfig(Config):
@@ -53,11 +58,12 @@ class RunConfig(Config):
     model: ModelConfig | None = None
     train: TrainConfig = TrainConfig()
     baselines: list[Literal["majority", "logistic", "minirocket"]] = Field(
-        default_factory=lambda: ["majority", "logistic", "minirocket"])
+        default_factory=lambda: list(ALL_BASELINES))
     pretrained_encoder: str | None = None  # a `moola pretrain` output directory
     transfer_mode: Literal["full", "forward-only"] = "full"
     freeze_epochs: int = Field(0, ge=0)  # keep transferred tensors frozen this many epochs
     encoder_lr_mult: float = Field(1.0, gt=0)  # transferred tensors train at lr x this
+    allow_transductive: bool = False  # run with an encoder whose pool overlaps val/test (report says so)
 
     @model_validator(mode="after")
     def _one_model(self) -> RunConfig:
@@ -72,12 +78,11 @@ class RunConfig(Config):
 
 def check_encoder_schema(encoder_dir: str | Path, feature_set: str) -> None:
     """Refuse an encoder pretrained on other features before anything is scaled or trained."""
-    from moola.features import get_feature_set, schema_hash
+    from moola.features import get_feature_set
     from moola.models import IncompatibleEncoderError, read_encoder_dir
 
     spec, _ = read_encoder_dir(encoder_dir)
-    fs = get_feature_set(feature_set)
-    want = schema_hash(fs.name, tuple(fs.names), dict(fs.params))
+    want = get_feature_set(feature_set).schema_hash
     if spec.feature_schema_hash is not None and spec.feature_schema_hash != want:
         raise IncompatibleEncoderError(
             f"encoder {encoder_dir} was pretrained on feature schema {spec.feature_schema_hash} "
@@ -126,64 +131,127 @@ class TrainOutcome:
     warnings: list[str]
 
 
+class ResumeConfigError(ValueError):
+    """``--resume`` into a run directory whose stored config.yaml says something else."""
+
+
 def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: bool = True,
-              resume: bool = False, callbacks: Sequence[Callback] = (),
+              resume: bool = False, force: bool = False, callbacks: Sequence[Callback] = (),
               tracking: TrackingOptions | None = None) -> TrainOutcome:
     """Setup -> train -> evaluate (with baselines) -> save, recorded as one MLflow run.
 
     ``callbacks`` join the recipe's own (sweeps report progress, tuning reports to a pruner);
-    this is the one training function behind ``train``, ``sweep`` and ``tune``.
+    this is the one training function behind ``train``, ``sweep`` and ``tune``. ``resume``
+    continues the run directory's checkpoint and refuses one whose stored config differs from
+    ``cfg`` unless ``force``.
     """
-    with Tracker("train", tracking, run_name=cfg.name) as tracker:
-        return _run_train(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
-                          extra_callbacks=callbacks)
-
-
-def _run_train(cfg: RunConfig, tracker: Tracker, *, console: Console | None, show_progress: bool,
-               resume: bool, extra_callbacks: Sequence[Callback]) -> TrainOutcome:
-    from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
-    from moola.evaluation.calibration import TemperatureScaler
-
     console = console or Console()
-    t0 = time.perf_counter()
+    with Tracker("train", tracking, run_name=cfg.name) as tracker:
+        t0 = time.perf_counter()
+        run = setup(cfg, tracker, console=console, callbacks=callbacks, resume=resume, force=force)
+        trainer, fit = train(run, console=console, show_progress=show_progress, resume=resume)
+        result = evaluate(run, trainer, fit, console=console, started=t0)
+        save(run, result, tracker)
+        return TrainOutcome(run.run_dir, result.metrics, result.report, fit.warnings)
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class TrainSetup:
+    """What setup hands on: the resolved config, the prepared data and the built model."""
+
+    cfg: RunConfig  # as given, with a sweep:NAME:best encoder reference resolved
+    resolved: RunConfig  # the model filled in: what RUN/config.yaml holds
+    run_dir: Path
+    store_dir: Path
+    timeframe: Timeframe
+    bar_columns: list[str]
+    data: PreparedData
+    model_cfg: ModelConfig
+    model: nn.Module
+    n_params: int
+    fingerprint: str
+    callbacks: list[Callback]
+    param_groups: list[dict] | None
+    normalizer_fit: list[TimeRange]
+    transductive: str | None  # the warning that leads the report, when allowed
+
+
+def config_differences(stored: RunConfig, given: RunConfig) -> list[str]:
+    """Dotted keys whose values differ, as ``key: stored X, given Y``. ``name`` and ``out_dir``
+    only locate the directory (a moved run resumes); a preset-only config is compared without
+    the ``model`` section its preset expands into."""
+    where = ("name", "out_dir")
+    a = {k: v for k, v in stored.flat().items() if k not in where}
+    b = {k: v for k, v in given.flat().items() if k not in where}
+    if given.model is None:
+        a = {k: v for k, v in a.items() if not k.startswith("model.")}
+        b = {k: v for k, v in b.items() if not k.startswith("model.") and k != "model"}
+    keys = sorted(set(a) | set(b))
+    missing = object()
+    return [f"{k}: stored {a.get(k, missing)!r}, given {b.get(k, missing)!r}".replace(
+        repr(missing), "(absent)") for k in keys if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_resume(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume ``run_dir`` with a config other than the one it was started with."""
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return  # nothing started there: resume starts from scratch
+    diff = config_differences(RunConfig.from_yaml(stored_path), cfg)
+    if diff:
+        raise ResumeConfigError(
+            f"{stored_path} differs from the given config at {len(diff)} key(s): "
+            + "; ".join(diff) + ". Resuming would mix two runs; pass --force to resume anyway, "
+            "or choose another name/out_dir")
+
+
+def run_timeframe(cfg: DataConfig, store_dir: Path) -> Timeframe:
+    """The timeframe the run reads: the configured one or the store's only one."""
+    return Timeframe(cfg.timeframe) if cfg.timeframe else Store(store_dir).resolve_timeframe(None)
+
+
+def bar_columns(store_dir: Path, timeframe: Timeframe, symbols: Sequence[str]) -> list[str]:
+    """The bar columns the features read, as the run's partitions hold them."""
+    store = Store(store_dir)
+    parts = [p for p in store.partitions(timeframe) if p["symbol"] in set(symbols)]
+    adj = any("adj_close" in pl.read_parquet_schema(store.root / p["file"]) for p in parts)
+    return [*REQUIRED_COLUMNS, *(["adj_close"] if adj else [])]
+
+
+def setup(cfg: RunConfig, tracker: Tracker, *, console: Console, callbacks: Sequence[Callback] = (),
+          resume: bool = False, force: bool = False) -> TrainSetup:
+    """Config -> data (features, windows, purged split, normaliser) -> model (and transfer)."""
     if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
         cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
     run_dir = cfg.run_dir
+    if resume and not force:
+        check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
-    enc_norm = None
-    if cfg.pretrained_encoder is not None:
-        check_encoder_schema(cfg.pretrained_encoder, cfg.data.feature_set)
-        if (Path(cfg.pretrained_encoder) / "normalizer.json").is_file():
-            from moola.datasets import load_scaler
-
-            # the encoder saw inputs scaled like this during pretraining
-            enc_norm = load_scaler(Path(cfg.pretrained_encoder) / "normalizer.json")
-    data = prepare_data(cfg.data, store_dir, normalizer=enc_norm)  # type: ignore[arg-type]
+    enc_norm, normalizer_fit = _encoder_normalizer(cfg)
+    data = prepare_data(cfg.data, store_dir, normalizer=enc_norm)
+    if enc_norm is None and data.normalizer is not None:  # fitted here, on the training windows
+        normalizer_fit = evaluated_intervals(data.meta["train"])
+    transductive = None
+    if cfg.pretrained_encoder is not None:  # the encoder must not have seen val/test time
+        transductive = check_encoder_separation(
+            cfg.pretrained_encoder, evaluated_intervals(data.meta["val"], data.meta["test"]),
+            allow_transductive=cfg.allow_transductive, what="validation/test")
+        if transductive:
+            console.print(transductive, style="bold red", highlight=False, markup=False)
     n_features = data.x["train"].shape[2]
-    n_classes = len(data.classes)
-    model_cfg = resolve_model(cfg, n_features, n_classes)
+    model_cfg = resolve_model(cfg, n_features, len(data.classes))
     resolved = cfg.model_copy(update={"model": model_cfg, "preset": cfg.preset})
     resolved.to_yaml(run_dir / "config.yaml")
     tracker.log_params(resolved.flat())
     seed_everything(cfg.train.seed)
     model = build_model(model_cfg)
     n_params = count_parameters(model)
-    callbacks: list[Callback] = [MlflowCallback(tracker), *extra_callbacks]
-    param_groups = None
-    if cfg.pretrained_encoder is not None:
-        from moola.models import param_groups as make_groups
-        from moola.models import transfer_encoder
-
-        report = transfer_encoder(model, cfg.pretrained_encoder, cfg.transfer_mode,
-                                  expected_schema_hash=data.schema_hash)
-        console.print(str(report), highlight=False, markup=False)
-        (run_dir / "transfer_report.txt").write_text(str(report) + "\n")
-        names = report.transferred_names
-        lr = cfg.train.optimizer.lr
-        param_groups = make_groups(model, names, base_lr=lr, encoder_lr=lr * cfg.encoder_lr_mult)
-        if cfg.freeze_epochs:
-            callbacks.append(FreezeSchedule(set(names), cfg.freeze_epochs))
+    all_callbacks: list[Callback] = [MlflowCallback(tracker), *callbacks]
+    param_groups = _transfer(cfg, model, data.schema_hash, run_dir, all_callbacks, console)
     console.print(
         f"[bold]{cfg.name}[/]: {model_cfg.name} with {n_params:,} parameters on "
         f"{len(data.y['train']):,} train / {len(data.y['val']):,} val / {len(data.y['test']):,} "
@@ -197,84 +265,191 @@ def _run_train(cfg: RunConfig, tracker: Tracker, *, console: Console | None, sho
     tracker.set_tags({"moola.data_fingerprint": fingerprint, "moola.feature_schema_hash": data.schema_hash,
                       "moola.feature_set": cfg.data.feature_set, "moola.run_dir": str(run_dir.resolve()),
                       "moola.config_hash": config_hash(resolved)})
-    write_meta(
-        run_dir,
-        feature_set=cfg.data.feature_set,
-        feature_names=list(data.feature_names),
-        feature_schema_hash=data.schema_hash,
-        data_fingerprint=fingerprint,
-        store=str(store_dir),
-        classes=data.classes,
-        n_params=n_params,
-        n_train=len(data.y["train"]),
-    )
-    objective = make_objective(model_cfg, cfg.train, data.y["train"], n_classes)
-    tensors = {k: TensorData({"x": data.x[k], "y": data.y[k]}) for k in ("train", "val", "test")}
-    trainer = Trainer(model, objective, cfg.train, run_dir=run_dir, show_progress=show_progress,
-                      console=console, callbacks=callbacks, param_groups=param_groups)
-    fit = trainer.fit(tensors["train"], tensors["val"], resume=resume)
+    tf = run_timeframe(cfg.data, store_dir)
+    return TrainSetup(cfg=cfg, resolved=resolved, run_dir=run_dir, store_dir=store_dir, timeframe=tf,
+                      bar_columns=bar_columns(store_dir, tf, _symbols(data)), data=data,
+                      model_cfg=model_cfg, model=model, n_params=n_params, fingerprint=fingerprint,
+                      callbacks=all_callbacks, param_groups=param_groups,
+                      normalizer_fit=normalizer_fit, transductive=transductive)
 
-    test_loss, test_m, test_c = trainer.evaluate(tensors["test"])
+
+def _encoder_normalizer(cfg: RunConfig) -> tuple[Any, list[TimeRange]]:
+    """The pretrained encoder's normaliser (it saw inputs scaled like this) and its fit range."""
+    if cfg.pretrained_encoder is None:
+        return None, []
+    from moola.datasets import load_scaler
+
+    check_encoder_schema(cfg.pretrained_encoder, cfg.data.feature_set)
+    enc = Path(cfg.pretrained_encoder)
+    if not (enc / "normalizer.json").is_file():
+        return None, []
+    return load_scaler(enc / "normalizer.json"), read_manifest(enc).normalizer_fit
+
+
+def _transfer(cfg: RunConfig, model: nn.Module, schema: str, run_dir: Path, callbacks: list[Callback],
+              console: Console) -> list[dict] | None:
+    """Load the pretrained encoder's tensors; their parameter groups (lr x encoder_lr_mult)."""
+    if cfg.pretrained_encoder is None:
+        return None
+    from moola.models import param_groups as make_groups
+    from moola.models import transfer_encoder
+
+    report = transfer_encoder(model, cfg.pretrained_encoder, cfg.transfer_mode,
+                              expected_schema_hash=schema)
+    console.print(str(report), highlight=False, markup=False)
+    (run_dir / "transfer_report.txt").write_text(str(report) + "\n")
+    names = report.transferred_names
+    lr = cfg.train.optimizer.lr
+    if cfg.freeze_epochs:
+        callbacks.append(FreezeSchedule(set(names), cfg.freeze_epochs))
+    return make_groups(model, names, base_lr=lr, encoder_lr=lr * cfg.encoder_lr_mult)
+
+
+def _symbols(data: PreparedData) -> list[str]:
+    return sorted(set().union(*(set(m["symbol"].unique().to_list()) for m in data.meta.values())))
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def train(run: TrainSetup, *, console: Console, show_progress: bool = True,
+          resume: bool = False) -> tuple[Trainer, FitResult]:
+    """Fit on train, early-stop and keep the best weights on val (resumable under ckpt/)."""
+    cfg, data = run.cfg, run.data
+    objective = make_objective(run.model_cfg, cfg.train, data.y["train"], len(data.classes))
+    trainer = Trainer(run.model, objective, cfg.train, run_dir=run.run_dir, show_progress=show_progress,
+                      console=console, callbacks=run.callbacks, param_groups=run.param_groups)
+    fit = trainer.fit(_tensors(data, "train"), _tensors(data, "val"), resume=resume)
+    return trainer, fit
+
+
+def _tensors(data: PreparedData, split: str) -> TensorData:
+    return TensorData({"x": data.x[split], "y": data.y[split]})
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    report: Path | None
+    temperature: float | None  # fitted on validation; None for regression
+
+
+def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Console,
+             started: float) -> Evaluation:
+    """Test metrics beside the baselines on the same split, temperature fitted on val only;
+    writes metrics.json (and, for classes, report.html)."""
+    from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
+    from moola.evaluation.calibration import TemperatureScaler
+
+    cfg, data, run_dir = run.cfg, run.data, run.run_dir
+    test_loss, test_m, test_c = trainer.evaluate(_tensors(data, "test"))
     # the kept model's validation loss: what sweeps and tuning select on (never a test number)
-    val_loss, val_m, val_c = trainer.evaluate(tensors["val"])
+    val_loss, val_m, val_c = trainer.evaluate(_tensors(data, "val"))
     run_facts: dict = {
         "val_loss": val_loss, "val": val_m,
         "test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
         "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
-        "warnings": fit.warnings, "n_params": n_params,
+        "warnings": fit.warnings, "n_params": run.n_params,
         "n_train": len(data.y["train"]), "n_val": len(data.y["val"]), "n_test": len(data.y["test"]),
     }
-    report = None
-    if n_classes:
-        test_metrics = classification_metrics(data.y["test"], test_c["proba"], data.classes)
-        # temperature scaling: fitted on the validation split only, reported beside raw
-        ts = TemperatureScaler().fit(np.log(np.clip(val_c["proba"], 1e-12, 1)), data.y["val"])
-        cal = ts.transform(np.log(np.clip(test_c["proba"], 1e-12, 1)))
-        run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
-        run_facts["temperature"] = float(ts.temperature_)
-        base = run_baselines(data.x["train"], data.y["train"], data.x["test"], data.y["test"],
-                             data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
-        console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
-                                  title="test split: model vs baselines"))
-        run_facts["seconds_total"] = time.perf_counter() - t0
-        report = write_run_report(
-            run_dir, history=fit.history, metrics=test_metrics, classes=data.classes,
-            y_true=data.y["test"], proba=test_c["proba"], baseline_table=base,
-            title=f"{cfg.name}: {model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
-            notes=fit.warnings + trainer.messages, extra={"run": run_facts},
-        )
-        console.print(f"report: {report}")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    else:
-        run_facts["seconds_total"] = time.perf_counter() - t0
+    if not data.classes:
+        run_facts["seconds_total"] = time.perf_counter() - started
         metrics = {"model": test_m, "run": run_facts}
         atomic_write_json(run_dir / "metrics.json", metrics)
-    tracker.log_final(run_dir / "metrics.json")
-    tracker.log_artifacts(run_dir)
-    return TrainOutcome(run_dir, metrics, report, fit.warnings)
+        return Evaluation(metrics, None, None)
+    test_metrics = classification_metrics(data.y["test"], test_c["proba"], data.classes)
+    # temperature scaling: fitted on the validation split only, reported beside raw
+    ts = TemperatureScaler().fit(log_proba(val_c["proba"]), data.y["val"])
+    cal = ts.transform(log_proba(test_c["proba"]))
+    run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
+    run_facts["temperature"] = float(ts.temperature_)
+    base = run_baselines(data.x["train"], data.y["train"], data.x["test"], data.y["test"],
+                         data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
+    console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
+                              title="test split: model vs baselines"))
+    run_facts["seconds_total"] = time.perf_counter() - started
+    transductive = run.transductive
+    report = write_run_report(
+        run_dir, history=fit.history, metrics=test_metrics, classes=data.classes,
+        y_true=data.y["test"], proba=test_c["proba"], baseline_table=base,
+        title=(f"{transductive.splitlines()[0]} | " if transductive else "")
+        + f"{cfg.name}: {run.model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
+        notes=([transductive] if transductive else []) + fit.warnings + trainer.messages_,
+        extra={"run": run_facts},
+    )
+    console.print(f"report: {report}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return Evaluation(metrics, report, float(ts.temperature_))
+
+
+# ------------------------------------------------------------------------------- save
+
+
+def label_definition(cfg: DataConfig) -> str:
+    """The label in words, for the manifest."""
+    ret = (f"log return from the close of the window's last bar to the close {cfg.horizon} "
+           f"bar(s) later (adj_close when the bars have it)")
+    if cfg.task == "direction":
+        return f"1 ('up') when the {ret} is > 0, else 0 ('down')"
+    return ret
+
+
+def run_manifest(run: TrainSetup, temperature: float | None) -> Manifest:
+    """Everything a Predictor needs to rebuild the inputs, and what the model saw."""
+    cfg, data = run.cfg, run.data
+    return Manifest(
+        kind="train_run", feature_set=cfg.data.feature_set, feature_names=list(data.feature_names),
+        feature_schema_hash=data.schema_hash, window=cfg.data.window, horizon=cfg.data.horizon,
+        timeframe=run.timeframe.value, symbols=_symbols(data), bar_columns=run.bar_columns,
+        task=cfg.data.task, classes=list(data.classes), label=label_definition(cfg.data),
+        normalizer=None if data.normalizer is None else data.normalizer.to_dict(),
+        temperature=temperature,
+        periods={k: periods_by_symbol(data.meta[k]) for k in ("train", "val", "test")},
+        normalizer_fit=run.normalizer_fit, embargo_bars=cfg.data.split.embargo_bars,
+        allow_transductive=cfg.allow_transductive, data_fingerprint=run.fingerprint,
+        store=str(run.store_dir), n_params=run.n_params, n_train=len(data.y["train"]),
+    )
+
+
+def save(run: TrainSetup, result: Evaluation, tracker: Tracker) -> None:
+    """manifest.json last (weights, config, normaliser and metrics are already written), then
+    the final metrics and the directory to MLflow."""
+    write_manifest(run.run_dir, run_manifest(run, result.temperature))
+    tracker.log_final(run.run_dir / "metrics.json")
+    tracker.log_artifacts(run.run_dir)
+
+
+# --------------------------------------------------------------------- moola evaluate
 
 
 def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = "test",
                  console: Console | None = None) -> dict:
-    """Re-evaluate a saved run on its data (or another store with the same feature schema)."""
+    """Re-evaluate a saved run on its data (or another store with the same feature schema).
+
+    Writes ``evaluation_<split>.json`` and, per part, ``evaluation_<part>_rows.parquet``: the
+    probabilities it scored, one row per window (``symbol, ts`` of its last bar, ``y``,
+    ``raw_proba_<class>`` as scored, ``proba_<class>`` with the run's temperature), the same
+    columns ``moola predict`` writes.
+    """
     from moola.datasets import load_scaler
     from moola.evaluation import baseline_table, classification_metrics, run_baselines
-    from moola.training import from_checkpoint, read_meta
+    from moola.features import get_feature_set
+    from moola.inference import check_feature_schema, prediction_frame
+    from moola.training import from_checkpoint
 
     console = console or Console()
     run_dir = Path(run_dir)
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     if store is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"store": store})})
-    meta = read_meta(run_dir)
+    manifest = read_manifest(run_dir)
+    check_feature_schema(manifest, get_feature_set(cfg.data.feature_set), run_dir)
     norm_path = run_dir / "normalizer.json"
     normalizer = load_scaler(norm_path) if norm_path.is_file() else None
     data = prepare_data(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)), normalizer=normalizer)
-    if meta.get("feature_schema_hash") and meta["feature_schema_hash"] != data.schema_hash:
-        raise ValueError(
-            f"{run_dir}: feature schema hash {data.schema_hash} of the data differs from the "
-            f"model's {meta['feature_schema_hash']} (features differ between training and now)"
-        )
     model = from_checkpoint(run_dir)
     assert cfg.model is not None
     objective = make_objective(cfg.model, cfg.train, data.y["train"], len(data.classes))
@@ -283,7 +458,15 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     parts = ("train", "val", "test") if split == "all" else (split,)
     out: dict = {}
     for part in parts:
-        loss, m, c = trainer.evaluate(TensorData({"x": data.x[part], "y": data.y[part]}))
+        n = len(data.y[part])
+        loss, m, c = trainer.evaluate(_tensors(data, part), batch_size=eval_batch_size(
+            n, max(cfg.train.batch_size, 256)))
+        meta = data.meta[part]
+        rows = prediction_frame(meta["symbol"], meta["end_ts"], c["proba"] if data.classes else c["pred"],
+                                classes=data.classes, temperature=manifest.temperature)
+        y = c["y"] if data.classes else c["y"][:, 0]
+        atomic_write(run_dir / f"evaluation_{part}_rows.parquet",
+                     rows.insert_column(2, pl.Series("y", y)).write_parquet)
         entry: dict = {"loss": loss}
         if data.classes:
             entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
@@ -298,6 +481,17 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
         out[part] = entry
     atomic_write_json(run_dir / f"evaluation_{split}.json", out)
     return out
+
+
+def eval_batch_size(n: int, batch_size: int) -> int:
+    """``batch_size``, grown until no batch holds fewer than MIN_BATCH rows (a 1-3 row matmul
+    takes another CPU kernel with other last bits; the Predictor pads its short batches), so
+    the scored probabilities and ``moola predict``'s are the same numbers."""
+    from moola.inference import MIN_BATCH
+
+    while n > batch_size and 0 < n % batch_size < MIN_BATCH:
+        batch_size += 1
+    return batch_size
 
 
 def config_reference() -> str:

@@ -83,6 +83,8 @@ class Manifest(Config):
     horizon: int | None = None
     timeframe: str | None = None
     symbols: list[str] = Field(default_factory=list)
+    # the bar columns the features read (adj_close present or not changes every price feature)
+    bar_columns: list[str] = Field(default_factory=list)
     task: str | None = None
     classes: list[str] = Field(default_factory=list)
     label: str | None = None  # how a label is defined, in words (e.g. "sign of the 1-bar log return")
@@ -96,6 +98,9 @@ class Manifest(Config):
     normalizer_fit: list[TimeRange] = Field(default_factory=list)
     embargo_bars: int | None = None
     allow_transductive: bool = False
+    # encoders: the labels file whose windows (plus embargo) the pool left out, and how
+    labels_excluded: str | None = None
+    pool_exclusion: Literal["time", "symbol"] | None = None
     # --- provenance
     data_fingerprint: str | None = None
     store: str | None = None

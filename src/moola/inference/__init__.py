@@ -1,0 +1,25 @@
+"""Serving a trained run: raw bars -> the run's features, windows and normaliser -> its model ->
+temperature-scaled probabilities (or regression scores), refusing bars that differ from what
+the run was trained on. Sits above ``training`` and ``evaluation`` in the base layers."""
+
+from moola.inference._predictor import (
+    MIN_BATCH,
+    IncompatibleBarsError,
+    Predictor,
+    calibrated,
+    check_feature_schema,
+    head_values,
+    log_proba,
+    prediction_frame,
+)
+
+__all__ = [
+    "MIN_BATCH",
+    "IncompatibleBarsError",
+    "Predictor",
+    "calibrated",
+    "check_feature_schema",
+    "head_values",
+    "log_proba",
+    "prediction_frame",
+]

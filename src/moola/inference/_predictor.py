@@ -1,0 +1,255 @@
+"""``Predictor``: a run directory rebuilt into the function bars -> probabilities it was trained
+to be, and nothing else: same feature set (schema hash checked), same window, same normaliser
+statistics, same weights (safetensors), same calibration temperature."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from scipy.special import softmax
+
+from moola.data import REQUIRED_COLUMNS, Store, Timeframe, mark_gaps
+from moola.datasets.normalize import scaler_from_dict
+from moola.datasets.windows import WindowSet
+from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set, infer_timeframe
+from moola.models import ModelConfig
+from moola.training.checkpoint import from_checkpoint, read_config
+from moola.training.manifest import Manifest, read_manifest
+
+__all__ = [
+    "MIN_BATCH",
+    "IncompatibleBarsError",
+    "Predictor",
+    "calibrated",
+    "check_feature_schema",
+    "head_values",
+    "log_proba",
+    "prediction_frame",
+]
+
+# A matmul over 1-3 rows takes another CPU kernel than a larger one, and its last bits differ;
+# short final batches are padded to this many rows so every window goes through the same path.
+MIN_BATCH = 8
+BarsSource = pl.DataFrame | Store | str | Path
+
+
+class IncompatibleBarsError(ValueError):
+    """Bars (or this moola's feature code) that are not what the model was trained on."""
+
+
+def log_proba(proba: np.ndarray) -> np.ndarray:
+    """log p, clipped at 1e-12: the logits the run's temperature was fitted on."""
+    return np.log(np.clip(proba, 1e-12, 1))
+
+
+def calibrated(raw: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, C) ``softmax(log p / T)``, exactly as the train recipe's TemperatureScaler applies it."""
+    return softmax(log_proba(raw).astype(np.float64) / temperature, axis=1)
+
+
+def head_values(out: Mapping[str, torch.Tensor], model_cfg: ModelConfig) -> np.ndarray:
+    """(B, C) class probabilities or (B, H) regression scores from the head the recipe trains
+    (classifier, else direction, else regression), computed as the objectives collect them."""
+    if model_cfg.classifier is not None:
+        return torch.softmax(out["logits"].float(), -1).detach().cpu().numpy()
+    if model_cfg.direction is not None:
+        p = torch.sigmoid(out["direction"].float()).detach().cpu().numpy()
+        return np.stack([1 - p, p], 1)
+    if model_cfg.regression is not None:
+        return out["regression"].detach().float().cpu().numpy()
+    raise ValueError(f"model {model_cfg.name!r} has no classifier, direction or regression head to serve")
+
+
+def prediction_frame(symbol: pl.Series, ts: pl.Series, values: np.ndarray, *, classes: Sequence[str],
+                     temperature: float | None) -> pl.DataFrame:
+    """One row per window: ``symbol, ts`` (its last bar), then per class ``proba_<c>``
+    (temperature-scaled; the raw value when the run has no temperature) and ``raw_proba_<c>``
+    (the model's own probability), or ``score`` (``score_<i>`` for several horizons)."""
+    cols: dict[str, pl.Series] = {"symbol": symbol.alias("symbol"), "ts": ts.alias("ts")}
+    if classes:
+        cal = values if temperature is None else calibrated(values, temperature)
+        for k, c in enumerate(classes):
+            cols[f"proba_{c}"] = pl.Series(f"proba_{c}", cal[:, k])
+        for k, c in enumerate(classes):
+            cols[f"raw_proba_{c}"] = pl.Series(f"raw_proba_{c}", values[:, k])
+    elif values.shape[1] == 1:
+        cols["score"] = pl.Series("score", values[:, 0])
+    else:
+        for k in range(values.shape[1]):
+            cols[f"score_{k}"] = pl.Series(f"score_{k}", values[:, k])
+    return pl.DataFrame(cols)
+
+
+def check_feature_schema(manifest: Manifest, fs: FeatureSet, source: str | Path) -> None:
+    """Refuse when this moola's feature set is not the one the run was trained on.
+
+    Directories migrated from ``meta.json`` carry the older hash of names and parameters only;
+    they are checked against that (their formulas' code cannot be checked).
+    """
+    want = manifest.feature_schema_hash
+    if want is None:
+        return
+    migrated = "migrated_from" in manifest.extra
+    have = fs.legacy_schema_hash if migrated else fs.schema_hash
+    if have == want:
+        return
+    names = list(fs.names)
+    why = ("the names or their order differ" if names != manifest.feature_names
+           else "same names and parameters, so the feature code (formulas) changed since training")
+    raise IncompatibleBarsError(
+        f"{source}: model was trained on {len(manifest.feature_names)} features "
+        f"{manifest.feature_names} of {manifest.feature_set} (feature schema {want}), but this "
+        f"moola's {fs.name} gives {len(names)} features {names} (feature schema {have}): {why}")
+
+
+class Predictor:
+    """A trained run ready to serve.
+
+    scikit-learn style: ``__init__`` stores options; :meth:`from_dir` (a classmethod) loads the
+    learned state, whose attributes end in ``_``. ``required_bars`` is how many bars per symbol
+    one prediction needs (the feature set's look-back plus the window): a stream keeps that many.
+    """
+
+    run_dir_: Path
+    manifest_: Manifest
+    feature_set_: FeatureSet
+    model_config_: ModelConfig
+    model_: torch.nn.Module
+    normalizer_: Any  # a fitted Standardizer or RobustScaler, or None
+    temperature_: float | None
+    classes_: list[str]
+    window_: int
+    timeframe_: Timeframe | None
+
+    def __init__(self, *, device: str = "cpu", batch_size: int = 256) -> None:
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_dir(cls, run_dir: str | Path, *, device: str = "cpu", batch_size: int = 256) -> Predictor:
+        """Rebuild a ``moola train`` run directory (``manifest.json``, or an old ``meta.json``)."""
+        self = cls(device=device, batch_size=batch_size)
+        run_dir = Path(run_dir)
+        m = read_manifest(run_dir)
+        if m.window is None:
+            raise ValueError(f"{run_dir}: the manifest records no window length; cannot cut windows")
+        fs = get_feature_set(m.feature_set)
+        check_feature_schema(m, fs, run_dir)
+        model_cfg = ModelConfig.from_dict(read_config(run_dir)["model"], source=str(run_dir / "config.yaml"))
+        if m.feature_names and model_cfg.n_features != len(m.feature_names):
+            raise ValueError(f"{run_dir}: the model takes {model_cfg.n_features} features per bar but "
+                             f"the manifest lists {len(m.feature_names)}: {m.feature_names}")
+        self.run_dir_ = run_dir
+        self.manifest_ = m
+        self.feature_set_ = fs
+        self.model_config_ = model_cfg
+        self.model_ = from_checkpoint(run_dir, map_location=device)
+        self.normalizer_ = None if m.normalizer is None else scaler_from_dict(m.normalizer)
+        self.temperature_ = m.temperature if m.classes else None
+        self.classes_ = list(m.classes)
+        self.window_ = int(m.window)
+        self.timeframe_ = None if m.timeframe is None else Timeframe(m.timeframe)
+        return self
+
+    @property
+    def required_bars(self) -> int:
+        """Bars per symbol for one prediction: look-back (warm-up) + window."""
+        return self.feature_set_.max_lookback + self.window_
+
+    # ------------------------------------------------------------------------ inputs
+    def load_bars(self, source: BarsSource, *, symbols: Sequence[str] | None = None
+                  ) -> tuple[pl.DataFrame, Timeframe]:
+        """Bars and their timeframe from a store (the run's timeframe and, by default, its
+        symbols) or a DataFrame (timeframe from the bar spacing, checked against the run's)."""
+        if isinstance(source, pl.DataFrame):
+            bars = source if symbols is None else source.filter(pl.col("symbol").is_in(list(symbols)))
+            self._check_columns(bars.columns, "bars", adjusted=False)
+            bars = bars.sort("symbol", "ts")
+            tf = infer_timeframe(bars)
+            if self.timeframe_ is not None and tf != self.timeframe_:
+                raise IncompatibleBarsError(
+                    f"model was trained on {self.timeframe_.value} bars, the bars given are "
+                    f"{tf.value} (median spacing)")
+            self._check_columns(bars.columns, "bars")
+            return bars, tf
+        store = source if isinstance(source, Store) else Store(source)
+        held = store.timeframes()
+        tf = self.timeframe_ if self.timeframe_ is not None else store.resolve_timeframe(None)
+        if tf not in held:
+            raise IncompatibleBarsError(f"{store.root}: model was trained on {tf.value} bars; the "
+                                        f"store holds {[t.value for t in held]}")
+        syms = list(symbols) if symbols is not None else (self.manifest_.symbols or None)
+        bars = store.read(tf, syms)
+        self._check_columns(bars.columns, str(store.root))
+        return bars, tf
+
+    def _check_columns(self, columns: Sequence[str], where: str, *, adjusted: bool = True) -> None:
+        """The canonical bar columns, and (``adjusted``) adj_close present exactly when it was
+        in training."""
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise IncompatibleBarsError(f"{where}: bars lack columns {missing} (have {list(columns)})")
+        trained = self.manifest_.bar_columns
+        if adjusted and trained and ("adj_close" in trained) != ("adj_close" in columns):
+            state = "with" if "adj_close" in trained else "without"
+            raise IncompatibleBarsError(
+                f"{where}: model was trained on bars {state} adj_close (columns {trained}), the bars "
+                f"give {list(columns)}: prices would be adjusted differently from training")
+
+    def features(self, bars: pl.DataFrame, timeframe: Timeframe) -> FeatureMatrix:
+        """The run's feature set on ``bars``, gaps marked as in training."""
+        return compute_features(mark_gaps(bars, timeframe), self.feature_set_)
+
+    # ---------------------------------------------------------------------- predict
+    def predict_windows(self, ws: WindowSet, idx: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) raw probabilities or (N, H) scores of the windows ``idx`` (all when None)."""
+        idx = np.arange(len(ws)) if idx is None else np.asarray(idx, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        self.model_.eval()
+        for a in range(0, len(idx), self.batch_size):
+            chunk = idx[a:a + self.batch_size]
+            n = len(chunk)
+            if n < MIN_BATCH:  # pad with the last window (outputs dropped): same kernels as a big batch
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], MIN_BATCH - n)])
+            x = ws.batch(chunk)  # (B, T, F) float32
+            if self.normalizer_ is not None:
+                x = np.ascontiguousarray(self.normalizer_.transform(x), dtype=np.float32)
+            with torch.no_grad():
+                out = self.model_({"x": torch.from_numpy(x).to(self.device)})
+            parts.append(head_values(out, self.model_config_)[:n])
+        width = len(self.classes_) or len(self.model_config_.regression.horizons
+                                          if self.model_config_.regression else [1])
+        return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
+
+    def predict_frame(self, bars: BarsSource, *, symbols: Sequence[str] | None = None,
+                      since: datetime | None = None) -> pl.DataFrame:
+        """Per (symbol, ts) predictions for every complete window of ``bars`` (ending at or
+        after ``since``): ``proba_<class>`` / ``raw_proba_<class>``, or ``score``."""
+        frame, tf = self.load_bars(bars, symbols=symbols)
+        ws = WindowSet.from_matrix(self.features(frame, tf), self.window_)  # horizon 0, stride 1
+        if len(ws) == 0:
+            longest = max(frame.group_by("symbol").len()["len"].to_list(), default=0)
+            raise ValueError(f"no complete window: a prediction needs {self.required_bars} "
+                             f"consecutive bars of a symbol without gaps; the longest symbol has {longest}")
+        meta = ws.meta
+        keep = np.ones(len(ws), dtype=bool)
+        if since is not None:
+            keep = (meta["end_ts"] >= since).to_numpy()
+        idx = np.flatnonzero(keep)
+        values = self.predict_windows(ws, idx)
+        sel = pl.Series(idx)
+        return prediction_frame(meta["symbol"].gather(sel), meta["end_ts"].gather(sel), values,
+                                classes=self.classes_, temperature=self.temperature_)
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "manifest_"):
+            return f"Predictor(device={self.device!r})"
+        m = self.manifest_
+        return (f"Predictor({self.run_dir_}: {self.model_config_.name} on {self.window_}-bar "
+                f"{m.feature_set} windows, {m.timeframe}, task {m.task}, T={self.temperature_})")
