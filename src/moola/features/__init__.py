@@ -1,6 +1,6 @@
 """Feature sets: canonical bars in, float32 FeatureMatrix (keys + schema hash) out."""
 
-from moola.features._build import adjusted_bars, build_features, compute_features, infer_timeframe
+from moola.features._build import adjusted_bars, build_features, compute_features
 from moola.features._matrix import FeatureMatrix, schema_hash
 from moola.features._registry import (
     FeatureSet,
@@ -21,7 +21,6 @@ __all__ = [
     "compute_features",
     "feature_table_markdown",
     "get_feature_set",
-    "infer_timeframe",
     "list_feature_sets",
     "schema_hash",
 ]

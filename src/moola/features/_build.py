@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from moola.data import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe, mark_gaps
+from moola.data import PRICE_COLUMNS, REQUIRED_COLUMNS, Timeframe, infer_timeframe, mark_gaps
 from moola.features._matrix import FeatureMatrix
 from moola.features._registry import FeatureSet, FeatureSpec, get_feature_set
 
@@ -31,24 +31,6 @@ def adjusted_bars(df: pl.DataFrame) -> pl.DataFrame:
             (pl.col("volume") / pl.col("_factor")).alias("volume"),
         ).drop("_factor")
     return out
-
-
-def infer_timeframe(df: pl.DataFrame) -> Timeframe:
-    """Timeframe from the median step between a symbol's consecutive bars (daily: 1-4 days)."""
-    step = (
-        df.select(pl.col("ts").diff().over("symbol").dt.total_seconds().alias("s"))
-        .filter(pl.col("s") > 0)
-        .get_column("s")
-        .median()
-    )
-    if step is None:
-        raise ValueError("cannot infer the timeframe from fewer than two bars; pass timeframe=")
-    for tf in Timeframe:
-        if tf.is_intraday and abs(tf.step.total_seconds() - float(step)) < 1e-6:
-            return tf
-    if 86_400 <= float(step) <= 4 * 86_400:
-        return Timeframe.D1
-    raise ValueError(f"median bar step {step}s matches no timeframe; pass timeframe=")
 
 
 def _check_input(df: pl.DataFrame) -> None:

@@ -14,10 +14,10 @@ import polars as pl
 import torch
 from scipy.special import softmax
 
-from moola.data import REQUIRED_COLUMNS, Store, Timeframe, mark_gaps
+from moola.data import REQUIRED_COLUMNS, Store, Timeframe, infer_timeframe, mark_gaps
 from moola.datasets.normalize import scaler_from_dict
 from moola.datasets.windows import WindowSet
-from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set, infer_timeframe
+from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set
 from moola.models import ModelConfig
 from moola.training.checkpoint import from_checkpoint, read_config
 from moola.training.manifest import Manifest, read_manifest
