@@ -64,9 +64,9 @@ def write_run_report(
     rep = DataReport(run_dir, title=title)
     notes = list(notes)
     verdict = run_verdict(metrics, table, notes)
-    colour = "#fde2e2;border-color:#c0392b" if verdict["collapsed"] else "#eef5ff;border-color:#4c72b0"
+    bg, edge = ("#fde2e2", "#c0392b") if verdict["collapsed"] else ("#eef5ff", "#4c72b0")
     lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
-    rep.sections.append(f"<div style='background:{colour};border:2px solid;padding:.4em 1em'>"
+    rep.sections.append(f"<div style='border:2px solid {edge};background:{bg};padding:.4em 1em'>"
                         f"{lines}</div>")
     if notes:
         rep.heading("Notes")
@@ -173,7 +173,7 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
             word = ("beats" if clear[k] else "is above, but within noise of,") if beats[k] \
                 else "does NOT beat"
             parts.append(f"{word} the {k} baseline ({v:.4f}, {ba - v:+.4f})")
-        noise = f" (one standard error ~{se:.4f})" if se is not None else ""
+        noise = f"; one standard error ~{se:.4f}" if se is not None else ""
         lines.append(f"Test verdict: balanced accuracy {ba:.4f}; the model "
                      + " and ".join(parts) + noise + ".")
     lines += [f"COLLAPSED on validation: {n}" for n in val_notes]

@@ -116,15 +116,15 @@ class ProgressBar(Callback):
         )
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=trainer.batches_per_epoch, epoch=0, epochs=trainer.config.epochs,
+            "train", total=trainer.batches_per_epoch_, epoch=0, epochs=trainer.config.epochs,
             loss="-", extra="", rate="-",
         )
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         assert self.progress is not None
         self.samples, self.loss_sum = 0, 0.0
-        self.progress.reset(self.task, total=trainer.batches_per_epoch,
-                            completed=trainer.resume_batch if epoch == trainer.start_epoch else 0)
+        self.progress.reset(self.task, total=trainer.batches_per_epoch_,
+                            completed=trainer.resume_batch_ if epoch == trainer.start_epoch_ else 0)
         self.progress.update(self.task, epoch=epoch + 1)
 
     def on_batch_end(self, trainer: Trainer, step: int, loss: float, batch_size: int) -> None:
