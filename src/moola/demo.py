@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moola.data import Store, Timeframe, mark_gaps
-from moola.datasets import SampleSpans, WindowSet, assert_no_overlap, chronological_split
+from moola.datasets import SampleSpans, Split, WindowSet, assert_no_overlap, chronological_split
 from moola.datasets.tasks import bundled_dir, configs_dir
 from moola.evaluation.data_report import (
     DataReport,
@@ -230,7 +230,7 @@ def _tune_step(out: Path, store_dir: Path, console: Console) -> str:
 
 
 def _summary_table(store: Store, val: object, feats: dict[str, FeatureMatrix],
-                   splits: dict[str, tuple[WindowSet, object]]) -> Table:
+                   splits: dict[str, tuple[WindowSet, Split]]) -> Table:
     t = Table(title="moola demo summary", title_justify="left")
     t.add_column("what")
     t.add_column("value", justify="left")
