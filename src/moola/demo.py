@@ -246,6 +246,6 @@ def _summary_table(store: Store, val: object, feats: dict[str, FeatureMatrix],
                   f"hash {fm.schema_hash}")
     for name, (ws, sp) in splits.items():
         t.add_row(f"windows {name}", f"{len(ws)} x {ws.window} x {ws.n_features}; train/val/test "
-                  f"{len(sp.train)}/{len(sp.val)}/{len(sp.test)} "  # type: ignore[attr-defined]
-                  f"(purged {sp.purged}, embargoed {sp.embargoed})")  # type: ignore[attr-defined]
+                  f"{len(sp.train)}/{len(sp.val)}/{len(sp.test)} "
+                  f"(purged {sp.purged}, embargoed {sp.embargoed})")
     return t
