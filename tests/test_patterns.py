@@ -286,7 +286,8 @@ def test_random_walk_gets_few_labels_at_strict_thresholds() -> None:
 def test_pool_is_disjoint_from_labeled_time_and_large(bars: pl.DataFrame) -> None:
     fm = build_features(bars, "ohlc4")
     lab = load_labels(SHIPPED, classes=list(CLASSES))
-    pool = build_pool(fm, lab, window=W, min_pool=10_000)
+    # the per-symbol rule (opt-in; the default, by time on every symbol: tests/test_separation.py)
+    pool = build_pool(fm, lab, window=W, min_pool=10_000, exclusion="symbol", embargo_bars=0)
     assert len(pool) >= 10_000
     meta = pool.meta
     shipped = pl.read_csv(SHIPPED)

@@ -1,8 +1,11 @@
 """The pretrain recipe end to end on the bundled S&P 500 data: a tiny ``run_pretrain`` writes an
-encoder directory that declares its architecture and feature schema, trains only on pool
-windows that share no time with a shipped labeled window, and ``moola train
---pretrained-encoder`` loads it (16/16 full, 4/8 forward-only) or refuses it loudly (wrong
-shapes, other features) with exit code 2."""
+encoder directory that declares its architecture and feature schema and, in ``manifest.json``,
+the time its pool and normaliser covered; it trains only on pool windows more than the embargo
+away from every shipped labeled window on ANY symbol, and ``moola train --pretrained-encoder``
+loads it (16/16 full, 4/8 forward-only) or refuses it loudly (wrong shapes, other features) with
+exit code 2. An encoder whose pool overlaps the evaluated time (``data.exclusion=symbol``) is
+refused by ``moola train`` (val/test) and ``moola oof`` (every labeled window), and runs only
+with ``allow_transductive=true``, its report's first line saying TRANSDUCTIVE."""
 
 from __future__ import annotations
 
@@ -28,11 +31,14 @@ from moola.features import build_features
 from moola.models.transfer import ENCODER_META, ENCODER_WEIGHTS, expected_rnn_shapes, read_encoder_dir
 from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 from moola.training import GuardWarning
+from moola.training.manifest import read_manifest
 
 PRETRAIN_DEMO = ROOT / "configs" / "pretrain_demo.yaml"
 TRAIN_DEMO = ROOT / "configs" / "train_demo.yaml"
+OOF_DEMO = ROOT / "configs" / "oof_demo.yaml"
 LABELS = ROOT / "data" / "labels" / "sp500_patterns.csv"
 WINDOW = 105
+EMBARGO = 5  # pretrain_demo.yaml's data.embargo_bars
 TINY = ["train.epochs=1", "train.device=cpu", "train.num_threads=1"]
 # one symbol, every 20th window, one epoch, one baseline: a real run in a few seconds
 TRAIN_TINY = ["train.epochs=1", "data.symbols=[AAPL]", "data.stride=20", "baselines=[majority]",
@@ -86,6 +92,14 @@ def wide_encoder(root) -> Path:
 
 
 @pytest.fixture(scope="module")
+def symbol_excluded_encoder(root) -> Path:
+    """2x56, its pool excluding labeled windows only on their own symbol: it covers labeled
+    (and later validation/test) time on other symbols."""
+    return _pretrain(root, "enc_symbol", "data.max_pool=200", "encoder.hidden=56",
+                     "data.exclusion=symbol")
+
+
+@pytest.fixture(scope="module")
 def relative11_encoder(root) -> Path:
     """A 2x56 encoder pretrained on another feature set (relative11, 11 features)."""
     return _pretrain(root, "enc_rel11", "data.max_pool=100", "encoder.hidden=56",
@@ -107,8 +121,18 @@ def cli(*args: str | Path) -> Result:
 def test_pretrain_writes_an_encoder_dir_that_declares_its_architecture(jade_encoder):
     out, _ = jade_encoder
     for f in (ENCODER_WEIGHTS, ENCODER_META, "normalizer.json", "metrics.json", "report.html",
-              "config.yaml", "learning_curves.png", "reconstruction.png"):
+              "config.yaml", "learning_curves.png", "reconstruction.png", "manifest.json"):
         assert (out / f).is_file(), f
+    assert not (out / "meta.json").exists()  # the manifest replaces it
+    m = read_manifest(out)
+    assert (m.kind, m.feature_set, m.window, m.timeframe) == ("encoder", "ohlc4", WINDOW, "1d")
+    assert m.feature_names == ["open_lr", "high_lr", "low_lr", "close_lr"]
+    assert m.feature_schema_hash == _ohlc4_hash()
+    assert (m.embargo_bars, m.pool_exclusion) == (EMBARGO, "time")
+    assert m.labels_excluded is not None and Path(m.labels_excluded).resolve() == LABELS.resolve()
+    assert m.normalizer == json.loads((out / "normalizer.json").read_text())
+    assert len(m.symbols) >= 20 and m.symbols == sorted(m.symbols)
+    assert m.data_fingerprint and m.n_params and m.git_sha != "unknown"
     meta = json.loads((out / ENCODER_META).read_text())
     assert meta == {"type": "lstm", "layers": 2, "hidden": 56, "bidirectional": True, "input_size": 4,
                     "feature_set": "ohlc4", "feature_schema_hash": _ohlc4_hash(), "window": WINDOW}
@@ -147,44 +171,77 @@ def _label_ranges() -> pl.DataFrame:
     return pl.DataFrame(rows, schema=["symbol", "start", "end"], orient="row")
 
 
-def test_pretraining_pool_shares_no_time_with_labeled_windows(jade_encoder):
+def _calendar() -> np.ndarray:
+    """The union calendar of the raw bundled bars (ns), independently of the pipeline."""
+    return np.unique(load_daily()["ts"].dt.epoch("ns").to_numpy())
+
+
+def _merged(start: np.ndarray, end: np.ndarray) -> list[tuple[int, int]]:
+    """Union of [start_i, end_i] as disjoint sorted intervals (a plain loop)."""
+    out: list[list[int]] = []
+    for a, b in sorted(zip(start.tolist(), end.tolist(), strict=True)):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _ns(ranges) -> list[tuple[int, int]]:
+    return [(int(r.start.timestamp()) * 10**9, int(r.end.timestamp()) * 10**9) for r in ranges]
+
+
+def test_pretraining_pool_keeps_the_embargo_from_every_labeled_window_on_any_symbol(jade_encoder):
     out, calls = jade_encoder
     metrics = json.loads((out / "metrics.json").read_text())
     assert [len(c[1]) for c in calls] == [metrics["train_windows"], metrics["val_windows"]]
     labels = _label_ranges()
     assert labels.height == 122
-    by_symbol = {s: g for (s,), g in labels.partition_by("symbol", as_dict=True).items()}
-    n_windows = 0
-    labeled_symbols_in_pool: set[str] = set()
-    after_a_label = 0
+    cal = _calendar()
+    l_s = np.searchsorted(cal, labels["start"].to_numpy())
+    l_e = np.searchsorted(cal, labels["end"].to_numpy())
+    assert (cal[l_s] == labels["start"].to_numpy()).all() and (cal[l_e] == labels["end"].to_numpy()).all()
+
+    def far_from_labels(s_ns: np.ndarray, e_ns: np.ndarray) -> np.ndarray:
+        """(N,) every labeled window (any symbol) lies more than EMBARGO calendar bars away."""
+        s, e = np.searchsorted(cal, s_ns)[:, None], np.searchsorted(cal, e_ns)[:, None]
+        return ((l_s[None, :] - e > EMBARGO) | (s - l_e[None, :] > EMBARGO)).all(1)
+
+    spans = []
     for ws, idx, x in calls:
         assert x.shape == (len(idx), WINDOW, 4)
         meta = ws.meta[idx]
-        sym = meta["symbol"].to_numpy()
         s = meta["start_ts"].dt.epoch("ns").to_numpy()
         e = meta["end_ts"].dt.epoch("ns").to_numpy()
         assert ((e - s) > 0).all()
-        for name in np.unique(sym):
-            m = sym == name
-            if name not in by_symbol:
-                continue
-            g = by_symbol[name]
-            ls, le = g["start"].to_numpy(), g["end"].to_numpy()
-            hit = (s[m][:, None] <= le[None, :]) & (ls[None, :] <= e[m][:, None])
-            assert not hit.any(), (name, np.argwhere(hit)[:3])
-            # exclusion is by time range, not by symbol: labeled symbols stay in the pool, and
-            # some pool windows lie after a labeled window of their symbol
-            labeled_symbols_in_pool.add(str(name))
-            after_a_label += int((s[m][:, None] > le[None, :]).any(1).sum())
-        n_windows += len(idx)
-    assert n_windows == metrics["train_windows"] + metrics["val_windows"] >= 100
-    assert len(labeled_symbols_in_pool) >= 20
-    assert after_a_label > 0
+        assert far_from_labels(s, e).all()
+        spans.append((s, e, meta["symbol"].cast(pl.String).to_numpy()))
+    (tr_s, tr_e, tr_sym), (va_s, va_e, _) = spans
+    assert len(tr_s) + len(va_s) == metrics["train_windows"] + metrics["val_windows"] >= 100
+    assert len(set(tr_sym)) >= 20  # exclusion is by time: the pool spans the symbols
+    # the pool's own split is chronological across symbols, purged with the embargo
+    assert np.searchsorted(cal, tr_e).max() + EMBARGO < np.searchsorted(cal, va_s).min()
+    # the manifest records exactly the time those windows covered, and it is separated too
+    m = read_manifest(out)
+    assert _ns(m.pool_intervals) == _merged(np.concatenate([tr_s, va_s]), np.concatenate([tr_e, va_e]))
+    assert _ns(m.normalizer_fit) == _merged(tr_s, tr_e)
+    pool = np.array(_ns(m.pool_intervals))
+    assert far_from_labels(pool[:, 0], pool[:, 1]).all()
     # the normaliser was fitted on exactly the pool's training windows
     x_tr = calls[0][2].reshape(-1, 4).astype(np.float64)
     scaler = load_scaler(out / "normalizer.json")
     np.testing.assert_allclose(scaler.mean_, x_tr.mean(0), rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(scaler.scale_, x_tr.std(0), rtol=1e-4)
+
+
+def test_symbol_exclusion_is_opt_in_and_its_pool_meets_labeled_time(symbol_excluded_encoder):
+    m = read_manifest(symbol_excluded_encoder)
+    assert m.pool_exclusion == "symbol"
+    labels = _label_ranges()
+    pool = np.array(_ns(m.pool_intervals))
+    meets = (pool[:, 0][:, None] <= labels["end"].to_numpy()[None, :]) & \
+        (labels["start"].to_numpy()[None, :] <= pool[:, 1][:, None])
+    assert meets.any()  # other symbols' windows in labeled time: transductive for the labels
 
 
 # ------------------------------------------------------------------------- moola train loads it
@@ -251,3 +308,73 @@ def test_train_refuses_an_encoder_of_another_feature_schema_naming_both_hashes(r
     assert other in res.output and ours in res.output, res.output
     assert "Traceback" not in res.output
     assert not (root / "train_schema" / "weights.safetensors").exists()
+
+
+# ------------------------------------------------------- an encoder that saw the evaluated time
+
+
+def _first_line(html_text: str) -> str:
+    """The report's first visible line: its <h1>."""
+    return html_text.split("<h1>", 1)[1].split("</h1>", 1)[0]
+
+
+def test_train_refuses_an_encoder_whose_pool_overlaps_val_and_test(symbol_excluded_encoder, root):
+    enc = symbol_excluded_encoder
+    res = cli("train", "--config", TRAIN_DEMO, "--pretrained-encoder", enc, f"out_dir={root}",
+              "name=train_leak", "preset=jade_compact", *TRAIN_TINY)
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert f"encoder {enc}" in out
+    assert "its pretraining pool" in out and "overlaps the validation/test periods" in out
+    assert "overlapping pair(s)" in out and "exclusion=symbol" in out
+    assert f"moola pretrain --config {enc / 'config.yaml'}" in out and "data.pool_end=" in out
+    assert "allow_transductive=true" in out and "Traceback" not in out
+    assert not (root / "train_leak" / "weights.safetensors").exists()  # refused before training
+
+    res = cli("train", "--config", TRAIN_DEMO, "--pretrained-encoder", enc, f"out_dir={root}",
+              "name=train_leak_ok", "preset=jade_compact", "allow_transductive=true", *TRAIN_TINY)
+    assert res.exit_code == 0, res.output
+    assert res.output.lstrip().startswith("TRANSDUCTIVE: the encoder's pool overlaps")
+    run_dir = root / "train_leak_ok"
+    assert _first_line((run_dir / "report.html").read_text()).startswith(
+        "TRANSDUCTIVE: the encoder&#x27;s pool overlaps the validation/test periods")
+    notes = json.loads((run_dir / "metrics.json").read_text())["notes"]
+    assert notes[0].startswith("TRANSDUCTIVE: the encoder's pool overlaps the validation/test periods")
+    assert "16/16 encoder tensors transferred" in res.output
+
+
+def _oof_cli(enc: Path, root: Path, name: str, *extra: str) -> Result:
+    """``moola oof`` at its smallest: 2 folds x 1 seed x 1 epoch, one pretrained arm."""
+    return cli("oof", "--config", OOF_DEMO, "--pretrained-encoder", enc, f"out_dir={root}",
+               f"name={name}", "folds=2", "seeds=1", "train.epochs=1", "freeze_epochs=0",
+               "label_fractions=[]", "arms=[scratch,pretrained_frozen]", "baselines=[majority]",
+               "train.device=cpu", "train.num_threads=1", *extra)
+
+
+def test_oof_refuses_an_encoder_whose_pool_overlaps_the_labeled_windows(symbol_excluded_encoder, root):
+    enc = symbol_excluded_encoder
+    res = _oof_cli(enc, root, "oof_leak")
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"encoder {enc}" in out and "overlaps the labeled (test-fold) periods" in out
+    assert f"data.labels={LABELS.resolve()}" in out
+    assert "allow_transductive=true" in out and "Traceback" not in out
+    assert not (root / "oof_leak" / "oof_predictions.parquet").exists()
+
+    res = _oof_cli(enc, root, "oof_leak_ok", "allow_transductive=true")
+    assert res.exit_code == 0, res.output
+    assert res.output.lstrip().startswith("TRANSDUCTIVE: the encoder's pool overlaps")
+    out_dir = root / "oof_leak_ok"
+    assert _first_line((out_dir / "report.html").read_text()).startswith(
+        "TRANSDUCTIVE: the encoder&#x27;s pool overlaps the labeled (test-fold) periods")
+    verdict = json.loads((out_dir / "verdict.json").read_text())
+    assert verdict["transductive"].startswith("TRANSDUCTIVE: the encoder's pool overlaps")
+
+
+def test_oof_accepts_the_time_separated_encoder(jade_encoder, root):
+    enc, _ = jade_encoder
+    res = _oof_cli(enc, root, "oof_clean")
+    assert res.exit_code == 0, res.output
+    assert "TRANSDUCTIVE" not in res.output
+    assert json.loads((root / "oof_clean" / "verdict.json").read_text())["transductive"] is None
+    assert not _first_line((root / "oof_clean" / "report.html").read_text()).startswith("TRANSDUCTIVE")

@@ -18,14 +18,13 @@ import polars as pl
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from moola._io import atomic_write
 from moola.config import Config
-from moola.data._gaps import mark_gaps
-from moola.data._schema import TS_DTYPE, Timeframe
-from moola.data._store import Store
+from moola.data import TS_DTYPE, Store, Timeframe, mark_gaps
 from moola.datasets.labeled import LabeledWindows, _to_utc_ts
+from moola.datasets.tasks import calendar_positions
 from moola.datasets.windows import WindowSet, flag_prefix, symbol_ranges
-from moola.features import adjusted_bars, build_features
-from moola.features._matrix import FeatureMatrix
+from moola.features import FeatureMatrix, adjusted_bars, build_features
 
 __all__ = [
     "CLASSES",
@@ -480,11 +479,7 @@ def make_labels_file(
     ``data/labels/sp500_patterns.csv`` is this on the bundled subset with configs/labeler.yaml.
     """
     out = _format_labels(label_windows(source, cfg))
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    out.write_csv(tmp, float_scientific=False)
-    tmp.replace(path)
+    atomic_write(out_path, lambda tmp: out.write_csv(tmp, float_scientific=False))
     return out
 
 
@@ -516,45 +511,77 @@ def _label_spans(fm: FeatureMatrix, labels: pl.DataFrame, window: int) -> pl.Dat
     })
 
 
+Exclusion = Literal["time", "symbol"]
+
+
+def _near(p_start: np.ndarray, p_end: np.ndarray, l_start: np.ndarray, l_end: np.ndarray,
+          embargo: int) -> np.ndarray:
+    """(N,) bool: pool window i lies within ``embargo`` positions of some labeled interval
+    (``l_start <= p_end + embargo`` and ``l_end >= p_start - embargo``). Vectorised: labels
+    sorted by start, a running maximum of their ends answers "does any label that starts by
+    the window's end (+ embargo) reach back to its start (- embargo)?"."""
+    if len(l_start) == 0:
+        return np.zeros(len(p_start), dtype=bool)
+    order = np.argsort(l_start, kind="stable")
+    ls = l_start[order]
+    reach = np.maximum.accumulate(l_end[order])
+    k = np.searchsorted(ls, p_end + embargo, side="right")
+    return (k > 0) & (reach[np.maximum(k - 1, 0)] >= p_start - embargo)
+
+
 def build_pool(
     source: FeatureMatrix | WindowSet,
     labels: pl.DataFrame | LabeledWindows,
     window: int = 105,
     min_pool: int = 10_000,
+    *,
+    exclusion: Exclusion = "time",
+    embargo_bars: int = 5,
 ) -> WindowSet:
     """Unlabeled windows for self-supervision that share no time with a labeled window.
 
-    A pool window on symbol s is dropped when its [start_ts, end_ts] meets that of any
-    labeled window on s (``window`` bars up to its end_ts). ``source``: a FeatureMatrix (all
-    its valid windows, stride 1) or a WindowSet to filter. Raises below ``min_pool`` windows.
-    Neighbouring pool windows overlap heavily; fine for pre-training, which wants coverage.
+    ``exclusion="time"`` (default): a pool window is kept only when it ends more than
+    ``embargo_bars`` bars before, or starts more than ``embargo_bars`` bars after, every labeled
+    window on ANY symbol: markets co-move, so another stock's bars in a labeled (or evaluated)
+    period teach the encoder that period. Bars are counted on the union calendar of ``source``
+    (``moola.datasets.tasks.calendar_positions``). ``exclusion="symbol"`` applies the same rule
+    only against labeled windows of the pool window's own symbol (more pool, transductive:
+    an encoder built so overlaps the labeled periods in time, and ``--pretrained-encoder``
+    refuses it unless ``allow_transductive``). A labeled window is the ``window`` bars up to its
+    ``end_ts``. ``source``: a FeatureMatrix (all its valid windows, stride 1) or a WindowSet to
+    filter. Raises below ``min_pool`` windows. Neighbouring pool windows overlap heavily; fine for
+    pre-training, which wants coverage.
     """
+    if exclusion not in ("time", "symbol"):
+        raise ValueError(f"exclusion must be 'time' or 'symbol', got {exclusion!r}")
+    if embargo_bars < 0:
+        raise ValueError(f"embargo_bars must be >= 0, got {embargo_bars}")
     ws = source if isinstance(source, WindowSet) else WindowSet.from_matrix(source, window)
     if isinstance(labels, LabeledWindows):
         spans = labels.meta.select("symbol", "start_ts", "end_ts")
     else:
         spans = _label_spans(ws.matrix, labels, window)
-    meta = ws.meta
-    sym = meta.get_column("symbol").to_numpy()
-    p_start = meta.get_column("start_ts").dt.epoch("ns").to_numpy()
-    p_end = meta.get_column("end_ts").dt.epoch("ns").to_numpy()
-    keep = np.ones(len(ws), dtype=bool)
-    spans = spans.with_columns(
-        pl.col("start_ts").dt.epoch("ns").alias("s"), pl.col("end_ts").dt.epoch("ns").alias("e")
-    ).sort("symbol", "s")
-    for (name,), g in spans.partition_by("symbol", as_dict=True).items():
-        idx = np.flatnonzero(sym == name)
-        ls = g.get_column("s").to_numpy()
-        reach = np.maximum.accumulate(g.get_column("e").to_numpy())
-        # the labels starting by the pool window's end: does the farthest-reaching one
-        # reach back to its start?
-        k = np.searchsorted(ls, p_end[idx], side="right")
-        hit = (k > 0) & (reach[np.maximum(k - 1, 0)] >= p_start[idx])
-        keep[idx[hit]] = False
-    pool = ws.subset(keep)
+    ts = ws.matrix.keys.get_column("ts").cast(TS_DTYPE).dt.epoch("ns").to_numpy()
+    pos = calendar_positions(ts)
+    p_start, p_end = pos[ws.start_rows], pos[ws.end_rows]
+    cal = np.unique(ts)
+    # a label's bars on the union calendar: first bar at/after its start, last at/before its end
+    l_start = np.searchsorted(cal, spans.get_column("start_ts").dt.epoch("ns").to_numpy(), side="left")
+    l_end = np.searchsorted(cal, spans.get_column("end_ts").dt.epoch("ns").to_numpy(), side="right") - 1
+    if exclusion == "time":
+        drop = _near(p_start, p_end, l_start, l_end, embargo_bars)
+    else:  # each symbol on its own stretch of one line, too far apart to meet: one pass
+        sym = ws.meta.get_column("symbol").cast(pl.String)
+        codes = pl.concat([sym, spans.get_column("symbol").cast(pl.String)]).cast(pl.Categorical)
+        code = codes.to_physical().to_numpy().astype(np.int64)
+        stride = len(cal) + 2 * embargo_bars + 2  # label positions lie in [-1, len(cal)]
+        p_off, l_off = code[: len(sym)] * stride, code[len(sym):] * stride
+        drop = _near(p_start + p_off, p_end + p_off, l_start + l_off, l_end + l_off, embargo_bars)
+    pool = ws.subset(~drop)
     if len(pool) < min_pool:
         raise ValueError(
-            f"pool holds {len(pool)} windows once the time ranges of {spans.height} labeled "
-            f"windows are excluded; at least {min_pool} are required"
+            f"pool holds {len(pool)} windows once every window within {embargo_bars} bars of "
+            f"the {spans.height} labeled windows ({exclusion} exclusion) is dropped; at least "
+            f"{min_pool} are required"
         )
     return pool

@@ -1,11 +1,15 @@
 """The pretrain recipe: unlabeled pool -> masked-autoencoder training -> an encoder directory
-that declares its architecture and feature schema, ready for ``--pretrained-encoder``."""
+that declares its architecture and feature schema (``encoder.json``) and, in ``manifest.json``,
+the exact time the pool and the normaliser covered, so ``--pretrained-encoder`` can refuse an
+encoder that saw the periods a model is evaluated on (``moola.training.separation``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -14,6 +18,7 @@ from pydantic import Field
 from rich.console import Console
 from safetensors.torch import save_file
 
+from moola._io import atomic_write
 from moola.config import Config, config_hash
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import (
@@ -53,16 +58,22 @@ from moola.training import (
     data_fingerprint,
     masked_mse,
     seed_everything,
-    write_meta,
 )
 from moola.training.checkpoint import atomic_write_json
+from moola.training.manifest import LEGACY_META, Manifest, TimeRange, merge_intervals, write_manifest
 
 
 class PretrainDataConfig(DailyWindowsData):
-    """``labels``: the labeled windows kept OUT of the pool (with their time ranges)."""
+    """``labels``: the labeled windows kept OUT of the pool. ``exclusion: time`` (default) drops
+    every pool window within ``embargo_bars`` bars of a labeled window on ANY symbol, so the
+    encoder never sees a labeled period; ``symbol`` only those on the same symbol (transductive:
+    ``train``/``oof --pretrained-encoder`` refuse such an encoder unless allow_transductive)."""
 
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_pool: int | None = Field(None, ge=100)  # subsample the pool (evenly) for quick runs
+    exclusion: Literal["time", "symbol"] = "time"
+    embargo_bars: int = Field(5, ge=0)  # union-calendar bars: pool vs labeled windows, pool train vs val
+    pool_end: datetime | None = None  # keep only pool windows ending before this time (UTC)
 
 
 class PretrainConfig(Config):
@@ -88,15 +99,27 @@ def _drop_placeholder_windows(pool: WindowSet, bars: pl.DataFrame) -> WindowSet:
     return pool.subset(np.flatnonzero(keep))
 
 
-def _pool_split(spans: SampleSpans, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Chronological pool split: the last ``val_fraction`` of end times validate; train windows
-    overlapping any validation window in time are purged."""
+def _pool_split(spans: SampleSpans, val_fraction: float, embargo: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Chronological pool split across symbols: the last ``val_fraction`` of end times validate;
+    train windows ending within ``embargo`` positions of the first validation start (or after
+    it) are purged, so every train window ends more than ``embargo`` before any validation
+    window starts."""
     cut = np.quantile(spans.end, 1 - val_fraction)
     val = np.flatnonzero(spans.end > cut)
+    if len(val) == 0:
+        raise ValueError(f"the pool's {len(spans)} windows all end at one time: no validation split")
     first_val_start = spans.start[val].min()
-    train = np.flatnonzero(spans.end < first_val_start)
-    assert_no_overlap(spans, train, val)
+    train = np.flatnonzero(spans.end + embargo < first_val_start)
+    assert_no_overlap(spans, train, val, embargo=embargo)
     return train, val
+
+
+def _coverage(pool: WindowSet, idx: np.ndarray) -> list[TimeRange]:
+    """The merged time coverage (across symbols) of the pool windows ``idx``."""
+    meta = pool.meta[idx]
+    return merge_intervals(meta.get_column("start_ts").dt.epoch("ns").to_numpy(),
+                           meta.get_column("end_ts").dt.epoch("ns").to_numpy())
 
 
 def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
@@ -121,13 +144,23 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     fm = build_features(bars, d.feature_set)
     labels_path = Path(d.labels) if d.labels else default_labels_path()
     labels = load_labels(labels_path)
-    pool = build_pool(fm, labels, window=d.window, min_pool=0)
+    pool = build_pool(fm, labels, window=d.window, min_pool=0, exclusion=d.exclusion,
+                      embargo_bars=d.embargo_bars)
     pool = _drop_placeholder_windows(pool, bars)
+    if d.pool_end is not None:
+        end = d.pool_end.replace(tzinfo=UTC) if d.pool_end.tzinfo is None else d.pool_end
+        pool = pool.subset(np.flatnonzero(
+            pool.meta.get_column("end_ts").dt.epoch("ns").to_numpy() < int(end.timestamp() * 1e9)))
+    if len(pool) < 2:
+        raise ValueError(
+            f"the pool holds {len(pool)} windows once the {labels.height} labeled windows of "
+            f"{labels_path} ({d.exclusion} exclusion, embargo {d.embargo_bars} bars) and "
+            f"data.pool_end={d.pool_end} are applied: nothing to pretrain on")
     if d.max_pool is not None and len(pool) > d.max_pool:
         pool = pool.subset(np.linspace(0, len(pool) - 1, d.max_pool).round().astype(np.int64))
     pos = calendar_positions(fm.keys["ts"].dt.epoch("ns").to_numpy())
     spans = SampleSpans(pos[pool.start_rows], pos[pool.end_rows], group=pool.symbol_codes())
-    tr, va = _pool_split(spans, d.val_fraction)
+    tr, va = _pool_split(spans, d.val_fraction, d.embargo_bars)
     x_tr = pool.batch(tr)  # (N, T, F) raw float32
     x_va = pool.batch(va)
     scaler = Standardizer().fit(x_tr)
@@ -136,8 +169,9 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     resolved = cfg.model_copy(update={"encoder": enc_cfg})
     resolved.to_yaml(out / "config.yaml")
     tracker.log_params(resolved.flat())
+    fingerprint = data_fingerprint(x_tr)
     tracker.set_tags({"moola.feature_schema_hash": fm.schema_hash, "moola.feature_set": d.feature_set,
-                      "moola.data_fingerprint": data_fingerprint(x_tr),
+                      "moola.data_fingerprint": fingerprint,
                       "moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(resolved)})
     seed_everything(cfg.train.seed)
     model = pretrain_model(enc_cfg, n_features=fm.values.shape[1])
@@ -146,8 +180,9 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
         f"[bold]{cfg.name}[/]: masked autoencoder ({enc_cfg.kind} {enc_cfg.layers}x{enc_cfg.hidden}"
         f"{' bidirectional' if enc_cfg.bidirectional else ''}, {n_params:,} parameters) on "
         f"{len(tr):,} pool windows x {cfg.augment.views} view(s) per epoch, {len(va):,} validation "
-        f"windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; pool excludes the "
-        f"{labels.height} labeled windows of {labels_path.name} and their time ranges"
+        f"windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; pool excludes every window "
+        f"within {d.embargo_bars} bars of the {labels.height} labeled windows of {labels_path.name} "
+        + ("on any symbol" if d.exclusion == "time" else "on the same symbol (TRANSDUCTIVE)")
     )
     objective = MaskedReconstructionObjective(cfg.mask, Augmenter(cfg.augment),
                                               Normalize.from_scaler(scaler))
@@ -160,12 +195,21 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     spec = EncoderSpec.from_encoder(model.encoder, feature_set=d.feature_set,
                                     feature_schema_hash=fm.schema_hash, window=d.window)
     state = {k: v.detach().contiguous().cpu() for k, v in model.encoder_state_dict().items()}
-    tmp = out / f".{ENCODER_WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / ENCODER_WEIGHTS)
+    atomic_write(out / ENCODER_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     atomic_write_json(out / ENCODER_META, spec.to_dict())
-    write_meta(out, feature_set=d.feature_set, feature_schema_hash=fm.schema_hash,
-               pool_windows=len(pool), n_params=n_params, labels_excluded=str(labels_path))
+    used = np.concatenate([tr, va])
+    (out / LEGACY_META).unlink(missing_ok=True)  # a rerun into an old encoder dir: one truth
+    write_manifest(out, Manifest(
+        kind="encoder", feature_set=d.feature_set, feature_names=list(fm.names),
+        feature_schema_hash=fm.schema_hash, window=d.window, timeframe=d.timeframe,
+        symbols=sorted(set(pool.meta[used].get_column("symbol").cast(pl.String).to_list())),
+        normalizer=scaler.to_dict(), pool_intervals=_coverage(pool, used),
+        normalizer_fit=_coverage(pool, tr), embargo_bars=d.embargo_bars,
+        labels_excluded=str(labels_path), pool_exclusion=d.exclusion,
+        data_fingerprint=fingerprint, store=str(store_dir), n_params=n_params, n_train=len(tr),
+        extra={"pool_windows": len(pool), "pool_windows_used": len(used), "val_windows": len(va),
+               "pool_end": None if d.pool_end is None else d.pool_end.isoformat()},
+    ))
     vb = objective.prepare({"x": torch.from_numpy(x_va)}, training=False)
     zero = float(masked_mse(torch.zeros_like(vb["target"]), vb["target"], vb["mask"]))
     metrics = {"val_masked_mse": val_m.get("masked_mse"), "val_loss": val_loss,
@@ -200,7 +244,7 @@ def _report(out: Path, cfg: PretrainConfig, history: list[dict], metrics: dict,
     batch = objective.prepare({"x": torch.from_numpy(x_va[:1])}, training=False)
     model.eval()
     with torch.no_grad():
-        rec = model(batch["x"])["reconstruction"][0].numpy()
+        rec = model(batch)["reconstruction"][0].numpy()
     tgt = batch["target"][0].numpy()
     mask = batch["mask"][0].numpy().astype(bool)
     fig, ax = plt.subplots(figsize=(10, 3))
