@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 ClassName = Literal["consolidation", "retracement"]
-CLASSES: tuple[str, ...] = ("consolidation", "retracement")
+CLASS_ORDER: tuple[ClassName, ...] = ("consolidation", "retracement")
+CLASSES: tuple[str, ...] = CLASS_ORDER
 # The labels-file columns (what load_labels reads); the diagnostics follow them.
 LABEL_COLUMNS: tuple[str, ...] = ("symbol", "end_ts", "label", "pointer_start", "pointer_end")
 DIAGNOSTIC_COLUMNS: tuple[str, ...] = (
@@ -71,7 +72,7 @@ class LabelerConfig(Config):
     retrace_max_bars: int = Field(15, ge=1, description="retracement: counter-move <= this")
     end_slack: int = Field(5, ge=1, description="pattern ends in the window's last end_slack bars")
     priority: list[ClassName] = Field(
-        default_factory=lambda: ["consolidation", "retracement"],
+        default_factory=lambda: list(CLASS_ORDER),
         description="class order for two patterns ending on the same bar",
     )
     max_per_symbol: int | None = Field(None, ge=1, description="cap on labels per symbol")
@@ -248,7 +249,7 @@ def match_window(
         ))
     if not found:
         return None
-    rank = {c: i for i, c in enumerate(cfg.priority)}
+    rank: dict[str, int] = {c: i for i, c in enumerate(cfg.priority)}
     return min(found, key=lambda m: (-m.pointer_end, rank[m.label], -m.impulse_atr, -m.impulse_end))
 
 
@@ -392,7 +393,7 @@ def scan_windows(source: BarSource, cfg: LabelerConfig) -> pl.DataFrame:
             "impulse_end": m["b"] - w0, "atr": m["atr"], "impulse_atr": m["k"],
             "range_atr": m["range"], "retrace": m["retrace"],
         }, schema_overrides=dict.fromkeys(ints, pl.Int64)).filter(pl.Series(keep)))
-    rank = [cfg.priority.index(c) for c in CLASSES]
+    rank = [list[str](cfg.priority).index(c) for c in CLASSES]
     found = (
         pl.concat(parts)
         .with_columns(pl.col("code").replace_strict(list(range(len(CLASSES))), rank).alias("_rank"))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -38,12 +39,13 @@ from moola.datasets.tasks import (
 )
 from moola.evaluation import plot_learning_curves
 from moola.evaluation.data_report import DataReport
-from moola.features import build_features
-from moola.models import ENCODER_META, ENCODER_WEIGHTS, EncoderSpec, RNNEncoderConfig
+from moola.features import FeatureMatrix, build_features
+from moola.models import ENCODER_META, ENCODER_WEIGHTS, EncoderSpec, RNNEncoder, RNNEncoderConfig
 from moola.pretraining import (
     AugmentConfig,
     Augmenter,
     MaskConfig,
+    MaskedAutoencoder,
     MaskedReconstructionObjective,
     Normalize,
     ViewsData,
@@ -52,6 +54,7 @@ from moola.pretraining import (
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions
 from moola.training import (
     Callback,
+    FitResult,
     TensorData,
     TrainConfig,
     Trainer,
@@ -131,12 +134,52 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
                              extra_callbacks=callbacks)
 
 
+@dataclass
+class PoolData:
+    """The unlabeled pool split in time, scaled by a normaliser fitted on its training part."""
+
+    fm: FeatureMatrix
+    pool: WindowSet
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    x_train: np.ndarray  # (N, T, F) raw float32
+    x_val: np.ndarray
+    scaler: Standardizer
+    labels_path: Path
+    n_labels: int
+    store_dir: Path
+    fingerprint: str
+
+
 def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | None,
                   show_progress: bool, resume: bool, extra_callbacks: Sequence[Callback]) -> Path:
+    """setup (pool, split, normaliser) -> train -> evaluate -> save (encoder dir, report)."""
     console = console or Console()
     t0 = time.perf_counter()
     out = Path(cfg.out_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
+    data = _setup_pool(cfg)
+    resolved = _save_config(cfg, data, out, tracker)
+    model, objective, trainer, fit = _train(resolved, data, out, tracker, console=console,
+                                            show_progress=show_progress, resume=resume,
+                                            extra_callbacks=extra_callbacks)
+    metrics = _evaluate(trainer, objective, data, fit, resolved.augment.views)
+    metrics["seconds"] = time.perf_counter() - t0
+    spec = _save_encoder(resolved, data, model, out)
+    atomic_write_json(out / "metrics.json", metrics)
+    _report(out, resolved, fit.history, metrics, model, objective, data.x_val)
+    tracker.log_final(out / "metrics.json")
+    tracker.log_artifacts(out)
+    console.print(f"encoder: {out} (val masked MSE {metrics['val_masked_mse']:.4f} vs "
+                  f"{metrics['val_masked_mse_predict_zero']:.4f} for predicting zero; "
+                  f"declares {spec.kind} {spec.layers}x{spec.hidden}, "
+                  f"{'bi' if spec.bidirectional else 'uni'}directional, input {spec.input_size}, "
+                  f"schema {spec.feature_schema_hash})")
+    return out
+
+
+def _setup_pool(cfg: PretrainConfig) -> PoolData:
+    """Bars -> features -> every window clear of the labeled periods -> chronological split."""
     d = cfg.data
     store_dir = resolve_store(DataConfig(store=d.store, bundled=d.bundled), Path(cfg.out_dir))
     tf = Timeframe(d.timeframe)
@@ -164,70 +207,89 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     x_tr = pool.batch(tr)  # (N, T, F) raw float32
     x_va = pool.batch(va)
     scaler = Standardizer().fit(x_tr)
-    scaler.save(out / "normalizer.json")
-    enc_cfg = cfg.encoder.model_copy(update={"input_size": fm.values.shape[1]})
+    return PoolData(fm, pool, tr, va, x_tr, x_va, scaler, labels_path, labels.height, store_dir,
+                    data_fingerprint(x_tr))
+
+
+def _save_config(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracker) -> PretrainConfig:
+    """The resolved config (encoder width = the feature count) and the normaliser, logged."""
+    enc_cfg = cfg.encoder.model_copy(update={"input_size": data.fm.values.shape[1]})
     resolved = cfg.model_copy(update={"encoder": enc_cfg})
+    data.scaler.save(out / "normalizer.json")
     resolved.to_yaml(out / "config.yaml")
     tracker.log_params(resolved.flat())
-    fingerprint = data_fingerprint(x_tr)
-    tracker.set_tags({"moola.feature_schema_hash": fm.schema_hash, "moola.feature_set": d.feature_set,
-                      "moola.data_fingerprint": fingerprint,
+    tracker.set_tags({"moola.feature_schema_hash": data.fm.schema_hash,
+                      "moola.feature_set": cfg.data.feature_set,
+                      "moola.data_fingerprint": data.fingerprint,
                       "moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(resolved)})
+    return resolved
+
+
+def _train(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracker, *, console: Console,
+           show_progress: bool, resume: bool, extra_callbacks: Sequence[Callback]
+           ) -> tuple[MaskedAutoencoder, MaskedReconstructionObjective, Trainer, FitResult]:
+    d, enc_cfg = cfg.data, cfg.encoder
     seed_everything(cfg.train.seed)
-    model = pretrain_model(enc_cfg, n_features=fm.values.shape[1])
+    model = pretrain_model(enc_cfg, n_features=data.fm.values.shape[1])
     n_params = sum(p.numel() for p in model.parameters())
     console.print(
         f"[bold]{cfg.name}[/]: masked autoencoder ({enc_cfg.kind} {enc_cfg.layers}x{enc_cfg.hidden}"
         f"{' bidirectional' if enc_cfg.bidirectional else ''}, {n_params:,} parameters) on "
-        f"{len(tr):,} pool windows x {cfg.augment.views} view(s) per epoch, {len(va):,} validation "
-        f"windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; pool excludes every window "
-        f"within {d.embargo_bars} bars of the {labels.height} labeled windows of {labels_path.name} "
+        f"{len(data.train_idx):,} pool windows x {cfg.augment.views} view(s) per epoch, "
+        f"{len(data.val_idx):,} validation windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; "
+        f"pool excludes every window within {d.embargo_bars} bars of the {data.n_labels} labeled "
+        f"windows of {data.labels_path.name} "
         + ("on any symbol" if d.exclusion == "time" else "on the same symbol (TRANSDUCTIVE)")
     )
     objective = MaskedReconstructionObjective(cfg.mask, Augmenter(cfg.augment),
-                                              Normalize.from_scaler(scaler))
-    train_data = ViewsData(TensorData({"x": x_tr}), cfg.augment.views)
+                                              Normalize.from_scaler(data.scaler))
+    train_data = ViewsData(TensorData({"x": data.x_train}), cfg.augment.views)
     trainer = Trainer(model, objective, cfg.train, run_dir=out, show_progress=show_progress,
                       console=console, callbacks=[MlflowCallback(tracker), *extra_callbacks])
-    fit = trainer.fit(train_data, TensorData({"x": x_va}), resume=resume)
-    val_loss, val_m, _ = trainer.evaluate(TensorData({"x": x_va}))
+    fit = trainer.fit(train_data, TensorData({"x": data.x_val}), resume=resume)
+    return model, objective, trainer, fit
 
+
+def _evaluate(trainer: Trainer, objective: MaskedReconstructionObjective, data: PoolData,
+              fit: FitResult, views: int) -> dict[str, Any]:
+    """Validation masked MSE of the kept model beside the trivial reconstruction (zeros)."""
+    val_loss, val_m, _ = trainer.evaluate(TensorData({"x": data.x_val}))
+    vb = objective.prepare({"x": torch.from_numpy(data.x_val)}, training=False)
+    zero = float(masked_mse(torch.zeros_like(vb["target"]), vb["target"], vb["mask"]))
+    return {"val_masked_mse": val_m.get("masked_mse"), "val_loss": val_loss,
+            "val_masked_mse_predict_zero": zero,  # the trivial reconstruction to beat
+            "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
+            "epochs_run": len(fit.history), "train_windows": len(data.train_idx),
+            "val_windows": len(data.val_idx), "views": views, "warnings": fit.warnings}
+
+
+def _save_encoder(cfg: PretrainConfig, data: PoolData, model: MaskedAutoencoder, out: Path) -> EncoderSpec:
+    """encoder.safetensors + encoder.json (architecture) + manifest.json (what it saw, when)."""
+    d = cfg.data
+    if not isinstance(model.encoder, RNNEncoder):
+        raise TypeError(f"pretraining exports RNN encoders only, got {type(model.encoder).__name__}")
     spec = EncoderSpec.from_encoder(model.encoder, feature_set=d.feature_set,
-                                    feature_schema_hash=fm.schema_hash, window=d.window)
+                                    feature_schema_hash=data.fm.schema_hash, window=d.window)
     state = {k: v.detach().contiguous().cpu() for k, v in model.encoder_state_dict().items()}
     atomic_write(out / ENCODER_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     atomic_write_json(out / ENCODER_META, spec.to_dict())
-    used = np.concatenate([tr, va])
+    pool, tr = data.pool, data.train_idx
+    used = np.concatenate([tr, data.val_idx])
     (out / LEGACY_META).unlink(missing_ok=True)  # a rerun into an old encoder dir: one truth
     write_manifest(out, Manifest(
-        kind="encoder", feature_set=d.feature_set, feature_names=list(fm.names),
-        feature_schema_hash=fm.schema_hash, window=d.window, timeframe=d.timeframe,
+        kind="encoder", feature_set=d.feature_set, feature_names=list(data.fm.names),
+        feature_schema_hash=data.fm.schema_hash, window=d.window, timeframe=d.timeframe,
         symbols=sorted(set(pool.meta[used].get_column("symbol").cast(pl.String).to_list())),
-        normalizer=scaler.to_dict(), pool_intervals=_coverage(pool, used),
+        normalizer=data.scaler.to_dict(), pool_intervals=_coverage(pool, used),
         normalizer_fit=_coverage(pool, tr), embargo_bars=d.embargo_bars,
-        labels_excluded=str(labels_path), pool_exclusion=d.exclusion,
-        data_fingerprint=fingerprint, store=str(store_dir), n_params=n_params, n_train=len(tr),
-        extra={"pool_windows": len(pool), "pool_windows_used": len(used), "val_windows": len(va),
+        labels_excluded=str(data.labels_path), pool_exclusion=d.exclusion,
+        data_fingerprint=data.fingerprint, store=str(data.store_dir),
+        n_params=sum(p.numel() for p in model.parameters()), n_train=len(tr),
+        extra={"pool_windows": len(pool), "pool_windows_used": len(used),
+               "val_windows": len(data.val_idx),
                "pool_end": None if d.pool_end is None else d.pool_end.isoformat()},
     ))
-    vb = objective.prepare({"x": torch.from_numpy(x_va)}, training=False)
-    zero = float(masked_mse(torch.zeros_like(vb["target"]), vb["target"], vb["mask"]))
-    metrics = {"val_masked_mse": val_m.get("masked_mse"), "val_loss": val_loss,
-               "val_masked_mse_predict_zero": zero,  # the trivial reconstruction to beat
-               "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
-               "epochs_run": len(fit.history), "train_windows": len(tr), "val_windows": len(va),
-               "views": cfg.augment.views, "seconds": time.perf_counter() - t0,
-               "warnings": fit.warnings}
-    atomic_write_json(out / "metrics.json", metrics)
-    _report(out, cfg, fit.history, metrics, model, objective, x_va)
-    tracker.log_final(out / "metrics.json")
-    tracker.log_artifacts(out)
-    console.print(f"encoder: {out} (val masked MSE {metrics['val_masked_mse']:.4f} vs "
-                  f"{zero:.4f} for predicting zero; "
-                  f"declares {spec.kind} {spec.layers}x{spec.hidden}, "
-                  f"{'bi' if spec.bidirectional else 'uni'}directional, input {spec.input_size}, "
-                  f"schema {spec.feature_schema_hash})")
-    return out
+    return spec
 
 
 def _report(out: Path, cfg: PretrainConfig, history: list[dict], metrics: dict,
