@@ -15,6 +15,7 @@ from moola.datasets.splits import (
     chronological_split,
     overlap_groups,
     purged_kfold,
+    purged_time_folds,
     stratified_group_kfold,
     walk_forward,
 )
@@ -317,6 +318,72 @@ def test_walk_forward_bad_arguments() -> None:
         walk_forward(sp, n_splits=2, test_size=0)
     with pytest.raises(ValueError, match="training set is empty"):
         walk_forward(single(10, 5, 5), n_splits=2)
+
+
+# --------------------------------------------------------------------------------------------
+# purged_time_folds
+# --------------------------------------------------------------------------------------------
+
+
+def test_purged_time_folds_walk_forward_known() -> None:
+    sp = single(30, 5, 2)  # [i, i+6], one symbol
+    folds = purged_time_folds(sp, 2, embargo=1, min_train=10)
+    assert [f.test.tolist() for f in folds] == [idx(range(10, 20)), idx(range(20, 30))]
+    # fold 0: test windows start at 10; purge i + 6 >= 10 (4..9), embargo i + 6 >= 9 (3)
+    assert folds[0].train.tolist() == [0, 1, 2]
+    assert (folds[0].purged, folds[0].embargoed) == (6, 1)
+    # fold 1: trains on the first block and fold 0's test block, never on 20..29
+    assert folds[1].train.tolist() == idx(range(13))
+    assert (folds[1].purged, folds[1].embargoed) == (6, 1)
+    # default first block: N / (n_splits + 1) = 10 windows, the same folds
+    assert [f.train.tolist() for f in purged_time_folds(sp, 2, embargo=1)] == \
+        [f.train.tolist() for f in folds]
+    assert folds[0].to_dict() == {"train": [0, 1, 2], "test": idx(range(10, 20)),
+                                  "purged": 6, "embargoed": 1}
+
+
+def test_purged_time_folds_blocked_known() -> None:
+    sp = single(30, 5, 2)
+    folds = purged_time_folds(sp, 3, scheme="blocked", embargo=1)
+    assert [f.test.tolist() for f in folds] == [idx(range(10)), idx(range(10, 20)),
+                                                idx(range(20, 30))]
+    # fold 1, test [10, 16] .. [19, 25]: before, i + 6 >= 10 purged (4..9), 3 embargoed;
+    # after, i <= 25 purged (20..25), i = 26 embargoed (starts within 1 bar of the block)
+    assert folds[1].train.tolist() == idx(range(3), range(27, 30))
+    assert (folds[1].purged, folds[1].embargoed) == (12, 2)
+
+
+def test_purged_time_folds_purge_other_symbols_only_by_time() -> None:
+    # symbol a: windows [0, 5], [10, 15], test window [20, 25]; a window [12, 22] that shares
+    # bars 20..22 in time with the test window is kept on another symbol, purged on the same
+    def folds(sym: str, embargo: int):
+        sp = SampleSpans(np.array([0, 10, 20, 12]), np.array([5, 15, 25, 22]),
+                         group=["a", "a", "a", sym])
+        (f,) = purged_time_folds(sp, 1, embargo=embargo, min_train=3)
+        assert f.test.tolist() == [2]
+        return f
+
+    assert folds("b", 2).train.tolist() == [0, 1, 3]  # known (end 22) before the test label (25)
+    assert folds("b", 3).train.tolist() == [0, 1]  # end 22 is within 3 bars of the test block
+    assert folds("b", 3).embargoed == 1
+    f = folds("a", 0)
+    assert f.train.tolist() == [0, 1] and (f.purged, f.embargoed) == (1, 0)
+
+
+def test_purged_time_folds_bad_arguments() -> None:
+    sp = single(10, 1, 0)
+    with pytest.raises(ValueError, match="scheme must be 'walk_forward' or 'blocked'"):
+        purged_time_folds(sp, 2, scheme="kfold")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_splits must be >= 2"):
+        purged_time_folds(sp, 1, scheme="blocked")
+    with pytest.raises(ValueError, match="min_train applies to scheme='walk_forward' only"):
+        purged_time_folds(sp, 2, scheme="blocked", min_train=3)
+    with pytest.raises(ValueError, match="min_train=10 leaves no samples to test"):
+        purged_time_folds(sp, 2, min_train=10)
+    with pytest.raises(ValueError, match="min_train=9 leaves 1 distinct end times, too few for 2"):
+        purged_time_folds(sp, 2, min_train=9)
+    with pytest.raises(ValueError, match="fold 0: training set is empty after purge/embargo"):
+        purged_time_folds(single(10, 5, 5), 2)
 
 
 # --------------------------------------------------------------------------------------------

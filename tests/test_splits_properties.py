@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from moola.datasets.splits import (
     chronological_split,
     overlap_groups,
     purged_kfold,
+    purged_time_folds,
     stratified_group_kfold,
     walk_forward,
 )
@@ -23,7 +25,8 @@ SETTINGS = settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.filter_too_much]
 )
 # errors that only mean "too little data for these settings", never a broken split
-TOO_SMALL = ("empty", "too few", "exceeds", "needs at least", "leaves no training")
+TOO_SMALL = ("empty", "too few", "exceeds", "needs at least", "leaves no training",
+             "leaves no samples")
 
 
 @dataclass
@@ -237,6 +240,97 @@ def test_walk_forward_trains_on_the_past(
     assert len(set(n_times)) == 1  # equal-size test blocks
     last = folds[-1].test
     assert sp.end[last].max() == sp.end.max()  # tests reach the most recent data
+
+
+# --------------------------------------------------------------------------------------------
+# purged_time_folds (the OOF verdict's folds)
+# --------------------------------------------------------------------------------------------
+
+
+def _too_close(sp: SampleSpans, i: int, test: np.ndarray, embargo: int) -> tuple[bool, bool]:
+    """O(m) reading of the definition for candidate i: (overlaps a same-symbol test window,
+    comes within `embargo` of one or of the test block's end-time span)."""
+    lo, hi = sp.end[test].min(), sp.end[test].max()
+    same = test[sp.group[test] == sp.group[i]]
+    overlap = bool(np.any((sp.start[same] <= sp.end[i]) & (sp.start[i] <= sp.end[same])))
+    near = bool(np.any((sp.start[same] - embargo <= sp.end[i]) & (sp.start[i] <= sp.end[same] + embargo)))
+    near |= bool(sp.end[i] >= lo - embargo and sp.start[i] <= hi + embargo)
+    return overlap, near
+
+
+@SETTINGS
+@given(
+    panel=panels(),
+    n_splits=st.integers(1, 5),
+    scheme=st.sampled_from(["walk_forward", "blocked"]),
+    embargo=st.integers(0, 6),
+    min_train=st.none() | st.integers(1, 40),
+)
+def test_purged_time_folds_properties(
+    panel: Panel, n_splits: int, scheme: str, embargo: int, min_train: int | None
+) -> None:
+    sp = panel.spans
+    n = len(sp)
+    if scheme == "blocked":
+        assume(n_splits >= 2)
+        min_train = None
+    try:
+        folds = purged_time_folds(sp, n_splits, scheme=scheme,  # type: ignore[arg-type]
+                                  embargo=embargo, min_train=min_train)
+    except ValueError as err:
+        _skip_if_too_small(err)
+        return
+    assert len(folds) == n_splits
+    tested = np.concatenate([f.test for f in folds])
+    assert np.unique(tested).size == tested.size  # no window is tested twice
+    if scheme == "blocked":
+        assert sorted(tested.tolist()) == list(range(n))  # every window tested exactly once
+    else:  # exactly the windows after the first (train-only) block are tested, once each
+        first = sp.end < sp.end[folds[0].test].min()
+        assert sorted(tested.tolist()) == np.flatnonzero(~first).tolist()
+        if min_train is not None:
+            assert first.sum() >= min_train
+            # the first block is the shortest prefix of end times holding min_train windows
+            assert (sp.end < sp.end[first].max()).sum() < min_train
+    for k, f in enumerate(folds):
+        assert f.train.size > 0 and f.test.size > 0
+        assert np.intersect1d(f.train, f.test).size == 0
+        lo, hi = sp.end[f.test].min(), sp.end[f.test].max()
+        # no training window within `embargo` of its fold's test block
+        assert not np.any((sp.end[f.train] >= lo - embargo) & (sp.start[f.train] <= hi + embargo))
+        assert_no_overlap(sp, f.train, f.test, embargo=embargo, same_group_only=True)
+        if scheme == "walk_forward":  # never trains on later data
+            assert sp.end[f.train].max() + embargo < lo
+            assert np.all(sp.end[f.train] < sp.end[f.test].min())
+        if k:  # test blocks are contiguous and ordered in time
+            assert sp.end[folds[k - 1].test].max() < lo
+        # purge and embargo remove exactly what the definition says, nothing more
+        cand = (np.setdiff1d(np.arange(n), f.test) if scheme == "blocked"
+                else np.flatnonzero(sp.end < lo))
+        verdicts = {int(i): _too_close(sp, int(i), f.test, embargo) for i in cand}
+        kept = sorted(i for i, (o, near) in verdicts.items() if not (o or near))
+        assert f.train.tolist() == kept
+        assert f.purged == sum(o for o, _ in verdicts.values())
+        assert f.embargoed == sum(near and not o for o, near in verdicts.values())
+
+
+@SETTINGS
+@given(panel=panels(), n_splits=st.integers(1, 4), embargo=st.integers(0, 4))
+def test_purged_time_folds_walk_forward_trains_on_growing_pasts(
+    panel: Panel, n_splits: int, embargo: int
+) -> None:
+    """Expanding: each fold's candidates are the previous fold's plus its test block."""
+    sp = panel.spans
+    try:
+        folds = purged_time_folds(sp, n_splits, embargo=embargo)
+    except ValueError as err:
+        _skip_if_too_small(err)
+        return
+    for a, b in itertools.pairwise(folds):
+        before_a = set(np.flatnonzero(sp.end < sp.end[a.test].min()).tolist())
+        before_b = set(np.flatnonzero(sp.end < sp.end[b.test].min()).tolist())
+        assert before_b == before_a | set(a.test.tolist())
+        assert b.train.size + b.purged + b.embargoed == len(before_b)
 
 
 # --------------------------------------------------------------------------------------------

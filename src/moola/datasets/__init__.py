@@ -2,7 +2,7 @@
 
 from moola.datasets.labeled import LabeledWindows, load_labels, save_labels
 from moola.datasets.normalize import RobustScaler, Standardizer, load_scaler, scaler_from_dict
-from moola.datasets.panel import DayPanel, PanelBatch, PanelDay
+from moola.datasets.panel import DayPanel, DayPanelSource, PanelBatch, PanelDay
 from moola.datasets.patterns import (
     LabelerConfig,
     build_pool,
@@ -25,6 +25,7 @@ from moola.datasets.windows import WindowSet
 
 __all__ = [
     "DayPanel",
+    "DayPanelSource",
     "Fold",
     "LabeledWindows",
     "LabelerConfig",

@@ -17,12 +17,17 @@ Semantics shared by all splitters:
   are bar positions). ``chronological_split`` enforces it by trimming the *start* of the later
   segment; ``walk_forward`` by trimming the end of training; ``purged_kfold`` (de Prado) only
   after each test block, by dropping training samples that start within ``embargo`` of its end.
+
+``purged_time_folds`` (the OOF verdict's splitter for small labelled panels) purges per symbol
+instead: a window long relative to the panel's history would, purged against every symbol's test
+span, empty the training set. See its docstring for the exact rule.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +44,7 @@ __all__ = [
     "chronological_split",
     "overlap_groups",
     "purged_kfold",
+    "purged_time_folds",
     "stratified_group_kfold",
     "walk_forward",
 ]
@@ -220,6 +226,11 @@ class Fold:
     test: IntArray
     purged: int = 0
     embargoed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and ints, for a JSON record of the folds a run used."""
+        return {"train": self.train.tolist(), "test": self.test.tolist(),
+                "purged": int(self.purged), "embargoed": int(self.embargoed)}
 
 
 def _spans(spans: SampleSpans) -> SampleSpans:
@@ -504,6 +515,115 @@ def walk_forward(
 
 
 # --------------------------------------------------------------------------------------------
+# time-blocked folds for small labelled panels (the OOF verdict)
+# --------------------------------------------------------------------------------------------
+
+
+def _touches(
+    a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndarray, b_end: np.ndarray
+) -> np.ndarray:
+    """Mask over a: does a's closed interval intersect any of b's, in O((n+m) log m)."""
+    out = np.zeros(a_start.size, dtype=bool)
+    if a_start.size == 0 or b_start.size == 0:
+        return out
+    order = np.argsort(b_start, kind="stable")
+    bs, cummax = b_start[order], np.maximum.accumulate(b_end[order])
+    k = np.searchsorted(bs, a_end, side="right")  # b's with b.start <= a.end
+    has = k > 0
+    out[has] = cummax[k[has] - 1] >= a_start[has]
+    return out
+
+
+def _first_block(t: np.ndarray, min_train: int, n_test_blocks: int) -> np.ndarray:
+    """Block id per sample: 0 for the earliest distinct end times holding >= ``min_train``
+    samples, then ``n_test_blocks`` contiguous blocks of similar sample count."""
+    u, inv, counts = np.unique(t, return_inverse=True, return_counts=True)
+    rank = inv.reshape(-1)
+    if min_train >= t.size:
+        raise ValueError(f"min_train={min_train} leaves no samples to test ({t.size} in all)")
+    first = int(np.searchsorted(np.cumsum(counts), min_train, side="left")) + 1
+    if u.size - first < n_test_blocks:
+        raise ValueError(
+            f"min_train={min_train} leaves {u.size - first} distinct end times, too few for "
+            f"{n_test_blocks} test blocks"
+        )
+    block = np.zeros(t.size, np.int64)
+    rest = rank >= first
+    block[rest] = 1 + _time_blocks(t[rest], n_test_blocks)
+    return block
+
+
+def purged_time_folds(
+    spans: SampleSpans,
+    n_splits: int,
+    *,
+    scheme: Literal["walk_forward", "blocked"] = "walk_forward",
+    embargo: Any = 0,
+    min_train: int | None = None,
+) -> list[Fold]:
+    """Folds over contiguous time blocks, purged per symbol and embargoed in time.
+
+    Blocks cut the distinct ``end`` times (when a label is known) into contiguous runs of
+    similar sample count, so equal times stay together. ``walk_forward`` (the default): a first
+    block only trains (at least ``min_train`` samples; default ``N // (n_splits + 1)``), then
+    fold k tests block k+1 and trains only on the blocks before it: no fold trains on later
+    data, and the first block is never tested. ``blocked``: ``n_splits`` blocks, each tested
+    once, trained on the blocks on both sides (later data too: ask for it explicitly).
+
+    A training candidate is dropped when, with ``B = [min end, max end]`` of the test block:
+
+    * **purge**: its ``[start, end]`` overlaps a test sample of the same ``group`` (symbol;
+      every sample when ``group`` is None): the two windows share bars;
+    * **embargo**: otherwise, it comes within ``embargo`` of such a test sample, or its
+      ``[start, end]`` comes within ``embargo`` of ``B`` (before the block: ``end >= B.lo -
+      embargo``; after it, ``start <= B.hi + embargo``: no kept window reads bars of the test
+      block's label times, on any symbol).
+
+    Other symbols' windows that merely share earlier bars with a test window are kept: they
+    were all known before any test label was.
+    """
+    spans = _spans(spans)
+    if scheme not in ("walk_forward", "blocked"):
+        raise ValueError(f"scheme must be 'walk_forward' or 'blocked', got {scheme!r}")
+    n = _check_n_splits(n_splits, 1 if scheme == "walk_forward" else 2)
+    e = _duration(embargo, "embargo", spans.is_datetime)
+    s, t = spans.start, spans.end
+    if scheme == "blocked":
+        if min_train is not None:
+            raise ValueError("min_train applies to scheme='walk_forward' only (blocked folds "
+                             "train on every block but the test one)")
+        block = _time_blocks(t, n)
+    elif min_train is None:
+        block = _time_blocks(t, n + 1)
+    else:
+        block = _first_block(t, _size(min_train, "min_train") or 1, n)
+    codes = spans._group_codes()
+    folds: list[Fold] = []
+    for k in range(n):
+        tb = k if scheme == "blocked" else k + 1
+        test = block == tb
+        cand = ~test if scheme == "blocked" else block < tb
+        lo, hi = t[test].min(), t[test].max()
+        overlap = np.zeros(t.size, dtype=bool)
+        near = (t >= lo - e) & (s <= hi + e)
+        for g in np.unique(codes[test]):
+            c = np.flatnonzero(cand & (codes == g))
+            j = np.flatnonzero(test & (codes == g))
+            overlap[c] = _touches(s[c], t[c], s[j], t[j])
+            near[c] |= _touches(s[c], t[c], s[j] - e, t[j] + e)
+        purged = cand & overlap
+        emb = cand & ~overlap & near
+        train = cand & ~purged & ~emb
+        if not train.any():
+            raise ValueError(
+                f"fold {k}: training set is empty after purge/embargo ({int(cand.sum())} "
+                f"candidates, {int(purged.sum())} purged, {int(emb.sum())} embargoed)"
+            )
+        folds.append(Fold(_positions(train), _positions(test), int(purged.sum()), int(emb.sum())))
+    return folds
+
+
+# --------------------------------------------------------------------------------------------
 # stratified group k-fold for tiny labelled sets
 # --------------------------------------------------------------------------------------------
 
@@ -543,35 +663,6 @@ def overlap_groups(spans: SampleSpans, *, block: Any = None) -> np.ndarray:
     return np.unique(labels[comp], return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def _assign_groups(group_counts: np.ndarray, n_splits: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy stratified assignment of groups to folds (sklearn StratifiedGroupKFold's rule)."""
-    n_groups, _ = group_counts.shape
-    class_tot = np.maximum(group_counts.sum(axis=0), 1)
-    perm = rng.permutation(n_groups)
-    order = perm[np.argsort(-np.std(group_counts[perm], axis=1), kind="stable")]
-    fold_counts = np.zeros((n_splits, group_counts.shape[1]))
-    fold_of = np.empty(n_groups, np.int64)
-    eye = np.eye(n_splits)
-    for g in order:
-        gc = group_counts[g]
-        trial = fold_counts[None, :, :] + eye[:, :, None] * gc[None, None, :]  # cand x fold x c
-        score = np.std(trial / class_tot, axis=1).mean(axis=1)
-        close = np.isclose(score, score.min())
-        sizes = np.where(close, fold_counts.sum(axis=1), np.inf)
-        best = int(np.argmin(sizes))
-        fold_counts[best] += gc
-        fold_of[g] = best
-    # never leave a fold without test samples: move the smallest group of the busiest fold
-    sizes_g = group_counts.sum(axis=1)
-    for k in range(n_splits):
-        if not (fold_of == k).any():
-            n_in = np.bincount(fold_of, minlength=n_splits)
-            donor = int(np.argmax(n_in))
-            members = np.flatnonzero(fold_of == donor)
-            fold_of[members[np.argmin(sizes_g[members])]] = k
-    return fold_of
-
-
 def stratified_group_kfold(
     spans: SampleSpans,
     labels: Any = None,
@@ -583,10 +674,13 @@ def stratified_group_kfold(
     """Class-balanced k-fold for small labelled sets where overlapping windows never straddle.
 
     Samples are grouped by :func:`overlap_groups` (same symbol with chained interval overlap,
-    optionally same ``block`` time bin), then groups are assigned greedily to folds to balance
-    class proportions (deterministic given ``seed``). Each sample is tested exactly once.
-    ``labels`` defaults to ``spans.label``.
+    optionally same ``block`` time bin), then sklearn's ``StratifiedGroupKFold`` (shuffled,
+    ``random_state=seed``) assigns groups to folds to balance class proportions. Each sample is
+    tested exactly once. ``labels`` defaults to ``spans.label``. Folds are not time blocks: for
+    a verdict on time series use :func:`purged_time_folds`.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     spans = _spans(spans)
     n = _check_n_splits(n_splits, 2)
     if labels is None:
@@ -601,14 +695,17 @@ def stratified_group_kfold(
     if n > n_groups:
         raise ValueError(f"n_splits={n} exceeds the number of non-overlapping groups ({n_groups})")
     y_code = np.unique(y, return_inverse=True)[1].reshape(-1)
-    counts = np.zeros((n_groups, int(y_code.max()) + 1))
-    np.add.at(counts, (groups, y_code), 1.0)
-    fold_of = _assign_groups(counts, n, np.random.default_rng(seed))[groups]
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "least populated class has only k members": expected here
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        parts = [np.sort(te).astype(np.int64)
+                 for _, te in splitter.split(np.zeros(y.size), y_code, groups)]
     folds: list[Fold] = []
-    for k in range(n):
-        test = fold_of == k
-        train = ~test
+    for k, test_idx in enumerate(parts):
+        if test_idx.size == 0:
+            raise ValueError(f"fold {k} is empty: too few groups ({n_groups}) for n_splits={n}")
+        train_idx = np.setdiff1d(np.arange(y.size, dtype=np.int64), test_idx)
         # grouping already separates same-symbol overlaps; a failure here is a bug
-        assert_no_overlap(spans, _positions(train), _positions(test), same_group_only=True)
-        folds.append(Fold(_positions(train), _positions(test), 0, 0))
+        assert_no_overlap(spans, train_idx, test_idx, same_group_only=True)
+        folds.append(Fold(train_idx, test_idx, 0, 0))
     return folds

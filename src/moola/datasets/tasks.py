@@ -208,6 +208,7 @@ class LabeledSet:
     meta: pl.DataFrame
     classes: list[str]
     schema_hash: str
+    calendar: np.ndarray | None = None  # (U,) int64 ns union bar calendar: splits count bars
 
 
 def load_labeled(cfg: LabeledWindowsData, cache_root: Path) -> LabeledSet:
@@ -223,4 +224,5 @@ def load_labeled(cfg: LabeledWindowsData, cache_root: Path) -> LabeledSet:
                          f"{lw.rejected.row(0, named=True)}")
     start, end = lw.spans()
     spans = SampleSpans(start, end, group=lw.meta["symbol"].to_numpy(), label=lw.y)
-    return LabeledSet(lw.X, lw.y, lw.pointers, spans, lw.meta, list(lw.classes), fm.schema_hash)
+    return LabeledSet(lw.X, lw.y, lw.pointers, spans, lw.meta, list(lw.classes), fm.schema_hash,
+                      calendar=np.unique(fm.keys["ts"].dt.epoch("ns").to_numpy()))

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 
-from moola.features._matrix import FeatureMatrix
+from moola.features import FeatureMatrix
 
 __all__ = [
     "WindowSet",

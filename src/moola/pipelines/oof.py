@@ -1,11 +1,20 @@
-"""The verdict recipe: K time-grouped folds x S seeds, arms scratch / pretrained-frozen /
-pretrained-fine-tuned plus baselines, paired differences, and a plain-language answer to
-"does pretraining help on this task?". Nothing is tuned on test folds: early stopping uses an
-inner validation split carved from each fold's training windows (also overlap-grouped)."""
+"""The verdict recipe: K time-blocked folds x S seeds, arms scratch / pretrained-frozen /
+pretrained-fine-tuned plus baselines, paired differences over folds, and a plain-language
+answer to "does pretraining help on this task?".
+
+Folds are walk-forward time blocks by default (no fold trains on data later than its test
+block), purged per symbol and embargoed by ``embargo_bars`` on the bar calendar
+(:func:`moola.datasets.splits.purged_time_folds`). Nothing is tuned on test folds: early
+stopping uses the last time block of each fold's training windows, purged and embargoed the
+same way. Statistics take the fold as the unit (seeds averaged within a fold first, baselines
+once per training set) and correct each family of comparisons with Holm
+(:mod:`moola.evaluation.comparison`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -15,11 +24,18 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from moola.config import Config, config_hash
-from moola.datasets import SampleSpans, stratified_group_kfold
 from moola.datasets.normalize import Standardizer
+from moola.datasets.splits import Fold, SampleSpans, purged_time_folds
 from moola.datasets.tasks import LabeledSet, LabeledWindowsData, load_labeled
 from moola.evaluation import classification_metrics, run_baselines
-from moola.evaluation.comparison import PairedDifference, paired_difference, summarize_arms
+from moola.evaluation.comparison import (
+    VERDICT_METRIC,
+    PairedDifference,
+    fold_means,
+    paired_difference,
+    summarize_arms,
+    with_holm,
+)
 from moola.models import build_model, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._progress import frame_table, progress_bar
@@ -37,8 +53,11 @@ from moola.training import (
 from moola.training.checkpoint import atomic_write_json
 
 Arm = Literal["scratch", "pretrained_frozen", "pretrained_finetuned"]
-BASELINE_ARMS = ("majority", "logistic", "minirocket")
+Baseline = Literal["majority", "logistic", "minirocket"]
+BASELINE_ARMS: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")
 REPORT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
+PRIMARY = VERDICT_METRIC  # accuracy and macro-F1 are secondary
+TESTED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
 
 
 class OOFDataConfig(LabeledWindowsData):
@@ -55,17 +74,26 @@ class OOFConfig(Config):
     model: ModelConfig | None = None
     folds: int = Field(5, ge=2)
     seeds: int = Field(5, ge=1)
-    arms: list[Arm] = Field(default_factory=lambda: ["scratch", "pretrained_frozen",
-                                                     "pretrained_finetuned"])
-    baselines: list[Literal["majority", "logistic", "minirocket"]] = Field(
-        default_factory=lambda: list(BASELINE_ARMS))
+    # walk_forward: fold k tests time block k+1, trains on the blocks before it (never on later
+    # data); blocked: trains on both sides of each test block (explicit opt-in)
+    fold_scheme: Literal["walk_forward", "blocked"] = "walk_forward"
+    # trading days between any training window and its test block (and same-symbol test windows)
+    embargo_bars: int = Field(10, ge=0)
+    # walk_forward: labeled windows in the first, train-only block; 50 so that every fold can
+    # draw the 50-label point of the efficiency curve and 5 folds still test ~14 windows each
+    # (None: N / (folds + 1)). Ignored by blocked folds.
+    min_train: int | None = Field(50, ge=2)
+    arms: list[Arm] = Field(default_factory=lambda: list[Arm](
+        ["scratch", "pretrained_frozen", "pretrained_finetuned"]))
+    baselines: list[Baseline] = Field(default_factory=lambda: list[Baseline](BASELINE_ARMS))
     pretrained_encoder: str | None = None
     transfer_mode: Literal["full", "forward-only"] = "full"
     freeze_epochs: int = Field(5, ge=0)  # fine-tuned arm: encoder frozen this many epochs first
     encoder_lr_mult: float = Field(0.1, gt=0)  # fine-tuned arm: encoder LR = lr x this
-    inner_val: float = Field(0.2, gt=0, lt=0.5)
-    label_fractions: list[int] = Field(default_factory=lambda: [25, 50, 100])  # + all labels
-    efficiency_seeds: int = Field(2, ge=1)
+    allow_transductive: bool = False  # run with an encoder whose pool overlaps the labeled windows
+    inner_val: float = Field(0.2, gt=0, lt=0.5)  # share of training windows in the last block
+    label_fractions: list[int] = Field(default_factory=lambda: [25, 50])  # + all labels
+    efficiency_seeds: int = Field(5, ge=1)  # label subsets (and seeds) per fold and fraction
     train: TrainConfig = TrainConfig(epochs=40, batch_size=32)
 
     @model_validator(mode="after")
@@ -88,18 +116,61 @@ def _subset(idx: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndar
     return np.sort(np.concatenate(out))
 
 
-def _inner_split(spans: SampleSpans, idx: np.ndarray, frac: float, seed: int
+def _inner_split(spans: SampleSpans, idx: np.ndarray, frac: float, embargo: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Carve an inner validation set from training indices, overlap-grouped like the folds."""
-    k = max(2, round(1 / frac))
-    sub = SampleSpans(spans.start[idx], spans.end[idx], group=spans.group[idx],
-                      label=spans.label[idx])
+    """The inner validation set for early stopping: the last time block (about ``frac`` of the
+    training windows ``idx``), purged and embargoed from the rest exactly like the folds.
+    Empty (no early stopping) when the windows are too few to cut."""
+    sub = SampleSpans(spans.start[idx], spans.end[idx],
+                      group=None if spans.group is None else spans.group[idx])
+    n_val = max(1, round(frac * len(idx)))
     try:
-        folds = stratified_group_kfold(sub, sub.label, n_splits=k, seed=seed)
+        (f,) = purged_time_folds(sub, 1, scheme="walk_forward", embargo=embargo,
+                                 min_train=max(1, len(idx) - n_val))
     except ValueError:
         return idx, idx[:0]
-    f = folds[0]
     return idx[f.train], idx[f.test]
+
+
+def bar_spans(data: LabeledSet) -> SampleSpans:
+    """The labeled windows' spans as positions on the union bar calendar, so that purge and
+    ``embargo_bars`` count bars (trading days), not nanoseconds."""
+    cal = data.calendar
+    if cal is None:
+        raise ValueError("the labeled set carries no bar calendar: load it with load_labeled")
+    start = np.searchsorted(cal, data.spans.start)
+    end = np.searchsorted(cal, data.spans.end)
+    off = np.flatnonzero((start >= cal.size) | (end >= cal.size)
+                         | (cal[np.minimum(start, cal.size - 1)] != data.spans.start)
+                         | (cal[np.minimum(end, cal.size - 1)] != data.spans.end))
+    if off.size:
+        raise ValueError(f"labeled window {int(off[0])} (file row "
+                         f"{data.meta['file_row'][int(off[0])]}) starts or ends off the bar calendar")
+    return SampleSpans(start, end, group=data.spans.group, label=data.spans.label)
+
+
+def oof_folds(cfg: OOFConfig, spans: SampleSpans) -> list[Fold]:
+    """The outer folds of the verdict (time blocks; see :func:`purged_time_folds`)."""
+    return purged_time_folds(spans, cfg.folds, scheme=cfg.fold_scheme, embargo=cfg.embargo_bars,
+                             min_train=cfg.min_train if cfg.fold_scheme == "walk_forward" else None)
+
+
+def fold_layout(data: LabeledSet, spans: SampleSpans, folds: list[Fold], cfg: OOFConfig
+                ) -> pl.DataFrame:
+    """Per fold: test period, sizes, purge/embargo counts, inner split and class counts."""
+    end = data.meta["end_ts"]
+    rows = []
+    for k, f in enumerate(folds):
+        tr, va = _inner_split(spans, f.train, cfg.inner_val, cfg.embargo_bars)
+        row = {"fold": k, "test_from": str(end[f.test].min())[:10], "test_to": str(end[f.test].max())[:10],
+               "train_to": str(end[f.train].max())[:10], "n_train": len(f.train), "purged": f.purged,
+               "embargoed": f.embargoed, "inner_train": len(tr), "inner_val": len(va),
+               "n_test": len(f.test)}
+        for i, c in enumerate(data.classes):
+            row[f"train_{c}"] = int((data.y[f.train] == i).sum())
+            row[f"test_{c}"] = int((data.y[f.test] == i).sum())
+        rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def _model_cfg(cfg: OOFConfig, n_features: int, n_classes: int) -> ModelConfig:
@@ -115,7 +186,7 @@ def fold_normalizer(cfg: OOFConfig, x_train: np.ndarray) -> Standardizer:
 
         path = Path(cfg.pretrained_encoder) / "normalizer.json"
         if path.is_file():
-            return load_scaler(path)  # type: ignore[return-value]
+            return load_scaler(path)
     return Standardizer().fit(x_train)
 
 
@@ -181,7 +252,7 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
 
     trainer = Trainer(model, obj, tcfg, callbacks=callbacks, param_groups=param_groups,
                       show_progress=False, console=console)
-    trainer.log = lambda _m: None  # type: ignore[method-assign]  # cells are summarised instead
+    trainer.log = lambda message: None  # type: ignore[method-assign]  # cells are summarised instead
     trainer.fit(td(xs["tr"], tr), td(xs["va"], va) if len(va) else None)
     _, _, col = trainer.evaluate(td(xs["te"], te))
     return col["proba"], col.get("ptr_pred"), note
@@ -208,23 +279,42 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
     tracker.log_params(cfg.flat())
     tracker.set_tags({"moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(cfg)})
     data = load_labeled(cfg.data, Path(cfg.out_dir))
+    transductive = None
     if cfg.pretrained_encoder is not None:
+        from moola.datasets.tasks import default_labels_path
+        from moola.training.separation import check_encoder_separation, evaluated_intervals
+
         _check_encoder_schema(cfg.pretrained_encoder, data.schema_hash)
+        # every labeled window is a test window in some fold: the encoder must not have seen them
+        transductive = check_encoder_separation(
+            cfg.pretrained_encoder, evaluated_intervals(data.meta),
+            allow_transductive=cfg.allow_transductive, what="labeled (test-fold)",
+            labels=cfg.data.labels or str(default_labels_path()))
+        if transductive:
+            console.print(transductive, style="bold red", highlight=False, markup=False)
     n = len(data.y)
     mcfg = _model_cfg(cfg, data.x.shape[2], len(data.classes))
     n_params = count_parameters(build_model(mcfg))
     counts = np.bincount(data.y, minlength=len(data.classes))
+    spans = bar_spans(data)
+    folds = oof_folds(cfg, spans)
+    layout = fold_layout(data, spans, folds, cfg)
+    n_train = float(np.mean(layout["n_train"].to_numpy()))
     console.print(
         f"[bold]{cfg.name}[/]: {n} labeled windows ("
         + ", ".join(f"{c} {k}" for c, k in zip(data.classes, counts, strict=True))
         + f"); {mcfg.name} has {n_params:,} parameters = {n_params / max(n, 1):,.0f} per labeled "
-        f"window ({n_params / max(n * (cfg.folds - 1) / cfg.folds, 1):,.0f} per training window)"
+        f"window ({n_params / max(n_train, 1):,.0f} per training window of a fold, on average)"
     )
-    folds = stratified_group_kfold(data.spans, data.y, n_splits=cfg.folds, seed=0)
+    console.print(frame_table(layout.select("fold", "test_from", "test_to", "n_train", "purged",
+                                            "embargoed", "inner_val", "n_test", *[
+                                                f"test_{c}" for c in data.classes]),
+                              title=f"{cfg.folds} {cfg.fold_scheme} folds, embargo "
+                                    f"{cfg.embargo_bars} bars"))
     fractions: list[int | None] = [f for f in cfg.label_fractions if f < n] + [None]
     jobs = []
     for frac in fractions:
-        n_seeds = cfg.seeds if frac is None else min(cfg.seeds, cfg.efficiency_seeds)
+        n_seeds = cfg.seeds if frac is None else cfg.efficiency_seeds
         for seed in range(n_seeds):
             for k in range(cfg.folds):
                 for arm in cfg.arms:
@@ -236,52 +326,65 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
         for frac, seed, k, arm in jobs:
             f = folds[k]
             train_idx = _subset(f.train, data.y, frac, seed)
-            tr, va = _inner_split(data.spans, train_idx, cfg.inner_val, seed)
+            tr, va = _inner_split(spans, train_idx, cfg.inner_val, cfg.embargo_bars)
             te = f.test
             proba, ptr, note = _train_cell(cfg, arm, data, tr, va, te, 1000 * seed + k, console)
             if note:
                 notes.add(note)
-            _record(pred_rows, score_rows, data, arm, k, seed, frac, te, proba, ptr)
+            _record(pred_rows, score_rows, data, arm, k, seed, frac, len(tr), te, proba, ptr)
             advance(1)
-        # baselines: deterministic given the fold; one score per fold, paired with every seed
+        # baselines are deterministic given their training set: once per fold with all labels,
+        # once per (fold, label subset) on the efficiency curve, never once per model seed
         for frac in fractions:
-            n_seeds = cfg.seeds if frac is None else min(cfg.seeds, cfg.efficiency_seeds)
-            for k, f in enumerate(folds):
-                train_idx = _subset(f.train, data.y, frac, 0)
-                norm = fold_normalizer(cfg, data.x[train_idx])
-                xtr = norm.transform(data.x[train_idx]).astype(np.float32)
-                xte = norm.transform(data.x[f.test]).astype(np.float32)
-                for b in run_baselines(xtr, data.y[train_idx], xte, data.y[f.test], data.classes,
-                                       which=tuple(cfg.baselines), seed=0):
-                    for seed in range(n_seeds):
-                        _record(pred_rows, score_rows, data, b.name, k, seed, frac, f.test,
-                                b.proba_test, None)
+            for seed in range(1 if frac is None else cfg.efficiency_seeds):
+                for k, f in enumerate(folds):
+                    train_idx = _subset(f.train, data.y, frac, seed)
+                    norm = fold_normalizer(cfg, data.x[train_idx])
+                    xtr = norm.transform(data.x[train_idx]).astype(np.float32)
+                    xte = norm.transform(data.x[f.test]).astype(np.float32)
+                    for b in run_baselines(xtr, data.y[train_idx], xte, data.y[f.test],
+                                           data.classes, which=tuple(cfg.baselines), seed=0):
+                        _record(pred_rows, score_rows, data, b.name, k, seed, frac,
+                                len(train_idx), f.test, b.proba_test, None)
     preds = pl.concat(pred_rows, how="diagonal_relaxed")
     scores = pl.DataFrame(score_rows)
     preds.write_parquet(out / "oof_predictions.parquet")
     scores.write_parquet(out / "scores.parquet")
-    full = scores.filter(pl.col("labels") == "all")
-    summary = summarize_arms(full, [m for m in [*REPORT_METRICS, "pointer_mae", "pointer_hit3"]
-                                    if m in full.columns])
-    console.print(frame_table(summary, title="per arm, all labels (mean, std over fold x seed)"))
-    diffs: list[PairedDifference] = []
-    for arm in cfg.arms:
-        for ref in ("scratch", *cfg.baselines):
-            if arm != ref:
-                for m in ("accuracy", "balanced_accuracy", "macro_f1"):
-                    diffs.append(paired_difference(full, arm, ref, m))
-    verdict = pretraining_verdict(diffs, cfg.arms)
+    metrics = [m for m in [*REPORT_METRICS, "pointer_mae", "pointer_hit3"] if m in scores.columns]
+    per_fold = fold_means(scores, metrics)
+    per_fold.write_parquet(out / "fold_scores.parquet")
+    full = per_fold.filter(pl.col("labels") == "all")
+    summary = summarize_arms(full, metrics)
+    console.print(frame_table(summary, title="per arm, all labels (mean, std over folds of the "
+                                             "seed-averaged fold scores)"))
+    diffs, efficiency, best_baseline = compare_arms(cfg, per_fold, fractions)
+    verdict = pretraining_verdict(diffs, cfg.arms, best_baseline, n_folds=len(folds),
+                                  scheme=cfg.fold_scheme)
     console.print(f"[bold]verdict:[/] {verdict}")
-    collapse = full.filter(pl.col("collapse") != "").select("arm", "fold", "seed", "collapse")
+    collapse = scores.filter((pl.col("labels") == "all") & (pl.col("collapse") != "")).select(
+        "arm", "fold", "seed", "collapse")
     report = write_oof_report(
         out, cfg=cfg, data_counts=dict(zip(data.classes, counts.tolist(), strict=True)),
-        n_params=n_params, summary=summary, scores=scores, diffs=diffs, verdict=verdict,
-        collapse=collapse, transfer_notes=sorted(notes), seconds=time.perf_counter() - t0,
+        n_params=n_params, summary=summary, per_fold=per_fold, layout=layout, diffs=diffs,
+        efficiency=efficiency, best_baseline=best_baseline, verdict=verdict, collapse=collapse,
+        transfer_notes=sorted(notes), seconds=time.perf_counter() - t0, transductive=transductive,
     )
+    atomic_write_json(out / "folds.json", {
+        "scheme": cfg.fold_scheme, "embargo_bars": cfg.embargo_bars, "min_train": cfg.min_train,
+        "folds": [f.to_dict() | {"layout": row} for f, row in
+                  zip(folds, layout.iter_rows(named=True), strict=True)],
+    })
+
+    def _rec(d: PairedDifference) -> dict:
+        return dataclasses.asdict(d) | {"significant": d.significant, "min_p": d.min_p}
+
     atomic_write_json(out / "verdict.json", {
-        "verdict": verdict,
-        "differences": [d.__dict__ | {"significant": d.significant} for d in diffs],
-        "n_labeled": n, "n_params": n_params, "folds": cfg.folds, "seeds": cfg.seeds,
+        "verdict": verdict, "transductive": transductive, "primary_metric": PRIMARY,
+        "best_baseline": best_baseline, "fold_scheme": cfg.fold_scheme,
+        "embargo_bars": cfg.embargo_bars,
+        "differences": [_rec(d) for d in diffs], "efficiency": [_rec(d) for d in efficiency],
+        "n_labeled": n, "n_tested": int(sum(len(f.test) for f in folds)), "n_params": n_params,
+        "folds": cfg.folds, "seeds": cfg.seeds, "efficiency_seeds": cfg.efficiency_seeds,
         "seconds": time.perf_counter() - t0,
     })
     arm_means: dict[str, dict[str, float]] = {}
@@ -298,13 +401,14 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
 
 
 def _record(pred_rows: list[pl.DataFrame], score_rows: list[dict], data: LabeledSet, arm: str,
-            fold: int, seed: int, frac: int | None, te: np.ndarray, proba: np.ndarray,
-            ptr: np.ndarray | None) -> None:
+            fold: int, seed: int, frac: int | None, n_train: int, te: np.ndarray,
+            proba: np.ndarray, ptr: np.ndarray | None) -> None:
     y = data.y[te]
     m = classification_metrics(y, proba, data.classes)
     row = {
         "arm": arm, "fold": fold, "seed": seed, "labels": "all" if frac is None else str(frac),
-        "n_test": len(te), "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+        "n_train": n_train, "n_test": len(te), "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
         "macro_f1": m["macro_f1"], "ece": m["ece"],
         "collapse": ",".join(map(str, m.get("class_collapse") or [])),
     }
@@ -326,23 +430,80 @@ def _record(pred_rows: list[pl.DataFrame], score_rows: list[dict], data: Labeled
     pred_rows.append(df)
 
 
-def pretraining_verdict(diffs: list[PairedDifference], arms: list[str]) -> str:
-    """One plain sentence per pretrained arm vs scratch on balanced accuracy, with the numbers."""
-    parts = []
-    for arm in arms:
-        if arm == "scratch":
-            continue
-        d = next((x for x in diffs if x.arm == arm and x.reference == "scratch"
-                  and x.metric == "balanced_accuracy"), None)
-        if d is None or d.n == 0:
-            continue
-        if d.significant and d.mean > 0:
-            word = "HELPS"
-        elif d.significant and d.mean < 0:
-            word = "HURTS"
-        else:
-            word = "shows NO significant effect"
-        parts.append(f"{arm.replace('_', ' ')} {word}: {d.sentence()}")
-    if not parts:
+def compare_arms(cfg: OOFConfig, per_fold: pl.DataFrame, fractions: list[int | None]
+                 ) -> tuple[list[PairedDifference], list[PairedDifference], str | None]:
+    """The verdict's comparisons (all labels) and the label-efficiency curve's, each metric's
+    family Holm-corrected; and the best baseline (highest mean fold score on the primary
+    metric: the strongest reference the model arms must beat)."""
+    full = per_fold.filter(pl.col("labels") == "all")
+    present = [b for b in cfg.baselines if full.filter(pl.col("arm") == b).height]
+    best = max(present, key=lambda b: float(np.mean(full.filter(pl.col("arm") == b)[PRIMARY]
+                                                    .to_numpy())), default=None)
+    pre: list[str] = [a for a in cfg.arms if a != "scratch"]
+    pairs: list[tuple[str, str]] = [(a, "scratch") for a in pre if "scratch" in cfg.arms]
+    if best is not None:
+        pairs += [(a, best) for a in cfg.arms]
+    diffs: list[PairedDifference] = []
+    for m in TESTED_METRICS:
+        diffs += with_holm([paired_difference(full, a, r, m) for a, r in pairs],
+                           f"verdict: {m}, all labels")
+    eff_pairs: list[tuple[str, str]] = [(a, "scratch") for a in pre if "scratch" in cfg.arms]
+    if best is not None and "scratch" in cfg.arms:
+        eff_pairs.append(("scratch", best))
+    efficiency = with_holm(
+        [paired_difference(per_fold, a, r, PRIMARY, labels=str(f))
+         for f in fractions if f is not None for a, r in eff_pairs],
+        f"label efficiency: {PRIMARY}, {', '.join(str(f) for f in fractions if f is not None)} labels")
+    return diffs, efficiency, best
+
+
+def pretraining_verdict(diffs: Sequence[PairedDifference], arms: Sequence[str],
+                        best_baseline: str | None,
+                        *, n_folds: int, scheme: str = "walk_forward") -> str:
+    """First line: does a pretrained arm beat scratch and the best baseline (Holm-adjusted,
+    primary metric, all labels)? Then one line per pretrained arm with the numbers."""
+    pre = [a for a in arms if a != "scratch"]
+    if not pre:
         return "no pretrained arm was run; nothing to conclude about pretraining"
-    return " | ".join(parts)
+
+    def find(arm: str, ref: str | None) -> PairedDifference | None:
+        return next((d for d in diffs if d.arm == arm and d.reference == ref
+                     and d.metric == PRIMARY and d.labels == "all"), None)
+
+    def beats(d: PairedDifference | None) -> bool:
+        return d is not None and d.folds > 0 and d.significant and d.mean > 0
+
+    def short(d: PairedDifference | None, ref: str) -> str:
+        if d is None or d.folds == 0:
+            return f"vs {ref}: not compared"
+        ph = "n/a" if d.p_holm is None else f"{d.p_holm:.3g}"
+        return (f"vs {ref} {d.mean:+.3f} (95% {d.ci_method} CI {d.ci_low:+.3f} .. "
+                f"{d.ci_high:+.3f}, Holm p={ph})")
+
+    metric = PRIMARY.replace("_", " ")
+    refs = "scratch" + (f" and the best baseline ({best_baseline})" if best_baseline else "")
+    winners = [a for a in pre if beats(find(a, "scratch"))
+               and (best_baseline is None or beats(find(a, best_baseline)))]
+    worse = [a for a in pre if (d := find(a, "scratch")) is not None and d.significant and d.mean < 0]
+    if winners:
+        head = (f"YES: {', '.join(a.replace('_', ' ') for a in winners)} beats {refs} on "
+                f"{metric} at Holm-adjusted p < 0.05 over {n_folds} {scheme} folds")
+    else:
+        head = (f"NO: no pretrained arm beats {refs} on {metric} at Holm-adjusted p < 0.05 over "
+                f"{n_folds} {scheme} folds")
+    if worse:
+        head += f"; {', '.join(a.replace('_', ' ') for a in worse)} is significantly WORSE than scratch"
+    lines = [head]
+    for a in pre:
+        parts = [short(find(a, "scratch"), "scratch")]
+        if best_baseline:
+            parts.append(short(find(a, best_baseline), best_baseline))
+        lines.append(f"{a.replace('_', ' ')}: " + "; ".join(parts))
+    fam = [d for d in diffs if d.metric == PRIMARY and d.labels == "all"]
+    if fam:
+        floor = min(1.0, len(fam) * fam[0].min_p)
+        if floor >= 0.05:
+            lines.append(f"with {n_folds} folds the smallest attainable p is {fam[0].min_p:.3g} "
+                         f"({floor:.3g} after Holm over {len(fam)} comparisons): this design "
+                         f"cannot show a difference at 0.05, whatever the data; use more folds")
+    return "\n".join(lines)

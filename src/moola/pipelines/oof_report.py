@@ -1,4 +1,5 @@
-"""The OOF comparison report: per-arm scores, paired differences, label efficiency, verdict."""
+"""The OOF comparison report: verdict first, folds, per-arm scores, paired differences over
+folds, label efficiency with CIs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from moola.evaluation.comparison import PairedDifference
+from moola.evaluation.comparison import VERDICT_METRIC, PairedDifference, arm_cis
 from moola.evaluation.data_report import DataReport
 
 if TYPE_CHECKING:
@@ -25,107 +26,144 @@ ARM_COLORS = {
 }
 
 
-def plot_arm_scores(scores: pl.DataFrame, metric: str = "balanced_accuracy") -> plt.Figure:
-    """One dot per fold x seed cell, per arm, with the mean as a bar."""
-    arms = scores["arm"].unique(maintain_order=True).to_list()
+def plot_arm_scores(per_fold: pl.DataFrame, metric: str = "balanced_accuracy") -> plt.Figure:
+    """One dot per fold (its seed-averaged score), per arm, with the mean over folds as a bar."""
+    arms = per_fold["arm"].unique(maintain_order=True).to_list()
     fig, ax = plt.subplots(figsize=(1.4 * len(arms) + 2, 4))
-    rng = np.random.default_rng(0)
     for i, arm in enumerate(arms):
-        v = scores.filter(pl.col("arm") == arm)[metric].to_numpy()
+        g = per_fold.filter(pl.col("arm") == arm).sort("fold")
+        v = g[metric].to_numpy()
         ax.bar(i, v.mean(), color=ARM_COLORS.get(arm, "#cccccc"), alpha=0.35, width=0.7)
-        ax.scatter(i + rng.uniform(-0.2, 0.2, v.size), v, s=14, color=ARM_COLORS.get(arm, "#555"))
-        ax.errorbar(i, v.mean(), yerr=v.std(ddof=1) if v.size > 1 else 0, color="k", capsize=4)
+        x = i + np.linspace(-0.25, 0.25, v.size) if v.size > 1 else np.array([i])
+        ax.scatter(x, v, s=16, color=ARM_COLORS.get(arm, "#555"))
+        for xi, f, vi in zip(x, g["fold"].to_list(), v, strict=True):
+            ax.annotate(str(f), (xi, vi), fontsize=6, xytext=(2, 2), textcoords="offset points")
     ax.axhline(0.5, ls="--", lw=0.8, color="grey")
     ax.set_xticks(range(len(arms)))
     ax.set_xticklabels([a.replace("_", "\n") for a in arms], fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per fold x seed (all labels); bar = mean, whisker = std")
+    ax.set_title(f"{metric} per fold (seeds averaged; dots labelled by fold), bar = mean")
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
 def plot_differences(diffs: list[PairedDifference], metric: str = "balanced_accuracy") -> plt.Figure:
-    """Forest plot of paired differences with bootstrap 95% CIs."""
-    rows = [d for d in diffs if d.metric == metric and d.n > 0]
+    """Forest plot of paired fold differences with bootstrap 95% CIs and Holm-adjusted p."""
+    rows = [d for d in diffs if d.metric == metric and d.folds > 0]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     for i, d in enumerate(rows):
         color = "#2a9d8f" if d.significant and d.mean > 0 else (
             "#e76f51" if d.significant else "#555555")
         ax.errorbar(d.mean, i, xerr=[[d.mean - d.ci_low], [d.ci_high - d.mean]], fmt="o",
                     color=color, capsize=3)
-        p = "n/a" if d.p_value is None else f"{d.p_value:.2g}"
-        ax.text(max(d.ci_high, d.mean) + 0.005, i, f"p={p}", va="center", fontsize=7)
+        p = "n/a" if d.p_holm is None else f"{d.p_holm:.2g}"
+        ax.text(max(d.ci_high, d.mean) + 0.005, i, f"Holm p={p}", va="center", fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{d.arm} - {d.reference}" for d in rows], fontsize=8)
-    ax.set_xlabel(f"paired difference in {metric} (95% bootstrap CI)")
+    ax.set_yticklabels([f"{d.arm} - {d.reference} ({d.labels})" for d in rows], fontsize=8)
+    ax.set_xlabel(f"paired difference in {metric} over folds (95% bootstrap CI)")
     ax.set_title("is the arm better than the reference? (green: yes, red: worse, grey: unclear)")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
 
-def plot_label_efficiency(scores: pl.DataFrame, n_total: int,
-                          metric: str = "balanced_accuracy") -> plt.Figure:
+def plot_label_efficiency(cis: pl.DataFrame, n_total: int, metric: str = "balanced_accuracy"
+                          ) -> plt.Figure:
+    """Mean of the fold means per arm and label count, with bootstrap 95% CIs over folds."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    s = scores.with_columns(
+    s = cis.with_columns(
         n_labels=pl.when(pl.col("labels") == "all").then(pl.lit(str(n_total)))
         .otherwise(pl.col("labels")).cast(pl.Int64))
     for arm in s["arm"].unique(maintain_order=True).to_list():
-        g = (s.filter(pl.col("arm") == arm).group_by("n_labels")
-             .agg(pl.col(metric).mean().alias("m"), pl.col(metric).std().alias("sd"))
-             .sort("n_labels"))
-        ax.errorbar(g["n_labels"].to_numpy(), g["m"].to_numpy(), yerr=g["sd"].fill_null(0).to_numpy(),
-                    marker="o", capsize=3, label=arm, color=ARM_COLORS.get(arm))
+        g = s.filter(pl.col("arm") == arm).sort("n_labels")
+        m = g["mean"].to_numpy()
+        err = np.vstack([m - g["ci_low"].to_numpy(), g["ci_high"].to_numpy() - m])
+        ax.errorbar(g["n_labels"].to_numpy(), m, yerr=np.maximum(err, 0), marker="o", capsize=3,
+                    label=arm, color=ARM_COLORS.get(arm))
     ax.axhline(0.5, ls="--", lw=0.8, color="grey")
     ax.set_xscale("log")
     ticks = sorted(set(s["n_labels"].to_list()))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xticklabels([str(t) if t != n_total else "all" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("labeled training windows available (before the fold split)")
+    ax.set_xlabel("labeled training windows drawn from each fold's training part (all: every one)")
     ax.set_ylabel(metric)
-    ax.set_title("label efficiency")
+    ax.set_title("label efficiency (95% bootstrap CI over folds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
+def _diff_table(diffs: list[PairedDifference]) -> pl.DataFrame:
+    return pl.DataFrame([{
+        "arm": d.arm, "reference": d.reference, "metric": d.metric, "labels": d.labels,
+        "folds": d.folds, "mean diff": d.mean, "ci low": d.ci_low, "ci high": d.ci_high,
+        "ci": d.ci_method, "sign-flip p": d.p_value, "Holm p": d.p_holm, "wins": d.wins,
+        "losses": d.losses, "significant": d.significant, "family": d.family} for d in diffs])
+
+
 def write_oof_report(out: Path, *, cfg: OOFConfig, data_counts: dict[str, int], n_params: int,
-                     summary: pl.DataFrame, scores: pl.DataFrame, diffs: list[PairedDifference],
-                     verdict: str, collapse: pl.DataFrame, transfer_notes: list[str],
-                     seconds: float) -> Path:
+                     summary: pl.DataFrame, per_fold: pl.DataFrame, layout: pl.DataFrame,
+                     diffs: list[PairedDifference], efficiency: list[PairedDifference],
+                     best_baseline: str | None, verdict: str, collapse: pl.DataFrame,
+                     transfer_notes: list[str], seconds: float,
+                     transductive: str | None = None) -> Path:
+    """The page's first line is the verdict's first line (after a transductive warning, if any)."""
     n = sum(data_counts.values())
-    rep = DataReport(out, title=f"Does pretraining help? {cfg.name}")
-    rep.heading("Verdict")
-    rep.sections.append(f"<p><b>{html.escape(verdict)}</b></p>")
+    title = verdict.splitlines()[0]
+    rep = DataReport(out, title=f"{transductive.splitlines()[0]} | {title}" if transductive else title)
+    if transductive:  # the encoder saw the labeled periods: the verdict is not out-of-sample
+        rep.sections.append(f"<p><b>{html.escape(transductive)}</b></p>")
+    rep.heading(f"Verdict: does pretraining help? ({cfg.name})")
+    rep.sections.append("<p><b>" + "<br>".join(html.escape(x) for x in verdict.splitlines())
+                        + "</b></p>")
+    scheme = ("walk-forward (each fold trains only on earlier time blocks; the first "
+              f"{cfg.min_train or 'N/(folds+1)'} windows only train)" if cfg.fold_scheme == "walk_forward"
+              else "blocked (each fold trains on the time blocks on both sides of its test block)")
     rep.paragraph(
         f"{n} labeled windows (" + ", ".join(f"{k}: {v}" for k, v in data_counts.items())
-        + f"), {cfg.folds} time-grouped stratified folds x {cfg.seeds} seeds; model "
-        f"{cfg.model.name if cfg.model else cfg.preset} with {n_params:,} parameters "
-        f"({n_params / max(n, 1):,.0f} per labeled window). Early stopping used an inner "
-        f"validation split of each fold's training windows; test folds were never used for "
-        f"choices. Wall time {seconds:.0f} s."
+        + f"), {cfg.folds} {scheme} folds, purged per symbol and embargoed by {cfg.embargo_bars} "
+        f"bars; {cfg.seeds} seeds per fold with all labels, {cfg.efficiency_seeds} label subsets "
+        f"(and seeds) per fold on the label-efficiency curve. Model "
+        f"{cfg.model.name if cfg.model else cfg.preset} with {n_params:,} parameters. Early "
+        f"stopping used the last time block of each fold's training windows (purged and "
+        f"embargoed too); test folds were never used for choices. Wall time {seconds:.0f} s."
     )
+    rep.paragraph(
+        "Statistics: the unit is the fold. Seeds are averaged within each fold first; baselines "
+        "are deterministic given their training set and run once per fold (once per label "
+        "subset on the curve). Each comparison has one paired difference per fold: mean with a "
+        "bootstrap 95% CI (scipy.stats.bootstrap, BCa; percentile where BCa is undefined), "
+        "p from the exact two-sided sign-flip permutation test, Holm-adjusted within its family "
+        "(per metric: every pretrained arm vs scratch and every model arm vs the best baseline"
+        + (f", here {best_baseline}" if best_baseline else "") + "; on the curve: the same "
+        "comparisons vs scratch at every reduced label count). The best baseline is picked by "
+        "its mean test score, which favours the baseline."
+    )
+    rep.heading("Folds")
+    rep.table(layout, caption="per fold: test period, training windows kept / purged / embargoed, "
+                              "inner train / validation split, class counts")
     if transfer_notes:
         rep.heading("Encoder transfer")
         for t in transfer_notes:
             rep.sections.append(f"<pre>{html.escape(t)}</pre>")
     rep.heading("Per arm (all labels)")
-    rep.table(summary, caption="mean and std over fold x seed cells")
-    full = scores.filter(pl.col("labels") == "all")
-    rep.figure(plot_arm_scores(full), "arm_scores", "balanced accuracy per cell and arm")
-    rep.heading("Paired differences")
-    rep.table(pl.DataFrame([{
-        "arm": d.arm, "reference": d.reference, "metric": d.metric, "cells": d.n,
-        "mean diff": d.mean, "ci low": d.ci_low, "ci high": d.ci_high,
-        "wilcoxon p": d.p_value, "wins": d.wins, "losses": d.losses,
-        "significant": d.significant} for d in diffs]),
-        caption="arm minus reference, paired by fold and seed")
+    rep.table(summary, caption="mean and std over folds of the seed-averaged fold scores")
+    full = per_fold.filter(pl.col("labels") == "all")
+    rep.figure(plot_arm_scores(full), "arm_scores", "balanced accuracy per fold and arm")
+    rep.heading("Paired differences (all labels)")
+    rep.table(_diff_table(diffs), caption="arm minus reference, paired by fold")
     rep.figure(plot_differences(diffs), "differences", "paired differences with 95% CIs")
-    if scores["labels"].n_unique() > 1:
+    if per_fold["labels"].n_unique() > 1:
         rep.heading("Label efficiency")
-        rep.figure(plot_label_efficiency(scores, n), "label_efficiency",
-                   "the same comparison with 25, 50, 100 and all labels")
+        cis = arm_cis(per_fold, VERDICT_METRIC)
+        rep.table(cis.sort("arm", "labels"), caption="balanced accuracy: mean of fold means, "
+                                                     "bootstrap 95% CI over folds")
+        if efficiency:
+            rep.table(_diff_table(efficiency), caption="arm minus reference at each label count, "
+                                                       "one Holm family")
+        rep.figure(plot_label_efficiency(cis, n), "label_efficiency",
+                   "the same comparison with fewer labels per fold")
     rep.heading("Class-collapse alarms")
     if collapse.height:
         rep.table(collapse, caption="cells where a class had recall < 0.3")
@@ -135,6 +173,6 @@ def write_oof_report(out: Path, *, cfg: OOFConfig, data_counts: dict[str, int], 
         rep.heading("Pointer error")
         pt = full.filter(pl.col("pointer_mae").is_not_null()).group_by("arm", maintain_order=True).agg(
             pl.col("pointer_mae").mean(), pl.col("pointer_hit3").mean())
-        rep.table(pt, caption="mean absolute error of start/end bar and share of windows with "
-                              "both within 3 bars")
+        rep.table(pt, caption="mean over folds of the absolute error of start/end bar and of the "
+                              "share of windows with both within 3 bars")
     return rep.write("report.html")
