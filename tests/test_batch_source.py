@@ -7,10 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from _train_helpers import ohlc_windows, quiet_config
 from rich.console import Console
 from torch import Tensor, nn
 
+from _train_helpers import ohlc_windows, quiet_config
 from moola.data import Store, ingest
 from moola.datasets import DayPanel, DayPanelSource
 from moola.datasets.tasks import bundled_dir, forward_log_return

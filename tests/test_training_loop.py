@@ -539,3 +539,27 @@ def test_evaluate_returns_predictions_in_input_order():
     np.testing.assert_allclose(cp["proba"], c["proba"][perm], rtol=1e-5, atol=1e-6)
     assert state_digest(model) == before  # evaluate changed no weight
     assert not model.training
+
+
+def test_early_stopping_ignores_the_frozen_phase_it_is_told_to():
+    """A fine-tuning run keeps an epoch after unfreezing even when a frozen epoch scored best."""
+    from types import SimpleNamespace
+
+    from moola.training import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stub = SimpleNamespace(model=model, stop_training=False, log=lambda _m: None)
+    es = EarlyStopping("val_loss", "min", patience=2, start_epoch=3)
+    for epoch, loss in enumerate([0.1, 0.2, 0.3, 0.5, 0.4, 0.45, 0.6]):
+        with torch.no_grad():
+            model.bias.fill_(float(epoch))
+        es.on_epoch_end(stub, epoch, {"val_loss": loss})
+        if stub.stop_training:
+            break
+    assert es.best_epoch == 4 and es.best == 0.4, "epochs 0-2 (frozen) never count as best"
+    assert epoch == 6 and stub.stop_training, "patience counts from the first unfrozen epoch"
+    assert float(es.best_weights["bias"]) == 4.0
+    cfg = quiet_config(early_stopping={"metric": "val_loss", "patience": 2})
+    assert cfg.stopping_after(3).early_stopping.start_epoch == 3
+    assert cfg.stopping_after(3).stopping_after(1).early_stopping.start_epoch == 3
+    assert quiet_config().stopping_after(3).early_stopping is None

@@ -15,18 +15,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field, model_validator
 from rich.console import Console
 
-from moola.config import Config, config_hash
+from moola.config import config_hash
 from moola.datasets.normalize import Standardizer
 from moola.datasets.splits import Fold, SampleSpans, purged_time_folds
-from moola.datasets.tasks import LabeledSet, LabeledWindowsData, load_labeled
+from moola.datasets.tasks import LabeledSet, load_labeled
 from moola.evaluation import classification_metrics, run_baselines
 from moola.evaluation.comparison import (
     VERDICT_METRIC,
@@ -38,6 +37,8 @@ from moola.evaluation.comparison import (
 )
 from moola.models import build_model, count_parameters, preset_config
 from moola.models.config import ModelConfig
+from moola.pipelines._oof_config import BASELINE_ARMS, Arm, Baseline, OOFConfig, OOFDataConfig
+from moola.pipelines._oof_report import write_oof_report
 from moola.pipelines._progress import frame_table, progress_bar
 from moola.refs import resolve_ref
 from moola.tracking import Tracker, TrackingOptions
@@ -45,62 +46,31 @@ from moola.training import (
     ClassificationObjective,
     FreezeSchedule,
     TensorData,
-    TrainConfig,
     Trainer,
     balanced_class_weights,
     seed_everything,
 )
 from moola.training.checkpoint import atomic_write_json
 
-Arm = Literal["scratch", "pretrained_frozen", "pretrained_finetuned"]
-Baseline = Literal["majority", "logistic", "minirocket"]
-BASELINE_ARMS: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")
+__all__ = [
+    "BASELINE_ARMS",
+    "Arm",
+    "Baseline",
+    "LabeledSet",
+    "OOFConfig",
+    "OOFDataConfig",
+    "bar_spans",
+    "compare_arms",
+    "fold_layout",
+    "load_labeled",
+    "oof_folds",
+    "pretraining_verdict",
+    "run_oof",
+]
+
 REPORT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
 PRIMARY = VERDICT_METRIC  # accuracy and macro-F1 are secondary
 TESTED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
-
-
-class OOFDataConfig(LabeledWindowsData):
-    """``labels``: the labeled windows compared over folds."""
-
-
-class OOFConfig(Config):
-    """Arms, folds and seeds of the comparison; training settings shared by every arm."""
-
-    name: str = "oof"
-    out_dir: str = "runs"
-    data: OOFDataConfig = OOFDataConfig()
-    preset: str = "jade_compact"
-    model: ModelConfig | None = None
-    folds: int = Field(5, ge=2)
-    seeds: int = Field(5, ge=1)
-    # walk_forward: fold k tests time block k+1, trains on the blocks before it (never on later
-    # data); blocked: trains on both sides of each test block (explicit opt-in)
-    fold_scheme: Literal["walk_forward", "blocked"] = "walk_forward"
-    # trading days between any training window and its test block (and same-symbol test windows)
-    embargo_bars: int = Field(10, ge=0)
-    # walk_forward: labeled windows in the first, train-only block; 50 so that every fold can
-    # draw the 50-label point of the efficiency curve and 5 folds still test ~14 windows each
-    # (None: N / (folds + 1)). Ignored by blocked folds.
-    min_train: int | None = Field(50, ge=2)
-    arms: list[Arm] = Field(default_factory=lambda: list[Arm](
-        ["scratch", "pretrained_frozen", "pretrained_finetuned"]))
-    baselines: list[Baseline] = Field(default_factory=lambda: list[Baseline](BASELINE_ARMS))
-    pretrained_encoder: str | None = None
-    transfer_mode: Literal["full", "forward-only"] = "full"
-    freeze_epochs: int = Field(5, ge=0)  # fine-tuned arm: encoder frozen this many epochs first
-    encoder_lr_mult: float = Field(0.1, gt=0)  # fine-tuned arm: encoder LR = lr x this
-    allow_transductive: bool = False  # run with an encoder whose pool overlaps the labeled windows
-    inner_val: float = Field(0.2, gt=0, lt=0.5)  # share of training windows in the last block
-    label_fractions: list[int] = Field(default_factory=lambda: [25, 50])  # + all labels
-    efficiency_seeds: int = Field(5, ge=1)  # label subsets (and seeds) per fold and fraction
-    train: TrainConfig = TrainConfig(epochs=40, batch_size=32)
-
-    @model_validator(mode="after")
-    def _needs_encoder(self) -> OOFConfig:
-        if any(a != "scratch" for a in self.arms) and self.pretrained_encoder is None:
-            raise ValueError("arms pretrained_* need 'pretrained_encoder' (a pretrain output dir)")
-        return self
 
 
 def _subset(idx: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -235,6 +205,7 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
                                                 encoder_lr=tcfg.optimizer.lr * cfg.encoder_lr_mult)
             if cfg.freeze_epochs:
                 callbacks.append(FreezeSchedule(names, cfg.freeze_epochs))
+                tcfg = tcfg.stopping_after(cfg.freeze_epochs)
     if tcfg.early_stopping is not None and len(va) == 0:
         tcfg = tcfg.model_copy(update={"early_stopping": None})
     w = balanced_class_weights(data.y[tr], len(data.classes)) \
@@ -266,11 +237,51 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
         return _run_oof(cfg, tracker, console=console, show_progress=show_progress)
 
 
-def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_progress: bool) -> Path:
-    from moola.pipelines.oof_report import write_oof_report
+@dataclass
+class OOFSetup:
+    """Everything the cells share: resolved config, labeled windows, folds and their layout."""
 
+    cfg: OOFConfig
+    out: Path
+    data: LabeledSet
+    spans: SampleSpans
+    folds: list[Fold]
+    layout: pl.DataFrame
+    n_params: int
+    counts: np.ndarray
+    fractions: list[int | None]
+    transductive: str | None
+
+
+@dataclass
+class OOFResults:
+    """Per-cell scores reduced to the fold unit, the Holm-corrected comparisons and the verdict."""
+
+    preds: pl.DataFrame
+    scores: pl.DataFrame
+    per_fold: pl.DataFrame
+    summary: pl.DataFrame
+    diffs: list[PairedDifference]
+    efficiency: list[PairedDifference]
+    best_baseline: str | None
+    verdict: str
+    collapse: pl.DataFrame
+    notes: list[str]
+
+
+def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_progress: bool) -> Path:
+    """setup (labels, encoder checks, folds) -> train (every cell) -> evaluate -> save."""
     console = console or Console()
     t0 = time.perf_counter()
+    run = _setup(cfg, tracker, console)
+    pred_rows, score_rows, notes = _train_cells(run, console, show_progress=show_progress)
+    results = _evaluate(run, pred_rows, score_rows, notes, console)
+    report = _save(run, results, tracker, t0)
+    console.print(f"report: {report}")
+    return run.out
+
+
+def _setup(cfg: OOFConfig, tracker: Tracker, console: Console) -> OOFSetup:
     if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
         cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
     out = Path(cfg.out_dir) / cfg.name
@@ -312,8 +323,15 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
                               title=f"{cfg.folds} {cfg.fold_scheme} folds, embargo "
                                     f"{cfg.embargo_bars} bars"))
     fractions: list[int | None] = [f for f in cfg.label_fractions if f < n] + [None]
+    return OOFSetup(cfg, out, data, spans, folds, layout, n_params, counts, fractions, transductive)
+
+
+def _train_cells(run: OOFSetup, console: Console, *, show_progress: bool
+                 ) -> tuple[list[pl.DataFrame], list[dict], set[str]]:
+    """Every (label fraction, seed, fold, arm) cell, then the deterministic baselines."""
+    cfg, data, folds = run.cfg, run.data, run.folds
     jobs = []
-    for frac in fractions:
+    for frac in run.fractions:
         n_seeds = cfg.seeds if frac is None else cfg.efficiency_seeds
         for seed in range(n_seeds):
             for k in range(cfg.folds):
@@ -326,7 +344,7 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
         for frac, seed, k, arm in jobs:
             f = folds[k]
             train_idx = _subset(f.train, data.y, frac, seed)
-            tr, va = _inner_split(spans, train_idx, cfg.inner_val, cfg.embargo_bars)
+            tr, va = _inner_split(run.spans, train_idx, cfg.inner_val, cfg.embargo_bars)
             te = f.test
             proba, ptr, note = _train_cell(cfg, arm, data, tr, va, te, 1000 * seed + k, console)
             if note:
@@ -335,7 +353,7 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
             advance(1)
         # baselines are deterministic given their training set: once per fold with all labels,
         # once per (fold, label subset) on the efficiency curve, never once per model seed
-        for frac in fractions:
+        for frac in run.fractions:
             for seed in range(1 if frac is None else cfg.efficiency_seeds):
                 for k, f in enumerate(folds):
                     train_idx = _subset(f.train, data.y, frac, seed)
@@ -346,58 +364,74 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
                                            data.classes, which=tuple(cfg.baselines), seed=0):
                         _record(pred_rows, score_rows, data, b.name, k, seed, frac,
                                 len(train_idx), f.test, b.proba_test, None)
+    return pred_rows, score_rows, notes
+
+
+def _evaluate(run: OOFSetup, pred_rows: list[pl.DataFrame], score_rows: list[dict], notes: set[str],
+              console: Console) -> OOFResults:
+    """Seeds averaged within folds, arms summarised, paired fold differences, the verdict."""
+    cfg = run.cfg
     preds = pl.concat(pred_rows, how="diagonal_relaxed")
     scores = pl.DataFrame(score_rows)
-    preds.write_parquet(out / "oof_predictions.parquet")
-    scores.write_parquet(out / "scores.parquet")
     metrics = [m for m in [*REPORT_METRICS, "pointer_mae", "pointer_hit3"] if m in scores.columns]
     per_fold = fold_means(scores, metrics)
-    per_fold.write_parquet(out / "fold_scores.parquet")
     full = per_fold.filter(pl.col("labels") == "all")
     summary = summarize_arms(full, metrics)
     console.print(frame_table(summary, title="per arm, all labels (mean, std over folds of the "
                                              "seed-averaged fold scores)"))
-    diffs, efficiency, best_baseline = compare_arms(cfg, per_fold, fractions)
-    verdict = pretraining_verdict(diffs, cfg.arms, best_baseline, n_folds=len(folds),
+    diffs, efficiency, best_baseline = compare_arms(cfg, per_fold, run.fractions)
+    verdict = pretraining_verdict(diffs, cfg.arms, best_baseline, n_folds=len(run.folds),
                                   scheme=cfg.fold_scheme)
     console.print(f"[bold]verdict:[/] {verdict}")
     collapse = scores.filter((pl.col("labels") == "all") & (pl.col("collapse") != "")).select(
         "arm", "fold", "seed", "collapse")
+    return OOFResults(preds, scores, per_fold, summary, diffs, efficiency, best_baseline, verdict,
+                      collapse, sorted(notes))
+
+
+def _save(run: OOFSetup, res: OOFResults, tracker: Tracker, t0: float) -> Path:
+    """Tables, report, folds.json, verdict.json and metrics.json; logged to the tracker."""
+    cfg, data, out, folds = run.cfg, run.data, run.out, run.folds
+    n = len(data.y)
+    res.preds.write_parquet(out / "oof_predictions.parquet")
+    res.scores.write_parquet(out / "scores.parquet")
+    res.per_fold.write_parquet(out / "fold_scores.parquet")
     report = write_oof_report(
-        out, cfg=cfg, data_counts=dict(zip(data.classes, counts.tolist(), strict=True)),
-        n_params=n_params, summary=summary, per_fold=per_fold, layout=layout, diffs=diffs,
-        efficiency=efficiency, best_baseline=best_baseline, verdict=verdict, collapse=collapse,
-        transfer_notes=sorted(notes), seconds=time.perf_counter() - t0, transductive=transductive,
+        out, cfg=cfg, data_counts=dict(zip(data.classes, run.counts.tolist(), strict=True)),
+        n_params=run.n_params, summary=res.summary, per_fold=res.per_fold, layout=run.layout,
+        diffs=res.diffs, efficiency=res.efficiency, best_baseline=res.best_baseline,
+        verdict=res.verdict, collapse=res.collapse, transfer_notes=res.notes,
+        seconds=time.perf_counter() - t0, transductive=run.transductive,
     )
     atomic_write_json(out / "folds.json", {
         "scheme": cfg.fold_scheme, "embargo_bars": cfg.embargo_bars, "min_train": cfg.min_train,
         "folds": [f.to_dict() | {"layout": row} for f, row in
-                  zip(folds, layout.iter_rows(named=True), strict=True)],
+                  zip(folds, run.layout.iter_rows(named=True), strict=True)],
     })
 
     def _rec(d: PairedDifference) -> dict:
         return dataclasses.asdict(d) | {"significant": d.significant, "min_p": d.min_p}
 
     atomic_write_json(out / "verdict.json", {
-        "verdict": verdict, "transductive": transductive, "primary_metric": PRIMARY,
-        "best_baseline": best_baseline, "fold_scheme": cfg.fold_scheme,
+        "verdict": res.verdict, "transductive": run.transductive, "primary_metric": PRIMARY,
+        "best_baseline": res.best_baseline, "fold_scheme": cfg.fold_scheme,
         "embargo_bars": cfg.embargo_bars,
-        "differences": [_rec(d) for d in diffs], "efficiency": [_rec(d) for d in efficiency],
-        "n_labeled": n, "n_tested": int(sum(len(f.test) for f in folds)), "n_params": n_params,
+        "differences": [_rec(d) for d in res.diffs], "efficiency": [_rec(d) for d in res.efficiency],
+        "n_labeled": n, "n_tested": int(sum(len(f.test) for f in folds)), "n_params": run.n_params,
         "folds": cfg.folds, "seeds": cfg.seeds, "efficiency_seeds": cfg.efficiency_seeds,
         "seconds": time.perf_counter() - t0,
     })
     arm_means: dict[str, dict[str, float]] = {}
-    for row in summary.iter_rows(named=True):
+    for row in res.summary.iter_rows(named=True):
         arm_means[str(row["arm"])] = {k[: -len("_mean")]: float(v) for k, v in row.items()
                                       if k.endswith("_mean") and v is not None}
     atomic_write_json(out / "metrics.json", {"arms": arm_means, "n_labeled": n,
                                              "seconds": time.perf_counter() - t0})
-    tracker.set_tags({"moola.feature_schema_hash": data.schema_hash, "moola.verdict": verdict[:5000]})
+    tracker.set_tags({"moola.feature_schema_hash": data.schema_hash,
+                      "moola.verdict": res.verdict[:5000]})
     tracker.log_final(out / "metrics.json")
     tracker.log_artifacts(out)
-    console.print(f"report: {report}")
-    return out
+    return report
 
 
 def _record(pred_rows: list[pl.DataFrame], score_rows: list[dict], data: LabeledSet, arm: str,

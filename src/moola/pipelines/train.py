@@ -317,7 +317,8 @@ def train(run: TrainSetup, *, console: Console, show_progress: bool = True,
     """Fit on train, early-stop and keep the best weights on val (resumable under ckpt/)."""
     cfg, data = run.cfg, run.data
     objective = make_objective(run.model_cfg, cfg.train, data.y["train"], len(data.classes))
-    trainer = Trainer(run.model, objective, cfg.train, run_dir=run.run_dir, show_progress=show_progress,
+    tcfg = cfg.train.stopping_after(cfg.freeze_epochs) if cfg.pretrained_encoder else cfg.train
+    trainer = Trainer(run.model, objective, tcfg, run_dir=run.run_dir, show_progress=show_progress,
                       console=console, callbacks=run.callbacks, param_groups=run.param_groups)
     fit = trainer.fit(_tensors(data, "train"), _tensors(data, "val"), resume=resume)
     return trainer, fit

@@ -193,8 +193,8 @@ class ViewsData:
     """``k`` views of every window of ``base`` per epoch, without copying windows.
 
     A ``moola.training.BatchSource``: length ``n * k``; sample index i is base row ``i % n``.
-    With an epoch shuffle over ``n * k`` indices each window appears k times per epoch, augmented afresh each time by the
-    objective's ``prepare``.
+    With an epoch shuffle over ``n * k`` indices each window appears k times per epoch,
+    augmented afresh each time by the objective's ``prepare``.
     """
 
     def __init__(self, base: TensorData, k: int) -> None:

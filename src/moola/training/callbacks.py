@@ -39,11 +39,13 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``metric`` has not improved for ``patience`` epochs; keep the best weights."""
+    """Stop when ``metric`` has not improved for ``patience`` epochs; keep the best weights.
+    Epochs before ``start_epoch`` (0-based) are ignored: neither best nor counted."""
 
     def __init__(self, metric: str = "val_loss", mode: str = "min", patience: int = 5,
-                 min_delta: float = 0.0, restore_best: bool = True) -> None:
+                 min_delta: float = 0.0, restore_best: bool = True, start_epoch: int = 0) -> None:
         self.metric = metric
+        self.start_epoch = start_epoch
         self.mode = mode
         self.patience = patience
         self.min_delta = min_delta
@@ -66,6 +68,8 @@ class EarlyStopping(Callback):
                 f"early stopping metric '{self.metric}' is not logged; available: {sorted(logs)}"
             )
         value = float(logs[self.metric])
+        if epoch < self.start_epoch:
+            return
         if math.isnan(value):
             self.bad_epochs += 1
         elif self._improved(value):

@@ -45,6 +45,9 @@ class EarlyStoppingConfig(Config):
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
     restore_best: bool = True
+    # epochs before this one neither become "best" nor count against patience: a fine-tuning run
+    # sets it to its freeze_epochs so the kept model is never one whose encoder was still frozen
+    start_epoch: int = Field(0, ge=0)
 
 
 class GuardConfig(Config):
@@ -71,6 +74,14 @@ class TrainConfig(Config):
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = each epoch
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
+
+    def stopping_after(self, epoch: int) -> TrainConfig:
+        """This config with early stopping blind to the epochs before ``epoch`` (e.g. a
+        fine-tuning run's frozen phase, so the kept model is never the still-frozen one)."""
+        es = self.early_stopping
+        if es is None or es.start_epoch >= epoch:
+            return self
+        return self.model_copy(update={"early_stopping": es.model_copy(update={"start_epoch": epoch})})
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

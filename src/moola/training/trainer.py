@@ -157,7 +157,7 @@ class Trainer:
         if cfg.early_stopping is not None:
             es = cfg.early_stopping
             self.early_stopping_ = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta,
-                                                 es.restore_best)
+                                                 es.restore_best, es.start_epoch)
             self.callbacks_.append(self.early_stopping_)
         self.callbacks_.extend(self.callbacks)
         if self.show_progress:

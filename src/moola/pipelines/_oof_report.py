@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,9 +15,7 @@ import polars as pl
 
 from moola.evaluation.comparison import VERDICT_METRIC, PairedDifference, arm_cis
 from moola.evaluation.data_report import DataReport
-
-if TYPE_CHECKING:
-    from moola.pipelines.oof import OOFConfig
+from moola.pipelines._oof_config import OOFConfig
 
 ARM_COLORS = {
     "scratch": "#4c72b0", "pretrained_frozen": "#dd8452", "pretrained_finetuned": "#55a868",
