@@ -6,9 +6,7 @@ from moola.training.checkpoint import (
     from_checkpoint,
     load_weights,
     read_config,
-    read_meta,
     save_weights,
-    write_meta,
 )
 from moola.training.config import (
     EarlyStoppingConfig,
@@ -62,9 +60,7 @@ __all__ = [
     "load_weights",
     "masked_mse",
     "read_config",
-    "read_meta",
     "resolve_device",
     "save_weights",
     "seed_everything",
-    "write_meta",
 ]

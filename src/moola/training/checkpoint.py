@@ -2,7 +2,7 @@
 
     RUN/config.yaml          the resolved run config; its ``model`` section rebuilds the model
     RUN/weights.safetensors  final weights (best epoch when early stopping restores it)
-    RUN/meta.json            feature-schema hash, data fingerprint, versions, git SHA
+    RUN/manifest.json        what the run is and saw (moola.training.manifest), written last
     RUN/metrics.json         final metrics (written by the pipeline)
     RUN/history.jsonl        one line of metrics per epoch
     RUN/ckpt/latest.json     -> RUN/ckpt/step-XXXXXXXX/ (model, optimizer, scheduler, RNG, loop state)
@@ -24,12 +24,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import moola
 from moola._io import atomic_write, atomic_write_json, atomic_write_text, data_fingerprint, git_sha
 
 __all__ = [
     "CONFIG",
-    "META",
     "WEIGHTS",
     "atomic_write_json",
     "atomic_write_text",
@@ -39,15 +37,12 @@ __all__ = [
     "load_state",
     "load_weights",
     "read_config",
-    "read_meta",
     "save_state",
     "save_weights",
-    "write_meta",
 ]
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.yaml"
-META = "meta.json"
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -73,22 +68,6 @@ def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
                       for k in shape[:8]) + more(shape) if shape else ""]
         raise ValueError(f"{path}: weights do not fit the model: " + "; ".join(d for d in detail if d))
     model.load_state_dict(state, strict=strict)
-
-
-def write_meta(run_dir: Path, **extra: Any) -> dict[str, Any]:
-    meta = {
-        "moola_version": moola.__version__,
-        "torch_version": torch.__version__,
-        "git_sha": git_sha(),
-        **extra,
-    }
-    atomic_write_json(run_dir / META, meta)
-    return meta
-
-
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    p = Path(run_dir) / META
-    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 # ------------------------------------------------------------------- resumable state
