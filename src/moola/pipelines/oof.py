@@ -175,7 +175,7 @@ def _check_encoder_schema(encoder_dir: str, schema_hash: str) -> None:
 
 
 def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: np.ndarray,
-                te: np.ndarray, seed: int, console: Console) -> tuple[np.ndarray, np.ndarray | None, str]:
+                te: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Train one arm on one fold with one seed; return test proba, pointer preds, transfer note."""
     norm = fold_normalizer(cfg, data.x[tr])
     xs = {k: np.ascontiguousarray(norm.transform(data.x[i]), dtype=np.float32)
@@ -221,9 +221,10 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
             t["pointers"] = data.pointers[i]
         return TensorData(t)
 
+    # a cell's own lines (early stopping, per-epoch collapse) would flood the console hundreds of
+    # times over: cells are summarised instead (collapse per cell in scores.parquet and the report)
     trainer = Trainer(model, obj, tcfg, callbacks=callbacks, param_groups=param_groups,
-                      show_progress=False, console=console)
-    trainer.log = lambda message: None  # type: ignore[method-assign]  # cells are summarised instead
+                      show_progress=False, console=Console(quiet=True))
     trainer.fit(td(xs["tr"], tr), td(xs["va"], va) if len(va) else None)
     _, _, col = trainer.evaluate(td(xs["te"], te))
     return col["proba"], col.get("ptr_pred"), note
@@ -274,7 +275,7 @@ def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_
     console = console or Console()
     t0 = time.perf_counter()
     run = _setup(cfg, tracker, console)
-    pred_rows, score_rows, notes = _train_cells(run, console, show_progress=show_progress)
+    pred_rows, score_rows, notes = _train_cells(run, show_progress=show_progress)
     results = _evaluate(run, pred_rows, score_rows, notes, console)
     report = _save(run, results, tracker, t0)
     console.print(f"report: {report}")
@@ -326,7 +327,7 @@ def _setup(cfg: OOFConfig, tracker: Tracker, console: Console) -> OOFSetup:
     return OOFSetup(cfg, out, data, spans, folds, layout, n_params, counts, fractions, transductive)
 
 
-def _train_cells(run: OOFSetup, console: Console, *, show_progress: bool
+def _train_cells(run: OOFSetup, *, show_progress: bool
                  ) -> tuple[list[pl.DataFrame], list[dict], set[str]]:
     """Every (label fraction, seed, fold, arm) cell, then the deterministic baselines."""
     cfg, data, folds = run.cfg, run.data, run.folds
@@ -346,7 +347,7 @@ def _train_cells(run: OOFSetup, console: Console, *, show_progress: bool
             train_idx = _subset(f.train, data.y, frac, seed)
             tr, va = _inner_split(run.spans, train_idx, cfg.inner_val, cfg.embargo_bars)
             te = f.test
-            proba, ptr, note = _train_cell(cfg, arm, data, tr, va, te, 1000 * seed + k, console)
+            proba, ptr, note = _train_cell(cfg, arm, data, tr, va, te, 1000 * seed + k)
             if note:
                 notes.add(note)
             _record(pred_rows, score_rows, data, arm, k, seed, frac, len(tr), te, proba, ptr)
