@@ -22,17 +22,6 @@ from moola.models import ModelConfig
 from moola.training.checkpoint import from_checkpoint, read_config
 from moola.training.manifest import Manifest, read_manifest
 
-__all__ = [
-    "MIN_BATCH",
-    "IncompatibleBarsError",
-    "Predictor",
-    "calibrated",
-    "check_feature_schema",
-    "head_values",
-    "log_proba",
-    "prediction_frame",
-]
-
 # A matmul over 1-3 rows takes another CPU kernel than a larger one, and its last bits differ;
 # short final batches are padded to this many rows so every window goes through the same path.
 MIN_BATCH = 8
