@@ -1,5 +1,6 @@
 """Market data: read exports, validate them, keep them in a canonical Parquet store."""
 
+from moola.data._align import Alignment, AlignmentError, SymbolAlignment, align_symbols
 from moola.data._errors import IngestError, MoolaDataError, StoreError, ValidationFailed
 from moola.data._fetch import (
     FetchError,
@@ -12,7 +13,9 @@ from moola.data._gaps import mark_gaps, trading_calendar
 from moola.data._ingest import IngestResult, ingest
 from moola.data._readers import (
     Format,
+    FreqtradeName,
     RawBars,
+    freqtrade_name,
     list_input_files,
     parse_columns_mapping,
     read_file,
@@ -43,9 +46,12 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "TS_DTYPE",
     "Action",
+    "Alignment",
+    "AlignmentError",
     "FetchError",
     "FetchResult",
     "Format",
+    "FreqtradeName",
     "IngestError",
     "IngestResult",
     "MoolaDataError",
@@ -54,14 +60,17 @@ __all__ = [
     "Reason",
     "Store",
     "StoreError",
+    "SymbolAlignment",
     "Timeframe",
     "Validated",
     "ValidationFailed",
     "ValidationReport",
     "WriteSummary",
+    "align_symbols",
     "default_store_symbol",
     "fetch_ohlcv",
     "fill_gaps",
+    "freqtrade_name",
     "infer_timeframe",
     "ingest",
     "list_input_files",

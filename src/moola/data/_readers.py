@@ -1,12 +1,21 @@
-"""Readers: CSV/Parquet exports of the common venues into canonical bars with source lines.
+"""Readers: CSV/Parquet exports of the common venues, and freqtrade data directories
+(Feather, Parquet, JSON), into canonical bars with source lines.
 
 Every frame a reader returns carries ``_file`` and ``_line`` (1-based physical line; the
-Parquet row number + 1 for Parquet) so that validation can name the exact row at fault.
+row number + 1 for Parquet and Feather, as if line 1 were a header; the 1-based row of the
+list for freqtrade JSON) so that validation can name the exact row at fault.
+
+freqtrade names its files ``BTC_USDT-1m.feather`` (spot) and ``BTC_USDT_USDT-1m-futures.feather``
+(futures); the symbol is the pair without separators, ``BTCUSDT``, and a futures pair keeps
+its settle currency, ``BTCUSDT:USDT`` (what ``moola data fetch`` stores for ccxt's
+``BTC/USDT:USDT``), so spot and futures bars of one pair never merge in one store.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -30,11 +39,22 @@ class Format(StrEnum):
     BINANCE = "binance"
     KRAKEN = "kraken"
     COINBASE = "coinbase"
+    FREQTRADE = "freqtrade"
     GENERIC = "generic"
 
 
 CSV_SUFFIXES = (".csv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+FEATHER_SUFFIXES = (".feather",)
+JSON_SUFFIXES = (".json", ".json.gz")  # freqtrade's json and jsongz data formats
+DATA_SUFFIXES = CSV_SUFFIXES + PARQUET_SUFFIXES + FEATHER_SUFFIXES + JSON_SUFFIXES
+FREQTRADE_COLUMNS = ("date", "open", "high", "low", "close", "volume")
+# freqtrade candle types whose files hold something other than traded bars.
+_FREQTRADE_NOT_BARS = {"mark", "index", "premiumindex", "funding_rate"}
+_FREQTRADE_NAME = re.compile(
+    r"(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_(?P<settle>[A-Za-z0-9]+))?"
+    r"-(?P<tf>\d+[smhdwM])(?:-(?P<kind>[A-Za-z_]+))?"
+)
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "adj_close", "trades")
 
 # Headerless layouts by column count: canonical name per position (None = ignored column).
@@ -62,6 +82,15 @@ _EXCHANGE_TOKENS = {
     "yahoo", "data", "ohlc", "ohlcv", "candles", "klines", "daily", "minute",
 }
 _TF_TOKENS = {t.value for t in Timeframe}
+
+
+@dataclass(frozen=True)
+class FreqtradeName:
+    """What a freqtrade file name says: ``BTC_USDT_USDT-1m-futures`` -> BTCUSDT:USDT, 1m."""
+
+    symbol: str
+    timeframe: Timeframe
+    futures: bool
 
 
 @dataclass(frozen=True)
@@ -100,18 +129,64 @@ def list_input_files(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(
-                f for f in p.iterdir()
-                if f.is_file() and f.suffix.lower() in CSV_SUFFIXES + PARQUET_SUFFIXES
-            )
+            found = sorted(f for f in p.iterdir() if f.is_file() and _data_suffix(f) is not None)
             if not found:
-                raise IngestError("directory holds no .csv or .parquet files", path=p)
+                raise IngestError(
+                    f"directory holds no data files ({', '.join(DATA_SUFFIXES)})", path=p
+                )
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
             raise IngestError("no such file or directory", path=p)
     return files
+
+
+def _data_suffix(path: Path) -> str | None:
+    """The data suffix of a file name (``.json.gz`` counts as one), or None."""
+    name = path.name.lower()
+    return next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+
+
+def _stem(path: Path) -> str:
+    suffix = _data_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
+
+
+def freqtrade_name(path: Path) -> FreqtradeName | None:
+    """Parse a freqtrade data file name; None when the name is not one. ``read_file`` asks
+    only for Feather, Parquet and JSON files (freqtrade writes no CSV; CSV names keep the
+    generic rules). A freqtrade name with a timeframe moola does not store, or a candle type
+    that is not traded bars (mark, index, premium index, funding rate), is an error."""
+    m = _FREQTRADE_NAME.fullmatch(_stem(path))
+    if m is None:
+        return None
+    kind = (m["kind"] or "spot").lower()
+    if kind in _FREQTRADE_NOT_BARS:
+        raise IngestError(
+            f"freqtrade '{m['kind']}' candles are not traded bars", path=path,
+            hint="ingest the spot files and the -futures files; leave the others out",
+        )
+    if kind not in ("spot", "futures"):
+        raise IngestError(
+            f"unknown freqtrade candle type '{m['kind']}'", path=path,
+            hint="freqtrade names spot files PAIR-TF and futures files PAIR-TF-futures",
+        )
+    if m["tf"] not in _TF_TOKENS:
+        raise IngestError(
+            f"timeframe '{m['tf']}' in the file name is not one moola stores",
+            path=path, hint=f"valid: {', '.join(t.value for t in Timeframe)}",
+        )
+    futures = kind == "futures"
+    if futures != (m["settle"] is not None):
+        raise IngestError(
+            "freqtrade futures files are named BASE_QUOTE_SETTLE-TF-futures, spot files "
+            "BASE_QUOTE-TF; this name mixes the two", path=path,
+        )
+    symbol = f"{m['base']}{m['quote']}".upper()
+    if futures:
+        symbol += f":{m['settle'].upper()}"
+    return FreqtradeName(symbol=symbol, timeframe=Timeframe(m["tf"]), futures=futures)
 
 
 def symbol_from_filename(path: Path) -> str | None:
@@ -140,17 +215,22 @@ def read_file(
     columns: dict[str, str] | None = None,
 ) -> RawBars:
     """Read one file into canonical columns; every failure names file, line and column."""
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        frame, detected = _read_parquet(path, fmt, columns)
+    suffix = _data_suffix(path)
+    ft = freqtrade_name(path) if suffix is not None and suffix not in CSV_SUFFIXES else None
+    if suffix in JSON_SUFFIXES:
+        frame, detected = _read_freqtrade_json(path, fmt, columns)
+    elif suffix in PARQUET_SUFFIXES + FEATHER_SUFFIXES:
+        frame, detected = _read_parquet(path, fmt, columns, freqtrade=ft is not None)
     elif suffix in CSV_SUFFIXES:
         frame, detected = _read_csv(path, fmt, columns)
     else:
         raise IngestError(
-            f"unsupported file type '{suffix}'", path=path, hint="use .csv or .parquet"
+            f"unsupported file type '{path.suffix.lower()}'", path=path,
+            hint=f"use one of {', '.join(DATA_SUFFIXES)}",
         )
-    frame = _attach_symbol(frame, path, symbol)
-    return RawBars(frame=frame, path=path, format=detected, timeframe=timeframe_from_filename(path))
+    frame = _attach_symbol(frame, path, symbol, ft.symbol if ft else symbol_from_filename(path))
+    tf = ft.timeframe if ft is not None else timeframe_from_filename(path)
+    return RawBars(frame=frame, path=path, format=detected, timeframe=tf)
 
 
 # ---------------------------------------------------------------------------------- CSV
@@ -379,20 +459,92 @@ def _disambiguate_six(
 
 
 def _read_parquet(
-    path: Path, fmt: Format, columns: dict[str, str] | None
+    path: Path, fmt: Format, columns: dict[str, str] | None, *, freqtrade: bool = False
 ) -> tuple[pl.DataFrame, Format]:
+    """Parquet or Feather (Arrow IPC). A file named like freqtrade's, or any Feather file,
+    is read as freqtrade's layout unless ``--format``/``--columns`` say otherwise."""
+    feather = _data_suffix(path) in FEATHER_SUFFIXES
+    kind = "Feather" if feather else "Parquet"
     try:
-        df = pl.read_parquet(path)
+        df = pl.read_ipc(path) if feather else pl.read_parquet(path)
     except Exception as e:
-        raise IngestError(f"not a readable Parquet file ({type(e).__name__}: {e})", path=path) from e
+        raise IngestError(f"not a readable {kind} file ({type(e).__name__}: {e})", path=path) from e
     if df.height == 0:
-        raise IngestError("Parquet file has no rows", path=path)
+        raise IngestError(f"{kind} file has no rows", path=path)
     names = [c.strip().lower() for c in df.columns]
     df.columns = names
-    mapping, detected = _map_header(path, names, Format.AUTO if fmt is Format.AUTO else fmt, columns)
     lines = np.arange(2, df.height + 2, dtype=np.int64)  # row r shown as line r+2 (1 = header)
+    as_freqtrade = fmt is Format.FREQTRADE or (
+        fmt is Format.AUTO and columns is None and (freqtrade or (feather and "date" in names))
+    )
+    if as_freqtrade:
+        _check_freqtrade_columns(path, names, named=freqtrade)
+        source_ft: dict[str, pl.Series] = {
+            ("ts" if c == "date" else c): df.get_column(c) for c in FREQTRADE_COLUMNS
+        }
+        return _to_frame(path, source_ft, lines, Format.FREQTRADE), Format.FREQTRADE
+    mapping, detected = _map_header(path, names, Format.AUTO if fmt is Format.AUTO else fmt, columns)
     source: dict[str, pl.Series] = {canon: df.get_column(src) for canon, src in mapping.items()}
     return _to_frame(path, source, lines, detected), detected
+
+
+def _check_freqtrade_columns(path: Path, names: list[str], *, named: bool) -> None:
+    """freqtrade writes exactly date, open, high, low, close, volume: a missing one is an
+    error naming it; an extra one means the file is not freqtrade's (ambiguous)."""
+    missing = [c for c in FREQTRADE_COLUMNS if c not in names]
+    if missing:
+        raise IngestError(
+            f"freqtrade file lacks column(s) {missing}; it has {names}",
+            path=path, column=missing[0],
+            hint="freqtrade writes date, open, high, low, close, volume",
+        )
+    extra = [c for c in names if c not in FREQTRADE_COLUMNS]
+    if extra:
+        why = "is named like a freqtrade file" if named else "is a Feather file"
+        raise IngestError(
+            f"ambiguous file: it {why} but has columns {extra} that freqtrade never writes",
+            path=path, hint="pass --format (e.g. generic with --columns) to say which layout it is",
+        )
+
+
+def _read_freqtrade_json(
+    path: Path, fmt: Format, columns: dict[str, str] | None
+) -> tuple[pl.DataFrame, Format]:
+    """freqtrade's JSON: one list of ``[ms, open, high, low, close, volume]`` rows."""
+    if fmt not in (Format.AUTO, Format.FREQTRADE) or columns is not None:
+        given = f"--format {fmt}" if fmt not in (Format.AUTO, Format.FREQTRADE) else "--columns"
+        raise IngestError(
+            f"{given} does not apply to JSON: JSON is read as freqtrade's layout only",
+            path=path, hint="drop the option, or pass --format freqtrade",
+        )
+    data = path.read_bytes()
+    try:
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+        rows = json.loads(data)
+    except (OSError, EOFError, ValueError) as e:
+        raise IngestError(f"not readable as freqtrade JSON ({type(e).__name__}: {e})", path=path) from e
+    if not isinstance(rows, list) or not rows:
+        raise IngestError(
+            "freqtrade JSON must be a non-empty list of [ms, open, high, low, close, volume] rows",
+            path=path,
+        )
+    width = len(FREQTRADE_COLUMNS)
+    for i, row in enumerate(rows):
+        ok = isinstance(row, list) and len(row) == width and all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in row
+        )
+        if not ok:
+            raise IngestError(
+                f"row {i + 1} is {str(row)[:80]}: expected [ms, open, high, low, close, volume] "
+                "numbers", path=path, line=i + 1,
+            )
+    lines = np.arange(1, len(rows) + 1, dtype=np.int64)
+    source: dict[str, pl.Series] = {
+        ("ts" if c == "date" else c): pl.Series(c, [r[j] for r in rows], dtype=pl.Float64)
+        for j, c in enumerate(FREQTRADE_COLUMNS)
+    }
+    return _to_frame(path, source, lines, Format.FREQTRADE), Format.FREQTRADE
 
 
 # ------------------------------------------------------------------------- conversion
@@ -572,7 +724,10 @@ def _from_epoch(path: Path, s: pl.Series, lines: np.ndarray) -> pl.Series:
     return ns.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts")
 
 
-def _attach_symbol(frame: pl.DataFrame, path: Path, symbol: str | None) -> pl.DataFrame:
+def _attach_symbol(
+    frame: pl.DataFrame, path: Path, symbol: str | None, guess: str | None
+) -> pl.DataFrame:
+    """``--symbol``, else the file's symbol column, else ``guess`` (from the file name)."""
     if symbol is not None:
         return frame.with_columns(symbol=pl.lit(symbol))
     if "symbol" in frame.columns:
@@ -583,7 +738,6 @@ def _attach_symbol(frame: pl.DataFrame, path: Path, symbol: str | None) -> pl.Da
             raise IngestError("missing symbol", path=path,
                               line=int(frame.get_column("_line")[i]), column="symbol")
         return frame
-    guess = symbol_from_filename(path)
     if guess is None:
         raise IngestError(
             "no symbol column and none in the file name", path=path, hint="pass --symbol"
