@@ -93,11 +93,63 @@ def test_jade_compact_is_the_same_family_under_150k():
 def test_direction_presets():
     lstm = build_model(preset_config("direction_lstm"))
     assert lstm.n_features == 31
-    assert (lstm.encoder.rnn.hidden_size, lstm.encoder.rnn.bidirectional) == (64, True)
+    assert (lstm.encoder.rnn.hidden_size, lstm.encoder.rnn.num_layers) == (64, 2)
+    assert not lstm.encoder.rnn.bidirectional
     widths = [m.out_features for m in lstm.heads["direction"].mlp if isinstance(m, nn.Linear)]
-    assert widths == [128, 64, 1]
+    assert widths == [64, 1]  # 64 -> 64 -> 1
+    bi = build_model(preset_config("direction_bilstm"))
+    assert (bi.encoder.rnn.hidden_size, bi.encoder.rnn.bidirectional, bi.encoder.out_dim) == (64, True, 128)
+    first = next(m for m in bi.heads["direction"].mlp if isinstance(m, nn.Linear))
+    assert (first.in_features, first.out_features) == (128, 64)  # 128 -> 64 -> 1
     tf = preset_config("direction_transformer").encoder
     assert (tf.kind, tf.d_model, tf.heads, tf.layers, tf.causal) == ("transformer", 64, 4, 2, True)
+
+
+# nn.LSTM keeps two bias vectors per layer and direction (b_ih and b_hh), so one layer holds
+# 4 * (in * h + h * h + 2h) per direction; the head's Linear layers hold in * out + out.
+#   direction_lstm, 31 in:   layer 1 4*(31*64 + 64*64 + 128) = 24,832; layer 2 4*(64*64 + 64*64
+#     + 128) = 33,280; head 64*64 + 64 + 64 + 1 = 4,225; total 62,337 (the seeds' count)
+#   direction_lstm, 39 in:   layer 1 4*(39*64 + 4,096 + 128) = 26,880; 26,880 + 33,280 + 4,225
+#     = 64,385
+#   direction_bilstm, 31 in: layer 1 2 * 24,832 = 49,664; layer 2 2 * 4*(128*64 + 64*64 + 128)
+#     = 99,328; head 128*64 + 64 + 64 + 1 = 8,321; total 157,313 (the printed architecture)
+#   direction_bilstm, 39 in: 2 * 26,880 + 99,328 + 8,321 = 161,409
+EXACT_COUNTS = {
+    ("direction_lstm", 31): 62_337,
+    ("direction_lstm", 39): 64_385,
+    ("direction_bilstm", 31): 157_313,
+    ("direction_bilstm", 39): 161_409,
+    ("direction_transformer", 31): 85_761,
+    ("direction_transformer", 39): 86_273,
+}
+
+
+@pytest.mark.parametrize(("name", "n_features"), list(EXACT_COUNTS))
+def test_direction_presets_have_their_exact_parameter_counts(name, n_features):
+    assert count_parameters(build_model(preset_config(name, n_features=n_features))) == EXACT_COUNTS[
+        (name, n_features)]
+
+
+def test_models_list_shows_each_direction_count_at_60x31():
+    from typer.testing import CliRunner
+
+    from moola.cli import app
+
+    res = CliRunner().invoke(app, ["models", "list", "--input-shape", "60x31"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[1]: line for line in res.stdout.splitlines() if line.split()[1:2]
+            and line.split()[1] in PRESETS}
+    for (name, f), n in EXACT_COUNTS.items():
+        if f == 31:
+            assert f"{n:,}" in rows[name], (name, rows.get(name))
+
+
+def test_direction_presets_take_a_class_head_for_ternary_labels():
+    for name in ("direction_lstm", "direction_bilstm", "direction_transformer"):
+        cfg = preset_config(name, n_features=39, n_classes=3)
+        assert cfg.direction is None and cfg.classifier is not None and cfg.classifier.n_classes == 3
+        assert cfg.encoder == preset_config(name, n_features=39).encoder
+        assert build_model(cfg)({"x": torch.randn(2, 60, 39)})["logits"].shape == (2, 3)
 
 
 def test_count_parameters_matches_a_hand_count():
@@ -112,8 +164,8 @@ def test_preset_config_overrides_features_and_classes():
     assert (cfg.n_features, cfg.classifier.n_classes) == (11, 3)
     assert build_model(cfg)({"x": torch.randn(2, 20, 11)})["logits"].shape == (2, 3)
     assert preset_config("direction_lstm", n_classes=2) == preset_config("direction_lstm")
-    with pytest.raises(ValueError, match="n_classes=3"):
-        preset_config("direction_lstm", n_classes=3)
+    with pytest.raises(ValueError, match="n_classes must be >= 2, got 1"):
+        preset_config("direction_lstm", n_classes=1)
 
 
 def test_unknown_preset_lists_known_names():

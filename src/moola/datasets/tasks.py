@@ -6,12 +6,13 @@ Recipes (``moola.pipelines``) call these; nothing here trains a model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from moola.config import Config
 from moola.data import Store, Timeframe, ingest, mark_gaps
@@ -33,6 +34,7 @@ __all__ = [
     "calendar_positions",
     "configs_dir",
     "default_labels_path",
+    "direction_labels",
     "forward_log_return",
     "load_features",
     "load_labeled",
@@ -47,13 +49,75 @@ BUNDLED = {
 
 
 class SplitConfig(Config):
-    val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
-    embargo_bars: int = Field(5, ge=0)
+    """Chronological train, val, test (fractions or dates), purged at each cut and embargoed.
+
+    Either fractions (``val``/``test`` of the distinct window end times; 0.15 each when neither
+    fractions nor dates are set) or dates (``val_start``/``test_start``, ISO timestamps, UTC
+    unless they carry an offset): a window belongs to the segment its last bar falls in.
+    ``embargo_bars`` (default: max(5, data.horizon)) drops a later segment's windows starting
+    within that many bars of an earlier one's label end; purge (always on) already drops
+    windows whose label reaches into the next segment, so the horizon is covered either way.
+    """
+
+    val: float | None = Field(None, gt=0, lt=1, description=(
+        "fraction of distinct window end times; unset: 0.15 (unless split by dates)"))
+    test: float | None = Field(None, gt=0, lt=1, description=(
+        "fraction of distinct window end times; unset: 0.15 (unless split by dates)"))
+    val_start: datetime | None = Field(None, description=(
+        "ISO timestamp (UTC unless offset): windows whose last bar is at or after it are val; "
+        "set with test_start, instead of val/test"))
+    test_start: datetime | None = Field(None, description=(
+        "ISO timestamp: windows whose last bar is at or after it are test"))
+    embargo_bars: int | None = Field(None, ge=0, description=(
+        "bars between a segment's label ends and the next segment's window starts; unset: "
+        "max(5, data.horizon). Purge (always on) already drops labels reaching past a cut"))
+
+    @model_validator(mode="after")
+    def _fractions_or_dates(self) -> SplitConfig:
+        dates = {"val_start": self.val_start, "test_start": self.test_start}
+        fractions = {"val": self.val, "test": self.test}
+        set_dates = [k for k, v in dates.items() if v is not None]
+        set_fracs = [k for k, v in fractions.items() if v is not None]
+        if set_dates and set_fracs:
+            raise ValueError(
+                f"split by fractions or by dates, not both: got {', '.join(set_fracs)} and "
+                f"{', '.join(set_dates)}; remove data.split.val/test or data.split.val_start/test_start "
+                "(an override can unset one: data.split.val=null)")
+        if len(set_dates) == 1:
+            missing = "test_start" if set_dates == ["val_start"] else "val_start"
+            raise ValueError(f"a date split needs both val_start and test_start; {missing} is missing")
+        if (self.val_start is not None and self.test_start is not None
+                and not _utc(self.val_start) < _utc(self.test_start)):
+            raise ValueError(f"val_start ({self.val_start}) must be before test_start "
+                             f"({self.test_start})")
+        return self
+
+    @property
+    def dates(self) -> tuple[datetime, datetime] | None:
+        """(val_start, test_start) in UTC, or None for a split by fractions."""
+        if self.val_start is None or self.test_start is None:
+            return None
+        return _utc(self.val_start), _utc(self.test_start)
+
+    @property
+    def fractions(self) -> tuple[float, float]:
+        """(val, test): the configured fractions, 0.15 for each one not set."""
+        return (0.15 if self.val is None else self.val), (0.15 if self.test is None else self.test)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 class DataConfig(Config):
-    """Where bars come from and how they become labeled windows."""
+    """Where bars come from and how they become labeled windows.
+
+    The direction label is the sign of the log return from the close of a window's last bar to
+    the close ``horizon`` bars later. ``dead_zone_bps`` (basis points of that log return, 1 bp =
+    1e-4) marks moves too small to call: ``direction: binary`` drops those windows (down = r <= 0
+    otherwise, as with no dead zone), ``direction: ternary`` labels them "flat" (classes down,
+    flat, up) and needs a dead zone > 0.
+    """
 
     store: str | None = None  # a moola store; None -> the bundled dataset below
     bundled: Literal["sp500_daily", "btcusd_1m"] = "sp500_daily"
@@ -64,8 +128,50 @@ class DataConfig(Config):
     stride: int = Field(1, ge=1)
     task: Literal["direction", "regression"] = "direction"
     horizon: int = Field(1, ge=1)  # bars ahead for the label
+    direction: Literal["binary", "ternary"] = Field("binary", description=(
+        "binary: down/up, dropping windows with abs(r) < dead_zone_bps; ternary: down/flat/up "
+        "(flat: abs(r) < dead_zone_bps; needs a dead zone > 0; presets get a 3-class head)"))
+    dead_zone_bps: float = Field(0.0, ge=0, description=(
+        "dead zone on the horizon-bar log return r, in basis points (1e-4)"))
     split: SplitConfig = SplitConfig()
     normalize: Literal["none", "standard", "robust"] = "standard"
+
+    @model_validator(mode="after")
+    def _label_options(self) -> DataConfig:
+        if self.task != "direction" and (self.direction != "binary" or self.dead_zone_bps):
+            raise ValueError("data.direction and data.dead_zone_bps apply to task: direction only "
+                             f"(task is {self.task!r})")
+        if self.direction == "ternary" and not self.dead_zone_bps:
+            raise ValueError("data.direction: ternary needs data.dead_zone_bps > 0 (flat = |r| "
+                             "below it); with no dead zone use direction: binary")
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        """The label's class names in index order ([] for regression)."""
+        if self.task != "direction":
+            return []
+        return ["down", "flat", "up"] if self.direction == "ternary" else ["down", "up"]
+
+    @property
+    def embargo_bars(self) -> int:
+        """The embargo in effect: ``split.embargo_bars``, or max(5, horizon) when unset."""
+        e = self.split.embargo_bars
+        return max(5, self.horizon) if e is None else e
+
+
+def direction_labels(fwd: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, int64 labels of the kept rows) for forward log returns ``fwd`` (N,).
+
+    binary: 1 ('up') when r > 0, else 0, dropping |r| below the dead zone; ternary: 0 down,
+    1 flat (|r| below the dead zone), 2 up.
+    """
+    dz = cfg.dead_zone_bps * 1e-4
+    if cfg.direction == "ternary":
+        y = np.where(np.abs(fwd) < dz, 1, np.where(fwd > 0, 2, 0)).astype(np.int64)
+        return np.ones(fwd.size, dtype=bool), y
+    keep = ~(np.abs(fwd) < dz)
+    return keep, (fwd[keep] > 0).astype(np.int64)
 
 
 class DailyWindowsData(Config):
@@ -176,18 +282,27 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
     if len(ws) == 0:
         raise ValueError(f"no valid {cfg.window}-bar windows with horizon {cfg.horizon} in {store_dir}")
     fwd = forward_log_return(bars, cfg.horizon)[ws.end_rows]
+    classes = cfg.classes
+    if cfg.task == "direction":
+        keep, y_all = direction_labels(fwd, cfg)
+        if not keep.all():  # binary with a dead zone: too-small moves are not samples
+            ws = ws.subset(keep)
+        if len(ws) == 0:
+            raise ValueError(f"no window's {cfg.horizon}-bar return reaches data.dead_zone_bps="
+                             f"{cfg.dead_zone_bps} in {store_dir}")
+    else:
+        y_all = fwd.astype(np.float32)[:, None]
     ts = fm.keys["ts"].dt.epoch("ns").to_numpy()
     pos = calendar_positions(ts)
     spans = SampleSpans(pos[ws.start_rows], pos[ws.end_rows] + cfg.horizon,
                         group=np.asarray(ws.symbol_codes()))
-    split = chronological_split(spans, val=cfg.split.val, test=cfg.split.test,
-                                embargo=cfg.split.embargo_bars)
-    if cfg.task == "direction":
-        y_all = (fwd > 0).astype(np.int64)
-        classes = ["down", "up"]
-    else:
-        y_all = fwd.astype(np.float32)[:, None]
-        classes = []
+    dates = None
+    if (d := cfg.split.dates) is not None:  # bar positions; segment on the last bar (+ horizon)
+        cal = np.unique(ts)
+        dates = tuple(int(np.searchsorted(cal, np.datetime64(t.replace(tzinfo=None), "ns")
+                                          .astype(np.int64))) + cfg.horizon for t in d)
+    val, test = cfg.split.fractions
+    split = chronological_split(spans, val=val, test=test, dates=dates, embargo=cfg.embargo_bars)
     parts = {"train": split.train, "val": split.val, "test": split.test}
     x = {k: ws.batch(idx) for k, idx in parts.items()}
     y = {k: y_all[idx] for k, idx in parts.items()}

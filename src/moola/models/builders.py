@@ -44,6 +44,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "describe_presets",
+    "direction_bilstm",
     "direction_lstm",
     "direction_transformer",
     "jade",
@@ -145,6 +146,20 @@ def lstm_classifier(
     )
 
 
+def _direction_heads(n_classes: int, mlp: Sequence[int], pooling: Pooling, dropout: float,
+                     ) -> dict[str, DirectionHeadConfig | ClassifierHeadConfig]:
+    """One binary logit for two classes; for more (down/flat/up) a classifier head, which is
+    what the train recipe optimises as a multi-class task (attention pooling of width
+    ``mlp[-1]``, 4 heads)."""
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    if n_classes == 2:
+        return {"direction": DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling)}
+    width = mlp[-1] if mlp else 64
+    return {"classifier": ClassifierHeadConfig(n_classes=n_classes, hidden=width, heads=4,
+                                               dropout=dropout)}
+
+
 def lstm_direction(
     n_features: int,
     hidden: int = 64,
@@ -154,12 +169,13 @@ def lstm_direction(
     pooling: Pooling = "last",
     dropout: float = 0.1,
     name: str = "lstm_direction",
+    n_classes: int = 2,
 ) -> ModelConfig:
-    """LSTM -> pooling -> MLP -> one binary direction logit."""
+    """LSTM -> pooling -> MLP -> one binary direction logit (n_classes > 2: a classifier head)."""
     return ModelConfig(
         name=name,
         encoder=_lstm(n_features, hidden, layers, bidirectional, dropout),
-        direction=DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling),
+        **_direction_heads(n_classes, mlp, pooling, dropout),
     )
 
 
@@ -176,8 +192,10 @@ def transformer_direction(
     pooling: Pooling = "last",
     dropout: float = 0.1,
     name: str = "transformer_direction",
+    n_classes: int = 2,
 ) -> ModelConfig:
-    """Transformer encoder -> pooling -> MLP -> one binary direction logit."""
+    """Transformer encoder -> pooling -> MLP -> one binary direction logit (n_classes > 2: a
+    classifier head)."""
     return ModelConfig(
         name=name,
         encoder=TransformerEncoderConfig(
@@ -191,7 +209,7 @@ def transformer_direction(
             causal=causal,
             max_len=max_len,
         ),
-        direction=DirectionHeadConfig(mlp=list(mlp), dropout=dropout, pooling=pooling),
+        **_direction_heads(n_classes, mlp, pooling, dropout),
     )
 
 
@@ -222,19 +240,34 @@ def jade_compact(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
     )
 
 
-def direction_lstm(n_features: int = 31) -> ModelConfig:
-    """2-layer BiLSTM (64 per direction) + MLP 128 -> 64 -> 1 binary direction logit."""
+# The seeds' status report printed "LSTM(31, 64, bidirectional=True, num_layers=2)" with a
+# 128 -> 64 -> 1 head beside "Total parameters: 62,337". Those disagree: 62,337 is the
+# unidirectional model below (direction_lstm); the printed architecture is direction_bilstm
+# (157,313 on 31 inputs). `moola models list --input-shape 60x31` prints both counts.
+
+
+def direction_lstm(n_features: int = 31, n_classes: int = 2) -> ModelConfig:
+    """2-layer LSTM (64) + MLP 64 -> 64 -> 1 direction logit: the seeds' 62,337 on 31 inputs."""
     return lstm_direction(
-        n_features, hidden=64, layers=2, bidirectional=True, mlp=(128, 64),
-        pooling="last", dropout=0.1, name="direction_lstm",
+        n_features, hidden=64, layers=2, bidirectional=False, mlp=(64,),
+        pooling="last", dropout=0.1, name="direction_lstm", n_classes=n_classes,
     )
 
 
-def direction_transformer(n_features: int = 31) -> ModelConfig:
-    """Causal Transformer (d_model 64, 4 heads, 2 layers) + MLP 128 -> 64 -> 1 direction logit."""
+def direction_bilstm(n_features: int = 31, n_classes: int = 2) -> ModelConfig:
+    """2-layer BiLSTM (64 per direction) + MLP 128 -> 64 -> 1 direction logit: 157,313 on 31."""
+    return lstm_direction(
+        n_features, hidden=64, layers=2, bidirectional=True, mlp=(64,),
+        pooling="last", dropout=0.1, name="direction_bilstm", n_classes=n_classes,
+    )
+
+
+def direction_transformer(n_features: int = 31, n_classes: int = 2) -> ModelConfig:
+    """Causal Transformer (d_model 64, 4 heads, 2 layers) + MLP 64 -> 128 -> 64 -> 1 logit."""
     return transformer_direction(
         n_features, d_model=64, heads=4, layers=2, ff=128, causal=True, pos_encoding="sinusoidal",
         max_len=512, mlp=(128, 64), pooling="last", dropout=0.1, name="direction_transformer",
+        n_classes=n_classes,
     )
 
 
@@ -243,6 +276,7 @@ PRESETS: dict[str, Callable[..., ModelConfig]] = {
     "jade": jade,
     "jade_compact": jade_compact,
     "direction_lstm": direction_lstm,
+    "direction_bilstm": direction_bilstm,
     "direction_transformer": direction_transformer,
 }
 
@@ -262,7 +296,8 @@ class UnknownPresetError(KeyError):
 def preset_config(name: str, n_features: int | None = None, n_classes: int | None = None) -> ModelConfig:
     """A preset's ModelConfig, with its default feature/class count unless given.
 
-    Binary direction presets take no class count; ``n_classes=2`` is accepted for them.
+    Direction presets give one binary logit for 2 classes and a classifier head for more
+    (a ternary down/flat/up task).
     """
     if name not in PRESETS:
         raise UnknownPresetError(name, list(PRESETS))

@@ -91,7 +91,14 @@ def check_encoder_schema(encoder_dir: str | Path, feature_set: str) -> None:
 
 
 def resolve_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
+    """The configured model, or the preset sized to the data (a ternary direction task gets a
+    3-class classifier head; a binary one the preset's direction logit)."""
     if cfg.model is not None:
+        if cfg.model.direction is not None and n_classes > 2:
+            raise ValueError(
+                f"model.direction predicts one binary logit but the labels have {n_classes} "
+                f"classes (data.direction: {cfg.data.direction}); use model.classifier with "
+                f"n_classes: {n_classes}, or a preset")
         return cfg.model
     assert cfg.preset is not None
     return preset_config(cfg.preset, n_features=n_features,
@@ -393,9 +400,14 @@ def label_definition(cfg: DataConfig) -> str:
     """The label in words, for the manifest."""
     ret = (f"log return from the close of the window's last bar to the close {cfg.horizon} "
            f"bar(s) later (adj_close when the bars have it)")
-    if cfg.task == "direction":
-        return f"1 ('up') when the {ret} is > 0, else 0 ('down')"
-    return ret
+    if cfg.task != "direction":
+        return ret
+    dz = f"{cfg.dead_zone_bps:g} bp (1e-4) of log return"
+    if cfg.direction == "ternary":
+        return f"r = the {ret}; 1 ('flat') when |r| < {dz}, else 2 ('up') when r > 0, else 0 ('down')"
+    if cfg.dead_zone_bps:
+        return f"1 ('up') when the {ret} is > 0, else 0 ('down'); windows with |r| < {dz} dropped"
+    return f"1 ('up') when the {ret} is > 0, else 0 ('down')"
 
 
 def run_manifest(run: TrainSetup, temperature: float | None) -> Manifest:
@@ -409,7 +421,7 @@ def run_manifest(run: TrainSetup, temperature: float | None) -> Manifest:
         normalizer=None if data.normalizer is None else data.normalizer.to_dict(),
         temperature=temperature,
         periods={k: periods_by_symbol(data.meta[k]) for k in ("train", "val", "test")},
-        normalizer_fit=run.normalizer_fit, embargo_bars=cfg.data.split.embargo_bars,
+        normalizer_fit=run.normalizer_fit, embargo_bars=cfg.data.embargo_bars,
         allow_transductive=cfg.allow_transductive, data_fingerprint=run.fingerprint,
         store=str(run.store_dir), n_params=run.n_params, n_train=len(data.y["train"]),
     )
