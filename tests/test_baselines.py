@@ -16,12 +16,20 @@ from sklearn.metrics import accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from _direction_data import MinuteTask, btc_minute
+from moola.datasets.tasks import prepare_data
 from moola.evaluation.baselines import (
+    KNOWN_BASELINES,
+    LAGS,
+    LIGHTGBM_TREES,
     TABLE_METRICS,
     BaselineResult,
     baseline_table,
+    last_bar_return,
+    lightgbm_baseline,
     logistic_baseline,
     majority_baseline,
+    persistence_baseline,
     run_baselines,
 )
 from moola.evaluation.metrics import classification_metrics
@@ -165,3 +173,105 @@ def test_class_weight_option_changes_logistic(task: Task) -> None:
     balanced = logistic_baseline(xtr, ytr, task.X_test, task.y_test, CLASSES, class_weight="balanced")
     assert balanced.params["class_weight"] == "balanced"
     assert balanced.proba_test[:, 1].mean() < plain.proba_test[:, 1].mean()
+
+
+# ------------------------------------------------- persistence and LightGBM on 1-minute BTC bars
+
+
+@pytest.fixture(scope="module")
+def minute(tmp_path_factory: pytest.TempPathFactory) -> MinuteTask:
+    """10-bar ohlc4 windows, next-bar direction, stride 1: ~21k train / 4.5k test rows."""
+    return btc_minute(tmp_path_factory.mktemp("minute"))
+
+
+def _minute_baselines(m: MinuteTask, which: tuple[str, ...], **kw: object) -> list[BaselineResult]:
+    d = m.data
+    return run_baselines(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes, which=which,
+                         last_return_train=m.last_return["train"], last_return_test=m.last_return["test"],
+                         **kw)  # type: ignore[arg-type]
+
+
+def test_last_bar_return_is_the_raw_close_return_of_the_windows_last_bar(minute: MinuteTask) -> None:
+    raw = prepare_data(minute.cfg.model_copy(update={"normalize": "none"}), minute.store)
+    close_lr = raw.feature_names.index("close_lr")
+    for k in ("train", "val", "test"):
+        np.testing.assert_allclose(raw.x[k][:, -1, close_lr], minute.last_return[k], atol=1e-6)
+    assert 0 < (minute.last_return["test"] > 0).mean() < 0.6
+
+
+def test_persistence_predicts_the_sign_of_the_last_return(minute: MinuteTask) -> None:
+    (res,) = _minute_baselines(minute, ("persistence",))
+    up = minute.last_return["test"] > 0
+    np.testing.assert_array_equal(res.proba_test.argmax(axis=1), up.astype(int))
+    assert res.metrics["accuracy"] == pytest.approx(float((up.astype(int) == minute.data.y["test"]).mean()))
+    # its confidence is the rule's train hit rate (floored above 0.5 so argmax stays the sign)
+    hits = ((minute.last_return["train"] > 0).astype(int) == minute.data.y["train"]).mean()
+    assert res.params["train_hit_rate"] == pytest.approx(hits, abs=1e-4)
+    assert res.proba_test.max() == pytest.approx(max(res.params["train_hit_rate"], 0.5), abs=1e-5)
+    np.testing.assert_allclose(res.proba_test.sum(axis=1), 1.0)
+
+
+def test_persistence_refuses_missing_or_bad_returns(minute: MinuteTask) -> None:
+    d = minute.data
+    with pytest.raises(ValueError, match="last_return_train and last_return_test"):
+        run_baselines(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes,
+                      which=("persistence",))
+    with pytest.raises(ValueError, match="last_return_test has 10 returns but X_test has"):
+        persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes,
+                             last_return_train=minute.last_return["train"],
+                             last_return_test=minute.last_return["test"][:10])
+    bad = minute.last_return["train"].copy()
+    bad[7] = np.nan
+    with pytest.raises(ValueError, match="last_return_train contains NaN or inf at row 7"):
+        persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes,
+                             last_return_train=bad, last_return_test=minute.last_return["test"])
+    with pytest.raises(ValueError, match="binary direction rule"):
+        persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], ["down", "flat", "up"],
+                             last_return_train=minute.last_return["train"],
+                             last_return_test=minute.last_return["test"])
+    first = d.meta["train"].head(1)
+    lone_bar = first.select("symbol", ts="end_ts", close=pl.lit(1.0))  # no bar before it
+    with pytest.raises(ValueError, match=r"window 0 \(BTCUSD ending .*\) has no previous bar"):
+        last_bar_return(lone_bar, first)
+    with pytest.raises(ValueError, match="meta lacks column"):
+        last_bar_return(lone_bar, first.drop("end_ts"))
+
+
+def test_lightgbm_is_deterministic_and_reads_the_same_lagged_features_as_logistic(minute: MinuteTask) -> None:
+    d = minute.data
+    a = _minute_baselines(minute, ("logistic", "lightgbm"), lags=LAGS, seed=3)
+    b = _minute_baselines(minute, ("lightgbm",), lags=LAGS, seed=3)
+    assert [r.name for r in a] == ["logistic", "lightgbm"]
+    np.testing.assert_array_equal(a[1].proba_test, b[0].proba_test)
+    assert a[0].params["lags"] == a[1].params["lags"] == LAGS
+    assert a[1].params["n_estimators"] == LIGHTGBM_TREES
+    # the logistic on lags equals a pipeline fitted by hand on the last LAGS bars
+    n_tr, n_te = d.x["train"].shape[0], d.x["test"].shape[0]
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=3))
+    pipe.fit(d.x["train"][:, -LAGS:, :].reshape(n_tr, -1), d.y["train"])
+    by_hand = pipe.predict_proba(d.x["test"][:, -LAGS:, :].reshape(n_te, -1))
+    np.testing.assert_allclose(a[0].proba_test, by_hand, rtol=1e-10)
+    p = a[1].proba_test
+    assert p.shape == (n_te, 2) and np.isfinite(p).all() and len(np.unique(p[:, 1])) > 10
+    assert 0.45 < a[1].metrics["accuracy"] < 0.6  # 1-minute direction: near a coin flip, not a leak
+
+
+def test_all_known_baselines_on_the_same_rows(minute: MinuteTask) -> None:
+    which = tuple(w for w in KNOWN_BASELINES if w != "minirocket")
+    results = _minute_baselines(minute, which, lags=LAGS)
+    table = baseline_table(results)
+    assert table["model"].to_list() == list(which)
+    n_te = minute.data.y["test"].shape[0]
+    for r in results:
+        assert r.proba_test.shape == (n_te, 2)
+        again = classification_metrics(minute.data.y["test"], r.proba_test, minute.data.classes)
+        assert again["accuracy"] == r.metrics["accuracy"]
+
+
+def test_lags_validated(minute: MinuteTask) -> None:
+    d = minute.data
+    for lags in (0, d.x["train"].shape[1] + 1):
+        with pytest.raises(ValueError, match="lags must be between 1 and the window length 10"):
+            lightgbm_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes, lags=lags)
+    with pytest.raises(ValueError, match=r"choose from .*'persistence'.*'lightgbm'"):
+        run_baselines(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes, which=("xgboost",))

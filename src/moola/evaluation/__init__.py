@@ -1,13 +1,27 @@
 """Evaluation: metrics, calibration, baselines on the same split, plots and reports."""
 
+from moola.evaluation.audit import (
+    AuditCheck,
+    AuditConfig,
+    AuditResult,
+    FitPredict,
+    permute_labels,
+    plausibility_audit,
+    shift_labels,
+)
 from moola.evaluation.baselines import (
     BASELINES,
+    KNOWN_BASELINES,
+    LAGS,
     TABLE_METRICS,
     BaselineResult,
     baseline_table,
+    last_bar_return,
+    lightgbm_baseline,
     logistic_baseline,
     majority_baseline,
     minirocket_baseline,
+    persistence_baseline,
     run_baselines,
 )
 from moola.evaluation.calibration import (
@@ -15,6 +29,16 @@ from moola.evaluation.calibration import (
     TemperatureScaler,
     expected_calibration_error,
     reliability_curve,
+)
+from moola.evaluation.economics import (
+    Backtest,
+    CostConfig,
+    EconomicsConfig,
+    annual_bars,
+    backtest,
+    buy_and_hold,
+    choose_band,
+    max_drawdown,
 )
 from moola.evaluation.metrics import (
     COLLAPSE_RECALL,
@@ -30,24 +54,55 @@ from moola.evaluation.plots import (
     plot_learning_curves,
     plot_reliability,
 )
+from moola.evaluation.resampling import (
+    BootstrapCI,
+    accuracy_ci,
+    block_bootstrap_ci,
+    default_block_length,
+    paired_difference_ci,
+)
 from moola.evaluation.run_report import write_run_report
 
 __all__ = [
     "BASELINES",
     "COLLAPSE_RECALL",
     "ECE_BINS",
+    "KNOWN_BASELINES",
+    "LAGS",
     "TABLE_METRICS",
+    "AuditCheck",
+    "AuditConfig",
+    "AuditResult",
+    "Backtest",
     "BaselineResult",
+    "BootstrapCI",
+    "CostConfig",
+    "EconomicsConfig",
+    "FitPredict",
     "ReliabilityCurve",
     "TemperatureScaler",
+    "accuracy_ci",
+    "annual_bars",
+    "backtest",
     "baseline_table",
     "binary_metrics",
+    "block_bootstrap_ci",
     "brier_score",
+    "buy_and_hold",
+    "choose_band",
     "classification_metrics",
+    "default_block_length",
     "expected_calibration_error",
+    "last_bar_return",
+    "lightgbm_baseline",
     "logistic_baseline",
     "majority_baseline",
+    "max_drawdown",
     "minirocket_baseline",
+    "paired_difference_ci",
+    "permute_labels",
+    "persistence_baseline",
+    "plausibility_audit",
     "plot_baselines",
     "plot_confusion_matrix",
     "plot_learning_curves",
@@ -55,5 +110,6 @@ __all__ = [
     "regression_metrics",
     "reliability_curve",
     "run_baselines",
+    "shift_labels",
     "write_run_report",
 ]

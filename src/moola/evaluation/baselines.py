@@ -5,6 +5,19 @@
   so its log loss / Brier are those of the prior.
 * ``logistic``: ``StandardScaler`` + ``LogisticRegression`` (lbfgs, L2, ``C=1``) on the windows
   flattened to (N, T*F).
+* ``persistence``: the sign of the window's last raw return: "up" (class index 1) when
+  ``last_return > 0``, else "down" (0; a zero return is "down", as the direction label counts a
+  zero forward return as "down"). The windows are normalised features, so the rule does NOT read a
+  feature column: the caller passes the raw return explicitly (``last_return_train`` /
+  ``last_return_test``, e.g. from ``last_bar_return``: ``log(close_e / close_(e-1))`` of the
+  window's last bar ``e``, ``adj_close`` where the bars have it). Its probability for the
+  predicted class is the rule's Laplace-smoothed hit rate on the train rows, floored just above
+  0.5 so the argmax stays the sign rule; binary tasks only.
+* ``lightgbm``: ``LGBMClassifier`` (small: ``LIGHTGBM_TREES`` trees of ``num_leaves=15``,
+  ``n_jobs=1``, ``deterministic=True`` with the seed) on the same features as ``logistic``.
+* ``logistic`` and ``lightgbm`` read the last ``lags`` bars of each window flattened to
+  (N, lags*F): ``lags=None`` (the default) is the whole window, ``LAGS`` (the last bar plus four
+  lags) is the "last bar plus a few lags" the direction recipe is meant to use.
 * ``minirocket``: aeon ``MiniRocket`` features (aeon wants (N, channels, T), so our (N, T, F)
   windows are transposed), ``StandardScaler(with_mean=False)`` (as aeon's
   ``MiniRocketClassifier`` does) and ``RidgeClassifierCV(alphas=np.logspace(-3, 3, 10))``. Ridge
@@ -37,16 +50,25 @@ from moola.evaluation.metrics import _check_classes, classification_metrics
 
 __all__ = [
     "BASELINES",
+    "KNOWN_BASELINES",
+    "LAGS",
     "TABLE_METRICS",
     "BaselineResult",
     "baseline_table",
+    "last_bar_return",
+    "lightgbm_baseline",
     "logistic_baseline",
     "majority_baseline",
     "minirocket_baseline",
+    "persistence_baseline",
     "run_baselines",
 ]
 
-BASELINES = ("majority", "logistic", "minirocket")
+BASELINES = ("majority", "logistic", "minirocket")  # the default of ``run_baselines``
+KNOWN_BASELINES = ("majority", "persistence", "logistic", "lightgbm", "minirocket")
+LAGS = 5  # last bar + 4 lags
+LIGHTGBM_TREES = 100
+PERSISTENCE_FLOOR = 0.5 + 1e-6
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 MINIROCKET_KERNELS = 1008
 MINIROCKET_MIN_LENGTH = 9
@@ -136,8 +158,9 @@ def logistic_baseline(
     C: float = 1.0,
     max_iter: int = 5000,
     seed: int = 0,
+    lags: int | None = None,
 ) -> BaselineResult:
-    """``StandardScaler`` + ``LogisticRegression`` on the flattened windows (N, T*F)."""
+    """``StandardScaler`` + ``LogisticRegression`` on the last ``lags`` bars flattened (N, lags*F)."""
     xtr, ytr, xte, yte, names = _check_inputs(X_train, y_train, X_test, y_test, classes)
     t0 = time.perf_counter()
     if np.unique(ytr).size < 2:
@@ -146,12 +169,112 @@ def logistic_baseline(
         StandardScaler(),
         LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed),
     )
-    model.fit(xtr.reshape(xtr.shape[0], -1), ytr)
-    part = model.predict_proba(xte.reshape(xte.shape[0], -1))
+    model.fit(lag_features(xtr, lags), ytr)
+    part = model.predict_proba(lag_features(xte, lags))
     proba = _full_proba(part, model.classes_, len(names))
     n_iter = int(np.max(model[-1].n_iter_))
     return _result("logistic", proba, yte, names, t0,
-                   {"C": C, "class_weight": class_weight, "max_iter": max_iter, "n_iter": n_iter})
+                   {"C": C, "class_weight": class_weight, "max_iter": max_iter, "n_iter": n_iter,
+                    "lags": lags})
+
+
+def lag_features(x: np.ndarray, lags: int | None) -> np.ndarray:
+    """(N, T, F) windows -> (N, lags*F): the last ``lags`` bars flattened (None: all T bars)."""
+    if lags is None:
+        return x.reshape(x.shape[0], -1)
+    if not 1 <= lags <= x.shape[1]:
+        raise ValueError(f"lags must be between 1 and the window length {x.shape[1]}, got {lags}")
+    return np.ascontiguousarray(x[:, -lags:, :]).reshape(x.shape[0], -1)
+
+
+def lightgbm_baseline(
+    X_train: object,
+    y_train: object,
+    X_test: object,
+    y_test: object,
+    classes: Sequence[object],
+    *,
+    class_weight: str | Mapping[int, float] | None = None,
+    n_estimators: int = LIGHTGBM_TREES,
+    seed: int = 0,
+    lags: int | None = None,
+) -> BaselineResult:
+    """``LGBMClassifier`` on the same features as ``logistic_baseline`` (the last ``lags`` bars)."""
+    xtr, ytr, xte, yte, names = _check_inputs(X_train, y_train, X_test, y_test, classes)
+    from lightgbm import LGBMClassifier
+
+    t0 = time.perf_counter()
+    if np.unique(ytr).size < 2:
+        return _single_class(ytr, xte, yte, names, t0, "lightgbm")
+    params: dict[str, Any] = {"n_estimators": n_estimators, "learning_rate": 0.05, "num_leaves": 15,
+                              "min_child_samples": 20, "class_weight": class_weight}
+    model = LGBMClassifier(**params, random_state=seed, n_jobs=1, deterministic=True,
+                           force_row_wise=True, verbose=-1)
+    model.fit(lag_features(xtr, lags), ytr)
+    part = np.asarray(model.predict_proba(lag_features(xte, lags)), dtype=np.float64)
+    proba = _full_proba(part, np.asarray(model.classes_), len(names))
+    return _result("lightgbm", proba, yte, names, t0, {**params, "lags": lags})
+
+
+def _check_returns(r: object, name: str, n: int, x_name: str) -> np.ndarray:
+    arr = np.asarray(r)
+    if arr.dtype.kind != "f" or arr.ndim != 1:
+        raise TypeError(f"{name} must be a 1-D float array of raw returns, got dtype {arr.dtype} "
+                        f"shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} returns but {x_name} has {n} windows")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf at row {int(np.argmin(np.isfinite(arr)))}")
+    return arr.astype(np.float64)
+
+
+def persistence_baseline(
+    X_train: object,
+    y_train: object,
+    X_test: object,
+    y_test: object,
+    classes: Sequence[object],
+    *,
+    last_return_train: object,
+    last_return_test: object,
+) -> BaselineResult:
+    """Sign of the last raw return ("up" when > 0); probability = its train hit rate (module doc)."""
+    xtr, ytr, xte, yte, names = _check_inputs(X_train, y_train, X_test, y_test, classes)
+    if len(names) != 2:
+        raise ValueError(f"persistence is a binary direction rule (down, up); got classes {names}")
+    rtr = _check_returns(last_return_train, "last_return_train", xtr.shape[0], "X_train")
+    rte = _check_returns(last_return_test, "last_return_test", xte.shape[0], "X_test")
+    t0 = time.perf_counter()
+    hits = int(((rtr > 0).astype(np.int64) == ytr).sum())
+    hit_rate = (hits + 1) / (ytr.shape[0] + 2)
+    p_right = max(hit_rate, PERSISTENCE_FLOOR)
+    p_up = np.where(rte > 0, p_right, 1.0 - p_right)
+    proba = np.column_stack([1.0 - p_up, p_up])
+    return _result("persistence", proba, yte, names, t0,
+                   {"train_hit_rate": hit_rate, "p_predicted": p_right})
+
+
+def last_bar_return(bars: pl.DataFrame, meta: pl.DataFrame) -> np.ndarray:
+    """(N,) raw log return of each window's last bar, ``log(p_e / p_(e-1))`` within its symbol.
+
+    ``meta`` holds one row per window with ``symbol`` and ``end_ts`` (``PreparedData.meta[split]``);
+    ``p`` is ``adj_close`` where the bars have it, else ``close`` (as the direction label).
+    """
+    missing = [c for c in ("symbol", "end_ts") if c not in meta.columns]
+    if missing:
+        raise ValueError(f"meta lacks column(s) {missing}; it has {meta.columns}")
+    price = "adj_close" if "adj_close" in bars.columns else "close"
+    last = bars.select(
+        "symbol", "ts", r=(pl.col(price) / pl.col(price).shift(1).over("symbol")).log()
+    )
+    out = meta.select("symbol", "end_ts").join(
+        last, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"], how="left", maintain_order="left"
+    )["r"]
+    if out.null_count():
+        bad = int(out.is_null().arg_max() or 0)
+        raise ValueError(f"window {bad} ({meta['symbol'][bad]} ending {meta['end_ts'][bad]}) has no "
+                         "previous bar in `bars`: its last return is undefined")
+    return out.to_numpy().astype(np.float64)
 
 
 def minirocket_baseline(
@@ -202,11 +325,6 @@ def _single_class(ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, names: list
     return _result(name, proba, yte, names, t0, {"degenerate": "y_train has a single class"})
 
 
-_RUNNERS = {
-    "majority": majority_baseline,
-    "logistic": logistic_baseline,
-    "minirocket": minirocket_baseline,
-}
 
 
 def run_baselines(
@@ -220,20 +338,37 @@ def run_baselines(
     *,
     class_weight: str | Mapping[int, float] | None = None,
     n_kernels: int = MINIROCKET_KERNELS,
+    lags: int | None = None,
+    last_return_train: object = None,
+    last_return_test: object = None,
 ) -> list[BaselineResult]:
-    """Fit each baseline in ``which`` on the train split and score it on the test split."""
+    """Fit each baseline in ``which`` on the train split and score it on the test split.
+
+    ``persistence`` needs ``last_return_train`` / ``last_return_test`` (raw returns, see the module
+    doc); ``lags`` selects the features of ``logistic`` and ``lightgbm`` alike.
+    """
     which = tuple(which)
-    unknown = [w for w in which if w not in _RUNNERS]
+    unknown = [w for w in which if w not in KNOWN_BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(_RUNNERS)}")
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(KNOWN_BASELINES)}")
+    if "persistence" in which and (last_return_train is None or last_return_test is None):
+        raise ValueError("the persistence baseline needs last_return_train and last_return_test "
+                         "(the raw last-bar return of every window; see last_bar_return)")
     _check_inputs(X_train, y_train, X_test, y_test, classes)
     out: list[BaselineResult] = []
     for w in which:
         if w == "majority":
             out.append(majority_baseline(X_train, y_train, X_test, y_test, classes))
+        elif w == "persistence":
+            out.append(persistence_baseline(X_train, y_train, X_test, y_test, classes,
+                                            last_return_train=last_return_train,
+                                            last_return_test=last_return_test))
         elif w == "logistic":
             out.append(logistic_baseline(X_train, y_train, X_test, y_test, classes,
-                                         class_weight=class_weight, seed=seed))
+                                         class_weight=class_weight, seed=seed, lags=lags))
+        elif w == "lightgbm":
+            out.append(lightgbm_baseline(X_train, y_train, X_test, y_test, classes,
+                                         class_weight=class_weight, seed=seed, lags=lags))
         else:
             out.append(minirocket_baseline(X_train, y_train, X_test, y_test, classes,
                                            n_kernels=n_kernels, seed=seed))
