@@ -24,10 +24,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "moola"
 # packages: bars (data) -> features -> windows and splits (datasets) -> networks (models) ->
 # the training loop (training) -> masked pretraining (pretraining, uses the Trainer) ->
 # metrics and reports (evaluation) -> serving (inference: a Predictor over a trained run) ->
-# experiment tracking (tracking). Above them the applications: pipelines (one job each),
+# experiment tracking (tracking) -> promotion gates and the model registry (registry: reads run
+# manifests and metrics, stores versions in MLflow). Above them the applications: pipelines (one job each),
 # sweeps and tuning (run pipelines), the demo (runs everything) and the CLI.
 BASE_ORDER = ("_io", "refs", "config", "data", "features", "datasets", "models", "training",
-              "pretraining", "evaluation", "inference", "tracking")
+              "pretraining", "evaluation", "inference", "tracking", "registry")
 APP_ORDER = ("pipelines", "sweeps", "demo", "cli")
 ORDER = BASE_ORDER + APP_ORDER
 ROOT_PRIVATE_OK = frozenset({"moola._io"})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from moola.cli import _runs, _sweep, _tune
+from moola.cli import _registry, _runs, _sweep, _tune
 from moola.cli._app import app
 
-for _module in (_runs, _sweep, _tune):
+for _module in (_runs, _sweep, _tune, _registry):
     _module.register(app)
 
 __all__ = ["app"]

@@ -128,7 +128,7 @@ def data_ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories of per-symbol files.")],
     store: Annotated[Path, typer.Option("--store", help="Store directory (created if missing).")],
     format: Annotated[
-        str, typer.Option("--format", help="auto|yahoo|binance|kraken|coinbase|generic")
+        str, typer.Option("--format", help="auto|yahoo|binance|kraken|coinbase|freqtrade|generic")
     ] = "auto",
     symbol: Annotated[
         str | None, typer.Option("--symbol", help="Symbol for files without one.")

@@ -1,0 +1,39 @@
+"""Promotion gates and the model registry (MLflow): which runs may serve, and which one does."""
+
+from moola.registry._gates import GateResult, Gates, Threshold, evaluate_gates, read_gates
+from moola.registry._registry import (
+    CHAMPION,
+    PREVIOUS,
+    ModelRef,
+    Promotion,
+    RegisteredModelInfo,
+    VersionInfo,
+    default_model_name,
+    list_models,
+    parse_model_ref,
+    promote,
+    resolve_model_ref,
+    rollback,
+    show_model,
+)
+
+__all__ = [
+    "CHAMPION",
+    "PREVIOUS",
+    "GateResult",
+    "Gates",
+    "ModelRef",
+    "Promotion",
+    "RegisteredModelInfo",
+    "Threshold",
+    "VersionInfo",
+    "default_model_name",
+    "evaluate_gates",
+    "list_models",
+    "parse_model_ref",
+    "promote",
+    "read_gates",
+    "resolve_model_ref",
+    "rollback",
+    "show_model",
+]
