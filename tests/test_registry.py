@@ -177,11 +177,12 @@ def test_threshold_and_baseline_gates_measure_the_run(runs):
     assert res["ece"].passed == (ece <= 0.05) and res["ece"].margin == pytest.approx(0.05 - ece)
     assert res["run.test_calibrated.ece"].passed
     assert not res["min_test_rows"].passed and res["min_test_rows"].margin == -1
-    for b in ("majority", "logistic"):
-        diff = acc - m["baseline_metrics"][b]["accuracy"]
-        assert res[f"beats {b}"].margin == pytest.approx(diff)
-        assert res[f"beats {b}"].passed == (diff > 0)
-        assert "plain difference" in res[f"beats {b}"].note
+    for b in ("majority", "logistic"):  # the train recipe measures a CI of each difference
+        ci = m["vs_baselines"][b]
+        assert ci["diff"] == pytest.approx(acc - m["baseline_metrics"][b]["accuracy"])
+        assert res[f"beats {b}"].margin == pytest.approx(ci["ci_low"])
+        assert res[f"beats {b}"].passed == (ci["ci_low"] > 0)
+        assert "block bootstrap" in res[f"beats {b}"].note
 
 
 def _with_sections(run_dir: Path, dst: Path, **sections: object) -> Path:
@@ -220,7 +221,9 @@ def test_unmeasured_gates_fail_as_not_measured(runs):
     gates = Gates(beats=["lightgbm"], audit="passed", net_sharpe=Threshold(op=">=", value=0.0))
     res = evaluate_gates(runs.a, gates)
     assert [r.gate for r in res] == ["beats lightgbm", "audit", "net_sharpe"]
-    assert all(not r.passed and r.measured == "not measured" and r.margin is None for r in res)
+    assert all(not r.passed and r.measured == "not measured" and r.margin is None for r in res[:2])
+    # the train recipe's economic check (on by default for binary direction) measures net_sharpe
+    assert res[2].margin == pytest.approx(_metrics(runs.a)["economics"]["net_sharpe"])
     assert "logistic, majority" in res[0].note  # which baselines the run does have
 
 

@@ -355,3 +355,106 @@ def test_models_list_warns_for_jade_at_174_samples():
     rows31 = _table_rows(res.stdout)
     n = count_parameters(build_model(preset_config("direction_lstm", n_features=31)))
     assert rows31["direction_lstm"][2] == f"{n:,}"
+
+
+# ------------------------------------------------- desk evaluation: persistence, CIs, economics
+
+DIRECTION = ROOT / "configs" / "direction_demo.yaml"
+DESK_BASELINES = ["majority", "persistence", "logistic", "lightgbm"]
+DESK_OVERRIDES = ["train.epochs=1", "data.stride=20", "train.device=cpu", "train.num_threads=1",
+                  f"baselines=[{','.join(DESK_BASELINES)}]", "baseline_lags=5"]
+
+
+@pytest.fixture(scope="module")
+def desk_run(tmp_path_factory) -> tuple[Path, RunConfig]:
+    """The bundled BTC 1m direction demo, 1 epoch at stride 20, with every direction baseline."""
+    out = tmp_path_factory.mktemp("desk_train")
+    args = [f"out_dir={out}", *DESK_OVERRIDES]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = cli("train", "--config", DIRECTION, *args)
+    assert res.exit_code == 0, res.output
+    cfg = RunConfig.from_yaml(DIRECTION, args)
+    return out / cfg.name, cfg
+
+
+def _desk_data(cfg: RunConfig):
+    return prepare_data(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)))
+
+
+@pytest.mark.parametrize("override", [["data.task=regression"],
+                                      ["data.direction=ternary", "data.dead_zone_bps=1"]])
+def test_persistence_is_refused_outside_binary_direction_naming_the_key(override):
+    with pytest.raises(ConfigError, match="baselines: persistence"):
+        RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,persistence]"])
+    # the same tasks without persistence are fine, and economics: null turns the check off
+    assert RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,lightgbm]"])
+    assert RunConfig.from_yaml(DIRECTION, ["economics=null"]).economics is None
+
+
+def test_prepared_returns_are_the_windows_last_and_forward_returns():
+    """last_return is baselines.last_bar_return of the same windows; the label is the sign of
+    forward_return (binary direction, no dead zone)."""
+    from moola.evaluation.baselines import last_bar_return
+
+    cfg = RunConfig.from_yaml(DIRECTION, ["data.stride=20", "data.horizon=3"])
+    data = _desk_data(cfg)
+    _, bars, _ = load_features(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)))
+    for part in ("train", "val", "test"):
+        np.testing.assert_allclose(data.last_return[part], last_bar_return(bars, data.meta[part]),
+                                   rtol=0, atol=1e-15)
+        assert len(data.forward_return[part]) == len(data.y[part])
+        np.testing.assert_array_equal(data.y[part], (data.forward_return[part] > 0).astype(np.int64))
+
+
+def test_direction_run_has_persistence_lightgbm_and_bootstrap_cis(desk_run):
+    run_dir, cfg = desk_run
+    m = _metrics(run_dir)
+    assert [b["model"] for b in m["baselines"]] == ["model", *DESK_BASELINES]
+    data = _desk_data(cfg)
+    y = data.y["test"]
+    # persistence recomputed from the raw last returns: up when the last bar went up
+    pers = float(((data.last_return["test"] > 0).astype(np.int64) == y).mean())
+    assert m["baseline_metrics"]["persistence"]["accuracy"] == pytest.approx(pers)
+    assert m["baseline_metrics"]["lightgbm"]["params"]["lags"] == 5
+    ci = m["test_ci"]
+    acc = ci["accuracy"]
+    assert acc["estimate"] == pytest.approx(m["model"]["accuracy"])
+    assert acc["low"] <= acc["estimate"] <= acc["high"] and acc["high"] - acc["low"] > 0
+    assert acc["n"] == len(y) and acc["block_length"] == int(np.ceil(len(y) ** (1 / 3)))
+    best = max(DESK_BASELINES, key=lambda b: m["baseline_metrics"][b]["accuracy"])
+    assert ci["best_baseline"] == best
+    d = ci["difference"]
+    assert d["estimate"] == pytest.approx(m["model"]["accuracy"] - m["baseline_metrics"][best]["accuracy"])
+    assert d["low"] <= d["estimate"] <= d["high"]
+    # every baseline's paired difference, in the shape the promotion gates' `beats:` read
+    assert set(m["vs_baselines"]) == set(DESK_BASELINES)
+    for name, v in m["vs_baselines"].items():
+        assert v["metric"] == "accuracy" and v["ci_low"] <= v["diff"] <= v["ci_high"]
+        assert v["diff"] == pytest.approx(m["model"]["accuracy"] - m["baseline_metrics"][name]["accuracy"])
+    assert m["vs_baselines"][best]["ci_low"] == d["low"]
+    html = (run_dir / "report.html").read_text()
+    assert f"model - {best}" in html and "moving-block bootstrap" in html
+
+
+def test_direction_run_has_an_economic_check_after_costs(desk_run):
+    """The band comes from validation; buy-and-hold is recomputed on the test rows' returns."""
+    from moola.evaluation.economics import annual_bars, buy_and_hold
+
+    run_dir, cfg = desk_run
+    econ = _metrics(run_dir)["economics"]
+    assert set(econ["symbols"]) == {"BTCUSD"}
+    sym = econ["symbols"]["BTCUSD"]
+    assert sym["band"] in econ["config"]["bands"]
+    assert econ["config"]["costs"] == {"fee_bps": 10.0, "slippage_bps": 1.0}
+    data = _desk_data(cfg)
+    bh = buy_and_hold(data.forward_return["test"], stride=20, bars_per_year=annual_bars("1m"))
+    assert sym["buy_and_hold"]["net_return"] == pytest.approx(bh.net_return)
+    assert sym["buy_and_hold"]["sharpe"] == pytest.approx(bh.sharpe)
+    model = sym["model"]
+    assert model["n_periods"] == len(data.y["test"]) and model["band"] == sym["band"]
+    assert model["turnover"] >= 0 and 0 <= model["max_drawdown"] < 1
+    assert econ["mean"]["model"]["net_return"] == pytest.approx(model["net_return"])
+    assert econ["net_sharpe"] == pytest.approx(model["sharpe"])  # what the net_sharpe gate reads
+    assert (run_dir / "equity.png").read_bytes()[:8] == PNG_MAGIC
+    assert "Economics after costs" in (run_dir / "report.html").read_text()

@@ -5,7 +5,7 @@ Recipes (``moola.pipelines``) call these; nothing here trains a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -203,6 +203,11 @@ class PreparedData:
     split: Split
     meta: dict[str, pl.DataFrame]
     normalizer: Standardizer | RobustScaler | None
+    # split -> (N,) raw log returns of each window, for baselines and the economic check:
+    # the label horizon's forward return after the last bar, and the last bar's own return
+    # (log(p_e / p_(e-1)); NaN where the symbol has no earlier bar)
+    forward_return: dict[str, np.ndarray] = field(default_factory=dict)
+    last_return: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def bundled_dir() -> Path:
@@ -257,7 +262,8 @@ def load_features(cfg: DataConfig, store_dir: Path) -> tuple[FeatureMatrix, pl.D
 
 
 def forward_log_return(bars: pl.DataFrame, horizon: int) -> np.ndarray:
-    """(N,) log return from each bar's close to the close ``horizon`` bars later (same symbol)."""
+    """(N,) log return from each bar's close to the close ``horizon`` bars later (same symbol;
+    a negative ``horizon`` looks back). NaN where that bar does not exist."""
     price = "adj_close" if "adj_close" in bars.columns else "close"
     r = bars.select(
         (pl.col(price).shift(-horizon).over("symbol") / pl.col(price)).log().alias("r")
@@ -311,7 +317,11 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
     if normalizer is not None:
         x = {k: np.ascontiguousarray(normalizer.transform(v), dtype=np.float32) for k, v in x.items()}
     meta = {k: ws.meta.select("symbol", "start_ts", "end_ts")[idx] for k, idx in parts.items()}
-    return PreparedData(x, y, classes, fm.names, fm.schema_hash, split, meta, normalizer)
+    fwd_w = forward_log_return(bars, cfg.horizon)[ws.end_rows]
+    last_w = -forward_log_return(bars, -1)[ws.end_rows]  # -log(p_(e-1) / p_e)
+    return PreparedData(x, y, classes, fm.names, fm.schema_hash, split, meta, normalizer,
+                        forward_return={k: fwd_w[idx] for k, idx in parts.items()},
+                        last_return={k: last_w[idx] for k, idx in parts.items()})
 
 
 @dataclass

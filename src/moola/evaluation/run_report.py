@@ -39,6 +39,9 @@ def write_run_report(
     title: str = "moola run report",
     notes: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
+    test_ci: Mapping[str, Any] | None = None,
+    economics: Mapping[str, Any] | None = None,
+    equity_curves: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> Path:
     """Write ``report.html`` (+ PNGs) and ``metrics.json`` into ``run_dir``; return the HTML path.
 
@@ -48,6 +51,9 @@ def write_run_report(
     metrics are written to ``metrics.json`` too and the table is built with the model on top).
     ``notes`` (e.g. leakage-guard warnings) are listed near the top of the report; ``extra``
     (run facts such as calibrated metrics or timings) is merged into ``metrics.json``.
+    ``test_ci`` (block-bootstrap CIs, ``moola.pipelines.train.accuracy_intervals``) is shown
+    beside the baseline table; ``economics`` (the costs-aware backtest summary) as a table per
+    symbol, with ``equity_curves`` ({symbol: {"model", "buy_and_hold"}}) as ``equity.png``.
 
     ``metrics.json``: ``{"title", "classes", "model": metrics, "baselines": [table rows],
     "baseline_metrics": {name: metrics} (only when results were given), "notes"}``.
@@ -101,6 +107,10 @@ def write_run_report(
         rep.table(table, caption="model and baselines on the test split")
         rep.figure(plot_baselines(table), "baselines", "accuracy and balanced accuracy per model; "
                    "dashed line: majority-class accuracy")
+    if test_ci:
+        _ci_section(rep, test_ci)
+    if economics:
+        _economics_section(rep, economics, equity_curves or {})
 
     rep.heading("Plots")
     rep.figure(plot_learning_curves(list(history)), "learning_curves",
@@ -129,6 +139,61 @@ def write_run_report(
         }
     atomic_write_json(run_dir / "metrics.json", payload)
     return html_path
+
+
+def _ci_section(rep: DataReport, ci: Mapping[str, Any]) -> None:
+    rows = [("model accuracy", ci["accuracy"])]
+    if "difference" in ci:
+        rows += [(f"{ci['best_baseline']} accuracy (best baseline)", ci["baseline_accuracy"]),
+                 (f"model - {ci['best_baseline']}", ci["difference"])]
+    frame = pl.DataFrame(
+        [{"statistic": name, "estimate": c["estimate"], "low": c["low"], "high": c["high"],
+          "block_length": float(c["block_length"])} for name, c in rows],
+        schema={"statistic": pl.String, "estimate": pl.Float64, "low": pl.Float64,
+                "high": pl.Float64, "block_length": pl.Float64}, orient="row")
+    first = ci["accuracy"]
+    rep.table(frame, caption=f"{first['level']:.0%} {ci['method']} over {first['n']} test rows, "
+              f"{first['n_boot']} resamples, blocks of {first['block_length']} consecutive rows "
+              f"(max(ceil(n^(1/3)), label horizon of {ci['horizon_rows']} row(s)))")
+    if "difference" in ci:
+        d = ci["difference"]
+        word = "beats" if d["low"] > 0 else ("is beaten by" if d["high"] < 0 else "is not "
+                                             "distinguishable from")
+        rep.paragraph(f"The model {word} the best baseline ({ci['best_baseline']}) on test accuracy: "
+                      f"difference {d['estimate']:+.4f}, CI [{d['low']:+.4f}, {d['high']:+.4f}].")
+
+
+def _economics_section(rep: DataReport, econ: Mapping[str, Any],
+                       curves: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
+    import matplotlib.pyplot as plt
+
+    rep.heading("Economics after costs (test split)")
+    keys = ("net_return", "sharpe", "turnover", "max_drawdown")
+    rows = [{"symbol": sym, "strategy": who, "band": v["band"] if who == "model" else None,
+             **{k: _num(v[who][k]) for k in keys}}
+            for sym, v in econ["symbols"].items() for who in ("model", "buy_and_hold")]
+    rows += [{"symbol": "mean", "strategy": who, "band": None, **{k: _num(v[k]) for k in keys}}
+             for who, v in econ["mean"].items()] if len(econ["symbols"]) > 1 else []
+    frame = pl.DataFrame(rows, schema={"symbol": pl.String, "strategy": pl.String, "band": pl.Float64,
+                                       **dict.fromkeys(keys, pl.Float64)}, orient="row")
+    cfg = econ["config"]
+    costs = cfg["costs"]
+    rep.table(frame, caption=(
+        f"{cfg['mode']} positions from calibrated P(up) outside 0.5 +- band, band chosen on "
+        f"validation ({cfg['objective']}); fee {costs['fee_bps']:g} bp + slippage "
+        f"{costs['slippage_bps']:g} bp per unit of turnover; one trade every {econ['hold_rows']} "
+        f"row(s); Sharpe annualised at {econ['periods_per_year']:,.0f} periods a year"))
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for sym, c in curves.items():
+            line, = ax.plot(c["model"], label=f"{sym} model (after costs)")
+            ax.plot(c["buy_and_hold"], color=line.get_color(), linestyle="--",
+                    label=f"{sym} buy-and-hold")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("trading period on the test split")
+        ax.set_ylabel("equity")
+        ax.legend(fontsize=8)
+        rep.figure(fig, "equity", "test equity after fees and slippage vs buy-and-hold (dashed)")
 
 
 def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,

@@ -21,6 +21,7 @@ from moola._io import atomic_write, atomic_write_json
 from moola.config import Config, config_hash
 from moola.data import REQUIRED_COLUMNS, Store, Timeframe
 from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store
+from moola.evaluation.economics import EconomicsConfig
 from moola.inference import log_proba
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
 from moola.pipelines._progress import frame_table
@@ -44,8 +45,8 @@ from moola.training import (
 from moola.training.manifest import Manifest, TimeRange, periods_by_symbol, read_manifest, write_manifest
 from moola.training.separation import check_encoder_separation, evaluated_intervals
 
-Baseline = Literal["majority", "logistic", "minirocket"]
-ALL_BASELINES: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")
+Baseline = Literal["majority", "persistence", "logistic", "lightgbm", "minirocket"]
+ALL_BASELINES: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")  # the default list
 
 
 class RunConfig(Config):
@@ -57,8 +58,15 @@ class RunConfig(Config):
     preset: str | None = "simple_lstm"
     model: ModelConfig | None = None
     train: TrainConfig = TrainConfig()
-    baselines: list[Literal["majority", "logistic", "minirocket"]] = Field(
-        default_factory=lambda: list(ALL_BASELINES))
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(ALL_BASELINES),
+        description="fitted on train, scored on the test rows the model is scored on; persistence "
+                    "(sign of the last raw return) needs a binary direction task")
+    baseline_lags: int | None = Field(None, ge=1, description=(
+        "logistic and lightgbm read the last N bars of each window (None: the whole window)"))
+    economics: EconomicsConfig | None = Field(default_factory=EconomicsConfig, description=(
+        "the economic check with costs for binary direction tasks (band chosen on validation, "
+        "applied to test); null turns it off; ignored for other tasks"))
     pretrained_encoder: str | None = None  # a `moola pretrain` output directory
     transfer_mode: Literal["full", "forward-only"] = "full"
     freeze_epochs: int = Field(0, ge=0)  # keep transferred tensors frozen this many epochs
@@ -69,7 +77,16 @@ class RunConfig(Config):
     def _one_model(self) -> RunConfig:
         if self.preset is None and self.model is None:
             raise ValueError("set either 'preset' or 'model'")
+        if "persistence" in self.baselines and not self.binary_direction:
+            raise ValueError(
+                "baselines: persistence is the sign of the last return, a binary direction rule; "
+                f"this run has data.task: {self.data.task}, data.direction: {self.data.direction}. "
+                "Drop it from baselines or use task: direction with direction: binary")
         return self
+
+    @property
+    def binary_direction(self) -> bool:
+        return self.data.task == "direction" and self.data.direction == "binary"
 
     @property
     def run_dir(self) -> Path:
@@ -349,7 +366,7 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
              started: float) -> Evaluation:
     """Test metrics beside the baselines on the same split, temperature fitted on val only;
     writes metrics.json (and, for classes, report.html)."""
-    from moola.evaluation import baseline_table, classification_metrics, run_baselines, write_run_report
+    from moola.evaluation import baseline_table, classification_metrics, write_run_report
     from moola.evaluation.calibration import TemperatureScaler
 
     cfg, data, run_dir = run.cfg, run.data, run.run_dir
@@ -374,10 +391,16 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
     cal = ts.transform(log_proba(test_c["proba"]))
     run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
     run_facts["temperature"] = float(ts.temperature_)
-    base = run_baselines(data.x["train"], data.y["train"], data.x["test"], data.y["test"],
-                         data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
+    base = fit_baselines(cfg, data, "test")
     console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
                               title="test split: model vs baselines"))
+    test_ci, vs_baselines = accuracy_intervals(cfg, data, test_c["proba"], base)
+    desk: dict[str, Any] = {"test_ci": test_ci, "vs_baselines": vs_baselines}
+    curves: dict[str, dict[str, list[float]]] = {}
+    if cfg.economics is not None and cfg.binary_direction:
+        desk["economics"], curves = economics_check(
+            cfg.economics, data, ts.transform(log_proba(val_c["proba"])), cal, run.timeframe,
+            stride=cfg.data.stride, horizon=cfg.data.horizon)
     run_facts["seconds_total"] = time.perf_counter() - started
     transductive = run.transductive
     report = write_run_report(
@@ -386,11 +409,94 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         title=(f"{transductive.splitlines()[0]} | " if transductive else "")
         + f"{cfg.name}: {run.model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
         notes=([transductive] if transductive else []) + fit.warnings + trainer.messages_,
-        extra={"run": run_facts},
+        extra={"run": run_facts, **desk}, test_ci=desk["test_ci"],
+        economics=desk.get("economics"), equity_curves=curves,
     )
     console.print(f"report: {report}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return Evaluation(metrics, report, float(ts.temperature_))
+
+
+def fit_baselines(cfg: RunConfig, data: PreparedData, part: str) -> list[Any]:
+    """``cfg.baselines`` fitted on train and scored on ``part``'s rows (persistence reads the
+    windows' raw last-bar returns)."""
+    from moola.evaluation import run_baselines
+
+    persistence = "persistence" in cfg.baselines
+    return run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
+                         which=tuple(cfg.baselines), seed=cfg.train.seed, lags=cfg.baseline_lags,
+                         last_return_train=data.last_return["train"] if persistence else None,
+                         last_return_test=data.last_return[part] if persistence else None)
+
+
+def horizon_rows(horizon: int, stride: int) -> int:
+    """Consecutive rows whose labels share bars: ``ceil(horizon / stride)``."""
+    return max(1, -(-horizon // stride))
+
+
+def accuracy_intervals(cfg: RunConfig, data: PreparedData, proba: np.ndarray,
+                       base: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Block-bootstrap 95% CIs on the test rows: the model's accuracy, and its paired accuracy
+    difference from the best baseline (highest test accuracy) on the same resampled blocks
+    (``test_ci``); and the difference from every baseline, as the promotion gates' ``beats:``
+    read it (``vs_baselines``: {name: metric, diff, ci_low, ci_high, ci_method}).
+    Block length ``max(ceil(n^(1/3)), ceil(horizon / stride))`` rows (resampling.py)."""
+    from moola.evaluation.resampling import accuracy_ci, paired_difference_ci
+
+    y = data.y["test"]
+    h = horizon_rows(cfg.data.horizon, cfg.data.stride)
+    pred = np.asarray(proba).argmax(axis=1)  # (N,)
+    out: dict[str, Any] = {"accuracy": accuracy_ci(y, pred, horizon=h).to_dict(),
+                           "method": "moving-block bootstrap, percentile interval",
+                           "horizon_rows": h}
+    diffs = {b.name: paired_difference_ci(y, pred, b.proba_test.argmax(axis=1), horizon=h).to_dict()
+             for b in base}
+    vs = {name: {"metric": "accuracy", "diff": d["estimate"], "ci_low": d["low"], "ci_high": d["high"],
+                 "ci_method": f"{d['method']} block bootstrap ({d['block_length']}-row blocks, "
+                              f"{d['level']:.0%})"} for name, d in diffs.items()}
+    if base:
+        best = max(base, key=lambda b: float(b.metrics["accuracy"]))
+        out["best_baseline"] = best.name
+        out["baseline_accuracy"] = accuracy_ci(y, best.proba_test.argmax(axis=1), horizon=h).to_dict()
+        out["difference"] = diffs[best.name]
+    return out, vs
+
+
+def economics_check(ecfg: EconomicsConfig, data: PreparedData, cal_val: np.ndarray,
+                    cal_test: np.ndarray, timeframe: Timeframe, *, stride: int,
+                    horizon: int) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """Per symbol: the band chosen on its validation rows (calibrated P(up)), applied to its test
+    rows, beside buy-and-hold on the same periods; ``mean`` averages the symbols' numbers.
+    Also returns each symbol's test equity curves (model, buy_and_hold) for the report."""
+    from moola.evaluation.economics import annual_bars, backtest, buy_and_hold, choose_band
+
+    hold = horizon_rows(horizon, stride)
+    per_year = annual_bars(timeframe.value, trading_days=365 if timeframe.is_intraday else 252)
+    kw: dict[str, Any] = {"hold_rows": hold, "stride": stride, "bars_per_year": per_year}
+    per_symbol: dict[str, Any] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    for sym in sorted(set(data.meta["test"]["symbol"].to_list())):
+        rows = {}
+        for part in ("val", "test"):  # this symbol's rows, in time order
+            m = data.meta[part].with_row_index("i").filter(pl.col("symbol") == sym).sort("end_ts")
+            rows[part] = m["i"].to_numpy()
+        if rows["val"].size == 0:
+            continue
+        band, _ = choose_band(cal_val[rows["val"], 1], data.forward_return["val"][rows["val"]], ecfg, **kw)
+        r_test = data.forward_return["test"][rows["test"]]
+        strat = backtest(cal_test[rows["test"], 1], r_test, band, mode=ecfg.mode, costs=ecfg.costs, **kw)
+        bh = buy_and_hold(r_test, costs=ecfg.costs, **kw)
+        per_symbol[sym] = {"band": band, "model": strat.summary(), "buy_and_hold": bh.summary()}
+        curves[sym] = {"model": strat.equity.tolist(), "buy_and_hold": bh.equity.tolist()}
+    keys = ("net_return", "sharpe", "turnover", "max_drawdown")
+    mean = {who: {k: float(np.mean([v[who][k] for v in per_symbol.values()])) for k in keys}
+            for who in ("model", "buy_and_hold")} if per_symbol else {}
+    # headline numbers (the mean over symbols), as the promotion gate `net_sharpe` reads them
+    head = {f"net_{k}" if k == "sharpe" else k: v for k, v in mean.get("model", {}).items()}
+    return ({**head, "config": ecfg.model_dump(), "hold_rows": hold,
+             "periods_per_year": per_year / (hold * stride),
+             "band_chosen_on": "validation (calibrated probabilities)", "symbols": per_symbol,
+             "mean": mean}, curves)
 
 
 # ------------------------------------------------------------------------------- save
@@ -448,7 +554,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     columns ``moola predict`` writes.
     """
     from moola.datasets import load_scaler
-    from moola.evaluation import baseline_table, classification_metrics, run_baselines
+    from moola.evaluation import baseline_table, classification_metrics
     from moola.features import get_feature_set
     from moola.inference import check_feature_schema, prediction_frame
     from moola.training import from_checkpoint
@@ -483,8 +589,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
         entry: dict = {"loss": loss}
         if data.classes:
             entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
-            base = run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part],
-                                 data.classes, which=tuple(cfg.baselines), seed=cfg.train.seed)
+            base = fit_baselines(cfg, data, part)
             table = baseline_table(base, model_metrics=entry["metrics"])
             console.print(f"[bold]{part}[/]")
             console.print(frame_table(table))
@@ -524,4 +629,6 @@ def config_reference() -> str:
         "## RunConfig\n\n" + schema_markdown(RunConfig)
         + "\n## ModelConfig (`model:`; or name a `preset:` and it is filled in)\n\n"
         + schema_markdown(ModelConfig)
+        + "\n## EconomicsConfig (`economics:`; binary direction tasks, `economics: null` turns it off)\n\n"
+        + schema_markdown(EconomicsConfig)
     )
