@@ -71,9 +71,13 @@ def registry_list() -> None:
     for m in models:
         champ = next((v for v in m.versions if "champion" in v.aliases), None)
         t.add_row(escape(m.name), str(len(m.versions)), m.latest or "-",
-                  ", ".join(f"{a} -> v{v}" for a, v in sorted(m.aliases.items())) or "-",
+                  _aliases(m.aliases) or "-",
                   escape(champ.tags.get("moola.feature_set", "-")) if champ else "-")
     console.print(t)
+
+
+def _aliases(aliases: dict[str, str]) -> str:
+    return ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items()))
 
 
 @registry_app.command("show")
@@ -86,7 +90,7 @@ def registry_show(
 
     info, one = show_model(ref)
     console.print(f"[bold]{escape(info.name)}[/]: {len(info.versions)} version(s); aliases "
-                  + escape(", ".join(f"{a} -> v{v}" for a, v in sorted(info.aliases.items())) or "none"),
+                  + escape(_aliases(info.aliases) or "none"),
                   highlight=False)
     t = Table(title="versions, newest first", title_justify="left")
     for col in ("version", "aliases", "created (UTC)", "promoted by", "gates file", "rolled back",

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import Field
 
 from moola.config import Config
-from moola.evaluation.resampling import N_BOOT, BootstrapCI, block_bootstrap_ci
+from moola.evaluation.resampling import N_BOOT, BootstrapCI, block_bootstrap_ci, class_labels
 
 __all__ = [
     "AuditCheck",
@@ -95,17 +95,9 @@ class AuditResult:
                 "checks": {c.name: {"passed": c.passed, "rule": c.rule, **c.measured} for c in self.checks}}
 
 
-def _labels(y: object, name: str) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be a 1-D integer class-index array, got dtype {arr.dtype} "
-                        f"shape {arr.shape}")
-    return arr.astype(np.int64)
-
-
 def permute_labels(y_train: object, seed: int) -> np.ndarray:
     """A seeded permutation of the training labels (same class counts, no link to the features)."""
-    y = _labels(y_train, "y_train")
+    y = class_labels(y_train, "y_train")
     return np.random.default_rng(seed).permutation(y)
 
 
@@ -117,7 +109,7 @@ def shift_labels(y: object, *, group: object | None = None, position: object | N
     ``group`` (symbol) at ``position[i] + 1``. ``position=None`` takes rows as consecutive bars
     (stride-1 windows without gaps); ``group=None`` is one symbol.
     """
-    arr = _labels(y, "y")
+    arr = class_labels(y, "y")
     n = arr.shape[0]
     g = np.zeros(n, dtype=np.int64) if group is None else np.asarray(group)
     pos = np.arange(n, dtype=np.int64) if position is None else np.asarray(position)
@@ -167,8 +159,9 @@ def plausibility_audit(
     are left out of the shifted check); ``proba_test`` is the model's own test output on the
     original labels (None: ``fit_predict`` is called on them here)."""
     cfg = cfg or AuditConfig()
-    ytr, yte = _labels(y_train, "y_train"), _labels(y_test, "y_test")
-    ytr_s, yte_s = _labels(y_train_shifted, "y_train_shifted"), _labels(y_test_shifted, "y_test_shifted")
+    ytr, yte = class_labels(y_train, "y_train"), class_labels(y_test, "y_test")
+    ytr_s = class_labels(y_train_shifted, "y_train_shifted")
+    yte_s = class_labels(y_test_shifted, "y_test_shifted")
     for name, x, y in (("train", x_train, ytr), ("test", x_test, yte)):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x_{name} has {x.shape[0]} rows but y_{name} has {y.shape[0]}")

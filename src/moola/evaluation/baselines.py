@@ -169,13 +169,19 @@ def logistic_baseline(
         StandardScaler(),
         LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed),
     )
-    model.fit(lag_features(xtr, lags), ytr)
-    part = model.predict_proba(lag_features(xte, lags))
-    proba = _full_proba(part, model.classes_, len(names))
+    proba = _fit_predict_lagged(model, xtr, ytr, xte, lags, len(names))
     n_iter = int(np.max(model[-1].n_iter_))
     return _result("logistic", proba, yte, names, t0,
                    {"C": C, "class_weight": class_weight, "max_iter": max_iter, "n_iter": n_iter,
                     "lags": lags})
+
+
+def _fit_predict_lagged(model: Any, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
+                        lags: int | None, n_classes: int) -> np.ndarray:
+    """Fit a scikit-learn-style classifier on the last ``lags`` bars; (N, C) test probabilities."""
+    model.fit(lag_features(xtr, lags), ytr)
+    part = np.asarray(model.predict_proba(lag_features(xte, lags)), dtype=np.float64)
+    return _full_proba(part, np.asarray(model.classes_), n_classes)
 
 
 def lag_features(x: np.ndarray, lags: int | None) -> np.ndarray:
@@ -210,9 +216,7 @@ def lightgbm_baseline(
                               "min_child_samples": 20, "class_weight": class_weight}
     model = LGBMClassifier(**params, random_state=seed, n_jobs=1, deterministic=True,
                            force_row_wise=True, verbose=-1)
-    model.fit(lag_features(xtr, lags), ytr)
-    part = np.asarray(model.predict_proba(lag_features(xte, lags)), dtype=np.float64)
-    proba = _full_proba(part, np.asarray(model.classes_), len(names))
+    proba = _fit_predict_lagged(model, xtr, ytr, xte, lags, len(names))
     return _result("lightgbm", proba, yte, names, t0, {**params, "lags": lags})
 
 

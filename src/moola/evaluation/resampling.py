@@ -34,6 +34,7 @@ __all__ = [
     "accuracy_ci",
     "block_bootstrap_ci",
     "bootstrap_indices",
+    "class_labels",
     "default_block_length",
     "paired_difference_ci",
 ]
@@ -132,7 +133,8 @@ def block_bootstrap_ci(
     return BootstrapCI(float(v.mean()), float(low), float(high), level, n, int(length), n_boot, method)
 
 
-def _labels(a: object, name: str) -> np.ndarray:
+def class_labels(a: object, name: str) -> np.ndarray:
+    """``a`` as a 1-D int64 class-index array, or a TypeError naming ``name``."""
     arr = np.asarray(a)
     if arr.ndim != 1 or arr.dtype.kind not in "iub":
         raise TypeError(f"{name} must be a 1-D integer class-index array, got dtype {arr.dtype} "
@@ -141,8 +143,8 @@ def _labels(a: object, name: str) -> np.ndarray:
 
 
 def _correct(y_true: object, y_pred: object, name: str) -> np.ndarray:
-    t = _labels(y_true, "y_true")
-    p = _labels(y_pred, name)
+    t = class_labels(y_true, "y_true")
+    p = class_labels(y_pred, name)
     if t.shape != p.shape:
         raise ValueError(f"{name} has {p.shape[0]} rows but y_true has {t.shape[0]}: the model and "
                          "its baselines must be scored on exactly the same rows")

@@ -43,6 +43,7 @@ __all__ = [
     "TensorTransfer",
     "TransferMode",
     "TransferReport",
+    "check_encoder_schema",
     "encoder_param_names",
     "expected_rnn_shapes",
     "freeze",
@@ -213,6 +214,19 @@ def read_encoder_dir(path: str | Path) -> tuple[EncoderSpec, dict[str, torch.Ten
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise EncoderCheckpointError(f"{weights_path}: not a readable safetensors file: {e}") from None
     return spec, _validate_source(spec, state, f"{weights_path} (declared by {meta_path})")
+
+
+def check_encoder_schema(path: str | Path, schema_hash: str) -> EncoderSpec:
+    """Refuse an encoder pretrained on other features before anything is scaled or trained:
+    its normaliser and weights would otherwise fail later with a bare width error, or, for a
+    set of the same width, run silently on features it never saw."""
+    spec, _ = read_encoder_dir(path)
+    if spec.feature_schema_hash is not None and spec.feature_schema_hash != schema_hash:
+        raise IncompatibleEncoderError(
+            f"encoder {path} was pretrained on feature schema {spec.feature_schema_hash} "
+            f"(feature set {spec.feature_set}) but this data has {schema_hash}: the encoder and "
+            f"its normaliser saw other features")
+    return spec
 
 
 # --- the report ------------------------------------------------------------------------------

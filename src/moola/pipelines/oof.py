@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
+from moola._io import atomic_write_json
 from moola.config import config_hash
 from moola.datasets.normalize import Standardizer
 from moola.datasets.splits import Fold, SampleSpans, purged_time_folds
@@ -35,7 +36,7 @@ from moola.evaluation.comparison import (
     summarize_arms,
     with_holm,
 )
-from moola.models import build_model, count_parameters, preset_config
+from moola.models import build_model, check_encoder_schema, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._oof_config import BASELINE_ARMS, Arm, Baseline, OOFConfig, OOFDataConfig
 from moola.pipelines._oof_report import write_oof_report
@@ -50,7 +51,6 @@ from moola.training import (
     balanced_class_weights,
     seed_everything,
 )
-from moola.training.checkpoint import atomic_write_json
 
 __all__ = [
     "BASELINE_ARMS",
@@ -158,20 +158,6 @@ def fold_normalizer(cfg: OOFConfig, x_train: np.ndarray) -> Standardizer:
         if path.is_file():
             return load_scaler(path)
     return Standardizer().fit(x_train)
-
-
-def _check_encoder_schema(encoder_dir: str, schema_hash: str) -> None:
-    """Refuse an encoder pretrained on other features before anything runs: every arm and
-    baseline applies its normaliser, which would otherwise fail first with a bare feature-count
-    error (or, for a set of the same width, run the scratch cells before the refusal)."""
-    from moola.models.transfer import IncompatibleEncoderError, read_encoder_dir
-
-    spec, _ = read_encoder_dir(encoder_dir)
-    if spec.feature_schema_hash is not None and spec.feature_schema_hash != schema_hash:
-        raise IncompatibleEncoderError(
-            f"encoder from {encoder_dir} does not fit this data: feature schema hash: source "
-            f"{spec.feature_schema_hash} (feature set {spec.feature_set}) != expected {schema_hash}: "
-            f"the encoder and its normaliser were pretrained on other features")
 
 
 def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: np.ndarray,
@@ -296,7 +282,7 @@ def _setup(cfg: OOFConfig, tracker: Tracker, console: Console) -> OOFSetup:
         from moola.datasets.tasks import default_labels_path
         from moola.training.separation import check_encoder_separation, evaluated_intervals
 
-        _check_encoder_schema(cfg.pretrained_encoder, data.schema_hash)
+        check_encoder_schema(cfg.pretrained_encoder, data.schema_hash)
         # every labeled window is a test window in some fold: the encoder must not have seen them
         transductive = check_encoder_separation(
             cfg.pretrained_encoder, evaluated_intervals(data.meta),

@@ -19,7 +19,7 @@ from pydantic import Field
 from rich.console import Console
 from safetensors.torch import save_file
 
-from moola._io import atomic_write
+from moola._io import atomic_write, atomic_write_json
 from moola.config import Config, config_hash
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import (
@@ -62,7 +62,6 @@ from moola.training import (
     masked_mse,
     seed_everything,
 )
-from moola.training.checkpoint import atomic_write_json
 from moola.training.manifest import LEGACY_META, Manifest, TimeRange, merge_intervals, write_manifest
 
 

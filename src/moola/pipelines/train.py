@@ -22,8 +22,9 @@ from moola.config import Config, config_hash
 from moola.data import REQUIRED_COLUMNS, Store, Timeframe
 from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store
 from moola.evaluation.economics import EconomicsConfig
+from moola.features import get_feature_set
 from moola.inference import log_proba
-from moola.models import ModelConfig, build_model, count_parameters, preset_config
+from moola.models import ModelConfig, build_model, check_encoder_schema, count_parameters, preset_config
 from moola.pipelines._progress import frame_table
 from moola.refs import resolve_ref
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions
@@ -91,20 +92,6 @@ class RunConfig(Config):
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-
-def check_encoder_schema(encoder_dir: str | Path, feature_set: str) -> None:
-    """Refuse an encoder pretrained on other features before anything is scaled or trained."""
-    from moola.features import get_feature_set
-    from moola.models import IncompatibleEncoderError, read_encoder_dir
-
-    spec, _ = read_encoder_dir(encoder_dir)
-    want = get_feature_set(feature_set).schema_hash
-    if spec.feature_schema_hash is not None and spec.feature_schema_hash != want:
-        raise IncompatibleEncoderError(
-            f"encoder {encoder_dir} was pretrained on feature schema {spec.feature_schema_hash} "
-            f"({spec.feature_set}) but this run uses {want} ({feature_set}): features differ"
-        )
 
 
 def resolve_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
@@ -303,7 +290,7 @@ def _encoder_normalizer(cfg: RunConfig) -> tuple[Any, list[TimeRange]]:
         return None, []
     from moola.datasets import load_scaler
 
-    check_encoder_schema(cfg.pretrained_encoder, cfg.data.feature_set)
+    check_encoder_schema(cfg.pretrained_encoder, get_feature_set(cfg.data.feature_set).schema_hash)
     enc = Path(cfg.pretrained_encoder)
     if not (enc / "normalizer.json").is_file():
         return None, []
@@ -555,7 +542,6 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     """
     from moola.datasets import load_scaler
     from moola.evaluation import baseline_table, classification_metrics
-    from moola.features import get_feature_set
     from moola.inference import check_feature_schema, prediction_frame
     from moola.training import from_checkpoint
 

@@ -1,8 +1,8 @@
 """One training loop for every objective, with callbacks, guards and resumable checkpoints."""
 
+from moola._io import data_fingerprint
 from moola.training.callbacks import Callback, EarlyStopping, FreezeSchedule, ProgressBar
 from moola.training.checkpoint import (
-    data_fingerprint,
     from_checkpoint,
     load_weights,
     read_config,

@@ -24,16 +24,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from moola._io import atomic_write, atomic_write_json, atomic_write_text, data_fingerprint, git_sha
+from moola._io import atomic_write, atomic_write_json
 
 __all__ = [
     "CONFIG",
     "WEIGHTS",
-    "atomic_write_json",
-    "atomic_write_text",
-    "data_fingerprint",
     "from_checkpoint",
-    "git_sha",
     "load_state",
     "load_weights",
     "read_config",

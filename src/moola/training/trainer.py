@@ -27,6 +27,7 @@ from moola.training.callbacks import Callback, EarlyStopping, ProgressBar
 from moola.training.checkpoint import (
     WEIGHTS,
     load_state,
+    load_weights,
     save_state,
     save_weights,
 )
@@ -407,8 +408,6 @@ class Trainer:
 
     def _restore(self, loaded: tuple[dict[str, Any], Path], opt: torch.optim.Optimizer,
                  sched: Any) -> tuple[float, int]:
-        from moola.training.checkpoint import load_weights
-
         state, d = loaded
         load_weights(self.model, d / "model.safetensors")
         ts = state["torch_state"]
