@@ -211,6 +211,22 @@ def test_persistence_predicts_the_sign_of_the_last_return(minute: MinuteTask) ->
     np.testing.assert_allclose(res.proba_test.sum(axis=1), 1.0)
 
 
+def test_ternary_persistence_labels_the_last_return_with_the_dead_zone(minute: MinuteTask) -> None:
+    """down/flat/up: 'flat' when |last return| < the dead zone, else its sign; argmax is the rule."""
+    d, dz = minute.data, 2e-4
+    lab = {k: np.where(np.abs(minute.forward_return[k]) < dz, 1, np.where(minute.forward_return[k] > 0, 2, 0))
+           for k in ("train", "test")}
+    res = persistence_baseline(d.x["train"], lab["train"], d.x["test"], lab["test"], ["down", "flat", "up"],
+                               last_return_train=minute.last_return["train"],
+                               last_return_test=minute.last_return["test"], dead_zone=dz)
+    r = minute.last_return["test"]
+    rule = np.where(np.abs(r) < dz, 1, np.where(r > 0, 2, 0))
+    assert set(np.unique(rule)) == {0, 1, 2}  # the real minutes have all three
+    np.testing.assert_array_equal(res.proba_test.argmax(axis=1), rule)
+    assert res.metrics["accuracy"] == pytest.approx(float((rule == lab["test"]).mean()))
+    np.testing.assert_allclose(res.proba_test.sum(axis=1), 1.0)
+
+
 def test_persistence_refuses_missing_or_bad_returns(minute: MinuteTask) -> None:
     d = minute.data
     with pytest.raises(ValueError, match="last_return_train and last_return_test"):
@@ -225,8 +241,8 @@ def test_persistence_refuses_missing_or_bad_returns(minute: MinuteTask) -> None:
     with pytest.raises(ValueError, match="last_return_train contains NaN or inf at row 7"):
         persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes,
                              last_return_train=bad, last_return_test=minute.last_return["test"])
-    with pytest.raises(ValueError, match="binary direction rule"):
-        persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], ["down", "flat", "up"],
+    with pytest.raises(ValueError, match=r"direction rule \(down, up\) or \(down, flat, up\)"):
+        persistence_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], ["a", "b", "c", "d"],
                              last_return_train=minute.last_return["train"],
                              last_return_test=minute.last_return["test"])
     first = d.meta["train"].head(1)

@@ -12,7 +12,8 @@
   ``last_return_test``, e.g. from ``last_bar_return``: ``log(close_e / close_(e-1))`` of the
   window's last bar ``e``, ``adj_close`` where the bars have it). Its probability for the
   predicted class is the rule's Laplace-smoothed hit rate on the train rows, floored just above
-  0.5 so the argmax stays the sign rule; binary tasks only.
+  0.5 so the argmax stays the sign rule. Ternary tasks (down, flat, up) label the last return
+  with the same dead zone (``dead_zone``, log-return units): "flat" when ``|r| < dead_zone``.
 * ``lightgbm``: ``LGBMClassifier`` (small: ``LIGHTGBM_TREES`` trees of ``num_leaves=15``,
   ``n_jobs=1``, ``deterministic=True`` with the seed) on the same features as ``logistic``.
 * ``logistic`` and ``lightgbm`` read the last ``lags`` bars of each window flattened to
@@ -241,21 +242,33 @@ def persistence_baseline(
     *,
     last_return_train: object,
     last_return_test: object,
+    dead_zone: float = 0.0,
 ) -> BaselineResult:
-    """Sign of the last raw return ("up" when > 0); probability = its train hit rate (module doc)."""
+    """The last raw return's own label: binary (down, up) "up" when > 0; ternary (down, flat, up)
+    "flat" when ``|r| < dead_zone`` (log-return units, the label's dead zone), else its sign.
+    The predicted class's probability is its train hit rate (module doc), the rest shared."""
     xtr, ytr, xte, yte, names = _check_inputs(X_train, y_train, X_test, y_test, classes)
-    if len(names) != 2:
-        raise ValueError(f"persistence is a binary direction rule (down, up); got classes {names}")
+    if len(names) not in (2, 3):
+        raise ValueError(f"persistence is a direction rule (down, up) or (down, flat, up); "
+                         f"got classes {names}")
     rtr = _check_returns(last_return_train, "last_return_train", xtr.shape[0], "X_train")
     rte = _check_returns(last_return_test, "last_return_test", xte.shape[0], "X_test")
     t0 = time.perf_counter()
-    hits = int(((rtr > 0).astype(np.int64) == ytr).sum())
+
+    def rule(r: np.ndarray) -> np.ndarray:  # (N,) class index the last return would be labelled
+        if len(names) == 2:
+            return (r > 0).astype(np.int64)
+        return np.where(np.abs(r) < dead_zone, 1, np.where(r > 0, 2, 0)).astype(np.int64)
+
+    k = len(names)
+    hits = int((rule(rtr) == ytr).sum())
     hit_rate = (hits + 1) / (ytr.shape[0] + 2)
-    p_right = max(hit_rate, PERSISTENCE_FLOOR)
-    p_up = np.where(rte > 0, p_right, 1.0 - p_right)
-    proba = np.column_stack([1.0 - p_up, p_up])
+    p_right = max(hit_rate, PERSISTENCE_FLOOR if k == 2 else 1.0 / k + 1e-6)
+    pred = rule(rte)
+    proba = np.full((xte.shape[0], k), (1.0 - p_right) / (k - 1))
+    proba[np.arange(xte.shape[0]), pred] = p_right
     return _result("persistence", proba, yte, names, t0,
-                   {"train_hit_rate": hit_rate, "p_predicted": p_right})
+                   {"train_hit_rate": hit_rate, "p_predicted": p_right, "dead_zone": dead_zone})
 
 
 def last_bar_return(bars: pl.DataFrame, meta: pl.DataFrame) -> np.ndarray:
@@ -345,6 +358,7 @@ def run_baselines(
     lags: int | None = None,
     last_return_train: object = None,
     last_return_test: object = None,
+    dead_zone: float = 0.0,
 ) -> list[BaselineResult]:
     """Fit each baseline in ``which`` on the train split and score it on the test split.
 
@@ -366,7 +380,8 @@ def run_baselines(
         elif w == "persistence":
             out.append(persistence_baseline(X_train, y_train, X_test, y_test, classes,
                                             last_return_train=last_return_train,
-                                            last_return_test=last_return_test))
+                                            last_return_test=last_return_test,
+                                            dead_zone=dead_zone))
         elif w == "logistic":
             out.append(logistic_baseline(X_train, y_train, X_test, y_test, classes,
                                          class_weight=class_weight, seed=seed, lags=lags))
