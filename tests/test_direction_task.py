@@ -4,6 +4,7 @@ training a 3-class head, all on the bundled BTC/USD 1-minute bars."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from datetime import UTC, datetime
@@ -228,3 +229,61 @@ def test_a_binary_direction_head_refuses_ternary_labels(tmp_path):
     with pytest.raises(ValueError, match=r"model\.direction predicts one binary logit but the "
                                          r"labels have 3 classes"):
         run_train(cfg, show_progress=False)
+
+
+# ------------------------------------------------------------------------------ walk-forward
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_folds=st.integers(2, 5), embargo=st.integers(0, 12), rolling=st.booleans(),
+       horizon=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_walk_forward_folds_tile_the_end_and_never_train_on_later_time(n_folds, embargo, rolling,
+                                                                       horizon, seed):
+    """Each fold: train < val < test in time with the embargo between them, test blocks disjoint
+    and in order, nothing after a fold's block used; rolling trains on a fixed-length segment."""
+    from moola.datasets.splits import SampleSpans
+    from moola.datasets.tasks import WalkForwardConfig, walk_forward_fold
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    start = np.sort(rng.integers(0, 3000, n))
+    end = start + rng.integers(5, 40, n) + horizon
+    spans = SampleSpans(start, end)
+    tests = []
+    for k in range(n_folds):
+        wf = WalkForwardConfig(n_folds=n_folds, fold=k, mode="rolling" if rolling else "expanding",
+                               train=0.2 if rolling else None)
+        sp = walk_forward_fold(spans, wf, val=0.08, test=0.08, embargo=embargo)
+        tr, va, te = (np.asarray(i) for i in (sp.train, sp.val, sp.test))
+        assert tr.size and va.size and te.size
+        assert end[tr].max() + embargo < start[va].min()  # purge + embargo between segments
+        assert end[va].max() + embargo < start[te].min()
+        tests.append(te)
+        if rolling:
+            assert np.unique(end[tr]).size <= round(0.2 * np.unique(end).size)
+    for a, b in itertools.pairwise(tests):
+        assert end[a].max() < end[b].min()  # blocks in order, disjoint
+    assert end[tests[-1]].max() == end.max()  # the last block reaches the end of the data
+
+
+def test_walk_forward_options_are_checked_naming_the_keys():
+    with pytest.raises(ValidationError, match=r"choose 0\.\.2"):
+        SplitConfig(walk_forward={"n_folds": 3, "fold": 3})
+    with pytest.raises(ValidationError, match="rolling mode"):
+        SplitConfig(walk_forward={"n_folds": 3, "mode": "rolling"})
+    with pytest.raises(ValidationError, match="not by dates"):
+        SplitConfig(walk_forward={"n_folds": 3}, val_start="2023-03-10", test_start="2023-03-12")
+
+
+def test_a_walk_forward_fold_prepares_real_minutes(store):
+    """On the bundled BTC minutes: fold 0's test ends before fold 1's starts; the last fold's test
+    ends on the last window."""
+    def fold(k):
+        cfg = DataConfig(bundled="btcusd_1m", window=16, stride=5, horizon=3, feature_set="ohlc4",
+                         split={"val": 0.1, "test": 0.1, "walk_forward": {"n_folds": 2, "fold": k}})
+        return prepare_data(cfg, store)
+
+    d0, d1 = fold(0), fold(1)
+    assert d0.meta["test"]["end_ts"].max() < d1.meta["test"]["end_ts"].min()
+    assert d0.meta["val"]["end_ts"].max() < d0.meta["test"]["start_ts"].min()
+    assert len(d1.y["train"]) > len(d0.y["train"])  # expanding

@@ -19,8 +19,11 @@ from moola.evaluation.economics import (
     backtest,
     buy_and_hold,
     choose_band,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
     max_drawdown,
     positions,
+    probabilistic_sharpe_ratio,
 )
 
 MINUTES_PER_YEAR = 365 * 24 * 60
@@ -191,3 +194,73 @@ def test_bad_rows_are_named() -> None:
         backtest(np.array([0.5, 0.5, 1.5, 0.5]), r, 0.0, bars_per_year=1.0)
     with pytest.raises(ValueError, match="no rows"):
         backtest(np.zeros(0), np.zeros(0), 0.0, bars_per_year=1.0)
+
+
+# ------------------------------------------------------------------ deflated Sharpe ratio
+
+
+def test_backtest_reports_the_moments_of_its_net_returns() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    r = rng.standard_t(4, size=400) * 1e-3
+    p = np.clip(0.5 + rng.normal(0, 0.1, size=400), 0, 1)
+    bt = backtest(p, r, 0.0, costs=CostConfig(fee_bps=0, slippage_bps=0), bars_per_year=1.0)
+    net = np.diff(bt.equity) / bt.equity[:-1]
+    assert bt.skew == pytest.approx(stats.skew(net), rel=1e-9)
+    assert bt.kurtosis == pytest.approx(stats.kurtosis(net, fisher=False), rel=1e-9)
+    assert {"skew", "kurtosis", "n_periods", "sharpe"} <= set(bt.summary())
+    flat = backtest(np.full(10, 0.5), r[:10], 0.5, bars_per_year=1.0)
+    assert (flat.skew, flat.kurtosis) == (0.0, 3.0)
+
+
+def test_one_trial_is_the_probabilistic_sharpe_against_zero_by_hand() -> None:
+    # per period: SR 0.1 on 250 periods, skew -0.5, kurtosis 5
+    sr, n, g3, g4 = 0.1, 250, -0.5, 5.0
+    z = sr * math.sqrt(n - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2)
+    by_hand = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    d = deflated_sharpe_ratio(sr, 1, n, g3, g4)
+    assert d.expected_max_sharpe == 0.0 and d.probability == pytest.approx(by_hand, rel=1e-12)
+    assert probabilistic_sharpe_ratio(sr, n, g3, g4) == pytest.approx(by_hand, rel=1e-12)
+    # annualised in, annualised out: the same probability
+    ppy = 252.0
+    a = deflated_sharpe_ratio(sr * math.sqrt(ppy), 1, n, g3, g4, periods_per_year=ppy)
+    assert a.probability == pytest.approx(by_hand, rel=1e-12) and a.sharpe == sr * math.sqrt(ppy)
+
+
+def test_the_expected_maximum_and_the_deflated_sharpe_by_hand() -> None:
+    from scipy.stats import norm
+
+    # Bailey & Lopez de Prado's formula with N = 10 trials of variance V = 0.5 (per period)
+    g = 0.5772156649015329
+    sr0 = math.sqrt(0.5) * ((1 - g) * norm.ppf(1 - 1 / 10) + g * norm.ppf(1 - 1 / (10 * math.e)))
+    # the best of 10 standard normals is expected near 1.54 (exactly 1.5388); the formula: 1.5746
+    assert sr0 == pytest.approx(math.sqrt(0.5) * 1.5746, abs=1e-4)
+    assert expected_max_sharpe(10, 0.5) == pytest.approx(sr0, rel=1e-9)
+    d = deflated_sharpe_ratio(2.5, 10, 100, 0.0, 3.0, sharpe_variance_across_trials=0.5)
+    z = (2.5 - sr0) * math.sqrt(99) / math.sqrt(1 + 2 / 4 * 2.5**2)
+    assert d.probability == pytest.approx(0.5 * (1 + math.erf(z / math.sqrt(2))), rel=1e-9)
+    assert d.variance_from == "trials" and d.n_trials == 10
+    # without the trials' variance: the null sampling variance of one Sharpe estimate
+    assert deflated_sharpe_ratio(0.1, 5, 101).sharpe_variance == pytest.approx(1 / 100)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sr=st.floats(-0.3, 0.3), n=st.integers(20, 5000), skew=st.floats(-1, 1), extra=st.floats(0, 6),
+       trials=st.integers(1, 200))
+def test_more_trials_never_raise_the_deflated_sharpe(sr: float, n: int, skew: float, extra: float,
+                                                     trials: int) -> None:
+    kurt = 1 + skew**2 + extra  # any real distribution has kurtosis >= 1 + skew^2
+    fewer = deflated_sharpe_ratio(sr, trials, n, skew, kurt)
+    more = deflated_sharpe_ratio(sr, trials + 1, n, skew, kurt)
+    assert 0.0 <= more.probability <= fewer.probability <= 1.0
+    assert more.expected_max_sharpe > fewer.expected_max_sharpe >= 0.0
+
+
+def test_bad_deflated_sharpe_inputs_are_named() -> None:
+    with pytest.raises(ValueError, match="n_trials must be >= 1"):
+        deflated_sharpe_ratio(1.0, 0, 100)
+    with pytest.raises(ValueError, match="n_obs must be >= 2"):
+        deflated_sharpe_ratio(1.0, 3, 1)
+    with pytest.raises(ValueError, match="kurtosis >= 1"):
+        deflated_sharpe_ratio(1.0, 3, 100, 0.0, 0.5)

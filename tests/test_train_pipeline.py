@@ -362,7 +362,7 @@ def test_models_list_warns_for_jade_at_174_samples():
 DIRECTION = ROOT / "configs" / "direction_demo.yaml"
 DESK_BASELINES = ["majority", "persistence", "logistic", "lightgbm"]
 DESK_OVERRIDES = ["train.epochs=1", "data.stride=20", "train.device=cpu", "train.num_threads=1",
-                  f"baselines=[{','.join(DESK_BASELINES)}]", "baseline_lags=5"]
+                  f"baselines=[{','.join(DESK_BASELINES)}]", "baseline_lags=5", "audit={n_boot: 200}"]
 
 
 @pytest.fixture(scope="module")
@@ -382,14 +382,16 @@ def _desk_data(cfg: RunConfig):
     return prepare_data(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)))
 
 
-@pytest.mark.parametrize("override", [["data.task=regression"],
-                                      ["data.direction=ternary", "data.dead_zone_bps=1"]])
-def test_persistence_is_refused_outside_binary_direction_naming_the_key(override):
+@pytest.mark.parametrize("override", [["data.task=regression"]])
+def test_persistence_is_refused_outside_direction_tasks_naming_the_key(override):
     with pytest.raises(ConfigError, match="baselines: persistence"):
         RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,persistence]"])
     # the same tasks without persistence are fine, and economics: null turns the check off
     assert RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,lightgbm]"])
     assert RunConfig.from_yaml(DIRECTION, ["economics=null"]).economics is None
+    # ternary direction labels the last return with the same dead zone
+    assert RunConfig.from_yaml(DIRECTION, ["data.direction=ternary", "data.dead_zone_bps=1",
+                                           "baselines=[majority,persistence]"])
 
 
 def test_prepared_returns_are_the_windows_last_and_forward_returns():
@@ -458,3 +460,24 @@ def test_direction_run_has_an_economic_check_after_costs(desk_run):
     assert econ["net_sharpe"] == pytest.approx(model["sharpe"])  # what the net_sharpe gate reads
     assert (run_dir / "equity.png").read_bytes()[:8] == PNG_MAGIC
     assert "Economics after costs" in (run_dir / "report.html").read_text()
+
+
+def test_direction_run_audits_itself_by_retraining_on_permuted_and_shifted_labels(desk_run):
+    """The audit retrains the run's model (kept epochs, no early stopping) and records both checks;
+    on real BTC minutes with no leak, permuted labels fall to the majority rate."""
+    run_dir, cfg = desk_run
+    m = _metrics(run_dir)
+    audit = m["audit"]
+    assert set(audit["checks"]) == {"permuted", "shifted"}
+    assert audit["retrained_epochs"] == 1
+    perm = audit["checks"]["permuted"]
+    assert perm["passed"] and perm["ci_low"] <= 0.0
+    data = _desk_data(cfg)
+    majority = int(np.bincount(data.y["train"]).argmax())
+    assert perm["majority_rate"] == pytest.approx(float((data.y["test"] == majority).mean()))
+    shifted = audit["checks"]["shifted"]
+    assert shifted["accuracy"] == pytest.approx(m["model"]["accuracy"], abs=0.02)  # rows with a next row
+    assert 0 < shifted["rows"] < len(data.y["test"]) + 1
+    assert audit["passed"] == (perm["passed"] and shifted["passed"])
+    assert audit["first_line"].startswith("audit: passed" if audit["passed"] else "audit: FAILED")
+    assert audit["first_line"] in (run_dir / "report.html").read_text()

@@ -387,36 +387,67 @@ def train(
 @app.command("evaluate")
 @_friendly_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by moola train.")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run directory written by moola train (or --ensemble).")
+    ] = None,
     data: Annotated[
         str | None, typer.Option("--data", help="Store to evaluate on (default: the run's data).")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="test|val|train|all")] = "test",
+    ensemble: Annotated[Path | None, typer.Option(
+        "--ensemble", help="An ensemble file (docs/registry.md) instead of a run directory.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="With --ensemble: folder for its evaluation (default runs/ensemble_STEM).")] = None,
 ) -> None:
     """Re-evaluate a saved run beside the baselines; refuses a different feature schema."""
+    if (run_dir is None) == (ensemble is None):
+        raise typer.BadParameter("give a run directory or --ensemble FILE (exactly one)")
+    if ensemble is not None:
+        from moola.pipelines.predict import run_ensemble_evaluate
+
+        where = out or Path("runs") / f"ensemble_{ensemble.stem}"
+        res = run_ensemble_evaluate(ensemble, out=where, split=split, store=data)
+        for part in ("train", "val", "test"):
+            if part in res:
+                m = res[part]["metrics"]
+                console.print(f"{part}: {res[part]['n_rows']:,} rows, accuracy {m['accuracy']:.4f}, "
+                              f"log loss {m['log_loss']:.4f}")
+        console.print(f"ensemble evaluation -> {where}")
+        return
     from moola.pipelines.train import run_evaluate
 
+    assert run_dir is not None
     run_evaluate(run_dir, store=data, split=split, console=console)
 
 
 @app.command("predict")
 @_friendly_errors
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by moola train.")],
     store: Annotated[Path, typer.Option("--store", help="Store with the bars to predict on.")],
     out: Annotated[Path, typer.Option("--out", help="Predictions Parquet file to write.")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run directory written by moola train (or --ensemble).")
+    ] = None,
     symbols: Annotated[
         str | None, typer.Option("--symbols", help="Comma-separated (default: the run's symbols).")
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Only windows whose last bar is at/after this ISO time.")
     ] = None,
+    ensemble: Annotated[Path | None, typer.Option(
+        "--ensemble", help="An ensemble file (docs/registry.md) instead of a run directory.")] = None,
 ) -> None:
     """Per (symbol, ts) calibrated probabilities (or scores) of a trained run on a store's bars."""
-    from moola.pipelines.predict import run_predict
+    from moola.pipelines.predict import run_ensemble_predict, run_predict
 
-    frame = run_predict(run_dir, store, out, symbols=symbols.split(",") if symbols else None,
-                        since=_parse_when(since))
+    if (run_dir is None) == (ensemble is None):
+        raise typer.BadParameter("give a run directory or --ensemble FILE (exactly one)")
+    syms = symbols.split(",") if symbols else None
+    if ensemble is not None:
+        frame = run_ensemble_predict(ensemble, store, out, symbols=syms, since=_parse_when(since))
+    else:
+        assert run_dir is not None
+        frame = run_predict(run_dir, store, out, symbols=syms, since=_parse_when(since))
     console.print(f"{frame.height:,} predictions over {frame['symbol'].n_unique()} symbol(s) -> {out}")
 
 

@@ -32,14 +32,27 @@ def promote_cmd(
         str | None, typer.Option("--name", help="Registered model name (default: from the manifest, "
                                  "e.g. direction-BTCUSD-1m-h1).")
     ] = None,
+    search: Annotated[
+        list[Path] | None, typer.Option("--search", help="Folder whose run directories are checked for "
+                                        "the same test segment (repeatable; default: the run's parent "
+                                        "and grandparent).")
+    ] = None,
 ) -> None:
     """Check a run against gates; when every gate passes, register it and make it the champion.
     Exit code 1 when a gate fails (nothing is registered)."""
     from moola.registry import promote, read_gates
     from moola.tracking import tracking_uri
 
-    res = promote(run_dir, read_gates(gates), gates_file=gates, name=name)
+    res = promote(run_dir, read_gates(gates), gates_file=gates, name=name,
+                  search=list(search) if search else None)
     console.print(_gate_table(res.results, f"gates {gates} on {run_dir}"))
+    if res.segment is not None:
+        d = res.segment.deflated
+        dsr = "not measured" if d is None else f"{d.probability:.3f} over {d.n_trials} trial(s)"
+        console.print(f"{escape(res.segment.summary())}; deflated Sharpe probability {dsr}",
+                      highlight=False, soft_wrap=True)
+    if res.multiple_testing:
+        err.print(f"[bold yellow]warning:[/] {escape(res.multiple_testing)}", highlight=False, soft_wrap=True)
     if not res.passed:
         parts = [f"{r.gate} ({r.measured}, required {r.required}"
                  + (f", margin {r.margin:+.4g})" if r.margin is not None else ")") for r in res.failed]

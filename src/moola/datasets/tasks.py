@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from moola.config import Config
-from moola.data import Store, Timeframe, ingest, mark_gaps
+from moola.data import Alignment, Store, Timeframe, align_symbols, ingest, mark_gaps
 from moola.datasets.labeled import LabeledWindows, load_labels
 from moola.datasets.normalize import RobustScaler, Standardizer
 from moola.datasets.splits import SampleSpans, Split, chronological_split
@@ -40,12 +40,37 @@ __all__ = [
     "load_labeled",
     "prepare_data",
     "resolve_store",
+    "symbol_ids",
 ]
 
 BUNDLED = {
     "sp500_daily": "sp500_subset.parquet",
     "btcusd_1m": "binanceus_BTCUSD_1m.csv",
 }
+
+
+class WalkForwardConfig(Config):
+    """One fold of an expanding (or rolling) walk-forward: the last ``n_folds x test`` of the
+    distinct window end times tile ``n_folds`` test blocks; fold ``k`` tests on block ``k``,
+    validates on the ``val`` fraction just before it and trains on what precedes that (rolling:
+    only the ``train`` fraction of end times before it). Windows after block ``k`` are unused.
+    A sweep over ``data.split.walk_forward.fold: [0, 1, ...]`` runs the whole walk-forward."""
+
+    n_folds: int = Field(ge=2, description="test blocks at the end of the data")
+    fold: int = Field(0, ge=0, description="which block this run tests on (0 = the earliest)")
+    mode: Literal["expanding", "rolling"] = "expanding"
+    train: float | None = Field(None, gt=0, lt=1, description=(
+        "rolling mode: fraction of distinct end times in each fold's training segment"))
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> WalkForwardConfig:
+        if self.fold >= self.n_folds:
+            raise ValueError(f"walk_forward.fold is {self.fold}; choose 0..{self.n_folds - 1} "
+                             f"(n_folds: {self.n_folds})")
+        if (self.mode == "rolling") != (self.train is not None):
+            raise ValueError("walk_forward.train (a fraction) is set exactly in rolling mode; got "
+                             f"mode: {self.mode}, train: {self.train}")
+        return self
 
 
 class SplitConfig(Config):
@@ -71,6 +96,8 @@ class SplitConfig(Config):
     embargo_bars: int | None = Field(None, ge=0, description=(
         "bars between a segment's label ends and the next segment's window starts; unset: "
         "max(5, data.horizon). Purge (always on) already drops labels reaching past a cut"))
+    walk_forward: WalkForwardConfig | None = Field(None, description=(
+        "one fold of a walk-forward (val/test fractions size each fold's blocks); not with dates"))
 
     @model_validator(mode="after")
     def _fractions_or_dates(self) -> SplitConfig:
@@ -83,6 +110,9 @@ class SplitConfig(Config):
                 f"split by fractions or by dates, not both: got {', '.join(set_fracs)} and "
                 f"{', '.join(set_dates)}; remove data.split.val/test or data.split.val_start/test_start "
                 "(an override can unset one: data.split.val=null)")
+        if set_dates and self.walk_forward is not None:
+            raise ValueError("walk_forward folds are cut by fractions (val/test), not by dates; "
+                             f"remove {', '.join(set_dates)} or walk_forward")
         if len(set_dates) == 1:
             missing = "test_start" if set_dates == ["val_start"] else "val_start"
             raise ValueError(f"a date split needs both val_start and test_start; {missing} is missing")
@@ -123,6 +153,10 @@ class DataConfig(Config):
     bundled: Literal["sp500_daily", "btcusd_1m"] = "sp500_daily"
     timeframe: str | None = None
     symbols: list[str] | None = None
+    align: bool = Field(False, description=(
+        "keep only the timestamps every symbol has (moola.data.align_symbols) before features "
+        "and windows, so pooled windows share one clock; late starts, missing and dropped bars "
+        "are reported per symbol (RUN/alignment.json), nothing is shifted or filled"))
     feature_set: str = "ohlc4"
     window: int = Field(105, ge=2)
     stride: int = Field(1, ge=1)
@@ -208,6 +242,7 @@ class PreparedData:
     # (log(p_e / p_(e-1)); NaN where the symbol has no earlier bar)
     forward_return: dict[str, np.ndarray] = field(default_factory=dict)
     last_return: dict[str, np.ndarray] = field(default_factory=dict)
+    alignment: Alignment | None = None  # data.align: what putting the symbols on one clock cost
 
 
 def bundled_dir() -> Path:
@@ -252,13 +287,24 @@ def resolve_store(cfg: DataConfig, cache_root: Path) -> Path:
 
 
 def load_features(cfg: DataConfig, store_dir: Path) -> tuple[FeatureMatrix, pl.DataFrame, Timeframe]:
+    fm, bars, tf, _ = _load_features(cfg, store_dir)
+    return fm, bars, tf
+
+
+def _load_features(cfg: DataConfig, store_dir: Path
+                   ) -> tuple[FeatureMatrix, pl.DataFrame, Timeframe, Alignment | None]:
+    """load_features plus, with ``data.align``, the alignment account. Aligned bars are a
+    subset of each symbol's own bars; a timestamp another symbol lacks becomes a gap, which
+    no window or label crosses."""
     store = Store(store_dir)
     tf = Timeframe(cfg.timeframe) if cfg.timeframe else store.resolve_timeframe(None)
-    bars = mark_gaps(store.read(tf, cfg.symbols), tf)
+    raw = store.read(tf, cfg.symbols)
+    alignment = align_symbols(raw, tf) if cfg.align else None
+    bars = mark_gaps(raw if alignment is None else alignment.bars, tf)
     fm = build_features(bars, cfg.feature_set)
     if not (fm.keys["ts"].equals(bars["ts"]) and fm.keys["symbol"].equals(bars["symbol"])):
         raise RuntimeError("feature rows are not aligned with bars")
-    return fm, bars, tf
+    return fm, bars, tf, alignment
 
 
 def forward_log_return(bars: pl.DataFrame, horizon: int) -> np.ndarray:
@@ -269,6 +315,41 @@ def forward_log_return(bars: pl.DataFrame, horizon: int) -> np.ndarray:
         (pl.col(price).shift(-horizon).over("symbol") / pl.col(price)).log().alias("r")
     )["r"]
     return r.to_numpy().astype(np.float64)
+
+
+def symbol_ids(symbols: pl.Series, known: list[str], *, unknown: int | None = None) -> np.ndarray:
+    """(N,) int64 index of each symbol in ``known`` (a run's sorted symbols): the ids a model
+    with a symbol embedding reads. A symbol not in ``known`` is an error naming it, or
+    ``unknown`` (e.g. -1, which such a model refuses) when given."""
+    index = {s: i for i, s in enumerate(known)}
+    names = symbols.to_list()
+    missing = sorted({s for s in names if s not in index})
+    if missing and unknown is None:
+        raise ValueError(f"symbol(s) {missing} are not among the run's symbols {known}: the "
+                         "model's symbol embedding has no vector for them")
+    return np.asarray([index.get(s, unknown) for s in names], dtype=np.int64).reshape(-1)
+
+
+def walk_forward_fold(spans: SampleSpans, wf: WalkForwardConfig, *, val: float, test: float,
+                      embargo: int) -> Split:
+    """The chronological split of ``wf.fold`` (WalkForwardConfig): the windows up to the end of
+    its test block, cut at the block's start and ``val`` before it, purged and embargoed."""
+    u = np.unique(spans.end)
+    b, v = max(1, round(test * u.size)), max(1, round(val * u.size))
+    first = u.size - wf.n_folds * b  # rank of the first test block's first end time
+    b0 = first + wf.fold * b
+    lo = 0 if wf.train is None else b0 - v - max(1, round(wf.train * u.size))
+    if b0 - v < 1 or lo < 0:
+        raise ValueError(f"walk_forward: {wf.n_folds} test blocks of {b} end times, {v} val and "
+                         f"{'all earlier' if wf.train is None else round(wf.train * u.size)} train "
+                         f"end times do not fit in {u.size}; lower n_folds or the fractions")
+    end = u[b0 + b - 1]
+    inside = np.flatnonzero((spans.end >= u[lo]) & (spans.end <= end))
+    sub = SampleSpans(spans.start[inside], spans.end[inside],
+                      group=None if spans.group is None else spans.group[inside])
+    cut = chronological_split(sub, dates=(int(u[b0 - v]), int(u[b0])), embargo=embargo)
+    return Split(train=inside[cut.train], val=inside[cut.val], test=inside[cut.test],
+                 purged=cut.purged, embargoed=cut.embargoed)
 
 
 def calendar_positions(ts: np.ndarray) -> np.ndarray:
@@ -283,7 +364,7 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
 
     Pass ``normalizer`` (a fitted one, e.g. loaded from a run) to reuse it instead of fitting.
     """
-    fm, bars, _ = load_features(cfg, store_dir)
+    fm, bars, _, alignment = _load_features(cfg, store_dir)
     ws = WindowSet.from_matrix(fm, cfg.window, stride=cfg.stride, horizon=cfg.horizon)
     if len(ws) == 0:
         raise ValueError(f"no valid {cfg.window}-bar windows with horizon {cfg.horizon} in {store_dir}")
@@ -308,7 +389,11 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
         dates = tuple(int(np.searchsorted(cal, np.datetime64(t.replace(tzinfo=None), "ns")
                                           .astype(np.int64))) + cfg.horizon for t in d)
     val, test = cfg.split.fractions
-    split = chronological_split(spans, val=val, test=test, dates=dates, embargo=cfg.embargo_bars)
+    if cfg.split.walk_forward is not None:
+        split = walk_forward_fold(spans, cfg.split.walk_forward, val=val, test=test,
+                                  embargo=cfg.embargo_bars)
+    else:
+        split = chronological_split(spans, val=val, test=test, dates=dates, embargo=cfg.embargo_bars)
     parts = {"train": split.train, "val": split.val, "test": split.test}
     x = {k: ws.batch(idx) for k, idx in parts.items()}
     y = {k: y_all[idx] for k, idx in parts.items()}
@@ -321,7 +406,8 @@ def prepare_data(cfg: DataConfig, store_dir: Path,
     last_w = -forward_log_return(bars, -1)[ws.end_rows]  # -log(p_(e-1) / p_e)
     return PreparedData(x, y, classes, fm.names, fm.schema_hash, split, meta, normalizer,
                         forward_return={k: fwd_w[idx] for k, idx in parts.items()},
-                        last_return={k: last_w[idx] for k, idx in parts.items()})
+                        last_return={k: last_w[idx] for k, idx in parts.items()},
+                        alignment=alignment)
 
 
 @dataclass

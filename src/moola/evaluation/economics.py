@@ -29,7 +29,9 @@ always long on the same periods, with the same costs (one entry, one exit).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -42,13 +44,17 @@ __all__ = [
     "BANDS",
     "Backtest",
     "CostConfig",
+    "DeflatedSharpe",
     "EconomicsConfig",
     "annual_bars",
     "backtest",
     "buy_and_hold",
     "choose_band",
+    "deflated_sharpe_ratio",
+    "expected_max_sharpe",
     "max_drawdown",
     "positions",
+    "probabilistic_sharpe_ratio",
 ]
 
 Mode = Literal["long_flat", "long_short"]
@@ -107,6 +113,10 @@ class Backtest:
     costs_paid: float
     equity: np.ndarray
     band: float | None = None
+    # moments of the per-period net returns, for the deflated Sharpe ratio (kurtosis is the
+    # plain fourth standardised moment: 3 for normal returns; 0 and 3 when net is constant)
+    skew: float = 0.0
+    kurtosis: float = 3.0
 
     def summary(self) -> dict[str, Any]:
         """The scalars (no equity curve), for tables and JSON."""
@@ -183,13 +193,24 @@ def _run(name: str, w: np.ndarray, r: np.ndarray, costs: CostConfig, periods_per
     equity = np.concatenate([[1.0], np.cumprod(1.0 + net)])
     sd = float(net.std())
     sharpe = 0.0 if sd == 0.0 else float(net.mean() / sd * np.sqrt(periods_per_year))
+    skew, kurt = _moments(net)
     held = w != 0
     hit = float((gross[held] > 0).mean()) if held.any() else None
     return Backtest(name=name, net_return=float(equity[-1] - 1.0),
                     gross_return=float(np.prod(1.0 + gross) - 1.0), sharpe=sharpe,
                     turnover=float(trades.sum() + close), max_drawdown=max_drawdown(equity),
                     hit_rate=hit, n_periods=int(w.shape[0]), periods_per_year=periods_per_year,
-                    costs_paid=float(cost.sum() + costs.per_turnover * close), equity=equity, band=band)
+                    costs_paid=float(cost.sum() + costs.per_turnover * close), equity=equity, band=band,
+                    skew=skew, kurtosis=kurt)
+
+
+def _moments(x: np.ndarray) -> tuple[float, float]:
+    """(skewness, kurtosis) as population moments of ``x``; (0, 3) when ``x`` is constant."""
+    sd = float(x.std())
+    if sd == 0.0 or x.shape[0] < 2:
+        return 0.0, 3.0
+    z = (x - x.mean()) / sd
+    return float(np.mean(z**3)), float(np.mean(z**4))
 
 
 def backtest(
@@ -242,3 +263,103 @@ def choose_band(
     score = [r.net_return if cfg.objective == "net_return" else r.sharpe for r in runs]
     best = max(range(len(runs)), key=lambda i: (score[i], runs[i].band))
     return sorted(cfg.bands)[best], runs
+
+
+# ---------------------------------------------------------------- deflated Sharpe ratio
+#
+# Bailey & Lopez de Prado (2014), "The Deflated Sharpe Ratio: Correcting for Selection Bias,
+# Backtest Overfitting and Non-Normality", J. Portfolio Management 40(5). With per-period
+# Sharpe ``sr`` measured on ``T`` periods whose returns have skewness ``g3`` and kurtosis ``g4``
+# (3 for normal returns):
+#
+#   PSR(sr0) = Phi( (sr - sr0) * sqrt(T - 1) / sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr^2) )
+#
+# the probability that the true Sharpe exceeds ``sr0``. The deflated Sharpe ratio is PSR
+# against the Sharpe the best of ``N`` unskilled trials is expected to show:
+#
+#   sr0 = sqrt(V) * ((1 - gamma) * Phi^-1(1 - 1/N) + gamma * Phi^-1(1 - 1/(N e)))
+#
+# with ``gamma`` the Euler-Mascheroni constant and ``V`` the variance of the trials' Sharpe
+# estimates; without the trials' Sharpes, ``V = 1 / (T - 1)``, the sampling variance of a Sharpe
+# estimate when the true Sharpe is 0. N = 1 gives sr0 = 0 (PSR against zero).
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+@dataclass(frozen=True)
+class DeflatedSharpe:
+    """The deflated Sharpe ratio and what went into it (Sharpes annualised)."""
+
+    probability: float  # P(true Sharpe > expected max of n_trials null Sharpes)
+    sharpe: float
+    expected_max_sharpe: float  # the benchmark sr0, annualised
+    n_trials: int
+    n_obs: int
+    skew: float
+    kurtosis: float
+    sharpe_variance: float  # V, per-period units
+    variance_from: str  # "trials" or "null (1 / (n_obs - 1))"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_sharpe_inputs(n_obs: int, skew: float, kurtosis: float, periods_per_year: float) -> None:
+    if n_obs < 2:
+        raise ValueError(f"n_obs must be >= 2 periods to judge a Sharpe ratio, got {n_obs}")
+    if not (math.isfinite(skew) and math.isfinite(kurtosis)) or kurtosis < 1.0:
+        raise ValueError(f"skew {skew} / kurtosis {kurtosis}: need finite values with kurtosis >= 1 "
+                         "(kurtosis is the plain fourth moment, 3 for normal returns)")
+    if not periods_per_year > 0:
+        raise ValueError(f"periods_per_year must be > 0, got {periods_per_year}")
+
+
+def probabilistic_sharpe_ratio(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
+                               *, benchmark: float = 0.0, periods_per_year: float = 1.0) -> float:
+    """P(true Sharpe > ``benchmark``) from a measured ``sharpe`` on ``n_obs`` periods (both
+    Sharpes annualised with ``periods_per_year``; 1 = per period). Formula above."""
+    _check_sharpe_inputs(n_obs, skew, kurtosis, periods_per_year)
+    sr, sr0 = sharpe / math.sqrt(periods_per_year), benchmark / math.sqrt(periods_per_year)
+    var = 1.0 - skew * sr + (kurtosis - 1.0) / 4.0 * sr * sr
+    if var <= 0.0:
+        raise ValueError(f"1 - skew*SR + (kurtosis-1)/4*SR^2 = {var:.3g} <= 0 for SR {sr:.4g} per period, "
+                         f"skew {skew}, kurtosis {kurtosis}: moments not from one sample")
+    return _NORMAL.cdf((sr - sr0) * math.sqrt(n_obs - 1) / math.sqrt(var))
+
+
+def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+    """Expected maximum of ``n_trials`` Sharpe estimates with true Sharpe 0 and variance
+    ``sharpe_variance`` (same units as the result); 0 for a single trial."""
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if not sharpe_variance >= 0.0:
+        raise ValueError(f"sharpe_variance must be >= 0, got {sharpe_variance}")
+    if n_trials == 1:
+        return 0.0
+    z = ((1.0 - EULER_GAMMA) * _NORMAL.inv_cdf(1.0 - 1.0 / n_trials)
+         + EULER_GAMMA * _NORMAL.inv_cdf(1.0 - 1.0 / (n_trials * math.e)))
+    return math.sqrt(sharpe_variance) * z
+
+
+def deflated_sharpe_ratio(sharpe: float, n_trials: int, n_obs: int, skew: float = 0.0,
+                          kurtosis: float = 3.0, sharpe_variance_across_trials: float | None = None,
+                          periods_per_year: float = 1.0) -> DeflatedSharpe:
+    """The deflated Sharpe ratio of the best of ``n_trials`` configurations (formula above).
+
+    ``sharpe`` and the variance across trials are annualised with ``periods_per_year`` (the
+    variance of the trials' annualised Sharpes; 1 = per period); they are brought to per-period
+    units inside, where the formula holds, and the benchmark is reported annualised again.
+    """
+    _check_sharpe_inputs(n_obs, skew, kurtosis, periods_per_year)
+    if sharpe_variance_across_trials is None:
+        v, source = 1.0 / (n_obs - 1), "null (1 / (n_obs - 1))"
+    else:
+        v, source = sharpe_variance_across_trials / periods_per_year, "trials"
+    sr0 = expected_max_sharpe(n_trials, v)
+    root = math.sqrt(periods_per_year)
+    p = probabilistic_sharpe_ratio(sharpe, n_obs, skew, kurtosis, benchmark=sr0 * root,
+                                   periods_per_year=periods_per_year)
+    return DeflatedSharpe(probability=p, sharpe=sharpe, expected_max_sharpe=sr0 * root,
+                          n_trials=n_trials, n_obs=n_obs, skew=skew, kurtosis=kurtosis,
+                          sharpe_variance=v, variance_from=source)

@@ -2,6 +2,14 @@
 temperature-scaled probabilities (or regression scores), refusing bars that differ from what
 the run was trained on. Sits above ``training`` and ``evaluation`` in the base layers."""
 
+from moola.inference._ensemble import (
+    Ensemble,
+    EnsembleConfig,
+    EnsembleMember,
+    EnsembleMismatchError,
+    Stacker,
+    member_column,
+)
 from moola.inference._predictor import (
     MIN_BATCH,
     IncompatibleBarsError,
@@ -15,11 +23,17 @@ from moola.inference._predictor import (
 
 __all__ = [
     "MIN_BATCH",
+    "Ensemble",
+    "EnsembleConfig",
+    "EnsembleMember",
+    "EnsembleMismatchError",
     "IncompatibleBarsError",
     "Predictor",
+    "Stacker",
     "calibrated",
     "check_feature_schema",
     "head_values",
     "log_proba",
+    "member_column",
     "prediction_frame",
 ]

@@ -16,6 +16,7 @@ from scipy.special import softmax
 
 from moola.data import REQUIRED_COLUMNS, Store, Timeframe, infer_timeframe, mark_gaps
 from moola.datasets.normalize import scaler_from_dict
+from moola.datasets.tasks import symbol_ids
 from moola.datasets.windows import WindowSet
 from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set
 from moola.models import ModelConfig
@@ -197,8 +198,13 @@ class Predictor:
 
     # ---------------------------------------------------------------------- predict
     def predict_windows(self, ws: WindowSet, idx: np.ndarray | None = None) -> np.ndarray:
-        """(N, C) raw probabilities or (N, H) scores of the windows ``idx`` (all when None)."""
+        """(N, C) raw probabilities or (N, H) scores of the windows ``idx`` (all when None).
+        A model with a symbol embedding also reads each window's symbol, as its index in the
+        run's symbols (a symbol the run was not trained on is an error naming it)."""
         idx = np.arange(len(ws)) if idx is None else np.asarray(idx, dtype=np.int64)
+        ids = None
+        if self.model_config_.symbol_embedding is not None:  # (len(ws),) int64
+            ids = symbol_ids(ws.meta["symbol"], list(self.manifest_.symbols))
         parts: list[np.ndarray] = []
         self.model_.eval()
         for a in range(0, len(idx), self.batch_size):
@@ -209,8 +215,11 @@ class Predictor:
             x = ws.batch(chunk)  # (B, T, F) float32
             if self.normalizer_ is not None:
                 x = np.ascontiguousarray(self.normalizer_.transform(x), dtype=np.float32)
+            batch = {"x": torch.from_numpy(x).to(self.device)}
+            if ids is not None:
+                batch["symbol_id"] = torch.from_numpy(ids[chunk]).to(self.device)  # (B,)
             with torch.no_grad():
-                out = self.model_({"x": torch.from_numpy(x).to(self.device)})
+                out = self.model_(batch)
             parts.append(head_values(out, self.model_config_)[:n])
         width = len(self.classes_) or len(self.model_config_.regression.horizons
                                           if self.model_config_.regression else [1])

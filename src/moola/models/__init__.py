@@ -25,6 +25,7 @@ from moola.models.builders import (
     preset_config,
     simple_lstm,
     transformer_direction,
+    with_symbol_embedding,
 )
 from moola.models.config import (
     ClassifierHeadConfig,
@@ -35,6 +36,7 @@ from moola.models.config import (
     ReconstructionHeadConfig,
     RegressionHeadConfig,
     RNNEncoderConfig,
+    SymbolEmbeddingConfig,
     TransformerEncoderConfig,
 )
 from moola.models.encoders import RNNEncoder, TransformerEncoder
@@ -46,7 +48,7 @@ from moola.models.heads import (
     ReconstructionHead,
     RegressionHead,
 )
-from moola.models.model import SequenceModel
+from moola.models.model import SequenceModel, SymbolEmbedding
 from moola.models.transfer import (
     ENCODER_META,
     ENCODER_WEIGHTS,
@@ -91,6 +93,8 @@ __all__ = [
     "RegressionHead",
     "RegressionHeadConfig",
     "SequenceModel",
+    "SymbolEmbedding",
+    "SymbolEmbeddingConfig",
     "TensorTransfer",
     "TransferMode",
     "TransferReport",
@@ -120,4 +124,5 @@ __all__ = [
     "transfer_encoder",
     "transformer_direction",
     "unfreeze",
+    "with_symbol_embedding",
 ]

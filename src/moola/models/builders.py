@@ -22,6 +22,7 @@ from moola.models.config import (
     PointerHeadConfig,
     Pooling,
     RNNEncoderConfig,
+    SymbolEmbeddingConfig,
     TransformerEncoderConfig,
 )
 from moola.models.encoders import RNNEncoder, TransformerEncoder
@@ -32,7 +33,7 @@ from moola.models.heads import (
     ReconstructionHead,
     RegressionHead,
 )
-from moola.models.model import SequenceModel
+from moola.models.model import SequenceModel, SymbolEmbedding
 
 __all__ = [
     "MAX_PARAMS_PER_SAMPLE",
@@ -54,6 +55,7 @@ __all__ = [
     "preset_config",
     "simple_lstm",
     "transformer_direction",
+    "with_symbol_embedding",
 ]
 
 # Above this many parameters per training sample a model can memorise its training set.
@@ -106,7 +108,18 @@ def build_heads(cfg: ModelConfig, enc_out_dim: int) -> dict[str, nn.Module]:
 def build_model(cfg: ModelConfig) -> SequenceModel:
     """A freshly initialised model (seed torch first for a reproducible init)."""
     encoder = build_encoder(cfg.encoder)
-    return SequenceModel(encoder, build_heads(cfg, encoder.out_dim), config=cfg)
+    emb = cfg.symbol_embedding
+    symbols = None if emb is None else SymbolEmbedding(emb.n_symbols, encoder.out_dim, emb.dim)
+    return SequenceModel(encoder, build_heads(cfg, encoder.out_dim), config=cfg,
+                         symbol_embedding=symbols)
+
+
+def with_symbol_embedding(cfg: ModelConfig, n_symbols: int, dim: int | None = None) -> ModelConfig:
+    """``cfg`` pooled over ``n_symbols`` symbols: the same model plus a learned symbol
+    embedding (``dim`` None: the encoder's output width); ``cfg`` itself is left as it is."""
+    out = cfg.model_copy(deep=True)
+    out.symbol_embedding = SymbolEmbeddingConfig(n_symbols=n_symbols, dim=dim)  # validated
+    return out
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

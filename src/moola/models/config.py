@@ -23,6 +23,7 @@ __all__ = [
     "RNNEncoderConfig",
     "ReconstructionHeadConfig",
     "RegressionHeadConfig",
+    "SymbolEmbeddingConfig",
     "TransformerEncoderConfig",
 ]
 
@@ -131,6 +132,20 @@ class ReconstructionHeadConfig(Config):
     out_features: PositiveInt
 
 
+# --- pooled models -----------------------------------------------------------------------------
+
+
+class SymbolEmbeddingConfig(Config):
+    """A learned vector per symbol, added to every step of the encoder output, so one model
+    pooled over several symbols can still tell them apart. The model then reads
+    ``batch["symbol_id"]`` (B,) int64: the symbol's index in the run's sorted symbol list."""
+
+    n_symbols: PositiveInt = Field(description="symbols the model knows (ids 0 .. n_symbols - 1)")
+    dim: PositiveInt | None = Field(None, description=(
+        "embedding width; null: the encoder's output width D, added as it is; otherwise a "
+        "dim-wide embedding mapped to D by a bias-free linear layer"))
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -144,6 +159,9 @@ class ModelConfig(Config):
     direction: DirectionHeadConfig | None = None
     regression: RegressionHeadConfig | None = None
     reconstruction: ReconstructionHeadConfig | None = None
+    symbol_embedding: SymbolEmbeddingConfig | None = Field(None, description=(
+        "a learned vector per symbol added to the encoder output (pooled models; reads "
+        "batch['symbol_id']); not a head"))
 
     @model_validator(mode="after")
     def _at_least_one_head(self) -> Self:

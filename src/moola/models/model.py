@@ -15,7 +15,33 @@ from torch import nn
 
 from moola.models.config import ModelConfig
 
-__all__ = ["SequenceModel"]
+__all__ = ["SequenceModel", "SymbolEmbedding"]
+
+
+class SymbolEmbedding(nn.Module):
+    """One learned vector per symbol, in the encoder's output width D, added to every step of
+    the encoder output: a pooled model keeps one set of weights and still knows which symbol
+    it reads. ``dim`` < D factorises it (an ``n_symbols`` x dim table, then dim -> D)."""
+
+    def __init__(self, n_symbols: int, out_dim: int, dim: int | None = None) -> None:
+        super().__init__()
+        self.n_symbols = n_symbols
+        self.table = nn.Embedding(n_symbols, dim or out_dim)
+        self.proj = nn.Linear(dim, out_dim, bias=False) if dim else nn.Identity()
+
+    def forward(self, h: torch.Tensor, symbol_id: torch.Tensor) -> torch.Tensor:
+        # h (B, T, D), symbol_id (B,) int64 -> (B, T, D)
+        if symbol_id.ndim != 1 or symbol_id.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"symbol_id must be an int64 tensor of shape (B,), got {symbol_id.dtype} "
+                            f"of shape {tuple(symbol_id.shape)}")
+        if symbol_id.shape[0] != h.shape[0]:
+            raise ValueError(f"symbol_id has {symbol_id.shape[0]} rows, x has {h.shape[0]}")
+        lo, hi = int(symbol_id.min()), int(symbol_id.max())
+        if lo < 0 or hi >= self.n_symbols:
+            raise ValueError(f"symbol_id must lie in [0, {self.n_symbols}) (the run's symbols), "
+                             f"got values in [{lo}, {hi}]")
+        e = self.proj(self.table(symbol_id))  # (B, D)
+        return h + e[:, None, :]  # broadcast over T
 
 
 class SequenceModel(nn.Module):
@@ -30,17 +56,20 @@ class SequenceModel(nn.Module):
         "reconstruction" (B, T, F) input features rebuilt per bar
 
     The encoder must expose ``input_size`` (F) and ``out_dim`` (D). ``config`` is kept on the
-    model so a checkpoint can store how to rebuild it.
+    model so a checkpoint can store how to rebuild it. With a ``symbol_embedding`` the model
+    reads ``batch["symbol_id"]`` (B,) and adds that symbol's vector to every step of h.
     """
 
     def __init__(
-        self, encoder: nn.Module, heads: dict[str, nn.Module], config: ModelConfig | None = None
+        self, encoder: nn.Module, heads: dict[str, nn.Module], config: ModelConfig | None = None,
+        symbol_embedding: SymbolEmbedding | None = None,
     ) -> None:
         super().__init__()
         if not heads:
             raise ValueError("SequenceModel needs at least one head")
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
+        self.symbol_embedding = symbol_embedding  # None: no parameters, "symbol_id" ignored
         self.config = config
         n_features = encoder.input_size
         if not isinstance(n_features, int):
@@ -61,6 +90,13 @@ class SequenceModel(nn.Module):
         if "x" not in batch:
             raise KeyError(f"batch has no 'x' tensor (B, T, {self.n_features}); keys: {sorted(batch)}")
         h = self.encode(batch["x"])  # (B, T, D)
+        if self.symbol_embedding is not None:
+            if "symbol_id" not in batch:
+                raise KeyError(
+                    f"this model has a symbol embedding over {self.symbol_embedding.n_symbols} "
+                    f"symbols and needs batch['symbol_id'] (B,) int64, the index of each window's "
+                    f"symbol in the run's sorted symbols; keys: {sorted(batch)}")
+            h = self.symbol_embedding(h, batch["symbol_id"])  # (B, T, D)
         out: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
             out.update(head(h))

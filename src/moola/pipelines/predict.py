@@ -10,6 +10,10 @@ import polars as pl
 
 from moola._io import atomic_write
 from moola.inference import Predictor
+from moola.pipelines._ensemble import load_ensemble, run_ensemble_evaluate, run_ensemble_predict
+
+# ensembles of runs (``moola predict/evaluate --ensemble``) live in the private helper
+__all__ = ["load_ensemble", "run_ensemble_evaluate", "run_ensemble_predict", "run_predict"]
 
 
 def run_predict(run_dir: str | Path, store: str | Path, out: str | Path, *,

@@ -13,18 +13,26 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from torch import nn
 
 from moola._io import atomic_write, atomic_write_json
 from moola.config import Config, config_hash
-from moola.data import REQUIRED_COLUMNS, Store, Timeframe
-from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store
+from moola.data import REQUIRED_COLUMNS, Alignment, Store, Timeframe
+from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store, symbol_ids
+from moola.evaluation.audit import AuditConfig
 from moola.evaluation.economics import EconomicsConfig
 from moola.features import get_feature_set
 from moola.inference import log_proba
-from moola.models import ModelConfig, build_model, check_encoder_schema, count_parameters, preset_config
+from moola.models import (
+    ModelConfig,
+    build_model,
+    check_encoder_schema,
+    count_parameters,
+    preset_config,
+    with_symbol_embedding,
+)
 from moola.pipelines._progress import frame_table
 from moola.refs import resolve_ref
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions
@@ -43,7 +51,14 @@ from moola.training import (
     data_fingerprint,
     seed_everything,
 )
-from moola.training.manifest import Manifest, TimeRange, periods_by_symbol, read_manifest, write_manifest
+from moola.training.manifest import (
+    Manifest,
+    TimeRange,
+    periods_by_symbol,
+    read_manifest,
+    record_test_use,
+    write_manifest,
+)
 from moola.training.separation import check_encoder_separation, evaluated_intervals
 
 Baseline = Literal["majority", "persistence", "logistic", "lightgbm", "minirocket"]
@@ -58,31 +73,49 @@ class RunConfig(Config):
     data: DataConfig = DataConfig()
     preset: str | None = "simple_lstm"
     model: ModelConfig | None = None
+    symbol_embedding: bool | int = Field(False, description=(
+        "pool the run's symbols in one model with a learned vector per symbol, added to the "
+        "encoder output (ids: the sorted symbols, as manifest.json lists them); true: the "
+        "encoder's width, N: an N-wide embedding projected to it; false: one shared model "
+        "that ignores the symbol. Fills model.symbol_embedding"))
     train: TrainConfig = TrainConfig()
     baselines: list[Baseline] = Field(
         default_factory=lambda: list(ALL_BASELINES),
         description="fitted on train, scored on the test rows the model is scored on; persistence "
-                    "(sign of the last raw return) needs a binary direction task")
+                    "(the last raw return labelled like the target, dead zone included) needs a "
+                    "direction task")
     baseline_lags: int | None = Field(None, ge=1, description=(
         "logistic and lightgbm read the last N bars of each window (None: the whole window)"))
     economics: EconomicsConfig | None = Field(default_factory=EconomicsConfig, description=(
         "the economic check with costs for binary direction tasks (band chosen on validation, "
         "applied to test); null turns it off; ignored for other tasks"))
+    audit: AuditConfig | None = Field(None, description=(
+        "the plausibility audit (classification tasks): the model retrained from scratch, for the "
+        "epochs the run kept, on permuted and on one-row-shifted train labels; report and "
+        "metrics.json 'audit' say whether accuracy fell to chance (costs two more trainings); "
+        "null skips it, and a gate 'audit: passed' then fails as not measured"))
     pretrained_encoder: str | None = None  # a `moola pretrain` output directory
     transfer_mode: Literal["full", "forward-only"] = "full"
     freeze_epochs: int = Field(0, ge=0)  # keep transferred tensors frozen this many epochs
     encoder_lr_mult: float = Field(1.0, gt=0)  # transferred tensors train at lr x this
     allow_transductive: bool = False  # run with an encoder whose pool overlaps val/test (report says so)
 
+    @field_validator("symbol_embedding")
+    @classmethod
+    def _embedding_width(cls, v: bool | int) -> bool | int:
+        if not isinstance(v, bool) and v < 1:
+            raise ValueError(f"symbol_embedding takes true, false or a width >= 1, got {v}")
+        return v
+
     @model_validator(mode="after")
     def _one_model(self) -> RunConfig:
         if self.preset is None and self.model is None:
             raise ValueError("set either 'preset' or 'model'")
-        if "persistence" in self.baselines and not self.binary_direction:
+        if "persistence" in self.baselines and self.data.task != "direction":
             raise ValueError(
-                "baselines: persistence is the sign of the last return, a binary direction rule; "
-                f"this run has data.task: {self.data.task}, data.direction: {self.data.direction}. "
-                "Drop it from baselines or use task: direction with direction: binary")
+                "baselines: persistence labels the last return like the target, a direction rule; "
+                f"this run has data.task: {self.data.task}. Drop it from baselines or use "
+                "task: direction")
         return self
 
     @property
@@ -94,9 +127,28 @@ class RunConfig(Config):
         return Path(self.out_dir) / self.name
 
 
-def resolve_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
+def resolve_model(cfg: RunConfig, n_features: int, n_classes: int,
+                  symbols: Sequence[str] = ()) -> ModelConfig:
     """The configured model, or the preset sized to the data (a ternary direction task gets a
-    3-class classifier head; a binary one the preset's direction logit)."""
+    3-class classifier head; a binary one the preset's direction logit), with
+    ``symbol_embedding`` a vector per symbol of ``symbols`` (the run's, sorted)."""
+    model_cfg = _configured_model(cfg, n_features, n_classes)
+    emb = model_cfg.symbol_embedding
+    if cfg.symbol_embedding is not False:
+        dim = None if cfg.symbol_embedding is True else int(cfg.symbol_embedding)
+        if emb is None:
+            return with_symbol_embedding(model_cfg, len(symbols), dim)
+        if emb.dim != dim:
+            raise ValueError(f"symbol_embedding: {cfg.symbol_embedding} and model.symbol_embedding."
+                             f"dim: {emb.dim} disagree; set one of them")
+    if emb is not None and emb.n_symbols != len(symbols):
+        raise ValueError(f"model.symbol_embedding.n_symbols is {emb.n_symbols}, but the run has "
+                         f"{len(symbols)} symbol(s) {list(symbols)}; set n_symbols: {len(symbols)} "
+                         "or use symbol_embedding: true, which sizes it to the data")
+    return model_cfg
+
+
+def _configured_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelConfig:
     if cfg.model is not None:
         if cfg.model.direction is not None and n_classes > 2:
             raise ValueError(
@@ -244,6 +296,9 @@ def setup(cfg: RunConfig, tracker: Tracker, *, console: Console, callbacks: Sequ
     store_dir = resolve_store(cfg.data, Path(cfg.out_dir))
     enc_norm, normalizer_fit = _encoder_normalizer(cfg)
     data = prepare_data(cfg.data, store_dir, normalizer=enc_norm)
+    if data.alignment is not None:  # data.align: say what one clock cost, and keep the account
+        console.print("\n".join(data.alignment.summary()), highlight=False, markup=False)
+        atomic_write_json(run_dir / "alignment.json", _alignment_record(data.alignment))
     if enc_norm is None and data.normalizer is not None:  # fitted here, on the training windows
         normalizer_fit = evaluated_intervals(data.meta["train"])
     transductive = None
@@ -254,7 +309,7 @@ def setup(cfg: RunConfig, tracker: Tracker, *, console: Console, callbacks: Sequ
         if transductive:
             console.print(transductive, style="bold red", highlight=False, markup=False)
     n_features = data.x["train"].shape[2]
-    model_cfg = resolve_model(cfg, n_features, len(data.classes))
+    model_cfg = resolve_model(cfg, n_features, len(data.classes), _symbols(data))
     resolved = cfg.model_copy(update={"model": model_cfg, "preset": cfg.preset})
     resolved.to_yaml(run_dir / "config.yaml")
     tracker.log_params(resolved.flat())
@@ -316,6 +371,15 @@ def _transfer(cfg: RunConfig, model: nn.Module, schema: str, run_dir: Path, call
     return make_groups(model, names, base_lr=lr, encoder_lr=lr * cfg.encoder_lr_mult)
 
 
+def _alignment_record(al: Alignment) -> dict[str, Any]:
+    """RUN/alignment.json: the common span, the summary lines and every symbol's account."""
+    accounts = [{**vars(s), "first_ts": s.first_ts.isoformat(), "last_ts": s.last_ts.isoformat(),
+                 "first_missing": [t.isoformat() for t in s.first_missing]} for s in al.symbols]
+    return {"timeframe": al.timeframe.value, "start": al.start.isoformat(), "end": al.end.isoformat(),
+            "common_timestamps": al.timestamps.len(), "complete": al.complete,
+            "summary": al.summary(), "symbols": accounts}
+
+
 def _symbols(data: PreparedData) -> list[str]:
     return sorted(set().union(*(set(m["symbol"].unique().to_list()) for m in data.meta.values())))
 
@@ -335,8 +399,13 @@ def train(run: TrainSetup, *, console: Console, show_progress: bool = True,
     return trainer, fit
 
 
-def _tensors(data: PreparedData, split: str) -> TensorData:
-    return TensorData({"x": data.x[split], "y": data.y[split]})
+def _tensors(data: PreparedData, split: str, symbols: Sequence[str] | None = None) -> TensorData:
+    """x, y and symbol_id (N,) int64: each window's index in ``symbols`` (the run's sorted
+    symbols; by default this data's), -1 for one not among them. Models without a symbol
+    embedding ignore it; one with an embedding refuses -1."""
+    names = list(symbols) if symbols else _symbols(data)
+    ids = symbol_ids(data.meta[split]["symbol"], names, unknown=-1)
+    return TensorData({"x": data.x[split], "y": data.y[split], "symbol_id": ids})
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -388,6 +457,10 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         desk["economics"], curves = economics_check(
             cfg.economics, data, ts.transform(log_proba(val_c["proba"])), cal, run.timeframe,
             stride=cfg.data.stride, horizon=cfg.data.horizon)
+    if cfg.audit is not None:
+        desk["audit"] = run_audit(run, fit, test_c["proba"], console=console)
+        console.print(desk["audit"]["first_line"], style="bold" if desk["audit"]["passed"] else "bold red",
+                      highlight=False, markup=False)
     run_facts["seconds_total"] = time.perf_counter() - started
     transductive = run.transductive
     report = write_run_report(
@@ -395,13 +468,65 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         y_true=data.y["test"], proba=test_c["proba"], baseline_table=base,
         title=(f"{transductive.splitlines()[0]} | " if transductive else "")
         + f"{cfg.name}: {run.model_cfg.name} on {cfg.data.feature_set} ({cfg.data.task})",
-        notes=([transductive] if transductive else []) + fit.warnings + trainer.messages_,
+        notes=([transductive] if transductive else [])
+        + (desk["audit"]["lines"] if "audit" in desk else []) + fit.warnings + trainer.messages_,
         extra={"run": run_facts, **desk}, test_ci=desk["test_ci"],
         economics=desk.get("economics"), equity_curves=curves,
     )
     console.print(f"report: {report}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return Evaluation(metrics, report, float(ts.temperature_))
+
+
+def run_audit(run: TrainSetup, fit: FitResult, proba_test: np.ndarray, *,
+              console: Console) -> dict[str, Any]:
+    """The plausibility audit (moola.evaluation.audit) with this run's own training: a fresh model
+    of the same config and seed, fitted for the epochs the run kept (no early stopping, so the
+    validation labels play no part), on permuted and on shifted train labels.
+
+    Shifted means the label of the same symbol's window ending ``stride`` bars later (one bar at
+    stride 1), on train and test alike; rows without one (a gap, a split's end) are left out."""
+    from moola.evaluation.audit import UNKNOWN, plausibility_audit
+
+    cfg, data = run.cfg, run.data
+    assert cfg.audit is not None
+    epochs = fit.best_epoch + 1 if fit.best_epoch is not None else len(fit.history)
+    tcfg = cfg.train.model_copy(update={"epochs": max(epochs, 1), "early_stopping": None})
+    full = {part: _tensors(data, part) for part in ("train", "test")}
+
+    def fit_predict(i_train: np.ndarray, y_train: np.ndarray, i_test: np.ndarray) -> np.ndarray:
+        # the audit passes row indices as its "x": (N, 1) int64 rows of the run's train / test windows
+        seed_everything(cfg.train.seed)
+        model = build_model(run.model_cfg)
+        objective = make_objective(run.model_cfg, cfg.train, y_train, len(data.classes))
+        trainer = Trainer(model, objective, tcfg, show_progress=False, console=console)
+        train_rows = full["train"].subset(torch.from_numpy(i_train[:, 0]))
+        train_rows.tensors["y"] = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+        trainer.fit(train_rows)
+        _, _, c = trainer.evaluate(full["test"].subset(torch.from_numpy(i_test[:, 0])))
+        return np.asarray(c["proba"])
+
+    step = run.timeframe.step * cfg.data.stride
+
+    def shifted(part: str) -> np.ndarray:  # (N,) the label of the window ending `stride` bars later
+        m = data.meta[part].select("symbol", "end_ts").with_columns(y=pl.Series(data.y[part]))
+        later = m.select("symbol", ts=(pl.col("end_ts") - step).cast(m["end_ts"].dtype), y_next="y")
+        joined = m.join(later, left_on=["symbol", "end_ts"], right_on=["symbol", "ts"], how="left",
+                        maintain_order="left")
+        return joined["y_next"].fill_null(UNKNOWN).to_numpy().astype(np.int64)
+
+    acfg = cfg.audit.model_copy(update={"horizon": horizon_rows(cfg.data.horizon, cfg.data.stride)})
+    console.print(f"audit: retraining {run.model_cfg.name} for {tcfg.epochs} epoch(s) on permuted and "
+                  "on shifted labels", highlight=False, markup=False)
+    n_train, n_test = len(data.y["train"]), len(data.y["test"])
+    result = plausibility_audit(
+        fit_predict, np.arange(n_train, dtype=np.int64)[:, None], data.y["train"],
+        np.arange(n_test, dtype=np.int64)[:, None], data.y["test"],
+        y_train_shifted=shifted("train"), y_test_shifted=shifted("test"), proba_test=proba_test,
+        cfg=acfg, seed=cfg.train.seed)
+    return {**result.to_dict(), "lines": result.lines(), "retrained_epochs": tcfg.epochs,
+            "how": "fresh model, same config and seed, trained for the kept epochs without early "
+                   "stopping; shifted = the label of the same symbol's next row"}
 
 
 def fit_baselines(cfg: RunConfig, data: PreparedData, part: str) -> list[Any]:
@@ -413,7 +538,8 @@ def fit_baselines(cfg: RunConfig, data: PreparedData, part: str) -> list[Any]:
     return run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
                          which=tuple(cfg.baselines), seed=cfg.train.seed, lags=cfg.baseline_lags,
                          last_return_train=data.last_return["train"] if persistence else None,
-                         last_return_test=data.last_return[part] if persistence else None)
+                         last_return_test=data.last_return[part] if persistence else None,
+                         dead_zone=cfg.data.dead_zone_bps * 1e-4)
 
 
 def horizon_rows(horizon: int, stride: int) -> int:
@@ -524,6 +650,7 @@ def save(run: TrainSetup, result: Evaluation, tracker: Tracker) -> None:
     """manifest.json last (weights, config, normaliser and metrics are already written), then
     the final metrics and the directory to MLflow."""
     write_manifest(run.run_dir, run_manifest(run, result.temperature))
+    record_test_use(run.run_dir, "train")  # evaluate() scored the test split
     tracker.log_final(run.run_dir / "metrics.json")
     tracker.log_artifacts(run.run_dir)
 
@@ -564,7 +691,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     out: dict = {}
     for part in parts:
         n = len(data.y[part])
-        loss, m, c = trainer.evaluate(_tensors(data, part), batch_size=eval_batch_size(
+        loss, m, c = trainer.evaluate(_tensors(data, part, manifest.symbols), batch_size=eval_batch_size(
             n, max(cfg.train.batch_size, 256)))
         meta = data.meta[part]
         rows = prediction_frame(meta["symbol"], meta["end_ts"], c["proba"] if data.classes else c["pred"],
@@ -584,6 +711,8 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
             entry["metrics"] = m
         out[part] = entry
     atomic_write_json(run_dir / f"evaluation_{split}.json", out)
+    if "test" in parts:
+        record_test_use(run_dir, "evaluate")
     return out
 
 

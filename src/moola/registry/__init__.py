@@ -1,6 +1,14 @@
 """Promotion gates and the model registry (MLflow): which runs may serve, and which one does."""
 
-from moola.registry._gates import GateResult, Gates, Threshold, evaluate_gates, read_gates
+from moola.registry._gates import (
+    GateResult,
+    Gates,
+    SegmentTrials,
+    Threshold,
+    evaluate_gates,
+    read_gates,
+    segment_trials,
+)
 from moola.registry._registry import (
     CHAMPION,
     PREVIOUS,
@@ -25,6 +33,7 @@ __all__ = [
     "ModelRef",
     "Promotion",
     "RegisteredModelInfo",
+    "SegmentTrials",
     "Threshold",
     "VersionInfo",
     "default_model_name",
@@ -35,5 +44,6 @@ __all__ = [
     "read_gates",
     "resolve_model_ref",
     "rollback",
+    "segment_trials",
     "show_model",
 ]

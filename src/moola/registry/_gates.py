@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
 from moola.config import Config, ConfigError
+from moola.evaluation.economics import DeflatedSharpe, deflated_sharpe_ratio
+from moola.training.manifest import ManifestError, read_manifest, runs_on_test_segment, segment_key
 
-__all__ = ["GateResult", "Gates", "Threshold", "evaluate_gates", "read_gates"]
+__all__ = ["GateResult", "Gates", "SegmentTrials", "Threshold", "evaluate_gates", "read_gates",
+           "segment_trials"]
 
 Op = Literal[">=", ">", "<=", "<"]
 _THRESHOLD = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -73,6 +77,9 @@ class Gates(Config):
     reject_collapsed: bool = False  # fail a model that predicts one class on the test split
     audit: Literal["passed"] | None = None  # the plausibility audit (permuted/shifted labels)
     net_sharpe: Threshold | None = None  # annualised Sharpe after costs (economic check)
+    # probability (0..1) that the true Sharpe beats the best of the test segment's trials by
+    # luck: the deflated Sharpe ratio (docs/registry.md, "Multiple testing")
+    deflated_sharpe: Threshold | None = None
 
 
 def read_gates(path: str | Path) -> Gates:
@@ -92,6 +99,97 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "required": self.required, "measured": self.measured,
                 "passed": self.passed, "margin": self.margin, "note": self.note}
+
+
+@dataclass(frozen=True)
+class SegmentTrials:
+    """How often a run's test segment has been looked at, and the Sharpe deflated for it.
+
+    ``runs``: the run directories (this one included) whose manifest has the same
+    :func:`~moola.training.manifest.segment_key`; ``own_evaluations``: this run's recorded
+    looks (``manifest.test_evaluations``: its training, each ``moola evaluate`` of test).
+    ``n_trials`` = configurations + this run's looks beyond the first: every extra look could
+    have been followed by a change, so it counts as one more trial."""
+
+    key: str
+    runs: list[Path]
+    own_evaluations: int
+    trial_sharpes: list[float] = field(default_factory=list)  # economics.net_sharpe of ``runs``
+    deflated: DeflatedSharpe | None = None
+    reason: str = ""  # why ``deflated`` is None, or what it assumed
+
+    @property
+    def n_configurations(self) -> int:
+        return len(self.runs)
+
+    @property
+    def n_trials(self) -> int:
+        return self.n_configurations + max(0, self.own_evaluations - 1)
+
+    def summary(self) -> str:
+        looks = f"this run looked at it {self.own_evaluations} time(s)"
+        return (f"test segment {self.key} evaluated by {self.n_configurations} configuration(s) "
+                f"({self.n_trials} trial(s); {looks})")
+
+
+def _econ_moments(econ: dict[str, Any]) -> tuple[int | None, float, float, str]:
+    """(n_obs, skew, kurtosis, note) of the per-symbol test backtests: the mean over symbols
+    (the headline Sharpe is the mean over symbols too); normal moments when a run predates them."""
+    models: list[dict[str, Any]] = []
+    for v in (econ.get("symbols") or {}).values():
+        m = v.get("model") if isinstance(v, dict) else None
+        if isinstance(m, dict) and _number(m.get("n_periods")) is not None:
+            models.append(m)
+    if not models:
+        return None, 0.0, 3.0, ""
+    n_obs = int(sum(float(m["n_periods"]) for m in models) / len(models))
+    skews = [_number(m.get("skew")) for m in models]
+    kurts = [_number(m.get("kurtosis")) for m in models]
+    if any(v is None for v in skews + kurts):
+        return n_obs, 0.0, 3.0, "normal returns assumed (the run has no skew/kurtosis)"
+    return (n_obs, sum(v for v in skews if v is not None) / len(models),
+            sum(v for v in kurts if v is not None) / len(models), "")
+
+
+def _net_sharpe(run_dir: Path) -> float | None:
+    try:
+        econ = json.loads((run_dir / "metrics.json").read_text()).get("economics")
+    except (OSError, ValueError):
+        return None
+    return _number(econ.get("net_sharpe")) if isinstance(econ, dict) else None
+
+
+def segment_trials(run_dir: str | Path, roots: Sequence[str | Path] | None = None) -> SegmentTrials:
+    """The test segment's use (:class:`SegmentTrials`) and the deflated Sharpe of this run's
+    economic check, from its metrics.json and the runs found beside it
+    (:func:`~moola.training.manifest.runs_on_test_segment`, ``roots`` as there).
+
+    The variance of the trials' Sharpes is the larger of the sample variance of the found runs'
+    net Sharpes (two or more needed) and the null sampling variance ``1 / (n_obs - 1)``: a few
+    similar variants cannot claim less noise than a single Sharpe estimate carries."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    runs = runs_on_test_segment(run_dir, roots)
+    sharpes = [v for v in (_net_sharpe(d) for d in runs) if v is not None]
+    seg = SegmentTrials(segment_key(manifest), runs, len(manifest.test_evaluations), sharpes)
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    econ = metrics.get("economics")
+    sharpe = _number(econ.get("net_sharpe")) if isinstance(econ, dict) else None
+    ppy = _number(econ.get("periods_per_year")) if isinstance(econ, dict) else None
+    if not isinstance(econ, dict) or sharpe is None or ppy is None or ppy <= 0:
+        return replace(seg, reason="the run has no economic check (economics.net_sharpe, periods_per_year)")
+    n_obs, skew, kurt, note = _econ_moments(econ)
+    if n_obs is None or n_obs < 2:
+        return replace(seg, reason="the economic check has fewer than 2 test periods per symbol")
+    var: float | None = None
+    if len(sharpes) >= 2:
+        mean = sum(sharpes) / len(sharpes)
+        trial_var = sum((v - mean) ** 2 for v in sharpes) / (len(sharpes) - 1)
+        var = trial_var if trial_var / ppy > 1.0 / (n_obs - 1) else None
+    dsr = deflated_sharpe_ratio(sharpe, seg.n_trials, n_obs, skew, kurt,
+                                sharpe_variance_across_trials=var, periods_per_year=ppy)
+    return replace(seg, deflated=dsr, reason=note)
 
 
 def _number(v: Any) -> float | None:
@@ -173,9 +271,18 @@ def _beats_gate(metrics: dict[str, Any], name: str, metric: str, source: Path) -
                       "plain difference (the run has no CI of it)")
 
 
-def evaluate_gates(run_dir: str | Path, gates: Gates, *,
-                   gates_source: str | Path = "gates") -> list[GateResult]:
-    """One result per gate, in the file's order; raises ConfigError for a metric the run lacks."""
+def _segment_or_none(run_dir: Path) -> SegmentTrials | None:
+    try:
+        return segment_trials(run_dir)
+    except (ManifestError, OSError, ValueError):
+        return None
+
+
+def evaluate_gates(run_dir: str | Path, gates: Gates, *, gates_source: str | Path = "gates",
+                   segment: SegmentTrials | None = None) -> list[GateResult]:
+    """One result per gate, in the file's order; raises ConfigError for a metric the run lacks.
+    ``segment`` (default: :func:`segment_trials` of the run, when an economic gate needs it)
+    gives the deflated Sharpe."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file():
@@ -213,5 +320,25 @@ def evaluate_gates(run_dir: str | Path, gates: Gates, *,
         if not res.passed and res.measured == NOT_MEASURED:
             res = GateResult(res.gate, res.required, res.measured, False, None,
                              "the run has no economic check (metrics.json 'economics.net_sharpe')")
+        else:
+            segment = segment or _segment_or_none(run_dir)
+            if segment is not None and segment.deflated is not None:
+                d = segment.deflated
+                res = GateResult(res.gate, res.required, res.measured, res.passed, res.margin,
+                                 f"measured Sharpe; deflated for {d.n_trials} trial(s): "
+                                 f"P(true Sharpe > {d.expected_max_sharpe:.3g}) = {d.probability:.3f}")
         out.append(res)
+    if gates.deflated_sharpe is not None:
+        segment = segment or _segment_or_none(run_dir)
+        if segment is None or segment.deflated is None:
+            why = segment.reason if segment is not None else "the run has no readable manifest"
+            out.append(GateResult("deflated_sharpe", str(gates.deflated_sharpe), NOT_MEASURED, False,
+                                  None, why))
+        else:
+            d = segment.deflated
+            res = _threshold_gate("deflated_sharpe", gates.deflated_sharpe, d.probability)
+            note = (f"net Sharpe {d.sharpe:.3g} vs expected best of {d.n_trials} null trial(s) "
+                    f"{d.expected_max_sharpe:.3g} ({d.n_obs} periods, V from {d.variance_from})")
+            out.append(GateResult(res.gate, res.required, res.measured, res.passed, res.margin,
+                                  note + (f"; {segment.reason}" if segment.reason else "")))
     return out

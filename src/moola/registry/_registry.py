@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from moola.registry._gates import GateResult, Gates, evaluate_gates
+from moola.registry._gates import GateResult, Gates, SegmentTrials, evaluate_gates, segment_trials
 from moola.tracking import Tracker, TrackingOptions
 from moola.training.manifest import Manifest, read_manifest
 
@@ -91,6 +91,21 @@ class Promotion:
     version: str | None = None
     previous: str | None = None  # the former champion, now alias "previous"
     source: str | None = None
+    segment: SegmentTrials | None = None  # how many configurations saw this test segment
+
+    @property
+    def multiple_testing(self) -> str | None:
+        """A warning when more than one trial was evaluated on this run's test segment."""
+        seg = self.segment
+        if seg is None or seg.n_trials <= 1:
+            return None
+        d = seg.deflated
+        dsr = (f"{d.probability:.3f} (expected best null Sharpe {d.expected_max_sharpe:.3g})"
+               if d is not None else f"not measured ({seg.reason})")
+        return (f"multiple testing: {seg.n_trials} configurations were evaluated on this test segment "
+                f"({seg.n_configurations} run dir(s), {seg.own_evaluations} look(s) by this run); "
+                f"the net_sharpe gate reads the measured Sharpe, the deflated Sharpe probability "
+                f"is {dsr}: gate it with 'deflated_sharpe: \">= 0.95\"'")
 
     @property
     def passed(self) -> bool:
@@ -116,6 +131,17 @@ def _model(client: MlflowClient, name: str) -> Any:
                          "(promote a run with `moola promote`)") from None
 
 
+def _segment_tags(seg: SegmentTrials | None) -> dict[str, str]:
+    if seg is None:
+        return {}
+    d = seg.deflated
+    return {"moola.test_segment_key": seg.key, "moola.test_segment_configs": str(seg.n_configurations),
+            "moola.test_segment_trials": str(seg.n_trials),
+            "moola.test_evaluations": str(seg.own_evaluations),
+            "moola.deflated_sharpe": "not measured" if d is None else f"{d.probability:.6g}",
+            "moola.deflated_sharpe_detail": json.dumps(None if d is None else d.to_dict())}
+
+
 def _version_tags(manifest: Manifest, results: list[GateResult], gates_file: str,
                   run_dir: Path) -> dict[str, str]:
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -138,18 +164,20 @@ def _version_tags(manifest: Manifest, results: list[GateResult], gates_file: str
 
 
 def promote(run_dir: str | Path, gates: Gates, *, gates_file: str | Path,
-            name: str | None = None) -> Promotion:
+            name: str | None = None, search: list[str | Path] | None = None) -> Promotion:
     """Checks ``gates`` on ``run_dir``; when all pass, registers it as a new version of ``name``
     (default :func:`default_model_name`), moves ``champion`` to it and ``previous`` to the former
-    champion. A refusal registers nothing."""
+    champion. A refusal registers nothing. The runs sharing the test segment are looked for
+    under ``search`` (default: the run's parent and grandparent; see ``segment_trials``)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     name = name or default_model_name(manifest)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
         raise ValueError(f"model name {name!r}: use letters, digits and _ . + - only (a name with "
                          "'/', '@' or ':' cannot be referenced as models:/NAME@ALIAS)")
-    results = evaluate_gates(run_dir, gates, gates_source=gates_file)
-    promo = Promotion(name, results)
+    segment = segment_trials(run_dir, search)
+    results = evaluate_gates(run_dir, gates, gates_source=gates_file, segment=segment)
+    promo = Promotion(name, results, segment=segment)
     if not promo.passed:
         return promo
     from mlflow.exceptions import MlflowException
@@ -160,7 +188,7 @@ def promote(run_dir: str | Path, gates: Gates, *, gates_file: str | Path,
     except MlflowException:
         client.create_registered_model(
             name, description=f"moola {manifest.task} model ({manifest.feature_set})")
-    tags = _version_tags(manifest, results, str(gates_file), run_dir)
+    tags = _version_tags(manifest, results, str(gates_file), run_dir) | _segment_tags(segment)
     tags["moola.gates_yaml"] = gates.to_yaml()
     run_tags = {"moola.model_name": name, "moola.gates_file": str(gates_file)}
     with Tracker("promote", TrackingOptions(experiment="promote", enabled=True, tags=run_tags),

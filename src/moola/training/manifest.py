@@ -12,7 +12,9 @@ migrates those on read (format_version 1 -> current) without touching the direct
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,11 +33,15 @@ __all__ = [
     "MANIFEST",
     "Manifest",
     "ManifestError",
+    "SegmentUse",
     "TimeRange",
     "intervals_overlap",
     "merge_intervals",
     "periods_by_symbol",
     "read_manifest",
+    "record_test_use",
+    "runs_on_test_segment",
+    "segment_key",
     "write_manifest",
 ]
 
@@ -68,6 +74,20 @@ class TimeRange(Config):
 
     def __str__(self) -> str:
         return f"{self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M}"
+
+
+class SegmentUse(Config):
+    """One look at a run's test segment: when, by what (``train``, ``evaluate``) and at which
+    commit. The count of these is what ``moola promote`` weighs as multiple testing."""
+
+    when: datetime
+    what: str
+    git_sha: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
 class Manifest(Config):
@@ -110,6 +130,8 @@ class Manifest(Config):
     torch_version: str | None = None
     git_sha: str = "unknown"
     created: datetime | None = None
+    # every evaluation of the test segment (record_test_use); absent in older manifests = none
+    test_evaluations: list[SegmentUse] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def period_envelope(self, split: str) -> TimeRange | None:
@@ -149,6 +171,62 @@ def read_manifest(run_dir: str | Path) -> Manifest:
     if legacy.is_file():
         return _migrate_v1(json.loads(legacy.read_text()), run_dir, legacy)
     raise ManifestError(f"{run_dir}: neither {MANIFEST} nor {LEGACY_META}: not a moola run directory")
+
+
+def record_test_use(run_dir: str | Path, what: str) -> int:
+    """Append one :class:`SegmentUse` to the directory's ``manifest.json`` (re-read, then written
+    atomically) and return how many looks at the test segment the run has had. Not a lock: two
+    processes recording into one run at the same instant can lose one entry. A pre-manifest
+    directory (``meta.json`` only) is left untouched and 0 returned: nothing can be recorded
+    there without rewriting it."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        if (run_dir / LEGACY_META).is_file():
+            return 0
+        raise ManifestError(f"{run_dir}: no {MANIFEST} to record a test evaluation in "
+                            "(write the manifest first)")
+    m = read_manifest(run_dir)
+    use = SegmentUse(when=datetime.now(UTC), what=what, git_sha=git_sha(mark_dirty=True))
+    uses = [*m.test_evaluations, use]
+    atomic_write_json(path, m.model_copy(update={"test_evaluations": uses}).model_dump(mode="json"))
+    return len(uses)
+
+
+def segment_key(manifest: Manifest) -> str:
+    """A hash naming "the same test segment": the test split's symbols and their exact time
+    ranges, the timeframe and the horizon (two runs with equal keys scored the same labels)."""
+    test = manifest.periods.get("test", {})
+    spec = {"test": {sym: [test[sym].start.isoformat(), test[sym].end.isoformat()] for sym in sorted(test)},
+            "timeframe": manifest.timeframe, "horizon": manifest.horizon}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def runs_on_test_segment(run_dir: str | Path, roots: Sequence[str | Path] | None = None) -> list[Path]:
+    """The run directories (this one included) whose manifest has this run's test segment key.
+
+    Searched: every directory directly under each of ``roots`` (default: the run's parent and
+    grandparent, which covers a sweep's ``runs/NAME-HASH/`` siblings and a plain ``runs/``
+    folder). Unreadable or foreign directories are skipped; a manifest without test periods
+    matches nothing."""
+    run_dir = Path(run_dir).resolve()
+    key = segment_key(read_manifest(run_dir))
+    search = ([Path(r).resolve() for r in roots] if roots is not None
+              else [run_dir.parent, run_dir.parent.parent])
+    found = {run_dir}
+    for root in dict.fromkeys(search):
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            if d in found or not (d / MANIFEST).is_file():
+                continue
+            try:
+                m = read_manifest(d)
+            except (ManifestError, ValueError, OSError):
+                continue
+            if m.periods.get("test") and segment_key(m) == key:
+                found.add(d)
+    return sorted(found)
 
 
 def _migrate_v1(meta: dict[str, Any], run_dir: Path, source: Path) -> Manifest:
