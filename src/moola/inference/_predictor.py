@@ -14,7 +14,7 @@ import polars as pl
 import torch
 from scipy.special import softmax
 
-from moola.data import REQUIRED_COLUMNS, Store, Timeframe, infer_timeframe, mark_gaps
+from moola.data import REQUIRED_COLUMNS, Store, Timeframe, align_symbols, infer_timeframe, mark_gaps
 from moola.datasets.normalize import scaler_from_dict
 from moola.datasets.tasks import symbol_ids
 from moola.datasets.windows import WindowSet
@@ -193,7 +193,10 @@ class Predictor:
                 f"give {list(columns)}: prices would be adjusted differently from training")
 
     def features(self, bars: pl.DataFrame, timeframe: Timeframe) -> FeatureMatrix:
-        """The run's feature set on ``bars``, gaps marked as in training."""
+        """The run's feature set on ``bars``, gaps marked as in training; an aligned run's bars
+        are first cut to the timestamps all their symbols share, as training cut them."""
+        if self.manifest_.aligned:
+            bars = align_symbols(bars, timeframe).bars
         return compute_features(mark_gaps(bars, timeframe), self.feature_set_)
 
     # ---------------------------------------------------------------------- predict

@@ -636,6 +636,7 @@ def run_manifest(run: TrainSetup, temperature: float | None) -> Manifest:
         kind="train_run", feature_set=cfg.data.feature_set, feature_names=list(data.feature_names),
         feature_schema_hash=data.schema_hash, window=cfg.data.window, horizon=cfg.data.horizon,
         timeframe=run.timeframe.value, symbols=_symbols(data), bar_columns=run.bar_columns,
+        aligned=cfg.data.align,
         task=cfg.data.task, classes=list(data.classes), label=label_definition(cfg.data),
         normalizer=None if data.normalizer is None else data.normalizer.to_dict(),
         temperature=temperature,

@@ -105,6 +105,9 @@ class Manifest(Config):
     symbols: list[str] = Field(default_factory=list)
     # the bar columns the features read (adj_close present or not changes every price feature)
     bar_columns: list[str] = Field(default_factory=list)
+    # data.align: the symbols' bars were cut to their common timestamps before features; the
+    # Predictor cuts the bars it serves the same way
+    aligned: bool = False
     task: str | None = None
     classes: list[str] = Field(default_factory=list)
     label: str | None = None  # how a label is defined, in words (e.g. "sign of the 1-bar log return")
