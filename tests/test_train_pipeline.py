@@ -458,6 +458,11 @@ def test_direction_run_has_an_economic_check_after_costs(desk_run):
     assert model["turnover"] >= 0 and 0 <= model["max_drawdown"] < 1
     assert econ["mean"]["model"]["net_return"] == pytest.approx(model["net_return"])
     assert econ["net_sharpe"] == pytest.approx(model["sharpe"])  # what the net_sharpe gate reads
+    # always in on the model's side (band 0): costs are charged on every position change
+    always, gross = sym["always_in"], sym["always_in_gross"]
+    assert always["band"] == 0.0 and always["turnover"] == gross["turnover"] > 0
+    assert always["net_return"] < gross["net_return"]
+    assert (run_dir / "accuracy_by_hour.png").read_bytes()[:8] == PNG_MAGIC
     assert (run_dir / "equity.png").read_bytes()[:8] == PNG_MAGIC
     assert "Economics after costs" in (run_dir / "report.html").read_text()
 

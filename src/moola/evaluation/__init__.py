@@ -30,14 +30,23 @@ from moola.evaluation.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
+from moola.evaluation.direction_comparison import (
+    comparison_markdown,
+    comparison_rows,
+    comparison_verdict,
+    sweep_members,
+    write_direction_comparison,
+)
 from moola.evaluation.economics import (
     Backtest,
     CostConfig,
+    DeflatedSharpe,
     EconomicsConfig,
     annual_bars,
     backtest,
     buy_and_hold,
     choose_band,
+    deflated_sharpe_ratio,
     max_drawdown,
 )
 from moola.evaluation.metrics import (
@@ -49,9 +58,11 @@ from moola.evaluation.metrics import (
     regression_metrics,
 )
 from moola.evaluation.plots import (
+    plot_accuracy_by_hour,
     plot_baselines,
     plot_confusion_matrix,
     plot_learning_curves,
+    plot_probability_histogram,
     plot_reliability,
 )
 from moola.evaluation.resampling import (
@@ -77,6 +88,7 @@ __all__ = [
     "BaselineResult",
     "BootstrapCI",
     "CostConfig",
+    "DeflatedSharpe",
     "EconomicsConfig",
     "FitPredict",
     "ReliabilityCurve",
@@ -91,7 +103,11 @@ __all__ = [
     "buy_and_hold",
     "choose_band",
     "classification_metrics",
+    "comparison_markdown",
+    "comparison_rows",
+    "comparison_verdict",
     "default_block_length",
+    "deflated_sharpe_ratio",
     "expected_calibration_error",
     "last_bar_return",
     "lightgbm_baseline",
@@ -103,13 +119,17 @@ __all__ = [
     "permute_labels",
     "persistence_baseline",
     "plausibility_audit",
+    "plot_accuracy_by_hour",
     "plot_baselines",
     "plot_confusion_matrix",
     "plot_learning_curves",
+    "plot_probability_histogram",
     "plot_reliability",
     "regression_metrics",
     "reliability_curve",
     "run_baselines",
     "shift_labels",
+    "sweep_members",
+    "write_direction_comparison",
     "write_run_report",
 ]

@@ -15,9 +15,11 @@ import polars as pl
 from moola.evaluation.calibration import reliability_curve
 
 __all__ = [
+    "plot_accuracy_by_hour",
     "plot_baselines",
     "plot_confusion_matrix",
     "plot_learning_curves",
+    "plot_probability_histogram",
     "plot_reliability",
 ]
 
@@ -182,5 +184,83 @@ def plot_baselines(table: pl.DataFrame, title: str = "model vs. baselines") -> p
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_hour(y_true: object, proba: object,
+                     test_ts: Sequence[Any] | pl.Series) -> list[dict[str, float | int]]:
+    """Test accuracy per UTC hour of day of each row's timestamp (the window's last bar):
+    ``[{"hour", "n", "accuracy"}]`` for the hours that have rows. Intraday edges often live in
+    a few hours (session opens, funding times); a flat profile says the model has none."""
+    y = np.asarray(y_true).astype(np.int64)
+    pred = np.asarray(proba).argmax(axis=1)
+    ts = pl.Series("ts", test_ts)
+    if ts.dtype == pl.String:
+        ts = ts.str.to_datetime(time_zone="UTC")
+    if not isinstance(ts.dtype, pl.Datetime):
+        raise ValueError(f"test_ts: expected datetimes, got {ts.dtype}")
+    if len(ts) != len(y):
+        raise ValueError(f"test_ts has {len(ts)} timestamps for {len(y)} test rows")
+    zone = ts.dtype.time_zone
+    hours = (ts.dt.convert_time_zone("UTC") if zone else ts).dt.hour().to_numpy()
+    out: list[dict[str, float | int]] = []
+    for h in range(24):
+        m = hours == h
+        if m.any():
+            out.append({"hour": h, "n": int(m.sum()), "accuracy": float((pred[m] == y[m]).mean())})
+    return out
+
+
+def plot_accuracy_by_hour(y_true: object, proba: object, test_ts: Sequence[Any] | pl.Series,
+                          title: str = "test accuracy by hour of day (UTC)") -> plt.Figure:
+    """Bars of accuracy per UTC hour with a +-2 standard-error whisker (binomial, at that hour's
+    row count) and the overall accuracy as a dashed line; row counts underneath."""
+    rows = accuracy_by_hour(y_true, proba, test_ts)
+    hours = np.array([r["hour"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows], dtype=float)
+    n = np.array([r["n"] for r in rows], dtype=float)
+    overall = float((acc * n).sum() / n.sum()) if n.size else float("nan")
+    se = np.sqrt(np.clip(overall * (1 - overall), 0, None) / np.maximum(n, 1))
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(8, 4.8), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(hours, acc, color="#4c72b0", alpha=0.75, yerr=2 * se, capsize=2, ecolor="#2b4a7a")
+    ax.axhline(overall, ls="--", color="black", lw=1, label=f"all hours ({overall:.3f})")
+    ax.axhline(0.5, ls=":", color="grey", lw=1)
+    if acc.size:
+        ax.set_ylim(max(0.0, min(acc.min(), overall) - 0.08), min(1.0, max(acc.max(), overall) + 0.08))
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    axn.bar(hours, n, color="#55a868")
+    axn.set_ylabel("rows")
+    axn.set_xlabel("hour of the window's last bar (UTC); whiskers: +-2 binomial SE at the overall accuracy")
+    axn.set_xticks(range(0, 24, 2))
+    fig.tight_layout()
+    return fig
+
+
+def plot_probability_histogram(y_true: object, proba: object, classes: Sequence[object],
+                               title: str = "predicted probability by true class") -> plt.Figure:
+    """Histogram of the predicted probability of the last class (``up`` for direction), split by
+    the true class: two humps apart mean the model separates the classes, one hump at 0.5
+    means it barely commits."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba, dtype=float)[:, -1]
+    last = str(classes[-1]) if classes else "class 1"
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    lo, hi = (float(np.quantile(p, 0.005)), float(np.quantile(p, 0.995))) if p.size else (0.0, 1.0)
+    bins = np.linspace(min(lo, 0.5) - 1e-6, max(hi, 0.5) + 1e-6, 41).tolist()
+    for k, name in enumerate(classes):
+        sel = p[y == k]
+        if sel.size:
+            ax.hist(sel, bins=bins, alpha=0.5, label=f"true {name} (n={sel.size})")
+    ax.axvline(0.5, color="black", lw=0.8, ls=":")
+    ax.set_xlabel(f"predicted P({last}) on the test split (raw)")
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -15,14 +15,17 @@ from moola.evaluation.baselines import BaselineResult
 from moola.evaluation.baselines import baseline_table as make_baseline_table
 from moola.evaluation.data_report import DataReport
 from moola.evaluation.plots import (
+    accuracy_by_hour,
+    plot_accuracy_by_hour,
     plot_baselines,
     plot_confusion_matrix,
     plot_learning_curves,
+    plot_probability_histogram,
     plot_reliability,
 )
 from moola.training.guards import COLLAPSE, ONE_CLASS, single_predicted_class
 
-__all__ = ["run_verdict", "write_run_report"]
+__all__ = ["reliability_up", "run_verdict", "write_run_report"]
 
 _HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 
@@ -42,6 +45,7 @@ def write_run_report(
     test_ci: Mapping[str, Any] | None = None,
     economics: Mapping[str, Any] | None = None,
     equity_curves: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    test_ts: Sequence[Any] | pl.Series | None = None,
 ) -> Path:
     """Write ``report.html`` (+ PNGs) and ``metrics.json`` into ``run_dir``; return the HTML path.
 
@@ -54,11 +58,16 @@ def write_run_report(
     ``test_ci`` (block-bootstrap CIs, ``moola.pipelines.train.accuracy_intervals``) is shown
     beside the baseline table; ``economics`` (the costs-aware backtest summary) as a table per
     symbol, with ``equity_curves`` ({symbol: {"model", "buy_and_hold"}}) as ``equity.png``.
+    ``test_ts`` (each test row's timestamp, e.g. ``data.meta["test"]["end_ts"]``) adds accuracy
+    by hour of day (``accuracy_by_hour.png`` and ``accuracy_by_hour`` in metrics.json). For two
+    classes the report adds a histogram of P(up) and metrics.json ``reliability_up`` (equal-count
+    bins of raw P(up) vs the observed share up), which sweep comparisons overlay.
 
     ``metrics.json``: ``{"title", "classes", "model": metrics, "baselines": [table rows],
     "baseline_metrics": {name: metrics} (only when results were given), "notes"}``.
     """
     run_dir = Path(run_dir)
+    by_hour = None if test_ts is None else accuracy_by_hour(y_true, proba, test_ts)  # checks test_ts first
     results: list[BaselineResult] | None = None
     table: pl.DataFrame | None
     if baseline_table is None or isinstance(baseline_table, pl.DataFrame):
@@ -121,6 +130,12 @@ def write_run_report(
                    "confusion matrix on the test split: counts, colour = share of the true class")
     rep.figure(plot_reliability(y_true, proba), "reliability",
                "reliability diagram (15 equal-width bins over (0, 1], right-closed)")
+    if len(classes) == 2:
+        rep.figure(plot_probability_histogram(y_true, proba, classes), "probability_histogram",
+                   f"raw predicted P({classes[-1]}) on the test split, by true class")
+    if test_ts is not None:
+        rep.figure(plot_accuracy_by_hour(y_true, proba, test_ts), "accuracy_by_hour",
+                   "test accuracy per UTC hour of the window's last bar, with row counts")
     html_path = rep.write("report.html")
 
     payload: dict[str, Any] = {
@@ -131,6 +146,10 @@ def write_run_report(
         "notes": notes,
         "verdict": verdict,
     }
+    if len(classes) == 2:
+        payload["reliability_up"] = reliability_up(y_true, proba)
+    if by_hour is not None:
+        payload["accuracy_by_hour"] = by_hour
     payload.update(extra or {})
     payload["run"] = {**payload.get("run", {}), "collapsed": verdict["collapsed"]}
     if results is not None:
@@ -139,6 +158,21 @@ def write_run_report(
         }
     atomic_write_json(run_dir / "metrics.json", payload)
     return html_path
+
+
+def reliability_up(y_true: object, proba: object, n_bins: int = 10) -> dict[str, Any]:
+    """Two classes: equal-count bins of raw P(class 1) -> mean predicted vs observed share of
+    class 1. Equal-count, not equal-width: direction models put nearly every row within a few
+    points of 0.5, where equal-width bins would leave one bin holding everything."""
+    import numpy as np
+
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(proba, dtype=float)[:, 1]
+    order = np.argsort(p, kind="stable")
+    chunks = [c for c in np.array_split(order, min(n_bins, max(len(p), 1))) if c.size]
+    return {"mean_predicted": [float(p[c].mean()) for c in chunks],
+            "observed": [float((y[c] == 1).mean()) for c in chunks],
+            "count": [int(c.size) for c in chunks], "bins": "equal-count, raw test probabilities"}
 
 
 def _ci_section(rep: DataReport, ci: Mapping[str, Any]) -> None:
@@ -171,7 +205,8 @@ def _economics_section(rep: DataReport, econ: Mapping[str, Any],
     keys = ("net_return", "sharpe", "turnover", "max_drawdown")
     rows = [{"symbol": sym, "strategy": who, "band": v["band"] if who == "model" else None,
              **{k: _num(v[who][k]) for k in keys}}
-            for sym, v in econ["symbols"].items() for who in ("model", "buy_and_hold")]
+            for sym, v in econ["symbols"].items()
+            for who in ("model", "buy_and_hold", "always_in", "always_in_gross") if who in v]
     rows += [{"symbol": "mean", "strategy": who, "band": None, **{k: _num(v[k]) for k in keys}}
              for who, v in econ["mean"].items()] if len(econ["symbols"]) > 1 else []
     frame = pl.DataFrame(rows, schema={"symbol": pl.String, "strategy": pl.String, "band": pl.Float64,
@@ -182,7 +217,8 @@ def _economics_section(rep: DataReport, econ: Mapping[str, Any],
         f"{cfg['mode']} positions from calibrated P(up) outside 0.5 +- band, band chosen on "
         f"validation ({cfg['objective']}); fee {costs['fee_bps']:g} bp + slippage "
         f"{costs['slippage_bps']:g} bp per unit of turnover; one trade every {econ['hold_rows']} "
-        f"row(s); Sharpe annualised at {econ['periods_per_year']:,.0f} periods a year"))
+        f"row(s); Sharpe annualised at {econ['periods_per_year']:,.0f} periods a year. always_in: "
+        "band 0 (always on the model's side) after costs; always_in_gross: the same before costs"))
     if curves:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         for sym, c in curves.items():

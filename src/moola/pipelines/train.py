@@ -471,7 +471,7 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         notes=([transductive] if transductive else [])
         + (desk["audit"]["lines"] if "audit" in desk else []) + fit.warnings + trainer.messages_,
         extra={"run": run_facts, **desk}, test_ci=desk["test_ci"],
-        economics=desk.get("economics"), equity_curves=curves,
+        economics=desk.get("economics"), equity_curves=curves, test_ts=data.meta["test"]["end_ts"],
     )
     console.print(f"report: {report}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -581,7 +581,9 @@ def economics_check(ecfg: EconomicsConfig, data: PreparedData, cal_val: np.ndarr
     """Per symbol: the band chosen on its validation rows (calibrated P(up)), applied to its test
     rows, beside buy-and-hold on the same periods; ``mean`` averages the symbols' numbers.
     Also returns each symbol's test equity curves (model, buy_and_hold) for the report."""
-    from moola.evaluation.economics import annual_bars, backtest, buy_and_hold, choose_band
+    from moola.evaluation.economics import CostConfig, annual_bars, backtest, buy_and_hold, choose_band
+
+    no_costs = CostConfig(fee_bps=0.0, slippage_bps=0.0)
 
     hold = horizon_rows(horizon, stride)
     per_year = annual_bars(timeframe.value, trading_days=365 if timeframe.is_intraday else 252)
@@ -599,11 +601,16 @@ def economics_check(ecfg: EconomicsConfig, data: PreparedData, cal_val: np.ndarr
         r_test = data.forward_return["test"][rows["test"]]
         strat = backtest(cal_test[rows["test"], 1], r_test, band, mode=ecfg.mode, costs=ecfg.costs, **kw)
         bh = buy_and_hold(r_test, costs=ecfg.costs, **kw)
-        per_symbol[sym] = {"band": band, "model": strat.summary(), "buy_and_hold": bh.summary()}
+        # always in the market on the model's side (band 0), with and without costs: where the
+        # chosen band stays flat, this shows what the model's accuracy earns and what costs take
+        always = {name: backtest(cal_test[rows["test"], 1], r_test, 0.0, mode=ecfg.mode, costs=c,
+                                 **kw).summary()
+                  for name, c in (("always_in", ecfg.costs), ("always_in_gross", no_costs))}
+        per_symbol[sym] = {"band": band, "model": strat.summary(), "buy_and_hold": bh.summary(), **always}
         curves[sym] = {"model": strat.equity.tolist(), "buy_and_hold": bh.equity.tolist()}
     keys = ("net_return", "sharpe", "turnover", "max_drawdown")
     mean = {who: {k: float(np.mean([v[who][k] for v in per_symbol.values()])) for k in keys}
-            for who in ("model", "buy_and_hold")} if per_symbol else {}
+            for who in ("model", "buy_and_hold", "always_in", "always_in_gross")} if per_symbol else {}
     # headline numbers (the mean over symbols), as the promotion gate `net_sharpe` reads them
     head = {f"net_{k}" if k == "sharpe" else k: v for k, v in mean.get("model", {}).items()}
     return ({**head, "config": ecfg.model_dump(), "hold_rows": hold,

@@ -1,8 +1,11 @@
 """What a sweep leaves for people and for the next command: a summary sorted by the selection
-metric, ``best.yaml`` (the reference behind ``sweep:NAME:best``), and an ablation report."""
+metric, ``best.yaml`` (the reference behind ``sweep:NAME:best``), an ablation report, and, when
+the members are classification runs with desk metrics (test CIs), the direction comparison
+(``comparison.html`` / ``.csv`` / ``.md``: members beside their baselines, CIs, net Sharpe)."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from moola._io import atomic_write, atomic_write_text
 from moola.pipelines import frame_table
@@ -110,7 +114,9 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
 
 def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, states: list[RunState],
                         console: Console) -> tuple[RunState | None, Path]:
-    """summary.csv, best.yaml, report.html (+ PNGs); prints the summary table. Returns the best."""
+    """summary.csv, best.yaml, report.html (+ PNGs), comparison.html for direction members;
+    prints the summary table. Returns the best."""
+    from moola.evaluation import write_direction_comparison
     from moola.evaluation.data_report import DataReport
 
     scored = [st for st in states if st.finished and st.value is not None]
@@ -144,6 +150,14 @@ def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, s
     )
     for fig, name, caption in _plots(sweep_dir, states, sel, best):
         rep.figure(fig, name, caption)
+    finished = [(st.spec.label, sweep_dir / "runs" / st.spec.run_name) for st in states if st.finished]
+    comparison = write_direction_comparison(
+        sweep_dir, finished, title=f"sweep {matrix.name}: direction members beside their baselines")
+    if comparison is not None:
+        first = (sweep_dir / "comparison.md").read_text().splitlines()[0].strip("*")
+        console.print(f"[bold]comparison[/]: {escape(first)} -> {comparison}", highlight=False)
+        rep.sections.append(f"<p><b><a href='{comparison.name}'>Direction comparison</a></b>: "
+                            f"{html.escape(first)}</p>")
     rep.table(df.drop("error"), caption="runs, best first (overridden keys as columns)")
     if n_fail:
         rep.table(df.filter(pl.col("status") == "failed").select("run", "error", "dir"),
