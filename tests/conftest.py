@@ -35,3 +35,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store (tracking and registry) in tmp_path; the cwd is an empty
+    directory that must stay empty (nothing may fall back to ./mlruns or ./mlflow.db)."""
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(cwd)
+    yield MlflowClient()
+    assert not list(cwd.iterdir()), "MLflow wrote into the working directory"

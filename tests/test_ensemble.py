@@ -86,11 +86,7 @@ def fixed(tmp_path: Path, a: str | Path, b: str | Path, name: str = "ens.yaml") 
 # ------------------------------------------------------------------ the acceptance check
 
 
-def test_predict_with_registry_members_reproduces_evaluate_on_the_test_segment(runs, tmp_path, monkeypatch):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(cwd)
+def test_predict_with_registry_members_reproduces_evaluate_on_the_test_segment(runs, tmp_path, mlflow_store):
     gates = write(tmp_path / "gates.yaml", PERMISSIVE)
     for run, name in ((runs.lstm, "ens-lstm"), (runs.transformer, "ens-transformer")):
         assert promote(run, read_gates(gates), gates_file=gates, name=name).passed

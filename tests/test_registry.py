@@ -73,14 +73,8 @@ def runs(tmp_path_factory) -> Runs:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> MlflowClient:
-    """A fresh sqlite MLflow store in tmp_path; the cwd is an empty dir that must stay empty."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(cwd)
-    yield MlflowClient()
-    assert not list(cwd.iterdir()), "MLflow wrote into the working directory"
+def store(mlflow_store: MlflowClient) -> MlflowClient:
+    return mlflow_store  # conftest: a fresh sqlite store, the cwd an empty dir that stays empty
 
 
 @pytest.fixture

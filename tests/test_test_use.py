@@ -47,13 +47,8 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> MlflowClient:
-    """A fresh sqlite MLflow store in tmp_path, the cwd an empty dir."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(cwd)
-    return MlflowClient()
+def store(mlflow_store: MlflowClient) -> MlflowClient:
+    return mlflow_store  # conftest: a fresh sqlite store, the cwd an empty dir that stays empty
 
 
 def _copy(src: Path, dst: Path, *, sharpe: float | None = None, shift_test_s: int = 0) -> Path:
