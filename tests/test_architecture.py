@@ -25,10 +25,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "moola"
 # the training loop (training) -> masked pretraining (pretraining, uses the Trainer) ->
 # metrics and reports (evaluation) -> serving (inference: a Predictor over a trained run) ->
 # experiment tracking (tracking) -> promotion gates and the model registry (registry: reads run
-# manifests and metrics, stores versions in MLflow). Above them the applications: pipelines (one job each),
+# manifests and metrics, stores versions in MLflow) -> the dry-run runtime (runtime: serves
+# registry members on a feed into a ledger). Above them the applications: pipelines (one job each),
 # sweeps and tuning (run pipelines), the demo (runs everything) and the CLI.
 BASE_ORDER = ("_io", "refs", "config", "data", "features", "datasets", "models", "training",
-              "pretraining", "evaluation", "inference", "tracking", "registry")
+              "pretraining", "evaluation", "inference", "tracking", "registry", "runtime")
 APP_ORDER = ("pipelines", "sweeps", "demo", "cli")
 ORDER = BASE_ORDER + APP_ORDER
 ROOT_PRIVATE_OK = frozenset({"moola._io"})

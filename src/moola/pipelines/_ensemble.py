@@ -32,13 +32,16 @@ from moola.training.manifest import read_manifest
 SPLITS = ("train", "val", "test")
 
 
-def load_ensemble(path: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None,
-                  store: str | Path | None = None) -> Ensemble:
-    """The ensemble file at ``path``, its members resolved and loaded; with ``weights:
-    stacking`` the combiner is fitted on the members' validation rows (``store``: read those
-    bars from another store than the first member's)."""
-    path = Path(path)
-    cfg = EnsembleConfig.from_yaml(path)
+def load_ensemble(path: str | Path | EnsembleConfig, *, device: str = "cpu",
+                  cache_dir: str | Path | None = None, store: str | Path | None = None) -> Ensemble:
+    """The ensemble file at ``path`` (or an ensemble config), its members resolved and loaded;
+    with ``weights: stacking`` the combiner is fitted on the members' validation rows
+    (``store``: read those bars from another store than the first member's)."""
+    if isinstance(path, EnsembleConfig):
+        cfg, path = path, Path("ensemble")
+    else:
+        path = Path(path)
+        cfg = EnsembleConfig.from_yaml(path)
     predictors = []
     for i, (name, m) in enumerate(zip(cfg.member_names(), cfg.members, strict=True)):
         try:

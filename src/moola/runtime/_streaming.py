@@ -1,0 +1,412 @@
+"""``StreamingMember``: one trained run served bar by bar, giving the numbers ``moola predict``
+gives on the same bars.
+
+Features: per symbol a rolling buffer of the last ``max_lookback + window`` bars; each tick the
+run's feature set is computed by ``Predictor.features`` (the code training and ``moola
+predict`` use) on that buffer's tail plus the new bars. Every registered feature set is a
+finite-window function of the last ``lookback + 1`` bars (no EWM, no cumulative state), so this
+equals the features on the whole history; tests/test_runtime_streaming.py checks it bit for bit
+on the bundled BTC minutes for every registered set. No margin beyond ``max_lookback + window``
+is therefore needed for exactness; the arrays hold up to twice that and are trimmed in one copy
+when full, so appending a bar is amortised O(1).
+
+Model: a unidirectional LSTM/GRU whose served head pools the ``last`` step is advanced by one
+batched step per layer per bar over a ring of ``window`` staggered states (below); any other
+model (Transformer, bidirectional, attention or mean pooling) reads the whole window through
+``Predictor.predict_windows`` each tick, batched over the tick's symbols and bars.
+
+Why a ring: the full-window forward starts from a zero state at the window's first bar, so one
+state carried along the stream has seen every bar since the start and is not the window's
+output. Slot ``s % window`` holds the state started (from zero) at bar ``s``; each bar advances
+all ``window`` slots at once, emits the slot that has now seen exactly ``window`` bars (the
+full-window forward's last step) and zeroes it to start the next window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from moola.data import TS_DTYPE, Timeframe
+from moola.datasets.tasks import symbol_ids
+from moola.datasets.windows import WindowSet, nan_rows
+from moola.features import FeatureMatrix
+from moola.inference import IncompatibleBarsError, Predictor, calibrated, head_values
+from moola.models import DirectionHead, ModelConfig, RNNEncoderConfig, SymbolEmbedding
+
+__all__ = ["BarOrderError", "MemberStep", "NotStreamableError", "StreamingMember", "ring_refusal"]
+
+OHLCV = ("open", "high", "low", "close", "volume")
+Reason = Literal["warmup", "gap", "nan_features"]
+
+
+class NotStreamableError(ValueError):
+    """A run whose served output a per-symbol bar stream cannot reproduce exactly."""
+
+
+class BarOrderError(ValueError):
+    """A bar at or before the last bar already stepped for its symbol."""
+
+
+@dataclass(frozen=True)
+class MemberStep:
+    """One bar served: P(up) (temperature-calibrated; None when no valid window ends here),
+    the model's own P(up) before calibration, why not (``warmup``: fewer than
+    ``required_bars`` bars since the start or a reset; ``gap``: a missing bar inside the
+    window; ``nan_features``: a non-finite feature inside it), and the bar's feature row as
+    computed, before normalisation."""
+
+    symbol: str
+    ts: datetime
+    proba_up: float | None
+    reason: Reason | None
+    features: np.ndarray = field(repr=False)  # (F,) float32
+    raw_proba_up: float | None = None
+
+
+def ring_refusal(cfg: ModelConfig) -> str | None:
+    """Why the staggered-state ring cannot serve this model exactly, or None when it can."""
+    enc = cfg.encoder
+    if not isinstance(enc, RNNEncoderConfig):
+        return f"encoder {enc.kind!r} is not recurrent"
+    if enc.bidirectional:
+        return "the encoder is bidirectional (its backward half reads the window from its end)"
+    if cfg.classifier is not None:
+        return "the served head is the classifier, which pools by attention over every step"
+    if cfg.direction is None:
+        return "the model has no direction head to serve a probability"
+    if cfg.direction.pooling != "last":
+        return f"the direction head pools by {cfg.direction.pooling!r}, not 'last'"
+    return None
+
+
+class _Ring:
+    """``window`` staggered states of a stacked unidirectional LSTM/GRU (eval mode), advanced
+    together. Layer 0's input projection of the new bar is computed once for all slots; LSTM
+    gate columns are reordered to (i, f, o, g) so one sigmoid covers three gates."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, window: int) -> None:
+        self.lstm = isinstance(rnn, nn.LSTM)
+        self.window = window
+        self.hidden = H = rnn.hidden_size
+        self.layers = rnn.num_layers
+        order = (torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+                 if self.lstm else torch.arange(3 * H))
+        self.w_ih: list[torch.Tensor] = []  # (in, G*H) transposed, contiguous
+        self.w_hh: list[torch.Tensor] = []  # (H, G*H)
+        self.b_ih: list[torch.Tensor] = []  # (G*H,)
+        self.b_hh: list[torch.Tensor] = []
+        with torch.no_grad():
+            for k in range(self.layers):
+                zero = torch.zeros(len(order))
+                w_ih = getattr(rnn, f"weight_ih_l{k}").detach().float()[order]
+                w_hh = getattr(rnn, f"weight_hh_l{k}").detach().float()[order]
+                b_ih = getattr(rnn, f"bias_ih_l{k}", None)
+                b_hh = getattr(rnn, f"bias_hh_l{k}", None)
+                self.w_ih.append(w_ih.t().contiguous())
+                self.w_hh.append(w_hh.t().contiguous())
+                self.b_ih.append(zero if b_ih is None else b_ih.detach().float()[order].clone())
+                self.b_hh.append(zero if b_hh is None else b_hh.detach().float()[order].clone())
+        # the LSTM adds both biases to the same pre-activation: fold them (one add less a step)
+        self.b = [bi + bh for bi, bh in zip(self.b_ih, self.b_hh, strict=True)]
+
+    def zeros(self) -> torch.Tensor:
+        """Fresh state (layers, 2 for LSTM h and c / 1 for GRU h, window, H)."""
+        return torch.zeros(self.layers, 2 if self.lstm else 1, self.window, self.hidden)
+
+    def restart(self, state: torch.Tensor, slot: int) -> None:
+        """Zero one slot: the state that starts at the next bar."""
+        state[:, :, slot].zero_()
+
+    def advance(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Advance every slot by the bar ``x`` (1, F), in place; the top layer's h (W, H)."""
+        H = self.hidden
+        inp = x
+        for k in range(self.layers):
+            h = state[k, 0]
+            if self.lstm:
+                c = state[k, 1]
+                if k == 0:  # (1, 4H) shared by every slot
+                    g = torch.addmm(torch.addmm(self.b[k], inp, self.w_ih[k]), h, self.w_hh[k])
+                else:
+                    g = torch.addmm(self.b[k], inp, self.w_ih[k]).addmm_(h, self.w_hh[k])
+                sig = torch.sigmoid(g[:, :3 * H])  # i, f, o
+                c.mul_(sig[:, H:2 * H]).addcmul_(sig[:, :H], torch.tanh(g[:, 3 * H:]))
+                h.copy_(sig[:, 2 * H:]).mul_(torch.tanh(c))
+            else:
+                gi = torch.addmm(self.b_ih[k], inp, self.w_ih[k])  # (1 or W, 3H): r, z, n
+                gh = torch.addmm(self.b_hh[k], h, self.w_hh[k])  # (W, 3H)
+                rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
+                n = torch.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+                h.sub_(n).mul_(rz[:, H:]).add_(n)  # (1 - z) n + z h
+            inp = h
+        return inp
+
+
+@dataclass
+class _Symbol:
+    """One symbol's stream: its bar buffer, bar count since reset, and (ring) states."""
+
+    ts: np.ndarray  # (cap,) int64 epoch ns
+    values: np.ndarray  # (cap, C) float64 bar columns
+    n: int = 0  # bars held
+    seen: int = 0  # bars stepped since the start or the last reset
+    valid_from: int = 0  # earliest bar a valid window may start at
+    why: Reason = "warmup"  # what set valid_from last
+    state: torch.Tensor | None = None  # ring states (layers, 2|1, window, H)
+
+
+class StreamingMember:
+    """A ``Predictor`` served one bar at a time per symbol, equal to ``Predictor.predict_frame``
+    on the same bars (features bit for bit, probabilities to float rounding).
+
+    ``recurrent``: None uses the ring whenever :func:`ring_refusal` allows it, True requires it
+    (error otherwise), False always reads the full window. Refused at construction: runs
+    trained on symbol-aligned bars or a panel feature set (a symbol's features would depend on
+    other symbols' bars), daily bars (gaps are judged on the whole panel's calendar), and runs
+    without an ``up`` class. Call order: :meth:`step_bars` / :meth:`step` per tick, in
+    increasing ``ts`` per symbol; :meth:`reset` forgets a symbol (it warms up again).
+    """
+
+    def __init__(self, predictor: Predictor, *, timeframe: Timeframe | str | None = None,
+                 recurrent: bool | None = None) -> None:
+        self.predictor = predictor
+        src = predictor.run_dir_
+        m = predictor.manifest_
+        tf = predictor.timeframe_
+        if timeframe is not None:
+            want = Timeframe(timeframe)
+            if tf is not None and want != tf:
+                raise IncompatibleBarsError(f"{src}: the run was trained on {tf.value} bars, the "
+                                            f"stream is {want.value}")
+            tf = want
+        if tf is None:
+            raise NotStreamableError(f"{src}: the manifest records no timeframe; pass timeframe=")
+        if not tf.is_intraday:
+            raise NotStreamableError(f"{src}: {tf.value} bars: daily gaps are judged on the whole "
+                                     "panel's trading calendar, which one symbol's stream lacks")
+        if m.aligned:
+            raise NotStreamableError(f"{src}: the run was trained on symbol-aligned bars (data.align); "
+                                     "a per-symbol stream cannot cut bars to the shared timestamps")
+        if predictor.feature_set_.kind != "per_symbol":
+            raise NotStreamableError(f"{src}: feature set {predictor.feature_set_.name!r} is "
+                                     f"{predictor.feature_set_.kind!r}: it reads other symbols' bars")
+        if "up" not in predictor.classes_:
+            raise NotStreamableError(f"{src}: the run's classes {predictor.classes_} have no 'up' "
+                                     "to serve P(up) for")
+        self.timeframe: Timeframe = tf
+        self.window: int = predictor.window_
+        self.max_lookback: int = predictor.feature_set_.max_lookback
+        self.columns: tuple[str, ...] = OHLCV + (("adj_close",) if "adj_close" in m.bar_columns else ())
+        self._up = predictor.classes_.index("up")
+        cfg = predictor.model_config_
+        why = ring_refusal(cfg)
+        if recurrent and why is not None:
+            raise NotStreamableError(f"{src}: model {cfg.name!r} cannot be streamed recurrently: {why}")
+        self.recurrent: bool = why is None if recurrent is None else recurrent
+        self.why_full_window: str | None = None if self.recurrent else (why or "recurrent=False")
+        self._ring: _Ring | None = None
+        self._mlp: nn.Module | None = None  # the direction head's MLP, after its 'last' pooling
+        self._embed: dict[str, torch.Tensor] = {}  # symbol -> (1, D) embedding (pooled runs)
+        if self.recurrent:
+            model = predictor.model_.eval()
+            rnn = getattr(getattr(model, "encoder", None), "rnn", None)
+            heads = getattr(model, "heads", None)
+            if not isinstance(rnn, nn.LSTM | nn.GRU) or not isinstance(heads, nn.ModuleDict):
+                raise NotStreamableError(f"{src}: {type(model).__name__} has no encoder.rnn "
+                                         "LSTM/GRU and heads to stream")
+            head = heads["direction"]
+            if not isinstance(head, DirectionHead):
+                raise NotStreamableError(f"{src}: heads['direction'] is {type(head).__name__}")
+            self._ring = _Ring(rnn, self.window)
+            self._mlp = head.mlp
+        self._symbols: dict[str, _Symbol] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def required_bars(self) -> int:
+        """Bars per symbol before the first probability: look-back + window."""
+        return self.max_lookback + self.window
+
+    def last_ts(self, symbol: str) -> datetime | None:
+        """The last bar stepped for ``symbol`` (None: none since the start or a reset)."""
+        s = self._symbols.get(symbol)
+        if s is None or s.n == 0:
+            return None
+        return pl.Series([int(s.ts[s.n - 1])]).cast(TS_DTYPE).item()
+
+    def reset(self, symbol: str | None = None) -> None:
+        """Forget ``symbol``'s bars and state (all symbols when None): it warms up again."""
+        if symbol is None:
+            self._symbols.clear()
+        else:
+            self._symbols.pop(symbol, None)
+
+    def _state(self, symbol: str) -> _Symbol:
+        s = self._symbols.get(symbol)
+        if s is None:
+            if self.predictor.model_config_.symbol_embedding is not None:
+                sid = symbol_ids(pl.Series([symbol]), list(self.predictor.manifest_.symbols))
+                emb = getattr(self.predictor.model_, "symbol_embedding", None)
+                if not isinstance(emb, SymbolEmbedding):
+                    raise NotStreamableError(f"{self.predictor.run_dir_}: the config has a symbol "
+                                             "embedding, the model none")
+                with torch.no_grad():
+                    self._embed[symbol] = emb.proj(emb.table(torch.from_numpy(sid))).float()  # (1, D)
+            cap = 2 * self.required_bars
+            s = _Symbol(ts=np.zeros(cap, np.int64), values=np.zeros((cap, len(self.columns))))
+            if self._ring is not None:
+                s.state = self._ring.zeros()
+            self._symbols[symbol] = s
+        return s
+
+    def _append(self, s: _Symbol, ts: np.ndarray, values: np.ndarray) -> None:
+        keep = self.required_bars
+        k = len(ts)
+        if s.n + k > len(s.ts):  # trim to the last `keep` bars (grow if one tick brings more)
+            held = min(s.n, keep)
+            cap = max(len(s.ts), 2 * (held + k))
+            nts, nval = np.zeros(cap, np.int64), np.zeros((cap, values.shape[1]))
+            nts[:held], nval[:held] = s.ts[s.n - held:s.n], s.values[s.n - held:s.n]
+            s.ts, s.values, s.n = nts, nval, held
+        s.ts[s.n:s.n + k], s.values[s.n:s.n + k] = ts, values
+        s.n += k
+
+    # ------------------------------------------------------------------------ step
+    def step(self, symbol: str, bar: Mapping[str, Any]) -> float | None:
+        """P(up) at the close of ``bar`` (``ts`` and the bar columns), None in warm-up or when
+        the window holds a gap or a non-finite feature."""
+        row = {"symbol": [symbol], "ts": [bar["ts"]], **{c: [float(bar[c])] for c in self.columns}}
+        return self.step_bars(pl.DataFrame(row))[0].proba_up
+
+    def step_bars(self, bars: pl.DataFrame) -> list[MemberStep]:
+        """Serve new closed bars of any symbols (several per symbol after a backfill), sorted by
+        (symbol, ts): one feature pass for all of them, one result per bar in that order."""
+        frame, news = self._frame(bars)
+        if not news:
+            return []
+        fm = self.predictor.features(frame, self.timeframe)
+        bad = nan_rows(fm.values)
+        gaps = fm.keys.get_column("gap_before").to_numpy()
+        stamps = fm.keys.get_column("ts")
+        out: list[MemberStep] = []
+        window_rows: list[tuple[int, int]] = []  # (index into out, window end row in fm)
+        for sym, stop, k in news:  # stop: end row of the symbol's slice in fm
+            s = self._symbols[sym]
+            for j, row in enumerate(range(stop - k, stop)):
+                t = s.seen + j  # the bar's index since the start/reset
+                if gaps[row] and t >= s.valid_from:
+                    s.valid_from, s.why = t, "gap"
+                if bad[row] and t + 1 > s.valid_from:
+                    s.valid_from, s.why = t + 1, "warmup" if t < self.max_lookback else "nan_features"
+                ok = t - self.window + 1 >= s.valid_from
+                reason: Reason | None = None
+                if not ok:
+                    reason = "warmup" if t < self.required_bars - 1 or s.why == "warmup" else s.why
+                out.append(MemberStep(sym, stamps[row], None, reason, fm.values[row].copy()))
+                if ok and not self.recurrent:
+                    window_rows.append((len(out) - 1, row))
+            if self.recurrent:
+                self._advance(sym, s, fm.values[stop - k:stop], out, len(out) - k)
+            s.seen += k
+        if window_rows:
+            self._full_windows(fm, window_rows, out)
+        return out
+
+    def _frame(self, bars: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, int, int]]]:
+        """The bars to compute features on (each symbol's needed tail + its new bars, symbols
+        sorted), and per symbol (name, end row in that frame, new bars). The new bars are
+        checked to come after the symbol's last bar, then appended to its buffer."""
+        missing = [c for c in ("symbol", "ts", *self.columns) if c not in bars.columns]
+        if missing:
+            raise IncompatibleBarsError(f"bars lack columns {missing} (have {bars.columns}); "
+                                        f"the run was trained on {list(self.columns)}")
+        bars = bars.with_columns(pl.col("ts").cast(TS_DTYPE)).sort("symbol", maintain_order=True)
+        # rows the new bars' features and windows read before them: the ring needs the
+        # look-back only, the full window also the window's earlier rows and their look-back;
+        # at least one, the bar before, from which the first new bar's gap is judged
+        tail = max(1, self.max_lookback + (0 if self.recurrent else self.window - 1))
+        checked: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for (sym,), part in bars.group_by("symbol", maintain_order=True):
+            name = str(sym)
+            ts = part.get_column("ts").dt.epoch("ns").to_numpy()
+            s = self._symbols.get(name)
+            prev = np.concatenate([s.ts[s.n - 1:s.n] if s is not None else [], ts[:-1]])
+            late = np.flatnonzero(ts[len(ts) - len(prev):] <= prev)
+            if late.size:
+                i = int(late[0])
+                raise BarOrderError(
+                    f"{name}: bar {_iso(ts[len(ts) - len(prev) + i])} does not come after the bar "
+                    f"{_iso(prev[i])}; bars must arrive in increasing ts per symbol "
+                    f"(reset({name!r}) to start over)")
+            checked.append((name, ts, part.select(self.columns).to_numpy().astype(np.float64)))
+        parts: list[pl.DataFrame] = []
+        news: list[tuple[str, int, int]] = []
+        end = 0
+        for name, ts, values in checked:  # nothing is appended unless every symbol is in order
+            s = self._state(name)
+            held = min(s.n, tail)
+            self._append(s, ts, values)
+            rows = held + len(ts)
+            parts.append(pl.DataFrame({
+                "symbol": pl.Series([name] * rows, dtype=pl.String),
+                "ts": pl.Series(s.ts[s.n - rows:s.n]).cast(TS_DTYPE),
+                **{c: s.values[s.n - rows:s.n, j] for j, c in enumerate(self.columns)},
+            }))
+            end += rows
+            news.append((name, end, len(ts)))
+        return (pl.concat(parts) if parts else pl.DataFrame()), news
+
+    def _advance(self, sym: str, s: _Symbol, rows: np.ndarray, out: list[MemberStep], at: int) -> None:
+        """Feed the new (k, F) feature rows through the ring; fill P(up) into ``out[at:at + k]``
+        where a window is valid."""
+        assert self._ring is not None and self._mlp is not None and s.state is not None
+        x = rows if self.predictor.normalizer_ is None else self.predictor.normalizer_.transform(rows)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        W = self.window
+        with torch.no_grad():
+            for j in range(len(rows)):
+                t = s.seen + j
+                top = self._ring.advance(s.state, xt[j:j + 1])  # (W, H)
+                slot = (t + 1) % W  # the state started at bar t - W + 1: it has seen W bars
+                if out[at + j].reason is None:
+                    h = top[slot:slot + 1]
+                    if sym in self._embed:
+                        h = h + self._embed[sym]
+                    values = head_values({"direction": self._mlp(h).squeeze(-1)},
+                                         self.predictor.model_config_)
+                    out[at + j] = self._with_proba(out[at + j], values[0])
+                self._ring.restart(s.state, slot)
+
+    def _full_windows(self, fm: FeatureMatrix, rows: Sequence[tuple[int, int]],
+                      out: list[MemberStep]) -> None:
+        """The windows ending at ``rows`` through ``Predictor.predict_windows``, in one batch."""
+        ends = np.asarray([r for _, r in rows], dtype=np.int64)
+        ws = WindowSet(fm, ends - (self.window - 1), self.window)
+        values = self.predictor.predict_windows(ws)
+        for (i, _), v in zip(rows, values, strict=True):
+            out[i] = self._with_proba(out[i], v)
+
+    def _with_proba(self, step: MemberStep, values: np.ndarray) -> MemberStep:
+        """``step`` with P(up) from its (C,) raw probabilities, temperature-scaled as
+        ``predict`` scales them."""
+        t = self.predictor.temperature_
+        cal = values[None] if t is None else calibrated(values[None], t)
+        return MemberStep(step.symbol, step.ts, float(cal[0, self._up]), None, step.features,
+                          float(values[self._up]))
+
+    def __repr__(self) -> str:
+        path = "recurrent ring" if self.recurrent else f"full window ({self.why_full_window})"
+        return (f"StreamingMember({self.predictor.run_dir_}, {self.window}-bar windows, "
+                f"{self.required_bars} bars per symbol, {path}, {len(self._symbols)} symbols)")
+
+
+def _iso(ns: int) -> str:
+    return str(pl.Series([int(ns)]).cast(TS_DTYPE).item())
