@@ -43,9 +43,11 @@ __all__ = [
     "symbol_ids",
 ]
 
-BUNDLED = {
-    "sp500_daily": "sp500_subset.parquet",
-    "btcusd_1m": "binanceus_BTCUSD_1m.csv",
+BUNDLED: dict[str, tuple[str, ...]] = {  # name -> the data/bundled files ingested for it
+    "sp500_daily": ("sp500_subset.parquet",),
+    "btcusd_1m": ("binanceus_BTCUSD_1m.csv",),
+    # two BTC markets of one exchange on one clock (BTCUSD, BTCUSDT): pooled and runtime demos
+    "btc2_1m": ("binanceus_BTCUSD_1m.csv", "binanceus_BTCUSDT_1m.csv"),
 }
 
 
@@ -150,7 +152,7 @@ class DataConfig(Config):
     """
 
     store: str | None = None  # a moola store; None -> the bundled dataset below
-    bundled: Literal["sp500_daily", "btcusd_1m"] = "sp500_daily"
+    bundled: Literal["sp500_daily", "btcusd_1m", "btc2_1m"] = "sp500_daily"
     timeframe: str | None = None
     symbols: list[str] | None = None
     align: bool = Field(False, description=(
@@ -280,7 +282,8 @@ def resolve_store(cfg: DataConfig, cache_root: Path) -> Path:
     with open(cache_root / f"_bundled_{cfg.bundled}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            ingest([bundled_dir() / BUNDLED[cfg.bundled]], Store(store))  # idempotent: no change twice
+            # idempotent: no change twice
+            ingest([bundled_dir() / f for f in BUNDLED[cfg.bundled]], Store(store))
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
     return store
