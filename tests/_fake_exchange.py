@@ -67,7 +67,7 @@ class Faults:
     stalled: dict[str, int] = field(default_factory=dict)  # id -> no bar at or after this ms
     lag_ms: dict[str, int] = field(default_factory=dict)  # id -> bars appear this late
     rewind_ms: dict[str, int] = field(default_factory=dict)  # id -> serve from startTime - this
-    timeout_sleep_s: float = 1.0
+    timeout_sleep_s: float = 2.5  # past the tests' 1 s client timeout, even on a loaded machine
 
 
 class FakeExchange:

@@ -41,10 +41,13 @@ from moola.runtime._retry import RetryConfig, backoff_delays
 from moola.runtime._runtime import MemberMismatchError, RunSummary, Runtime, ServedMember, decide
 from moola.runtime._streaming import (
     BarOrderError,
+    FeatureStream,
     MemberStep,
     NotStreamableError,
+    SharedFeatures,
     StreamingMember,
     ring_refusal,
+    share_features,
 )
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BarOrderError",
     "EventRow",
+    "FeatureStream",
     "Feed",
     "FeedError",
     "FeedEvent",
@@ -78,6 +82,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeSummary",
     "ServedMember",
+    "SharedFeatures",
     "SignalRow",
     "StreamingMember",
     "SymbolSummary",
@@ -90,6 +95,7 @@ __all__ = [
     "ring_refusal",
     "runtime_outcomes",
     "runtime_summary",
+    "share_features",
     "status_rows",
     "status_table",
     "wilson_interval",

@@ -4,7 +4,9 @@ Call order: ``Runtime(config, ensemble, versions)`` stores; ``run(feed, ledger)`
 ledger, resumes every symbol from its last recorded bar, then per tick:
 
 1. the feed's events go to ``events``;
-2. every member steps the tick's new bars (history bars only fill the buffers);
+2. each feature set's features are computed once (a ``FeatureStream`` shared by the members
+   that serve it), then every member steps the tick's new bars (history bars only fill the
+   buffers);
 3. per (symbol, bar) of the period after the resume point: the members that have a probability
    vote (fixed weights renormalised over them; stacking needs all), the ensemble P(up) becomes a
    decision (band), and the bar gets one ``signals`` row (or an explicit ``no_signal`` row with
@@ -18,6 +20,7 @@ Dry run only: nothing here, or anywhere in moola.runtime, places an order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -37,7 +40,7 @@ from moola.runtime._config import RuntimeConfig
 from moola.runtime._feeds import Feed, FeedEvent, Tick
 from moola.runtime._ledger import EventRow, FillRow, Ledger, PositionRow, SignalRow
 from moola.runtime._paper import PaperBook
-from moola.runtime._streaming import MemberStep, StreamingMember
+from moola.runtime._streaming import FeatureStream, MemberStep, StreamingMember, share_features
 
 __all__ = ["MemberMismatchError", "RunSummary", "Runtime", "ServedMember", "decide"]
 
@@ -96,6 +99,7 @@ class Runtime:
         self.versions = list(versions)
         self.on_tick = on_tick
         self._stop: str | None = None
+        self._streams: list[tuple[FeatureStream, list[str]]] = []  # (stream, symbols it serves)
 
     # ------------------------------------------------------------------ setup
     def members(self) -> list[ServedMember]:
@@ -153,6 +157,8 @@ class Runtime:
             until: datetime | None = None) -> RunSummary:
         cfg = self.config
         members = self.members()
+        self._streams = [(fs, sorted(set().union(*(m.symbols for m in members if m.stream.shared is fs))))
+                         for fs in share_features([m.stream for m in members])]
         bands = self.bands()
         ledger.migrate()
         since = {s: ledger.last_bar(cfg.name, s) for s in cfg.symbols}
@@ -192,6 +198,9 @@ class Runtime:
                     break
             if self._stop is not None:
                 summary.stopped = self._stop
+        except BaseException as err:  # the stop event says the run crashed, then it propagates
+            summary.stopped = f"crashed: {type(err).__name__}: {err}"
+            raise
         finally:
             feed.close()
             if previous is not None:
@@ -213,6 +222,10 @@ class Runtime:
         bars = tick.bars.filter(pl.col("symbol").is_in(cfg.symbols))
         votes: dict[str, dict[tuple[str, datetime], MemberStep]] = {}
         failed: dict[str, str] = {}
+        for fstream, served in self._streams:
+            # failing leaves no shared rows: each member then computes its own and reports why
+            with contextlib.suppress(Exception):
+                fstream.update(bars.filter(pl.col("symbol").is_in(served)))
         for m in members:
             mine = bars.filter(pl.col("symbol").is_in(list(m.symbols)))
             if mine.is_empty():

@@ -20,6 +20,12 @@ state carried along the stream has seen every bar since the start and is not the
 output. Slot ``s % window`` holds the state started (from zero) at bar ``s``; each bar advances
 all ``window`` slots at once, emits the slot that has now seen exactly ``window`` bars (the
 full-window forward's last step) and zeroes it to start the next window.
+
+Shared features: members of one ensemble serve one feature set (the ensemble's agreement
+check), so a :class:`FeatureStream` computes each tick's features once for all of them (on a
+buffer sized for the member that reads the most rows); a member attached to it takes its rows
+from there whenever they equal what its own buffer would give, and computes its own otherwise
+(after a reset, until its look-back is full again).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from moola.features import FeatureMatrix
 from moola.inference import IncompatibleBarsError, Predictor, calibrated, head_values
 from moola.models import DirectionHead, ModelConfig, RNNEncoderConfig, SymbolEmbedding
 
-__all__ = ["BarOrderError", "MemberStep", "NotStreamableError", "StreamingMember", "ring_refusal"]
+__all__ = ["BarOrderError", "FeatureStream", "MemberStep", "NotStreamableError", "SharedFeatures",
+           "StreamingMember", "ring_refusal", "share_features"]
 
 OHLCV = ("open", "high", "low", "close", "volume")
 Reason = Literal["warmup", "gap", "nan_features"]
@@ -228,12 +235,21 @@ class StreamingMember:
             self._ring = _Ring(rnn, self.window)
             self._mlp = head.mlp
         self._symbols: dict[str, _Symbol] = {}
+        self.shared: FeatureStream | None = None  # set by FeatureStream(members)
+        self.feature_passes = 0  # feature computations on its own buffer (shared ones not counted)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
     def required_bars(self) -> int:
         """Bars per symbol before the first probability: look-back + window."""
         return self.max_lookback + self.window
+
+    @property
+    def tail(self) -> int:
+        """Rows before a tick's new bars its features and windows read: the ring needs the
+        look-back only, the full window also the window's earlier rows and their look-back; at
+        least one, the bar before, from which the first new bar's gap is judged."""
+        return max(1, self.max_lookback + (0 if self.recurrent else self.window - 1))
 
     def last_ts(self, symbol: str) -> datetime | None:
         """The last bar stepped for ``symbol`` (None: none since the start or a reset)."""
@@ -267,18 +283,6 @@ class StreamingMember:
             self._symbols[symbol] = s
         return s
 
-    def _append(self, s: _Symbol, ts: np.ndarray, values: np.ndarray) -> None:
-        keep = self.required_bars
-        k = len(ts)
-        if s.n + k > len(s.ts):  # trim to the last `keep` bars (grow if one tick brings more)
-            held = min(s.n, keep)
-            cap = max(len(s.ts), 2 * (held + k))
-            nts, nval = np.zeros(cap, np.int64), np.zeros((cap, values.shape[1]))
-            nts[:held], nval[:held] = s.ts[s.n - held:s.n], s.values[s.n - held:s.n]
-            s.ts, s.values, s.n = nts, nval, held
-        s.ts[s.n:s.n + k], s.values[s.n:s.n + k] = ts, values
-        s.n += k
-
     # ------------------------------------------------------------------------ step
     def step(self, symbol: str, bar: Mapping[str, Any]) -> float | None:
         """P(up) at the close of ``bar`` (``ts`` and the bar columns), None in warm-up or when
@@ -289,12 +293,21 @@ class StreamingMember:
     def step_bars(self, bars: pl.DataFrame) -> list[MemberStep]:
         """Serve new closed bars of any symbols (several per symbol after a backfill), sorted by
         (symbol, ts): one feature pass for all of them, one result per bar in that order."""
-        frame, news = self._frame(bars)
-        if not news:
+        checked = _check_bars(bars, self.columns, self._symbols)
+        if not checked:
             return []
-        fm = self.predictor.features(frame, self.timeframe)
-        bad = nan_rows(fm.values)
-        gaps = fm.keys.get_column("gap_before").to_numpy()
+        cur = self.shared.current if self.shared is not None else None
+        if cur is not None and all(self._in_sync(name, ts, values, cur) for name, ts, values in checked):
+            for name, ts, values in checked:
+                _append(self._state(name), ts, values, self.required_bars)
+            fm, bad, gaps = cur.fm, cur.bad, cur.gaps
+            news = [(name, cur.rows[name][0], len(ts)) for name, ts, _ in checked]
+        else:
+            frame, news = _take(checked, self._state, self.tail, self.required_bars, self.columns)
+            fm = self.predictor.features(frame, self.timeframe)
+            self.feature_passes += 1
+            bad = nan_rows(fm.values)
+            gaps = fm.keys.get_column("gap_before").to_numpy()
         stamps = fm.keys.get_column("ts")
         out: list[MemberStep] = []
         window_rows: list[tuple[int, int]] = []  # (index into out, window end row in fm)
@@ -320,49 +333,22 @@ class StreamingMember:
             self._full_windows(fm, window_rows, out)
         return out
 
-    def _frame(self, bars: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, int, int]]]:
-        """The bars to compute features on (each symbol's needed tail + its new bars, symbols
-        sorted), and per symbol (name, end row in that frame, new bars). The new bars are
-        checked to come after the symbol's last bar, then appended to its buffer."""
-        missing = [c for c in ("symbol", "ts", *self.columns) if c not in bars.columns]
-        if missing:
-            raise IncompatibleBarsError(f"bars lack columns {missing} (have {bars.columns}); "
-                                        f"the run was trained on {list(self.columns)}")
-        bars = bars.with_columns(pl.col("ts").cast(TS_DTYPE)).sort("symbol", maintain_order=True)
-        # rows the new bars' features and windows read before them: the ring needs the
-        # look-back only, the full window also the window's earlier rows and their look-back;
-        # at least one, the bar before, from which the first new bar's gap is judged
-        tail = max(1, self.max_lookback + (0 if self.recurrent else self.window - 1))
-        checked: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for (sym,), part in bars.group_by("symbol", maintain_order=True):
-            name = str(sym)
-            ts = part.get_column("ts").dt.epoch("ns").to_numpy()
-            s = self._symbols.get(name)
-            prev = np.concatenate([s.ts[s.n - 1:s.n] if s is not None else [], ts[:-1]])
-            late = np.flatnonzero(ts[len(ts) - len(prev):] <= prev)
-            if late.size:
-                i = int(late[0])
-                raise BarOrderError(
-                    f"{name}: bar {_iso(ts[len(ts) - len(prev) + i])} does not come after the bar "
-                    f"{_iso(prev[i])}; bars must arrive in increasing ts per symbol "
-                    f"(reset({name!r}) to start over)")
-            checked.append((name, ts, part.select(self.columns).to_numpy().astype(np.float64)))
-        parts: list[pl.DataFrame] = []
-        news: list[tuple[str, int, int]] = []
-        end = 0
-        for name, ts, values in checked:  # nothing is appended unless every symbol is in order
-            s = self._state(name)
-            held = min(s.n, tail)
-            self._append(s, ts, values)
-            rows = held + len(ts)
-            parts.append(pl.DataFrame({
-                "symbol": pl.Series([name] * rows, dtype=pl.String),
-                "ts": pl.Series(s.ts[s.n - rows:s.n]).cast(TS_DTYPE),
-                **{c: s.values[s.n - rows:s.n, j] for j, c in enumerate(self.columns)},
-            }))
-            end += rows
-            news.append((name, end, len(ts)))
-        return (pl.concat(parts) if parts else pl.DataFrame()), news
+    def _in_sync(self, name: str, ts: np.ndarray, values: np.ndarray, cur: SharedFeatures) -> bool:
+        """Whether the shared tick's rows for ``name`` are the rows this member's own buffer
+        would give: the same new bars after the same last bar, and either the same history
+        (bars since the start or reset) or one where every row this member reads has its full
+        look-back in both (features are finite-window functions of the last ``lookback + 1``
+        bars): the member has seen its look-back, the shared buffer the member's tail."""
+        got = cur.rows.get(name)
+        if got is None:
+            return False
+        _end, seen_before, last_before = got
+        if not (np.array_equal(cur.ts[name], ts) and np.array_equal(cur.values[name], values)):
+            return False
+        s = self._symbols.get(name)
+        seen, last = (0, -1) if s is None or s.n == 0 else (s.seen, int(s.ts[s.n - 1]))
+        return last_before == last and (
+            seen_before == seen or (seen >= self.max_lookback and seen_before >= min(seen, self.tail)))
 
     def _advance(self, sym: str, s: _Symbol, rows: np.ndarray, out: list[MemberStep], at: int) -> None:
         """Feed the new (k, F) feature rows through the ring; fill P(up) into ``out[at:at + k]``
@@ -406,6 +392,178 @@ class StreamingMember:
         path = "recurrent ring" if self.recurrent else f"full window ({self.why_full_window})"
         return (f"StreamingMember({self.predictor.run_dir_}, {self.window}-bar windows, "
                 f"{self.required_bars} bars per symbol, {path}, {len(self._symbols)} symbols)")
+
+
+@dataclass(frozen=True)
+class SharedFeatures:
+    """One tick's features from a :class:`FeatureStream`: the matrix over every symbol's tail
+    plus new bars, its non-finite rows and gaps, and per symbol (end row in the matrix, bars
+    seen before the tick, last bar before it as epoch ns or -1) and the new bars taken."""
+
+    fm: FeatureMatrix
+    bad: np.ndarray  # (N,) bool
+    gaps: np.ndarray  # (N,) bool
+    rows: dict[str, tuple[int, int, int]]
+    ts: dict[str, np.ndarray]  # (k,) int64 epoch ns
+    values: dict[str, np.ndarray]  # (k, C) float64
+
+
+class FeatureStream:
+    """One feature set computed once per tick for the members that share it.
+
+    Per symbol a rolling bar buffer of the largest ``required_bars`` among the members; each
+    :meth:`update` computes the features once (``Predictor.features``, the training code) on
+    every symbol's tail, as long as the longest member tail, plus the new bars. Call order per
+    tick: ``update(bars)`` with all the tick's bars, then each member's ``step_bars`` with its
+    symbols' bars, which takes its rows from :attr:`current`. ``update`` raising (a bar out of
+    order) leaves ``current`` None: the members then compute their own and raise the same.
+    """
+
+    def __init__(self, members: Sequence[StreamingMember]) -> None:
+        if not members:
+            raise ValueError("a FeatureStream needs at least one member")
+        first = members[0]
+        key = _feature_key(first)
+        odd = [f"{m.predictor.run_dir_}: {_feature_key(m)}" for m in members[1:] if _feature_key(m) != key]
+        if odd:
+            raise ValueError(f"members share a FeatureStream only with one feature set, timeframe and "
+                             f"bar columns; {first.predictor.run_dir_} has {key}, but " + "; ".join(odd))
+        self.predictor = first.predictor
+        self.timeframe = first.timeframe
+        self.columns = first.columns
+        self.members = list(members)
+        self.tail = max(m.tail for m in members)
+        self.keep = max(m.required_bars for m in members)
+        self.current: SharedFeatures | None = None
+        self.feature_passes = 0  # features computed: one per update with bars
+        self._symbols: dict[str, _Symbol] = {}
+        for m in members:
+            m.shared = self
+
+    def update(self, bars: pl.DataFrame) -> SharedFeatures | None:
+        """Take the tick's new bars (sorted by (symbol, ts)) and compute their features once."""
+        self.current = None
+        checked = _check_bars(bars, self.columns, self._symbols)
+        if not checked:
+            return None
+        before = {}
+        for name, _, _ in checked:
+            s = self._symbols.get(name)
+            before[name] = (0, -1) if s is None or s.n == 0 else (s.seen, int(s.ts[s.n - 1]))
+        frame, news = _take(checked, self._state, self.tail, self.keep, self.columns)
+        try:
+            fm = self.predictor.features(frame, self.timeframe)
+        except Exception:  # bars taken but not counted: start over (members compute their own)
+            self.reset()
+            raise
+        self.feature_passes += 1
+        for name, _, k in news:
+            self._symbols[name].seen += k
+        self.current = SharedFeatures(
+            fm=fm, bad=nan_rows(fm.values), gaps=fm.keys.get_column("gap_before").to_numpy(),
+            rows={name: (end, *before[name]) for name, end, _ in news},
+            ts={name: ts for name, ts, _ in checked}, values={name: v for name, _, v in checked})
+        return self.current
+
+    def reset(self, symbol: str | None = None) -> None:
+        """Forget ``symbol``'s bars (all when None); members then compute their own until in sync."""
+        self.current = None
+        if symbol is None:
+            self._symbols.clear()
+        else:
+            self._symbols.pop(symbol, None)
+
+    def _state(self, symbol: str) -> _Symbol:
+        s = self._symbols.get(symbol)
+        if s is None:
+            cap = 2 * self.keep
+            s = self._symbols[symbol] = _Symbol(ts=np.zeros(cap, np.int64),
+                                                values=np.zeros((cap, len(self.columns))))
+        return s
+
+
+def share_features(members: Sequence[StreamingMember]) -> list[FeatureStream]:
+    """One :class:`FeatureStream` per distinct feature set among ``members`` (attached to them)."""
+    groups: dict[tuple[Any, ...], list[StreamingMember]] = {}
+    for m in members:
+        groups.setdefault(_feature_key(m), []).append(m)
+    return [FeatureStream(g) for g in groups.values()]
+
+
+def _feature_key(m: StreamingMember) -> tuple[Any, ...]:
+    fs = m.predictor.feature_set_
+    return (fs.name, fs.code_hash, repr(sorted(fs.params.items())), m.timeframe.value, m.columns)
+
+
+def _check_bars(bars: pl.DataFrame, columns: Sequence[str], held: Mapping[str, _Symbol]
+                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Per symbol (sorted): its new bars' epoch-ns ts and (k, C) values, checked to come after
+    the symbol's last bar in ``held`` and to increase; raises before anything is taken."""
+    missing = [c for c in ("symbol", "ts", *columns) if c not in bars.columns]
+    if missing:
+        raise IncompatibleBarsError(f"bars lack columns {missing} (have {bars.columns}); "
+                                    f"the run was trained on {list(columns)}")
+    if bars.is_empty():
+        return []
+    # numpy, not a Polars group_by: this runs per member per tick (a few bars)
+    names = bars.get_column("symbol").cast(pl.String).to_numpy()
+    order = np.argsort(names, kind="stable")  # by symbol, each symbol's bars in arrival order
+    names = names[order]
+    all_ts = bars.get_column("ts").cast(TS_DTYPE).dt.epoch("ns").to_numpy()[order]
+    all_values = bars.select(columns).to_numpy().astype(np.float64)[order]
+    cuts = np.flatnonzero(names[1:] != names[:-1]) + 1
+    checked: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(names)], strict=True):
+        name = str(names[a])
+        ts = all_ts[a:b]
+        s = held.get(name)
+        prev = np.concatenate([s.ts[s.n - 1:s.n] if s is not None else [], ts[:-1]])
+        late = np.flatnonzero(ts[len(ts) - len(prev):] <= prev)
+        if late.size:
+            i = int(late[0])
+            raise BarOrderError(
+                f"{name}: bar {_iso(ts[len(ts) - len(prev) + i])} does not come after the bar "
+                f"{_iso(prev[i])}; bars must arrive in increasing ts per symbol "
+                f"(reset({name!r}) to start over)")
+        checked.append((name, ts, all_values[a:b]))
+    return checked
+
+
+def _append(s: _Symbol, ts: np.ndarray, values: np.ndarray, keep: int) -> None:
+    """Append bars to a symbol's buffer; when full, trim to the last ``keep`` bars in one copy
+    (grown if one tick brings more), so appending is amortised O(1)."""
+    k = len(ts)
+    if s.n + k > len(s.ts):
+        held = min(s.n, keep)
+        cap = max(len(s.ts), 2 * (held + k))
+        nts, nval = np.zeros(cap, np.int64), np.zeros((cap, values.shape[1]))
+        nts[:held], nval[:held] = s.ts[s.n - held:s.n], s.values[s.n - held:s.n]
+        s.ts, s.values, s.n = nts, nval, held
+    s.ts[s.n:s.n + k], s.values[s.n:s.n + k] = ts, values
+    s.n += k
+
+
+def _take(checked: Sequence[tuple[str, np.ndarray, np.ndarray]], state: Any, tail: int, keep: int,
+          columns: Sequence[str]) -> tuple[pl.DataFrame, list[tuple[str, int, int]]]:
+    """Append the checked bars to their buffers (``state(name)``); the frame to compute features
+    on (each symbol's last ``tail`` held bars + its new bars, symbols sorted) and per symbol
+    (name, end row in that frame, new bars)."""
+    parts: list[pl.DataFrame] = []
+    news: list[tuple[str, int, int]] = []
+    end = 0
+    for name, ts, values in checked:
+        s = state(name)
+        held = min(s.n, tail)
+        _append(s, ts, values, keep)
+        rows = held + len(ts)
+        parts.append(pl.DataFrame({
+            "symbol": pl.Series([name] * rows, dtype=pl.String),
+            "ts": pl.Series(s.ts[s.n - rows:s.n]).cast(TS_DTYPE),
+            **{c: s.values[s.n - rows:s.n, j] for j, c in enumerate(columns)},
+        }))
+        end += rows
+        news.append((name, end, len(ts)))
+    return (pl.concat(parts) if parts else pl.DataFrame()), news
 
 
 def _iso(ns: int) -> str:
