@@ -23,7 +23,8 @@ from moola.runtime._retry import RetryConfig, backoff_delays
 M1 = Timeframe.M1
 MIN = timedelta(minutes=1)
 T0 = utc(2023, 3, 1)  # first bar of the bundled BTCUSD minutes
-FAST = RetryConfig(timeout_s=1.0, max_retries=2, backoff_s=0.01, backoff_max_s=0.05)  # a loaded CI box answers in < 1 s
+# a loaded CI machine answers within 1 s; the fake's "timeout" holds 2.5 s
+FAST = RetryConfig(timeout_s=1.0, max_retries=2, backoff_s=0.01, backoff_max_s=0.05)
 
 
 def two_symbols(n: int) -> pl.DataFrame:
