@@ -14,11 +14,6 @@ from moola.features._registry import FeatureSet, FeatureSpec, get_feature_set
 BAR_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 # Most features evaluated per Polars query: batches bound the intermediates held at once.
 BATCH = 32
-# Frames up to this many rows (a serving tick's buffers) are evaluated in one query: the
-# intermediates are small, and one query shares sub-expressions across look-backs and pays
-# Polars' per-query overhead once (crypto39 on 154 bars: ~4x faster). Bit-identical values:
-# the same kernels on the same inputs (tests/test_runtime_shared_features.py checks every set).
-SMALL_FRAME = 20_000
 
 
 def adjusted_bars(df: pl.DataFrame) -> pl.DataFrame:
@@ -127,8 +122,7 @@ def compute_features(
     if fs.aux:
         bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
     values = np.empty((df.height, len(fs.specs)), dtype=np.float32)
-    batches = [list(range(len(fs.specs)))] if df.height <= SMALL_FRAME else _batches(fs)
-    for cols in batches:
+    for cols in _batches(fs):
         block = bars.lazy().select([_output_expr(fs.specs[j]) for j in cols]).collect().to_numpy()
         if not block.flags.writeable:  # Polars may hand out a read-only zero-copy view
             block = block.copy()
