@@ -71,7 +71,9 @@ def main() -> None:
               f"{got == want}")
     # parity with moola predict, member by member and for the ensemble
     ens = EnsembleConfig.from_yaml(args.ensemble)
-    weights = dict(zip(ens.member_names(), ens.normalised_weights() or [], strict=True))
+    w = ens.normalised_weights()
+    assert w is not None, "fixed weights only"
+    weights = dict(zip(ens.member_names(), w.tolist(), strict=True))
     preds = {}
     for name, m in zip(ens.member_names(), ens.members, strict=True):
         p = Predictor.from_dir(resolve_model_ref(m.ref))

@@ -9,9 +9,6 @@ buffer is sized for the Transformer; the ring members read a longer frame than o
 and their features, reasons and probabilities stay bit-identical, through a missing minute,
 backfill ticks, and a member reset mid-stream (it computes its own until its look-back is full,
 then rejoins).
-
-Serving ticks are small frames, which ``compute_features`` evaluates in one Polars query instead
-of one per look-back batch: bit-identical to the batched path, for every registered set.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ import pytest
 from rich.console import Console
 
 from _real_data import two_crypto_symbols
-from moola.data import Store, Timeframe, mark_gaps
-from moola.features import _build, compute_features, list_feature_sets
+from moola.data import Store, Timeframe
 from moola.inference import EnsembleConfig, Predictor
 from moola.pipelines.runtime import run_runtime
 from moola.pipelines.train import RunConfig, run_train
@@ -199,13 +195,3 @@ def test_the_runtime_computes_each_ticks_features_once_for_its_members(setup, tm
         sig = ledger.signals("rt")
     assert sig.filter(pl.col("status") == "signal").height == summary.signals
 
-
-@pytest.mark.parametrize("fs", list_feature_sets(), ids=lambda fs: fs.name)
-def test_a_small_frame_in_one_query_equals_the_batched_evaluation(fs, monkeypatch):
-    bars = mark_gaps(two_crypto_symbols(700, 9000), TF)
-    assert bars.height <= _build.SMALL_FRAME
-    one = compute_features(bars, fs).values
-    monkeypatch.setattr(_build, "SMALL_FRAME", 0)  # every frame through the look-back batches
-    batched = compute_features(bars, fs).values
-    assert np.isfinite(one[-100:]).all()
-    assert np.array_equal(one, batched, equal_nan=True)
