@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,11 @@ import pytest
 from rich.console import Console
 
 from _real_data import two_crypto_symbols
+from _runtime_members import train_members
 from moola.config import ConfigError
 from moola.data import Store, Timeframe
-from moola.inference import EnsembleConfig
 from moola.pipelines.predict import run_ensemble_predict
 from moola.pipelines.runtime import run_runtime
-from moola.pipelines.train import RunConfig, run_train
 from moola.runtime import Ledger, MemberMismatchError, RuntimeConfig, StreamingMember
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,29 +53,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     idx = pl.int_range(pl.len()).over("symbol")
     bars = bars.filter(~((pl.col("symbol") == "BTCUSD_B") & (idx == HOLE)))
     Store(root / "store").write(bars, Timeframe("1m"))
-    common = {"out_dir": str(root / "runs"), "baselines": ["majority"], "economics": None, "preset": None,
-              "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "num_threads": 1,
-                        "early_stopping": None},
-              "data": {"store": str(root / "store"), "timeframe": "1m", "stride": 10, "horizon": 1,
-                       "feature_set": "ohlc4", "window": 16}}
-    models = {
-        "lstm": {"name": "rt_lstm", "direction": {"mlp": [16], "dropout": 0.0},
-                 "encoder": {"kind": "lstm", "input_size": 4, "hidden": 16, "layers": 2}},
-        "transformer": {"name": "rt_tfm", "direction": {"mlp": [16], "dropout": 0.0},
-                        "encoder": {"kind": "transformer", "input_size": 4, "d_model": 16, "heads": 2,
-                                    "layers": 1, "ff": 32, "causal": True, "max_len": 32}},
-    }
-    dirs = {}
-    for name, model in models.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            done = run_train(RunConfig.from_dict({**common, "name": name, "model": model}),
-                             show_progress=False, console=Console(file=io.StringIO()))
-        dirs[name] = done.run_dir
-    spec = root / "ensemble.yaml"
-    EnsembleConfig.from_dict({"weights": "fixed", "members": [
-        {"ref": str(dirs["lstm"]), "name": "lstm", "weight": 0.35},
-        {"ref": str(dirs["transformer"]), "name": "transformer", "weight": 0.65}]}).to_yaml(spec)
+    spec, _ = train_members(root / "store", root, (0.35, 0.65))
     return root / "store", spec, root / "runs"
 
 

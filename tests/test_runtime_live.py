@@ -16,9 +16,7 @@ Transformer trained on those markets' earlier minutes.
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,14 +25,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from rich.console import Console
 
 from _data_helpers import cli
 from _fake_exchange import FakeClock, FakeExchange, ms, utc
 from _real_data import load_crypto
+from _runtime_members import train_members
 from moola.data import TS_DTYPE, Store, Timeframe
 from moola.inference import Ensemble, EnsembleConfig, Predictor
-from moola.pipelines.train import RunConfig, run_train
 from moola.runtime import Ledger, LiveFeed, ReplayFeed, RetryConfig, Runtime, RuntimeConfig, Tick
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,29 +68,8 @@ def ensemble(tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("runtime_live")
     bars = two_markets(SERVED).filter(pl.col("ts") < T0 + TRAIN * MIN)
     Store(root / "store").write(bars, Timeframe("1m"))
-    common = {"out_dir": str(root / "runs"), "baselines": ["majority"], "economics": None, "preset": None,
-              "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "num_threads": 1,
-                        "early_stopping": None},
-              "data": {"store": str(root / "store"), "timeframe": "1m", "stride": 10, "horizon": 1,
-                       "feature_set": "ohlc4", "window": 16}}
-    models = {
-        "lstm": {"name": "live_lstm", "direction": {"mlp": [16], "dropout": 0.0},
-                 "encoder": {"kind": "lstm", "input_size": 4, "hidden": 16, "layers": 2}},
-        "transformer": {"name": "live_tfm", "direction": {"mlp": [16], "dropout": 0.0},
-                        "encoder": {"kind": "transformer", "input_size": 4, "d_model": 16, "heads": 2,
-                                    "layers": 1, "ff": 32, "causal": True, "max_len": 32}},
-    }
-    dirs = []
-    for name, model in models.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            done = run_train(RunConfig.from_dict({**common, "name": name, "model": model}),
-                             show_progress=False, console=Console(file=io.StringIO()))
-        dirs.append(Path(done.run_dir))
-    spec = root / "ensemble.yaml"
-    EnsembleConfig.from_dict({"weights": "fixed", "members": [
-        {"ref": str(dirs[0]), "name": "lstm", "weight": 0.4},
-        {"ref": str(dirs[1]), "name": "transformer", "weight": 0.6}]}).to_yaml(spec)
+    spec, members = train_members(root / "store", root, (0.4, 0.6))
+    dirs = list(members.values())
     return spec, dirs
 
 
