@@ -192,8 +192,14 @@ def test_live_run_survives_feed_faults_one_row_per_bar_equal_to_replay(ensemble,
         f.shuffled.clear()
         f.stalled["ETHUSD"] = ms(at(19))
 
+    held: list[pl.DataFrame] = []
+
+    def during_stall() -> None:  # the ledger already accounts for the bars ETHUSD owes
+        with Ledger(db_url) as ledger:
+            held.append(ledger.signals("live").filter(pl.col("symbol") == "ETHUSD"))
+
     script = Script([
-        (10, outage), (17, recover), (19, stall), (25, lambda: f.stalled.clear()),
+        (10, outage), (17, recover), (19, stall), (24.5, during_stall), (25, lambda: f.stalled.clear()),
         (27, lambda: f.rewind_ms.update(BTCUSD=3 * 60_000)),  # re-sends 3 delivered minutes
         (29, lambda: f.rewind_ms.clear()),
         (30, lambda: f.lag_ms.update(BTCUSD=150_000)),  # BTCUSD bars 2.5 min late: skew
@@ -225,6 +231,11 @@ def test_live_run_survives_feed_faults_one_row_per_bar_equal_to_replay(ensemble,
     stalled = [(sym, ts) for sym, ts, d in stale.select("symbol", "bar_ts", "detail").iter_rows()
                if not json.loads(d)["failing"]]
     assert stalled == [("ETHUSD", at(19))]  # the stall, at the bar it was waiting for
+    # during the stall its owed bars were stale placeholders, up to the last bar closed then;
+    # the backfill replaced them (below: no stale row is left, and they equal a replay)
+    owed = held[0].filter(pl.col("bar_ts") >= at(19))
+    assert owed["bar_ts"].to_list() == _minutes(at(19), at(23))
+    assert set(owed["reason"]) == {"stale"} and set(owed["status"]) == {"no_signal"}
     gaps = events.filter(pl.col("kind") == "gap")
     assert sorted(zip(gaps["symbol"], gaps["bar_ts"], strict=True)) == [("BTCUSD", at(4)), ("ETHUSD", at(7))]
     bad = events.filter(pl.col("kind") == "malformed")
@@ -261,6 +272,42 @@ def test_live_run_survives_feed_faults_one_row_per_bar_equal_to_replay(ensemble,
         for m in ("lstm", "transformer"):
             assert votes[m]["ok"]
             assert votes[m]["proba"] == pytest.approx(row[f"member_{m}_proba_up"], abs=1e-6)
+
+
+def test_stall_that_never_recovers_leaves_a_stale_row_for_every_bar_owed(ensemble, venue, db_url):
+    """ETHUSD stops delivering at minute 12 for good: every bar it owes until the feed's end is an
+    explicit stale row, BTCUSD keeps its signals, and a restart resumes before the placeholders."""
+    spec, _ = ensemble
+    v = venue(at(0.5))
+    v.fx.faults.stalled["ETHUSD"] = ms(at(12))
+    rt = _runtime(spec, db_url)
+    summary = rt.run(v.feed(_warmup(rt.ensemble) + 2, until=at(20)), Ledger(db_url))
+    period = _minutes(at(-1), at(19))
+    with Ledger(db_url) as ledger:
+        sig = ledger.signals("live")
+        _no_duplicates(ledger)
+        assert ledger.last_bar("live", "ETHUSD") == at(11)  # the placeholders are not a resume point
+    eth = sig.filter(pl.col("symbol") == "ETHUSD")
+    assert eth["bar_ts"].to_list() == period
+    owed = eth.filter(pl.col("bar_ts") >= at(12))
+    assert set(owed["reason"]) == {"stale"} and owed["proba_up"].null_count() == owed.height
+    assert summary.no_signals["stale"] == owed.height == 8
+    btc = sig.filter(pl.col("symbol") == "BTCUSD")
+    assert btc["bar_ts"].to_list() == period and set(btc["status"]) == {"signal"}
+    assert eth.filter(pl.col("bar_ts") < at(12))["status"].to_list() == ["signal"] * 13
+
+    # the exchange delivers again; a restart backfills ETHUSD from minute 12: its own rows
+    # replace the placeholders, and the ledger equals a replay of the same bars
+    v.fx.faults.stalled.clear()
+    rt2 = _runtime(spec, db_url)
+    rt2.run(v.feed(_warmup(rt2.ensemble) + 2, until=at(20)), Ledger(db_url))
+    with Ledger(db_url) as ledger:
+        after = ledger.signals("live")
+        _no_duplicates(ledger)
+    assert after.filter(pl.col("reason") == "stale").is_empty()
+    for sym in SYMBOLS:
+        assert after.filter(pl.col("symbol") == sym)["bar_ts"].to_list() == period
+    assert set(after["status"]) == {"signal"}
 
 
 class Killed(RuntimeError):

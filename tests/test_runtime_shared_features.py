@@ -98,9 +98,10 @@ class _Counted:
         self.calls = 0
         original = Predictor.features
 
-        def counted(p: Predictor, bars: pl.DataFrame, timeframe: Timeframe):  # type: ignore[no-untyped-def]
+        def counted(p: Predictor, bars: pl.DataFrame, timeframe: Timeframe,  # type: ignore[no-untyped-def]
+                    **kwargs):
             self.calls += 1
-            return original(p, bars, timeframe)
+            return original(p, bars, timeframe, **kwargs)
 
         monkeypatch.setattr(Predictor, "features", counted)
 

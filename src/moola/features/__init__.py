@@ -1,6 +1,6 @@
 """Feature sets: canonical bars in, float32 FeatureMatrix (keys + schema hash) out."""
 
-from moola.features._build import adjusted_bars, build_features, compute_features
+from moola.features._build import adjusted_bars, build_features, compute_features, serve_features
 from moola.features._matrix import FeatureMatrix, schema_hash
 from moola.features._registry import (
     FeatureSet,
@@ -23,4 +23,5 @@ __all__ = [
     "get_feature_set",
     "list_feature_sets",
     "schema_hash",
+    "serve_features",
 ]

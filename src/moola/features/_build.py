@@ -140,6 +140,39 @@ def compute_features(
     )
 
 
+def serve_features(
+    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
+) -> FeatureMatrix:
+    """``compute_features`` for the few hundred rows a serving tick reads: the same expressions
+    and rules in one eager (in-memory engine) query, 2-4 times faster on small frames. Equal bit
+    for bit on one Polars thread; with more, ``compute_features``' streaming engine can differ in
+    the last bits at a cancellation point (tests/test_features_serving.py, every set).
+
+    It is a separate function because ``compute_features``' source is part of every set's code
+    hash: changing how it evaluates would refuse every model trained before. Its warm-up and
+    inf -> NaN rules are therefore restated here, and the parity test holds the two together.
+    """
+    _check_input(df)
+    keys = _keys(df, timeframe)
+    bars = adjusted_bars(df)
+    if fs.aux:
+        bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
+    values = bars.select([_output_expr(s) for s in fs.specs]).to_numpy()  # (N, F) float32
+    if not values.flags.writeable or values.dtype != np.float32 or not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+    np.copyto(values, np.float32(np.nan), where=np.isinf(values))
+    pos = _position_in_symbol(keys.get_column("symbol"))
+    lookbacks = np.array([s.lookback for s in fs.specs], dtype=np.int64)
+    for lb in np.unique(lookbacks[lookbacks > 0]):
+        rows = np.flatnonzero(pos < lb)
+        if rows.size:
+            values[np.ix_(rows, np.flatnonzero(lookbacks == lb))] = np.nan
+    return FeatureMatrix(
+        keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params),
+        code_hash=fs.code_hash,
+    )
+
+
 def build_features(
     df: pl.DataFrame, set_name: str, *, timeframe: Timeframe | str | None = None, **params: Any
 ) -> FeatureMatrix:

@@ -18,7 +18,7 @@ from moola.data import REQUIRED_COLUMNS, Store, Timeframe, align_symbols, infer_
 from moola.datasets.normalize import scaler_from_dict
 from moola.datasets.tasks import symbol_ids
 from moola.datasets.windows import WindowSet
-from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set
+from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set, serve_features
 from moola.models import ModelConfig
 from moola.training.checkpoint import from_checkpoint, read_config
 from moola.training.manifest import Manifest, read_manifest
@@ -192,12 +192,14 @@ class Predictor:
                 f"{where}: model was trained on bars {state} adj_close (columns {trained}), the bars "
                 f"give {list(columns)}: prices would be adjusted differently from training")
 
-    def features(self, bars: pl.DataFrame, timeframe: Timeframe) -> FeatureMatrix:
+    def features(self, bars: pl.DataFrame, timeframe: Timeframe, *, serving: bool = False) -> FeatureMatrix:
         """The run's feature set on ``bars``, gaps marked as in training; an aligned run's bars
-        are first cut to the timestamps all their symbols share, as training cut them."""
+        are first cut to the timestamps all their symbols share, as training cut them.
+        ``serving``: the same values through the small-frame path (``serve_features``)."""
         if self.manifest_.aligned:
             bars = align_symbols(bars, timeframe).bars
-        return compute_features(mark_gaps(bars, timeframe), self.feature_set_)
+        compute = serve_features if serving else compute_features
+        return compute(mark_gaps(bars, timeframe), self.feature_set_)
 
     # ---------------------------------------------------------------------- predict
     def predict_windows(self, ws: WindowSet, idx: np.ndarray | None = None) -> np.ndarray:
@@ -209,7 +211,8 @@ class Predictor:
         if self.model_config_.symbol_embedding is not None:  # (len(ws),) int64
             ids = symbol_ids(ws.meta["symbol"], list(self.manifest_.symbols))
         parts: list[np.ndarray] = []
-        self.model_.eval()
+        if self.model_.training:  # eval() walks every submodule: not once per serving tick
+            self.model_.eval()
         for a in range(0, len(idx), self.batch_size):
             chunk = idx[a:a + self.batch_size]
             n = len(chunk)

@@ -78,6 +78,9 @@ class Tick:
     now: datetime
     bars: pl.DataFrame  # BAR_SCHEMA, sorted (symbol, ts); several bars per symbol on backfill
     events: list[FeedEvent]
+    # per symbol the feed holds stale: the last bar that has closed by ``now`` (within the
+    # feed's period); its bars after the last delivered one up to this are overdue
+    overdue: dict[str, datetime] = field(default_factory=dict)
 
 
 class Feed(Protocol):
@@ -584,7 +587,16 @@ class LiveFeed:
                                .cast(TS_DTYPE)).select(list(BAR_SCHEMA)))
         self._skew(events)
         bars = pl.concat(frames).sort("symbol", "ts") if frames else empty_bars()
-        return Tick(now=_dt_ns(now * 1_000_000), bars=bars, events=events)
+        return Tick(now=_dt_ns(now * 1_000_000), bars=bars, events=events, overdue=self._overdue(now))
+
+    def _overdue(self, now: int) -> dict[str, datetime]:
+        """Per stale symbol with a bar missing: the last bar closed by ``now`` (before ``until``)."""
+        closed = now // self._step * self._step - self._step
+        u = self._until_ms()
+        if u is not None:
+            closed = min(closed, (u - 1) // self._step * self._step)
+        return {s: _dt_ns(closed * 1_000_000) for s, st in self._state.items()
+                if st.stale and st.cursor <= closed}
 
     # --------------------------------------------------------------------------- polling
     def _poll(self, s: str, st: _SymbolState, now: int, events: list[FeedEvent]

@@ -14,9 +14,11 @@ bar_ts) and every write is ``INSERT ... ON CONFLICT DO NOTHING``: **the first wr
 ``kill -9`` the runtime resumes from the last recorded bar and may recompute a bar whose row had
 already landed; the recomputation uses the same bars and members, so it yields the same numbers,
 and keeping the first row keeps what was actually served at the time (its ``created_at`` and
-``latency_ms``) and makes a ledger row immutable once written. A bar first recorded as
-"no_signal" (a stale feed) stays so even if its candle is backfilled later: at serving time there
-was no signal. Events carry a client-made ``uid`` (unique) so a retried batch never doubles them.
+``latency_ms``) and makes a ledger row immutable once written. The one exception is the
+``stale`` placeholder, written for a bar a stalled feed owes so that the ledger accounts for every
+bar even if the feed never comes back: the bar's own row (a signal or another no-signal reason)
+replaces it when the candle is delivered later, and it does not count as the resume point
+(``last_bar``). Events carry a client-made ``uid`` (unique) so a retried batch never doubles them.
 
 The database going away (a SQLite file locked by another connection, a PostgreSQL server restarted
 or unreachable) is not fatal: rows are queued in memory, in order, and each write tries the
@@ -361,6 +363,22 @@ positions_t = sa.Table(
     sa.PrimaryKeyConstraint("runtime", "symbol", "bar_ts", name="positions_key"),
 )
 _KEYED = {"signals": signals_t, "paper_fills": fills_t, "positions": positions_t}
+def _is_placeholder(status: Any, reason: Any) -> Any:
+    """SQL: the row is a ``stale`` placeholder (replaceable by the bar's own row)."""
+    return sa.and_(status == "no_signal", reason == "stale")
+
+
+def _replacing_placeholders(ins: Any) -> Any:
+    """Signals insert: first write wins, except that a row replaces a ``stale`` placeholder."""
+    new = ins.excluded
+    keep = set(_CONFLICT["signals"])
+    return ins.on_conflict_do_update(
+        index_elements=_CONFLICT["signals"],
+        set_={col.name: new[col.name] for col in signals_t.c if col.name not in keep},
+        where=sa.and_(_is_placeholder(signals_t.c.status, signals_t.c.reason),
+                      sa.not_(_is_placeholder(new.status, new.reason))))
+
+
 _CONFLICT = {"signals": ["runtime", "symbol", "bar_ts"], "paper_fills": ["runtime", "symbol", "bar_ts"],
              "positions": ["runtime", "symbol", "bar_ts"], "events": ["uid"]}
 _TABLES = {**_KEYED, "events": events_t}
@@ -496,6 +514,7 @@ class Ledger:
         insert = sqlite_dialect.insert if self.backend == "sqlite" else pg_dialect.insert
         self._inserts = {name: insert(t).on_conflict_do_nothing(index_elements=_CONFLICT[name])
                          for name, t in _TABLES.items()}
+        self._inserts["signals"] = _replacing_placeholders(insert(signals_t))
 
     def __repr__(self) -> str:
         return f"Ledger({self.masked_url!r}, pending={self.pending})"
@@ -696,14 +715,17 @@ class Ledger:
         return sorted(r[0] for r in self._read(sa.select(q.c.runtime)))
 
     def last_bar(self, runtime: str, symbol: str) -> datetime | None:
-        """The last bar with a signal row for (runtime, symbol): where a restart resumes. Rows still
-        queued count too (they will land), so a running runtime never repeats a bar."""
-        rows = self._read(sa.select(sa.func.max(signals_t.c.bar_ts))
-                          .where(signals_t.c.runtime == runtime, signals_t.c.symbol == symbol))
+        """The last bar with a signal row for (runtime, symbol), stale placeholders aside: where a
+        restart resumes. Rows still queued count too (they will land), so a running runtime never
+        repeats a bar."""
+        c = signals_t.c
+        rows = self._read(sa.select(sa.func.max(c.bar_ts)).where(
+            c.runtime == runtime, c.symbol == symbol, sa.not_(_is_placeholder(c.status, c.reason))))
         db = rows[0][0] if rows else None
         with self._lock:
             queued = [p["bar_ts"] for name, p in self._queue
-                      if name == "signals" and p["runtime"] == runtime and p["symbol"] == symbol]
+                      if name == "signals" and p["runtime"] == runtime and p["symbol"] == symbol
+                      and not (p["status"] == "no_signal" and p["reason"] == "stale")]
         best = max([t for t in [db, *queued] if t is not None], default=None)
         return None if best is None else best.astimezone(UTC)
 

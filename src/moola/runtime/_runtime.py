@@ -11,6 +11,8 @@ ledger, resumes every symbol from its last recorded bar, then per tick:
    vote (fixed weights renormalised over them; stacking needs all), the ensemble P(up) becomes a
    decision (band), and the bar gets one ``signals`` row (or an explicit ``no_signal`` row with
    the reason: warm-up, gap, member failure); a bar the feed reports missing gets a ``gap`` row;
+   a bar a stale symbol owes (``Tick.overdue``) gets a ``stale`` placeholder, which the bar's own
+   row replaces if the feed delivers it later (a backfill after the stall);
 4. the paper book fills the previous decision at this bar's open and marks at its close;
 5. the tick's rows are written in one transaction (a ``kill -9`` leaves a tick whole or absent;
    signals are first-write-wins, so a replayed bar can never be doubled).
@@ -100,6 +102,7 @@ class Runtime:
         self.on_tick = on_tick
         self._stop: str | None = None
         self._streams: list[tuple[FeatureStream, list[str]]] = []  # (stream, symbols it serves)
+        self._placeheld: dict[str, datetime] = {}  # per symbol the last bar given a stale placeholder
 
     # ------------------------------------------------------------------ setup
     def members(self) -> list[ServedMember]:
@@ -160,6 +163,7 @@ class Runtime:
         self._streams = [(fs, sorted(set().union(*(m.symbols for m in members if m.stream.shared is fs))))
                          for fs in share_features([m.stream for m in members])]
         bands = self.bands()
+        self._placeheld = {}
         ledger.migrate()
         since = {s: ledger.last_bar(cfg.name, s) for s in cfg.symbols}
         book = PaperBook(cfg.costs, runtime=cfg.name)
@@ -222,12 +226,18 @@ class Runtime:
         bars = tick.bars.filter(pl.col("symbol").is_in(cfg.symbols))
         votes: dict[str, dict[tuple[str, datetime], MemberStep]] = {}
         failed: dict[str, str] = {}
+        present = set(bars.get_column("symbol").unique().to_list())
+
+        def only(symbols: frozenset[str] | list[str]) -> pl.DataFrame:
+            # the same frame when nothing is filtered out: the stream's parse is reused by members
+            return bars if present <= set(symbols) else bars.filter(pl.col("symbol").is_in(list(symbols)))
+
         for fstream, served in self._streams:
             # failing leaves no shared rows: each member then computes its own and reports why
             with contextlib.suppress(Exception):
-                fstream.update(bars.filter(pl.col("symbol").is_in(served)))
+                fstream.update(only(served))
         for m in members:
-            mine = bars.filter(pl.col("symbol").is_in(list(m.symbols)))
+            mine = only(m.symbols)
             if mine.is_empty():
                 continue
             try:
@@ -255,6 +265,9 @@ class Runtime:
                 gaps.extend(self._missing(ev))
         fed = [(s, _utc(ts)) for s, ts in bars.select("symbol", "ts").iter_rows()]
         rows = sorted({k for k in [*gaps, *fed] if in_period(*k)})
+        signals.extend(self._overdue(tick, set(rows), since, live_from))
+        if signals:
+            summary.no_signals["stale"] = summary.no_signals.get("stale", 0) + len(signals)
         prices = {(s, _utc(ts)): (o, c)
                   for s, ts, o, c in bars.select("symbol", "ts", "open", "close").iter_rows()}
         for sym, ts in rows:
@@ -276,6 +289,25 @@ class Runtime:
             summary.events[event.kind] = summary.events.get(event.kind, 0) + 1
         ledger.write(signals=signals, events=events, fills=fills, positions=positions)
         return signals
+
+    def _overdue(self, tick: Tick, rows: set[tuple[str, datetime]], since: Mapping[str, datetime | None],
+                 live_from: Mapping[str, datetime | None]) -> list[SignalRow]:
+        """``stale`` placeholder rows for the bars a stale symbol owes up to ``tick.overdue``. They
+        do not move the resume point: a bar delivered later replaces its placeholder."""
+        cfg, step = self.config, Timeframe(self.config.timeframe).step
+        out = []
+        for sym, due in tick.overdue.items():
+            done = since.get(sym)
+            if sym not in cfg.symbols or done is None:  # nothing served yet: the feed's warm-up
+                continue
+            t = max(done, self._placeheld.get(sym, done)) + step
+            lo = live_from.get(sym)
+            while t <= _utc(due):
+                if (sym, t) not in rows and (lo is None or t >= lo):
+                    out.append(SignalRow.no_signal(cfg.name, sym, t, "stale"))
+                t += step
+            self._placeheld[sym] = max(self._placeheld.get(sym, done), _utc(due))
+        return out
 
     def _missing(self, e: FeedEvent) -> list[tuple[str, datetime]]:
         """The (symbol, bar) pairs a gap event says are missing."""

@@ -293,7 +293,8 @@ class StreamingMember:
     def step_bars(self, bars: pl.DataFrame) -> list[MemberStep]:
         """Serve new closed bars of any symbols (several per symbol after a backfill), sorted by
         (symbol, ts): one feature pass for all of them, one result per bar in that order."""
-        checked = _check_bars(bars, self.columns, self._symbols)
+        parsed = self.shared.parsed_for(bars) if self.shared is not None else None
+        checked = _check_bars(bars, self.columns, self._symbols, parsed=parsed)
         if not checked:
             return []
         cur = self.shared.current if self.shared is not None else None
@@ -304,7 +305,7 @@ class StreamingMember:
             news = [(name, cur.rows[name][0], len(ts)) for name, ts, _ in checked]
         else:
             frame, news = _take(checked, self._state, self.tail, self.required_bars, self.columns)
-            fm = self.predictor.features(frame, self.timeframe)
+            fm = self.predictor.features(frame, self.timeframe, serving=True)
             self.feature_passes += 1
             bad = nan_rows(fm.values)
             gaps = fm.keys.get_column("gap_before").to_numpy()
@@ -373,7 +374,9 @@ class StreamingMember:
 
     def _full_windows(self, fm: FeatureMatrix, rows: Sequence[tuple[int, int]],
                       out: list[MemberStep]) -> None:
-        """The windows ending at ``rows`` through ``Predictor.predict_windows``, in one batch."""
+        """The windows ending at ``rows`` through ``Predictor.predict_windows``, in one batch
+        (padded to ``MIN_BATCH`` as predict pads: the same bars give the same bits whichever
+        other windows share the tick, which a resumed run relies on)."""
         ends = np.asarray([r for _, r in rows], dtype=np.int64)
         ws = WindowSet(fm, ends - (self.window - 1), self.window)
         values = self.predictor.predict_windows(ws)
@@ -435,6 +438,7 @@ class FeatureStream:
         self.tail = max(m.tail for m in members)
         self.keep = max(m.required_bars for m in members)
         self.current: SharedFeatures | None = None
+        self._parsed: tuple[pl.DataFrame, _Parsed] | None = None  # the last update's bars, parsed
         self.feature_passes = 0  # features computed: one per update with bars
         self._symbols: dict[str, _Symbol] = {}
         for m in members:
@@ -443,7 +447,10 @@ class FeatureStream:
     def update(self, bars: pl.DataFrame) -> SharedFeatures | None:
         """Take the tick's new bars (sorted by (symbol, ts)) and compute their features once."""
         self.current = None
-        checked = _check_bars(bars, self.columns, self._symbols)
+        self._parsed = None
+        parsed = _parse_bars(bars, self.columns)
+        checked = _check_bars(bars, self.columns, self._symbols, parsed=parsed)
+        self._parsed = (bars, parsed)
         if not checked:
             return None
         before = {}
@@ -452,7 +459,7 @@ class FeatureStream:
             before[name] = (0, -1) if s is None or s.n == 0 else (s.seen, int(s.ts[s.n - 1]))
         frame, news = _take(checked, self._state, self.tail, self.keep, self.columns)
         try:
-            fm = self.predictor.features(frame, self.timeframe)
+            fm = self.predictor.features(frame, self.timeframe, serving=True)
         except Exception:  # bars taken but not counted: start over (members compute their own)
             self.reset()
             raise
@@ -465,9 +472,17 @@ class FeatureStream:
             ts={name: ts for name, ts, _ in checked}, values={name: v for name, _, v in checked})
         return self.current
 
+    def parsed_for(self, bars: pl.DataFrame) -> _Parsed | None:
+        """The last update's parsed bars when a member is handed that same frame (the runtime
+        passes it on unfiltered when the member serves all its symbols): parsed once a tick."""
+        if self._parsed is not None and self._parsed[0] is bars:
+            return self._parsed[1]
+        return None
+
     def reset(self, symbol: str | None = None) -> None:
         """Forget ``symbol``'s bars (all when None); members then compute their own until in sync."""
         self.current = None
+        self._parsed = None
         if symbol is None:
             self._symbols.clear()
         else:
@@ -495,27 +510,36 @@ def _feature_key(m: StreamingMember) -> tuple[Any, ...]:
     return (fs.name, fs.code_hash, repr(sorted(fs.params.items())), m.timeframe.value, m.columns)
 
 
-def _check_bars(bars: pl.DataFrame, columns: Sequence[str], held: Mapping[str, _Symbol]
-                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Per symbol (sorted): its new bars' epoch-ns ts and (k, C) values, checked to come after
-    the symbol's last bar in ``held`` and to increase; raises before anything is taken."""
+_Parsed = list[tuple[str, np.ndarray, np.ndarray]]  # per symbol: (name, (k,) ts ns, (k, C) values)
+
+
+def _parse_bars(bars: pl.DataFrame, columns: Sequence[str]) -> _Parsed:
+    """Per symbol (sorted, each symbol's bars in arrival order): epoch-ns ts and (k, C) float64
+    values; raises when a column is missing."""
     missing = [c for c in ("symbol", "ts", *columns) if c not in bars.columns]
     if missing:
         raise IncompatibleBarsError(f"bars lack columns {missing} (have {bars.columns}); "
                                     f"the run was trained on {list(columns)}")
     if bars.is_empty():
         return []
-    # numpy, not a Polars group_by: this runs per member per tick (a few bars)
+    # numpy, not a Polars group_by: this runs every tick (a few bars)
     names = bars.get_column("symbol").cast(pl.String).to_numpy()
-    order = np.argsort(names, kind="stable")  # by symbol, each symbol's bars in arrival order
+    order = np.argsort(names, kind="stable")
     names = names[order]
     all_ts = bars.get_column("ts").cast(TS_DTYPE).dt.epoch("ns").to_numpy()[order]
     all_values = bars.select(columns).to_numpy().astype(np.float64)[order]
     cuts = np.flatnonzero(names[1:] != names[:-1]) + 1
-    checked: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(names)], strict=True):
-        name = str(names[a])
-        ts = all_ts[a:b]
+    return [(str(names[a]), all_ts[a:b], all_values[a:b])
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(names)], strict=True)]
+
+
+def _check_bars(bars: pl.DataFrame, columns: Sequence[str], held: Mapping[str, _Symbol], *,
+                parsed: _Parsed | None = None) -> _Parsed:
+    """Per symbol (sorted): its new bars' epoch-ns ts and (k, C) values, checked to come after
+    the symbol's last bar in ``held`` and to increase; raises before anything is taken.
+    ``parsed``: ``_parse_bars(bars, columns)`` already computed for this very frame."""
+    checked: _Parsed = []
+    for name, ts, values in (_parse_bars(bars, columns) if parsed is None else parsed):
         s = held.get(name)
         prev = np.concatenate([s.ts[s.n - 1:s.n] if s is not None else [], ts[:-1]])
         late = np.flatnonzero(ts[len(ts) - len(prev):] <= prev)
@@ -525,7 +549,7 @@ def _check_bars(bars: pl.DataFrame, columns: Sequence[str], held: Mapping[str, _
                 f"{name}: bar {_iso(ts[len(ts) - len(prev) + i])} does not come after the bar "
                 f"{_iso(prev[i])}; bars must arrive in increasing ts per symbol "
                 f"(reset({name!r}) to start over)")
-        checked.append((name, ts, all_values[a:b]))
+        checked.append((name, ts, values))
     return checked
 
 
@@ -548,7 +572,10 @@ def _take(checked: Sequence[tuple[str, np.ndarray, np.ndarray]], state: Any, tai
     """Append the checked bars to their buffers (``state(name)``); the frame to compute features
     on (each symbol's last ``tail`` held bars + its new bars, symbols sorted) and per symbol
     (name, end row in that frame, new bars)."""
-    parts: list[pl.DataFrame] = []
+    names: list[str] = []
+    counts: list[int] = []
+    stamps: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
     news: list[tuple[str, int, int]] = []
     end = 0
     for name, ts, values in checked:
@@ -556,14 +583,21 @@ def _take(checked: Sequence[tuple[str, np.ndarray, np.ndarray]], state: Any, tai
         held = min(s.n, tail)
         _append(s, ts, values, keep)
         rows = held + len(ts)
-        parts.append(pl.DataFrame({
-            "symbol": pl.Series([name] * rows, dtype=pl.String),
-            "ts": pl.Series(s.ts[s.n - rows:s.n]).cast(TS_DTYPE),
-            **{c: s.values[s.n - rows:s.n, j] for j, c in enumerate(columns)},
-        }))
+        names.append(name)
+        counts.append(rows)
+        stamps.append(s.ts[s.n - rows:s.n])
+        blocks.append(s.values[s.n - rows:s.n])
         end += rows
         news.append((name, end, len(ts)))
-    return (pl.concat(parts) if parts else pl.DataFrame()), news
+    if not names:
+        return pl.DataFrame(), news
+    vals = np.concatenate(blocks)  # (N, C) float64: one frame built at once, not one per symbol
+    frame = pl.DataFrame({
+        "symbol": pl.Series(np.repeat(np.asarray(names, dtype=object), counts), dtype=pl.String),
+        "ts": pl.Series(np.concatenate(stamps)).cast(TS_DTYPE),
+        **{c: vals[:, j] for j, c in enumerate(columns)},
+    })
+    return frame, news
 
 
 def _iso(ns: int) -> str:
