@@ -470,3 +470,11 @@ def test_assert_no_overlap_modes() -> None:
     with pytest.raises(ValueError, match="outside"):
         assert_no_overlap(sp, [7], [0])
     assert_no_overlap(sp, [], [0, 1])
+
+
+def test_stratified_group_kfold_with_fewer_samples_per_class_than_folds_names_the_counts() -> None:
+    """Found by the hypothesis property test: two samples of two classes and two folds. The
+    error is moola's and lists the per-class counts, not sklearn's."""
+    sp = SampleSpans(np.array([0, 10]), np.array([1, 11]))
+    with pytest.raises(ValueError, match=r"n_splits=2 exceeds the number of samples of every class"):
+        stratified_group_kfold(sp, np.array([0, 1]), 2)

@@ -695,6 +695,10 @@ def stratified_group_kfold(
     if n > n_groups:
         raise ValueError(f"n_splits={n} exceeds the number of non-overlapping groups ({n_groups})")
     y_code = np.unique(y, return_inverse=True)[1].reshape(-1)
+    counts = np.bincount(y_code)
+    if np.all(counts < n):  # sklearn's own error here names neither the labels nor the counts
+        raise ValueError(f"n_splits={n} exceeds the number of samples of every class "
+                         f"(per class: {dict(zip(np.unique(y).tolist(), counts.tolist(), strict=True))})")
     splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "least populated class has only k members": expected here
         warnings.filterwarnings("ignore", "The least populated class", UserWarning)
