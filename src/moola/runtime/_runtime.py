@@ -265,9 +265,10 @@ class Runtime:
                 gaps.extend(self._missing(ev))
         fed = [(s, _utc(ts)) for s, ts in bars.select("symbol", "ts").iter_rows()]
         rows = sorted({k for k in [*gaps, *fed] if in_period(*k)})
-        signals.extend(self._overdue(tick, set(rows), since, live_from))
-        if signals:
-            summary.no_signals["stale"] = summary.no_signals.get("stale", 0) + len(signals)
+        stale = self._overdue(tick, set(rows), since, live_from)
+        if stale:
+            signals.extend(stale)
+            summary.no_signals["stale"] = summary.no_signals.get("stale", 0) + len(stale)
         prices = {(s, _utc(ts)): (o, c)
                   for s, ts, o, c in bars.select("symbol", "ts", "open", "close").iter_rows()}
         for sym, ts in rows:
