@@ -27,6 +27,13 @@ from moola.training.objectives import (
     balanced_class_weights,
     masked_mse,
 )
+from moola.training.ranking import (
+    RankingLossConfig,
+    RankingObjective,
+    daily_corr,
+    masked_pearson,
+    soft_rank,
+)
 from moola.training.trainer import FitResult, Trainer, resolve_device, seed_everything
 
 __all__ = [
@@ -47,6 +54,8 @@ __all__ = [
     "Objective",
     "OptimizerConfig",
     "ProgressBar",
+    "RankingLossConfig",
+    "RankingObjective",
     "ReconstructionObjective",
     "RegressionObjective",
     "SchedulerConfig",
@@ -54,13 +63,16 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "balanced_class_weights",
+    "daily_corr",
     "data_fingerprint",
     "epoch_order",
     "from_checkpoint",
     "load_weights",
     "masked_mse",
+    "masked_pearson",
     "read_config",
     "resolve_device",
     "save_weights",
     "seed_everything",
+    "soft_rank",
 ]

@@ -74,6 +74,9 @@ class TrainConfig(Config):
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = each epoch
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
+    eval_batch_size: int | None = Field(None, ge=1, description=(
+        "samples per evaluation batch (None: max(batch_size, 256)); day-panel runs, whose sample "
+        "is a whole day of stocks, set it small"))
 
     def stopping_after(self, epoch: int) -> TrainConfig:
         """This config with early stopping blind to the epochs before ``epoch`` (e.g. a

@@ -357,7 +357,7 @@ class Trainer:
         device = self._device()
         self.model.to(device)
         d = data.to(device)
-        bs = batch_size or max(self.config.batch_size, 256)
+        bs = batch_size or self.config.eval_batch_size or max(self.config.batch_size, 256)
         if order is None:
             order = torch.arange(len(d))
         tot, n = 0.0, 0
