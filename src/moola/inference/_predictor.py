@@ -26,8 +26,9 @@ from moola.training.manifest import Manifest, read_manifest
 # A matmul over 1-3 rows takes another CPU kernel than a larger one, and its last bits differ;
 # short final batches are padded to this many rows so every window goes through the same path
 # (tests/test_min_batch.py checks, on the machine it runs on, that this many rows already give
-# a large batch's bits; 4 is what it measured, and each padded row costs a serving tick time).
-MIN_BATCH = 4
+# a large batch's bits). Where kernels switch is the CPU's: 4 rows sufficed on an AVX2 Xeon,
+# an AVX-512 (bf16/fp16) Xeon needed 16; 16 holds on both. Each padded row costs tick time.
+MIN_BATCH = 16
 BarsSource = pl.DataFrame | Store | str | Path
 
 
