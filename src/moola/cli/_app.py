@@ -336,6 +336,14 @@ def models_list(
         t.add_row(i.name, i.task, f"{i.params:,}", ratio,
                   f"[red]{i.warning}[/]" if i.warning else "")
     console.print(t)
+    from moola.models import describe_ranking_presets
+
+    r = Table(title="ranking presets (moola rank; default inputs, 4 horizons)", title_justify="left")
+    for c in ("preset", "parameters", "description"):
+        r.add_column(c, justify="right" if c == "parameters" else "left")
+    for row in describe_ranking_presets():
+        r.add_row(row.name, f"{row.params:,}", row.description)
+    console.print(r)
 
 
 # ---------------------------------------------------------------------- train / eval

@@ -37,17 +37,25 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Directory of the study's runs and files.")] = Path(
             "runs/tune"),
         seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
+        command: Annotated[str, typer.Option(
+            "--command", help="train (moola train runs) or rank (moola rank train runs).")] = "train",
         heartbeat: Annotated[int, typer.Option(
             "--heartbeat", help="Seconds between heartbeats of a running trial.")] = 10,
         grace: Annotated[int, typer.Option(
             "--grace", help="Seconds without heartbeat before a running trial counts as dead.")] = 30,
     ) -> None:
-        """Tune hyper-parameters with Optuna: every trial is a moola train run, pruned on validation."""
+        """Tune hyper-parameters with Optuna: every trial is a moola train (or, with --command rank,
+        moola rank train) run, pruned on validation."""
+        from moola.pipelines.rank import RankConfig
         from moola.pipelines.train import RunConfig
         from moola.sweeps import TuneOptions, load_space, run_tune
 
         options = TuneOptions(trials=trials, out=out, storage=storage, study=study, jobs=jobs,
                               pruner=pruner, sampler=sampler, metric=metric, seed=seed,
-                              heartbeat_interval=heartbeat, grace_period=grace)
-        base = RunConfig.from_yaml(config, overrides or [])
+                              heartbeat_interval=heartbeat, grace_period=grace,
+                              command="rank" if command == "rank" else "train")
+        if command not in ("train", "rank"):
+            raise typer.BadParameter(f"--command {command!r}: choose train or rank")
+        base: RunConfig | RankConfig = (RankConfig if command == "rank" else RunConfig).from_yaml(
+            config, overrides or [])
         run_tune(base, load_space(space), options, console=console)

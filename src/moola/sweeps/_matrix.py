@@ -22,10 +22,10 @@ from moola.refs import sweeps_root
 __all__ = ["COMMANDS", "SELECTABLE", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant",
            "expand_matrix", "load_matrix", "selection_problem"]
 
-Command = Literal["train", "pretrain", "oof"]
-COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof")
+Command = Literal["train", "pretrain", "oof", "rank"]
+COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof", "rank")
 # where each command's metrics.json keeps the validation loss of the kept model
-DEFAULT_SELECT = {"train": "run.val_loss:min", "pretrain": "val_loss:min"}
+DEFAULT_SELECT = {"train": "run.val_loss:min", "pretrain": "val_loss:min", "rank": "val_rank_ic:max"}
 # The metrics.json keys a sweep may select on, per command: validation numbers only (``*`` is
 # any one metric name). Choosing the best run by a test number (train's ``model.*`` and
 # ``run.test_calibrated.*``) would make that run's test score an optimistic estimate. Every
@@ -34,6 +34,7 @@ SELECTABLE: dict[str, tuple[str, ...]] = {
     "train": ("run.val_loss", "run.val.*"),
     "pretrain": ("val_loss", "val_masked_mse"),
     "oof": (),
+    "rank": ("val_rank_ic", "val.*.*"),  # val.<horizon>.<metric>, e.g. val.5.rank_ic_mean
 }
 
 
@@ -71,6 +72,10 @@ def command_entry(command: str) -> tuple[type[Config], Callable[..., Any]]:
         from moola.pipelines.oof import OOFConfig, run_oof
 
         return OOFConfig, run_oof
+    if command == "rank":
+        from moola.pipelines.rank import RankConfig, run_rank_train
+
+        return RankConfig, run_rank_train
     raise ValueError(f"unknown sweep command {command!r}; one of {', '.join(COMMANDS)}")
 
 

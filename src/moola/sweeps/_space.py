@@ -32,6 +32,7 @@ from moola.config import Config, ConfigError, read_yaml_mapping, set_dotted
 if TYPE_CHECKING:
     import optuna
 
+    from moola.pipelines.rank import RankConfig
     from moola.pipelines.train import RunConfig
 
 __all__ = [
@@ -382,16 +383,20 @@ def apply_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
     return data
 
 
-def trial_config(base: dict[str, Any], values: dict[str, Any], **fields: Any) -> RunConfig:
-    """The RunConfig of one draw (base + values, then top-level ``fields`` such as name)."""
-    from moola.pipelines.train import RunConfig
+def trial_config(base: dict[str, Any], values: dict[str, Any], *, cls: type[Config] | None = None,
+                 **fields: Any) -> Any:
+    """The config of one draw (base + values, then top-level ``fields`` such as name), typed as
+    ``cls`` (default: the train command's RunConfig)."""
+    if cls is None:
+        from moola.pipelines.train import RunConfig
 
+        cls = RunConfig
     data = apply_values(base, values)
     data.update(fields)
-    return RunConfig.from_dict(data, source=f"draw {values}")
+    return cls.from_dict(data, source=f"draw {values}")
 
 
-def check_space(space: SearchSpace, base: RunConfig, *, draws: int = 32, seed: int = 0) -> None:
+def check_space(space: SearchSpace, base: RunConfig | RankConfig, *, draws: int = 32, seed: int = 0) -> None:
     """Refuse a space whose draws do not make valid RunConfigs, before any training starts.
 
     ``draws`` random draws (in a throwaway in-memory study) are validated; problems are listed
@@ -416,7 +421,7 @@ def check_space(space: SearchSpace, base: RunConfig, *, draws: int = 32, seed: i
         trial = study.ask()
         try:
             values = space.sample(trial, data)
-            trial_config(data, values)
+            trial_config(data, values, cls=type(base))
         except ConfigError as e:
             for p in e.problems:
                 if p.split(" (got ")[0] not in {q.split(" (got ")[0] for q in problems}:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import RDBStorage
 
+    from moola.pipelines.rank import RankConfig
     from moola.pipelines.train import RunConfig
     from moola.training.trainer import Trainer
 
@@ -124,6 +125,7 @@ class TuneOptions:
     sampler: str = "tpe"
     metric: str = "val_loss:min"
     seed: int = 0
+    command: Literal["train", "rank"] = "train"  # the pipeline every trial runs
     heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
     grace_period: int = 30  # seconds without a heartbeat before a running trial counts as dead
     max_failures: int = 3  # failed trials in a row before a worker gives up
@@ -138,6 +140,8 @@ class TuneOptions:
             problems.append(f"--pruner {self.pruner!r}: choose one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:
             problems.append(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.command not in ("train", "rank"):
+            problems.append(f"--command {self.command!r}: choose train or rank")
         if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
             problems.append(f"heartbeat {self.heartbeat_interval}s / grace {self.grace_period}s: need "
                             "heartbeat >= 1 and grace above the heartbeat")
@@ -149,7 +153,7 @@ class TuneOptions:
     def storage_url(self) -> str:
         return resolve_storage_url(self.storage) if self.storage else default_storage(self.out)
 
-    def study_name(self, base: RunConfig) -> str:
+    def study_name(self, base: RunConfig | RankConfig) -> str:
         return self.study or f"{base.name}-tune"
 
 
@@ -393,12 +397,15 @@ class _Worker:
                                 f"see the 'moola.error' of the last trials in {_masked(self.url)}")
 
     def _run_trial(self, trial: optuna.Trial) -> bool:
-        """Sample, train through run_train, tell; False when the trial failed."""
+        """Sample, train through the command's pipeline (run_train or run_rank_train), tell;
+        False when the trial failed."""
         import optuna
         from optuna.trial import TrialState
 
-        from moola.pipelines.train import run_train
+        from moola.sweeps._matrix import command_entry
         from moola.tracking import TrackingOptions
+
+        cls, run = command_entry(self.opts.command)
 
         n = trial.number
         # a per-trial seed: workers in other processes draw different values, reproducibly
@@ -411,14 +418,14 @@ class _Worker:
                 trial.set_user_attr("moola.worker", self.worker_id)
                 values = self.space.sample(trial, self.base)
                 trial.set_user_attr("moola.values", values)
-                cfg = trial_config(self.base, values, name=f"trial-{n:04d}", out_dir=str(self.study_dir))
+                cfg = trial_config(self.base, values, cls=cls, name=f"trial-{n:04d}",
+                                   out_dir=str(self.study_dir))
                 trial.set_user_attr("moola.run_dir", str(cfg.run_dir))
                 cb = PruningCallback(trial, self.metric, self.mode)
                 tracking = TrackingOptions(experiment=f"tune/{self.study_name}",
                                            run_name=f"{self.study_name}/trial-{n:04d}",
                                            tags={"moola.study": self.study_name, "moola.trial": str(n)})
-                run_train(cfg, console=Console(quiet=True), show_progress=False, callbacks=[cb],
-                          tracking=tracking)
+                run(cfg, console=Console(quiet=True), show_progress=False, callbacks=[cb], tracking=tracking)
                 if cb.best is None:
                     note = f"no finite {self.metric} in any epoch"
                     trial.set_user_attr("moola.error", note)
@@ -482,7 +489,7 @@ def _worker_main(payload: dict[str, Any]) -> None:
 # --- the driver -----------------------------------------------------------------------------------
 
 
-def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig, space: SearchSpace,
+def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig | RankConfig, space: SearchSpace,
                 console: Console) -> None:
     """Create the study (or check that an existing one optimises the same metric)."""
     import optuna
@@ -509,7 +516,7 @@ def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig, space: 
                 study.set_user_attr(key, value)
 
 
-def run_tune(base: RunConfig, space: SearchSpace, options: TuneOptions, *,
+def run_tune(base: RunConfig | RankConfig, space: SearchSpace, options: TuneOptions, *,
              console: Console | None = None) -> TuneResult:
     """Run (or continue) the study to ``options.trials`` trials and write its summary files."""
     import multiprocessing
@@ -558,16 +565,15 @@ def _sorted_trials(trials: list[Any], mode: Mode) -> list[Any]:
     return sorted(trials, key=key)
 
 
-def summarize(name: str, url: str, base: RunConfig, space: SearchSpace, options: TuneOptions, *,
+def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSpace, options: TuneOptions, *,
               console: Console | None = None) -> TuneResult:
     """The trials table, ``best.yaml``, ``trials.csv`` and ``tuning.png`` of a study."""
     import optuna
     from optuna.trial import TrialState
 
-    from moola.pipelines.train import RunConfig
-
     console = console or Console()
     metric, mode = parse_metric(options.metric)
+    command = "moola rank train" if options.command == "rank" else "moola train"
     study = optuna.load_study(study_name=name, storage=url)
     trials = study.get_trials(deepcopy=False)
     study_dir = Path(options.out) / name
@@ -599,16 +605,16 @@ def summarize(name: str, url: str, base: RunConfig, space: SearchSpace, options:
         values = best.user_attrs.get("moola.values") or space.decode(best.params)
         data = apply_values(base.to_dict(), values)
         data.update(name=f"{name}-best", out_dir=base.out_dir)
-        cfg = RunConfig.from_dict(data, source=f"best trial {best.number}")
+        cfg = type(base).from_dict(data, source=f"best trial {best.number}")
         best_yaml = study_dir / "best.yaml"
         head = (f"# moola tune: best of study {name} ({_masked(url)}): trial {best.number}, "
-                f"{metric}={best.value:.6g}\n# moola train --config {best_yaml}\n")
+                f"{metric}={best.value:.6g}\n# {command} --config {best_yaml}\n")
         atomic_write_text(best_yaml, head + cfg.to_yaml())
         result.best_number, result.best_value, result.best_values = best.number, best.value, values
         result.best_yaml = best_yaml
         console.print(f"best: trial {best.number} {metric}={best.value:.5g}  {escape(_values_text(values))}",
                       highlight=False)
-        console.print(f"best config: {best_yaml}  (moola train --config {best_yaml})", highlight=False)
+        console.print(f"best config: {best_yaml}  ({command} --config {best_yaml})", highlight=False)
     else:
         console.print(f"[yellow]no complete trial in study {name}: no best.yaml[/]")
     console.print(f"trials: {csv}   history plot: {plot}", highlight=False)

@@ -48,7 +48,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 LEGACY_META = "meta.json"
 FORMAT_VERSION = 2
-Kind = Literal["train_run", "encoder", "oof"]
+Kind = Literal["train_run", "encoder", "oof", "rank_run"]
 
 
 class ManifestError(ValueError):

@@ -1,0 +1,674 @@
+"""The ranking recipe: prepare the day panel (cached), split by dates, train a ranking model on
+day batches through the one Trainer, score every (date, stock) of the test dates, and judge it
+beside LightGBM, ridge, an MLP and the same encoder without graph attention on the same rows.
+
+    prepare -> model -> train -> score -> evaluate -> save       (moola rank train)
+    prepare -> [arm x seed: train -> score] + baselines -> table  (moola rank compare)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from rich.console import Console
+from torch import nn
+
+from moola._io import atomic_write, atomic_write_json, git_sha
+from moola.data import Store
+from moola.datasets.graphs import DayGraphs, build_day_graphs, load_sectors, returns_matrix
+from moola.datasets.rank_panel import (
+    DateSplit,
+    RankBatchSource,
+    RankPanel,
+    cache_key,
+    date_split,
+    walk_forward_splits,
+)
+from moola.datasets.tasks import DataConfig, bundled_dir, resolve_store
+from moola.datasets.windows import symbol_ranges
+from moola.datasets.xsection import Processors, forward_returns, label_horizon_bars
+from moola.evaluation.ranking import ranking_metrics
+from moola.evaluation.ranking_baselines import FlatRows, fit_ranking_baseline
+from moola.features import compute_features, get_feature_set
+from moola.models import count_parameters
+from moola.models.ranking import (
+    RankingModel,
+    RankingModelConfig,
+    build_ranking_model,
+    ranking_preset_config,
+)
+from moola.pipelines._rank_config import RankConfig, RankDataConfig
+from moola.tracking import MlflowCallback, Tracker, TrackingOptions
+from moola.training import Callback, FitResult, Trainer, data_fingerprint, save_weights
+from moola.training.manifest import Manifest, write_manifest
+from moola.training.ranking import RankingObjective
+
+__all__ = [
+    "PreparedRank",
+    "RankConfig",
+    "RankDataConfig",
+    "RankOutcome",
+    "flat_rows",
+    "prepare",
+    "run_rank_compare",
+    "run_rank_evaluate",
+    "run_rank_predict",
+    "run_rank_train",
+    "score_panel",
+]
+
+BUNDLED_SECTORS = "sp500_sectors_subset.csv"
+SHARED_SECTORS = Path("..") / "shared" / "data" / "sp500_sectors.csv"
+SURVIVORSHIP = ("Survivorship bias: the S&P panel's universe is the index membership near the end "
+                "of the period (2017), so every backtest on it favours stocks that survived.")
+
+
+# ---------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class PreparedRank:
+    """The panel, its date split and graphs, and how long preparing them took."""
+
+    panel: RankPanel
+    split: DateSplit
+    folds: list[DateSplit]  # walk-forward folds (empty without walk_forward)
+    graphs: DayGraphs | None
+    sectors: list[str]
+    store_dir: Path
+    cache_dir: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+def _store_fingerprint(store: Store) -> str:
+    return data_fingerprint(json.dumps(store.partitions(), sort_keys=True, default=str))
+
+
+def _sectors_path(cfg: RankDataConfig) -> Path:
+    if cfg.sectors is not None:
+        return Path(cfg.sectors)
+    return bundled_dir() / BUNDLED_SECTORS if cfg.store is None else SHARED_SECTORS
+
+
+def _position_in_symbol(keys: pl.DataFrame, values: np.ndarray) -> np.ndarray:
+    """(N,) 0-based row of each bar within its symbol (keys sorted by symbol)."""
+    from moola.features import FeatureMatrix
+
+    fm = FeatureMatrix(keys=keys, values=values, names=tuple(f"f{i}" for i in range(values.shape[1])),
+                       set_name="_")
+    _, bounds = symbol_ranges(fm)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    return np.arange(keys.height) - np.repeat(bounds[:, 0], lengths)
+
+
+def _processed(cfg: RankDataConfig, bars: pl.DataFrame) -> RankPanel:
+    """Features -> fitted feature processors (train dates only) -> labels -> per-date label
+    normalisation; warm-up rows stay NaN so they are never a window's bar."""
+    fs = get_feature_set(cfg.feature_set)
+    fm = compute_features(bars, fs, timeframe="1d")
+    keys = fm.keys
+    names = list(fm.names)
+    rets = forward_returns(bars, cfg.horizons, entry=cfg.entry)
+    if rets.select("symbol", "ts").equals(keys.select("symbol", "ts")) is False:
+        raise RuntimeError("forward_returns rows are not aligned with the feature rows")
+    ret_cols = [f"ret_{h}" for h in cfg.horizons]
+    frame = pl.DataFrame({"ts": keys.get_column("ts"), "symbol": keys.get_column("symbol")}).hstack(
+        pl.DataFrame(fm.values, schema=names, orient="row"))
+    day = keys.get_column("ts").dt.date()
+    in_train = day.is_between(cfg.split.train[0], cfg.split.train[1]).to_numpy()
+    fproc = Processors.from_configs(cfg.feature_processors, names)
+    fproc.fit(frame.filter(pl.Series(in_train)))
+    values = np.ascontiguousarray(fproc.transform(frame).select(names).to_numpy(), dtype=np.float32)
+    pos = _position_in_symbol(keys, values)
+    values[pos < fs.max_lookback] = np.nan  # warm-up rows: never a window's bar
+    lab = pl.DataFrame({"ts": keys.get_column("ts"), "symbol": keys.get_column("symbol")}).hstack(
+        rets.select(ret_cols))
+    lproc = Processors.from_configs(cfg.label_processors, ret_cols)
+    lproc.fit(lab.filter(pl.Series(in_train)))
+    labels = np.ascontiguousarray(lproc.transform(lab).select(ret_cols).to_numpy(), dtype=np.float32)
+    raw = np.ascontiguousarray(rets.select(ret_cols).to_numpy(), dtype=np.float32)
+    meta = {
+        "feature_set": fs.name, "feature_params": dict(fs.params), "feature_code_hash": fs.code_hash,
+        "feature_schema_hash": fs.schema_hash, "entry": cfg.entry,
+        "label_bars": {str(h): label_horizon_bars(h, cfg.entry) for h in cfg.horizons},
+        "feature_processors": fproc.to_dict(), "label_processors": lproc.to_dict(),
+        "processor_fit": [str(cfg.split.train[0]), str(cfg.split.train[1])],
+    }
+    return RankPanel(keys=keys, features=values, feature_names=tuple(names), labels=labels,
+                     labels_raw=raw, horizons=tuple(cfg.horizons), window=cfg.window, meta=meta)
+
+
+def _panel_key(cfg: RankDataConfig, store: Store) -> str:
+    return cache_key({
+        "store": _store_fingerprint(store), "symbols": cfg.symbols,
+        "features": get_feature_set(cfg.feature_set).schema_hash, "window": cfg.window,
+        "horizons": cfg.horizons, "entry": cfg.entry,
+        "fproc": [p.model_dump() for p in cfg.feature_processors],
+        "lproc": [p.model_dump() for p in cfg.label_processors],
+        "fit": [str(d) for d in cfg.split.train],
+    })
+
+
+def load_panel(cfg: RankDataConfig, *, cache_root: Path, console: Console | None = None
+               ) -> tuple[RankPanel, Path, Path | None, dict[str, float], bool]:
+    """The prepared panel from its cache when the key matches, else computed (and cached)."""
+    store_dir = resolve_store(DataConfig(store=cfg.store, bundled="sp500_daily"), cache_root)
+    store = Store(store_dir)
+    key = _panel_key(cfg, store)
+    cache = None if cfg.cache_dir is None else Path(cfg.cache_dir) / key
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if cache is not None and (RankPanel.cached_meta(cache) or {}).get("key") == key:
+        panel = RankPanel.load(cache)
+        timings["panel_load_warm_s"] = time.perf_counter() - t0
+        return panel, store_dir, cache, timings, True
+    bars = store.read("1d", cfg.symbols)
+    timings["read_bars_s"] = time.perf_counter() - t0
+    panel = _processed(cfg, bars)
+    panel.meta["key"] = key
+    panel.meta["store"] = str(store_dir)
+    timings["panel_build_cold_s"] = time.perf_counter() - t0
+    if cache is not None:
+        panel.save(cache)
+        panel = RankPanel.load(cache)  # train from the memory map, like a warm run
+        timings["panel_save_s"] = time.perf_counter() - t0 - timings["panel_build_cold_s"]
+    if console is not None:
+        console.print(f"prepared panel: {panel.keys.height:,} rows x {panel.n_features} features "
+                      f"in {timings['panel_build_cold_s']:.1f} s"
+                      + (f" (cached in {cache})" if cache else ""))
+    return panel, store_dir, cache, timings, False
+
+
+def _purge_bars(cfg: RankDataConfig) -> int:
+    return max(label_horizon_bars(h, cfg.entry) for h in cfg.horizons)
+
+
+def prepare(cfg: RankDataConfig, *, cache_root: Path, console: Console | None = None) -> PreparedRank:
+    """Panel (cached), date split, walk-forward folds and the day graphs."""
+    panel, store_dir, cache, timings, hit = load_panel(cfg, cache_root=cache_root, console=console)
+    dates = panel.dates
+    purge = _purge_bars(cfg)
+    split = date_split(dates, train=cfg.split.train, val=cfg.split.val, test=cfg.split.test,
+                       purge=purge, embargo=cfg.split.embargo_days)
+    folds: list[DateSplit] = []
+    wf = cfg.split.walk_forward
+    if wf is not None:
+        folds = walk_forward_splits(dates, first_test=wf.first_test, step=wf.step, val_days=wf.val_days,
+                                    purge=purge, embargo=cfg.split.embargo_days, mode=wf.mode,
+                                    train_days=wf.train_days, end=cfg.split.test[1])
+    symbols = panel.symbols
+    sectors, _ = load_sectors(_sectors_path(cfg), symbols)
+    t0 = time.perf_counter()
+    graphs = None
+    if cfg.graph.kind != "dense" or cfg.graph.edge_attrs:
+        rets = _returns_on_panel(panel, store_dir, cfg)
+        graphs = build_day_graphs(cfg.graph, rets, symbols, sectors)
+    timings["graphs_s"] = time.perf_counter() - t0
+    return PreparedRank(panel, split, folds, graphs, sectors, store_dir, cache, timings, hit)
+
+
+def _returns_on_panel(panel: RankPanel, store_dir: Path, cfg: RankDataConfig) -> np.ndarray:
+    """(D, S) daily log returns of adj_close on the panel's dates (past data for the graphs)."""
+    bars = Store(store_dir).read("1d", cfg.symbols).select("symbol", "ts", "close", "adj_close")
+    calendar = pl.Series("ts", panel.dates).cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+    out: np.ndarray = returns_matrix(bars, panel.symbols, calendar)
+    return out
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def resolve_model(cfg: RankConfig, n_features: int) -> RankingModelConfig:
+    """The configured model, or the preset sized to the features and horizons (a lags-layout
+    preset such as gats_like keeps its fields per step; the panel must hold fields x lags)."""
+    if cfg.model is not None:
+        model = cfg.model
+    else:
+        assert cfg.preset is not None
+        model = ranking_preset_config(cfg.preset, horizons=tuple(cfg.data.horizons))
+        if model.input_layout == "window":
+            model = ranking_preset_config(cfg.preset, n_features=n_features,
+                                          horizons=tuple(cfg.data.horizons))
+    if model.input_layout == "lags":
+        fields = int(model.lag_fields or 0)
+        if cfg.data.window != 1 or n_features % fields:
+            raise ValueError(f"model {model.name!r} reads the lags layout ({fields} fields x lags in one "
+                             f"bar): set data.window: 1 and a feature set of {fields} x lags columns "
+                             f"(alpha360); got window {cfg.data.window}, {n_features} features")
+    elif model.n_features != n_features:
+        raise ValueError(f"model.encoder.input_size is {model.n_features} but data.feature_set "
+                         f"{cfg.data.feature_set} has {n_features} features")
+    return model
+
+
+def _check_graph(model_cfg: RankingModelConfig, prep: PreparedRank, data_kind: str) -> None:
+    wants = model_cfg.gat.graph
+    has = prep.graphs is not None
+    if model_cfg.gat.layers > 0 and wants != "dense" and (not has or data_kind != wants):
+        raise ValueError(f"model.gat.graph is {wants!r} but data.graph.kind is {data_kind!r}; set "
+                         "data.graph.kind to the model's graph (dense, knn, sector, knn+sector)")
+    if model_cfg.gat.layers > 0 and model_cfg.gat.edge_dim and not has:
+        raise ValueError(f"model.gat.edge_dim is {model_cfg.gat.edge_dim} but the data has no edge "
+                         "attributes (data.graph.edge_attrs: true builds them)")
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def sources(cfg: RankConfig, prep: PreparedRank, split: DateSplit, model_cfg: RankingModelConfig
+            ) -> tuple[RankBatchSource, RankBatchSource, RankBatchSource]:
+    """Train/val/test day sources; graphs are attached only when the model reads them."""
+    graphs = prep.graphs if model_cfg.gat.layers > 0 and (
+        model_cfg.gat.graph != "dense" or model_cfg.gat.edge_dim) else None
+    workers = cfg.num_workers if prep.cache_dir is not None else 0
+
+    def make(days: np.ndarray) -> RankBatchSource:
+        return RankBatchSource(prep.panel, days, graphs=graphs, num_workers=workers,
+                               cache_dir=prep.cache_dir)
+
+    return make(split.train), make(split.val), make(split.test)
+
+
+def train_model(cfg: RankConfig, prep: PreparedRank, split: DateSplit, model_cfg: RankingModelConfig,
+                *, seed: int, run_dir: Path | None, console: Console, show_progress: bool,
+                callbacks: Sequence[Callback] = ()) -> tuple[RankingModel, Trainer, FitResult]:
+    """One arm, one seed: build, fit with early stopping on validation RankIC, keep the best."""
+    _check_graph(model_cfg, prep, cfg.data.graph.kind)
+    torch.manual_seed(seed)
+    model = build_ranking_model(model_cfg)
+    objective = RankingObjective(cfg.data.horizons, cfg.loss, monitor_horizon=cfg.monitor_horizon)
+    train_src, val_src, _ = sources(cfg, prep, split, model_cfg)
+    tcfg = cfg.train.model_copy(update={"seed": seed})
+    trainer = Trainer(model, objective, tcfg, run_dir=run_dir, callbacks=callbacks,
+                      show_progress=show_progress, console=console)
+    fit = trainer.fit(train_src, val_src)
+    return model, trainer, fit
+
+
+@torch.no_grad()
+def score_panel(model: nn.Module, source: RankBatchSource, *, batch_days: int, device: torch.device
+                ) -> pl.DataFrame:
+    """Scores of every present (date, stock) of ``source``: day, symbol, score_h*, ret_h*."""
+    model.eval()
+    model.to(device)
+    panel = source.panel
+    H = len(panel.horizons)
+    parts: list[dict[str, np.ndarray]] = []
+    order = torch.arange(len(source))
+    for batch in source.to(device).batches(order, batch_days):
+        out = model(batch)["ranking"].float()  # (B, S, H)
+        mask = batch["mask"]
+        d, s = mask.nonzero(as_tuple=True)
+        parts.append({"day": batch["day"][d].cpu().numpy(), "symbol": s.cpu().numpy(),
+                      "score": out[d, s].cpu().numpy().reshape(-1, H),
+                      "ret": batch["y_raw"][d, s].float().cpu().numpy().reshape(-1, H)})
+    return _score_frame(panel, parts)
+
+
+def _score_frame(panel: RankPanel, parts: list[dict[str, np.ndarray]]) -> pl.DataFrame:
+    H = panel.horizons
+    if not parts:
+        cols: dict[str, Any] = {"day": [], "symbol": []}
+        return pl.DataFrame(cols)
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    dates = pl.Series(panel.dates[cat["day"]]).cast(pl.Datetime("ns")).dt.date()
+    syms = np.asarray(panel.symbols, dtype=object)[cat["symbol"]]
+    frame = pl.DataFrame({"day": cat["day"], "date": dates, "symbol": pl.Series(syms, dtype=pl.String)})
+    for j, h in enumerate(H):
+        frame = frame.with_columns(pl.Series(f"score_{h}", cat["score"][:, j].astype(np.float64)),
+                                   pl.Series(f"ret_{h}", cat["ret"][:, j].astype(np.float64)))
+    return frame.sort("day", "symbol")
+
+
+def flat_rows(panel: RankPanel, days: np.ndarray) -> FlatRows:
+    """The present (date, stock) rows of ``days`` with the features of their last bar: the
+    tabular baselines' rows, exactly those a ranking model scores."""
+    end = panel.day_panel.end_rows[days]  # (D', S)
+    d, s = np.nonzero(end >= 0)
+    rows = end[d, s]
+    return FlatRows(X=np.ascontiguousarray(panel.features[rows]), y=panel.labels[rows],
+                    y_raw=panel.labels_raw[rows], day=days[d].astype(np.int64), symbol=s.astype(np.int64))
+
+
+def baseline_scores(panel: RankPanel, model: Any, rows: FlatRows) -> pl.DataFrame:
+    """A fitted tabular baseline's scores on ``rows``, in ``score_panel``'s layout."""
+    pred = model.predict(rows.X)  # (n, H)
+    return _score_frame(panel, [{"day": rows.day, "symbol": rows.symbol, "score": pred, "ret": rows.y_raw}])
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_scores(scores: pl.DataFrame, cfg: RankConfig, *, n_trials: int) -> dict[str, dict[str, Any]]:
+    """Per horizon: IC, RankIC, ICIR, long-short after costs, hit rate, deflated Sharpe."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in cfg.data.horizons:
+        frame = scores.select("date", "symbol", pl.col(f"score_{h}").alias("score"),
+                              pl.col(f"ret_{h}").alias("ret"))
+        ls = cfg.long_short.model_copy(update={"horizon": h})
+        out[str(h)] = ranking_metrics(frame, horizon=h, cfg=ls, n_trials=n_trials)
+    return out
+
+
+# ------------------------------------------------------------------------------- save
+
+
+def rank_manifest(cfg: RankConfig, prep: PreparedRank, model_cfg: RankingModelConfig, n_params: int
+                  ) -> Manifest:
+    """What rebuilds the inputs of this run and what the model saw."""
+    panel = prep.panel
+    return Manifest(
+        kind="rank_run", feature_set=cfg.data.feature_set, feature_names=list(panel.feature_names),
+        feature_schema_hash=str(panel.meta["feature_schema_hash"]), window=cfg.data.window,
+        horizon=max(cfg.data.horizons), timeframe="1d", symbols=list(panel.symbols),
+        bar_columns=["open", "high", "low", "close", "adj_close", "volume"], task="ranking",
+        label=(f"forward returns of adj_close over {cfg.data.horizons} trading days, entry "
+               f"{cfg.data.entry}; trained on {[p.kind for p in cfg.data.label_processors]} per date"),
+        normalizer={"features": panel.meta["feature_processors"], "labels": panel.meta["label_processors"]},
+        embargo_bars=cfg.data.split.embargo_days, data_fingerprint=str(panel.meta["key"]),
+        store=str(prep.store_dir), n_params=n_params, n_train=int(prep.split.train.size),
+        git_sha=git_sha(), torch_version=torch.__version__,
+        extra={"horizons": cfg.data.horizons, "split": prep.split.describe(panel.dates),
+               "graph": cfg.data.graph.model_dump(), "model_name": model_cfg.name,
+               "survivorship": SURVIVORSHIP},
+    )
+
+
+@dataclass
+class RankOutcome:
+    run_dir: Path
+    metrics: dict[str, Any]
+    report: Path | None
+
+
+def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_progress: bool = True,
+                   callbacks: Sequence[Callback] = (), tracking: TrackingOptions | None = None,
+                   report: bool = True) -> RankOutcome:
+    """prepare -> model -> train -> score val and test -> evaluate -> save, one MLflow run."""
+    console = console or Console()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with Tracker("rank", tracking, run_name=cfg.name) as tracker:
+        t0 = time.perf_counter()
+        prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
+        model_cfg = resolve_model(cfg, prep.panel.n_features)
+        resolved = cfg.model_copy(update={"model": model_cfg})
+        tracker.log_params(resolved.flat())
+        model, _, fit = train_model(
+            cfg, prep, prep.split, model_cfg, seed=cfg.train.seed, run_dir=run_dir, console=console,
+            show_progress=show_progress, callbacks=[MlflowCallback(tracker), *callbacks])
+        n_params = count_parameters(model)
+        device = _device(cfg)
+        _, val_src, test_src = sources(cfg, prep, prep.split, model_cfg)
+        bd = cfg.train.eval_batch_size or cfg.train.batch_size
+        val_scores = score_panel(model, val_src, batch_days=bd, device=device)
+        test_scores = score_panel(model, test_src, batch_days=bd, device=device)
+        n_trials = cfg.n_trials or 1
+        test_metrics = evaluate_scores(test_scores, cfg, n_trials=n_trials)
+        val_metrics = evaluate_scores(val_scores, cfg, n_trials=n_trials)
+        monitor = str(cfg.monitor_horizon or cfg.data.horizons[0])
+        metrics: dict[str, Any] = {
+            "val_rank_ic": val_metrics[monitor]["rank_ic_mean"],
+            "val": val_metrics, "test": test_metrics,
+            "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "fit_seconds": fit.seconds,
+            "n_params": n_params, "timings": prep.timings, "cache_hit": prep.cache_hit,
+            "split": prep.split.describe(prep.panel.dates), "survivorship": SURVIVORSHIP,
+            "warnings": fit.warnings, "seconds": time.perf_counter() - t0,
+        }
+        resolved.to_yaml(run_dir / "config.yaml")
+        atomic_write(run_dir / "scores_test.parquet", test_scores.write_parquet)
+        atomic_write(run_dir / "scores_val.parquet", val_scores.write_parquet)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        save_weights(model, run_dir / "weights.safetensors")
+        write_manifest(run_dir, rank_manifest(cfg, prep, model_cfg, n_params))
+        tracker.log_final(run_dir / "metrics.json")
+        tracker.log_artifacts(run_dir)
+    out_report = None
+    if report:
+        from moola.pipelines._rank_report import write_run_report
+
+        out_report = write_run_report(run_dir, cfg, test_scores, metrics, fit.history)
+    _print_summary(console, test_metrics, cfg.name)
+    return RankOutcome(run_dir, metrics, out_report)
+
+
+def _print_summary(console: Console, test: dict[str, dict[str, Any]], name: str) -> None:
+    for h, m in test.items():
+        console.print(f"{name} h={h}: IC {m['ic_mean']:+.4f}  RankIC {m['rank_ic_mean']:+.4f}  "
+                      f"ICIR {m['icir']:+.3f}  long-short Sharpe {m['ls_sharpe']:+.2f} (after costs)")
+
+
+def fit_baseline_scores(name: str, prep: PreparedRank, split: DateSplit, horizons: Sequence[int], *,
+                        seed: int) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Fit a tabular baseline on the split's train rows, select on val, score test."""
+    panel = prep.panel
+    fitted = fit_ranking_baseline(name, flat_rows(panel, split.train), flat_rows(panel, split.val),
+                                  horizons, seed=seed)
+    return baseline_scores(panel, fitted, flat_rows(panel, split.test)), {**fitted.params,
+                                                                           "seconds": fitted.seconds}
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+@dataclass
+class ArmResult:
+    """One arm of a comparison: its per-seed test metrics and scores."""
+
+    name: str
+    kind: str  # "neural" or "tabular"
+    seeds: list[int]
+    metrics: list[dict[str, dict[str, Any]]]  # per seed: horizon -> metrics
+    scores: list[pl.DataFrame]  # per seed: score_panel layout
+    seconds: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _arm_models(cfg: RankConfig, model_cfg: RankingModelConfig) -> list[tuple[str, RankingModelConfig]]:
+    """The graph model and, when asked for, the same encoder without graph attention."""
+    arms = [(model_cfg.name, model_cfg)]
+    if "temporal_only" in cfg.baselines and model_cfg.gat.layers > 0:
+        ablation = model_cfg.model_copy(update={
+            "name": "temporal_only", "gat": model_cfg.gat.model_copy(update={"layers": 0})})
+        arms.append(("temporal_only", ablation))
+    return arms
+
+
+def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_progress: bool = True,
+                     tracking: TrackingOptions | None = None) -> RankOutcome:
+    """Every arm on the same panel, split and rows: neural arms over ``cfg.seeds``, LightGBM and
+    ridge once (deterministic), the MLP over the seeds; a table of mean +- std per horizon, paired
+    daily-RankIC verdicts against LightGBM and against the no-graph encoder, and the report."""
+    from moola.pipelines._rank_report import comparison_table, paired_verdicts, write_compare_report
+
+    console = console or Console()
+    out_dir = cfg.run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
+    model_cfg = resolve_model(cfg, prep.panel.n_features)
+    cfg.model_copy(update={"model": model_cfg}).to_yaml(out_dir / "config.yaml")
+    horizons = cfg.data.horizons
+    neural = _arm_models(cfg, model_cfg)
+    tabular = [b for b in cfg.baselines if b in ("lightgbm", "ridge", "mlp")]
+    n_trials = cfg.n_trials or (len(neural) + len(tabular))
+    device = torch.device("cpu") if cfg.train.device == "cpu" else _device(cfg)
+    bd = cfg.train.eval_batch_size or cfg.train.batch_size
+    arms: list[ArmResult] = []
+    attention: np.ndarray | None = None
+    with Tracker("rank-compare", tracking, run_name=cfg.name) as tracker:
+        for name, mcfg in neural:
+            arm = ArmResult(name, "neural", [], [], [], [], {"n_params": None})
+            for seed in cfg.seeds:
+                console.print(f"[bold]{name}[/] seed {seed}")
+                model, _, fit = train_model(cfg, prep, prep.split, mcfg, seed=seed, run_dir=None,
+                                            console=console, show_progress=show_progress)
+                _, _, test_src = sources(cfg, prep, prep.split, mcfg)
+                scores = score_panel(model, test_src, batch_days=bd, device=device)
+                arm.seeds.append(seed)
+                arm.scores.append(scores)
+                arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
+                arm.seconds.append(fit.seconds)
+                arm.params = {"n_params": count_parameters(model), "best_epochs":
+                              [*arm.params.get("best_epochs", []), fit.best_epoch]}
+                if attention is None and mcfg.gat.layers > 0:
+                    attention = mean_attention(model, test_src, batch_days=bd, device=device)
+            arms.append(arm)
+        for name in tabular:
+            seeds = cfg.seeds if name == "mlp" else cfg.seeds[:1]
+            arm = ArmResult(name, "tabular", [], [], [], [])
+            for seed in seeds:
+                console.print(f"[bold]{name}[/] seed {seed}")
+                scores, params = fit_baseline_scores(name, prep, prep.split, horizons, seed=seed)
+                arm.seeds.append(seed)
+                arm.scores.append(scores)
+                arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
+                arm.seconds.append(float(params.pop("seconds")))
+                arm.params = params
+            arms.append(arm)
+        for arm in arms:
+            for seed, scores in zip(arm.seeds, arm.scores, strict=True):
+                atomic_write(out_dir / "scores" / f"{arm.name}_seed{seed}.parquet", scores.write_parquet)
+        table = comparison_table(arms, horizons)
+        verdicts = paired_verdicts(arms, horizons, model=model_cfg.name)
+        summary = {
+            "model": model_cfg.name, "horizons": horizons, "n_trials": n_trials,
+            "split": prep.split.describe(prep.panel.dates), "timings": prep.timings,
+            "cache_hit": prep.cache_hit, "panel": {"rows": prep.panel.keys.height,
+                                                   "symbols": len(prep.panel.symbols),
+                                                   "dates": len(prep.panel.dates),
+                                                   "features": prep.panel.n_features},
+            "table": table.to_dicts(), "verdicts": verdicts, "survivorship": SURVIVORSHIP,
+            "arms": {a.name: {"seeds": a.seeds, "seconds": a.seconds, "params": a.params,
+                              "metrics": a.metrics} for a in arms},
+            "seconds": time.perf_counter() - t0,
+        }
+        atomic_write_json(out_dir / "comparison.json", summary)
+        atomic_write(out_dir / "comparison.csv", table.write_csv)
+        tracker.log_final(out_dir / "comparison.json")
+        report = write_compare_report(out_dir, cfg, arms, table, verdicts, summary, attention,
+                                      prep.sectors, prep.panel.symbols)
+        tracker.log_artifacts(out_dir)
+    for line in verdicts["lines"]:
+        console.print(line, highlight=False)
+    return RankOutcome(out_dir, summary, report)
+
+
+def _device(cfg: RankConfig) -> torch.device:
+    from moola.training import resolve_device
+
+    return resolve_device(cfg.train.device)
+
+
+@torch.no_grad()
+def mean_attention(model: RankingModel, source: RankBatchSource, *, batch_days: int,
+                   device: torch.device) -> np.ndarray:
+    """(S, S) last-layer attention averaged over the source's days (absent pairs count as 0)."""
+    model.eval()
+    model.to(device)
+    S = source.panel.day_panel.n_symbols
+    total = np.zeros((S, S), dtype=np.float64)
+    n = 0
+    for batch in source.to(device).batches(torch.arange(len(source)), batch_days):
+        a = model.attention(batch).float()  # (B, S, S)
+        total += a.sum(0).cpu().numpy()
+        n += a.shape[0]
+    return total / max(n, 1)
+
+
+# -------------------------------------------------------------------- evaluate / predict
+
+
+def load_run(run_dir: str | Path) -> tuple[RankConfig, RankingModel]:
+    """The run's config and its model with the saved weights (strict load)."""
+    from moola.training import load_weights
+
+    run_dir = Path(run_dir)
+    cfg = RankConfig.from_yaml(run_dir / "config.yaml")
+    if cfg.model is None:
+        raise ValueError(f"{run_dir / 'config.yaml'} holds no resolved model (not written by "
+                         "moola rank train)")
+    model = build_ranking_model(cfg.model)
+    load_weights(model, run_dir / "weights.safetensors")
+    return cfg, model.eval()
+
+
+def run_rank_evaluate(run_dir: str | Path, *, split: str = "test", console: Console | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Re-score a run on its val or test dates from the cached panel; a test look is recorded."""
+    from moola.training.manifest import record_test_use
+
+    if split not in ("val", "test"):
+        raise ValueError(f"--split {split!r}: choose val or test")
+    console = console or Console()
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir)
+    assert cfg.model is not None
+    prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
+    _, val_src, test_src = sources(cfg, prep, prep.split, cfg.model)
+    scores = score_panel(model, test_src if split == "test" else val_src,
+                         batch_days=cfg.train.eval_batch_size or cfg.train.batch_size, device=_device(cfg))
+    metrics = evaluate_scores(scores, cfg, n_trials=cfg.n_trials or 1)
+    atomic_write_json(run_dir / f"metrics_{split}.json", metrics)
+    if split == "test":
+        record_test_use(run_dir, "evaluate")
+    _print_summary(console, metrics, cfg.name)
+    return metrics
+
+
+def run_rank_predict(run_dir: str | Path, out: str | Path, *, store: str | None = None,
+                     start: str | None = None, console: Console | None = None) -> Path:
+    """Per-(date, symbol) scores of a run on a store's bars: the run's features, its fitted
+    processors (transform only, nothing refitted) and, for graph models, graphs from these bars."""
+    from moola.datasets.xsection import Processors as _P
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir)
+    assert cfg.model is not None
+    data = cfg.data if store is None else cfg.data.model_copy(update={"store": store})
+    store_dir = resolve_store(DataConfig(store=data.store, bundled="sp500_daily"), Path(cfg.out_dir))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    bars = Store(store_dir).read("1d", data.symbols)
+    fs = get_feature_set(data.feature_set)
+    if fs.schema_hash != manifest["feature_schema_hash"]:
+        raise ValueError(f"{run_dir}: trained on feature schema {manifest['feature_schema_hash']}, this "
+                         f"code computes {data.feature_set} as {fs.schema_hash}; retrain the run")
+    fm = compute_features(bars, fs, timeframe="1d")
+    names = list(fm.names)
+    frame = pl.DataFrame({"ts": fm.keys.get_column("ts"), "symbol": fm.keys.get_column("symbol")}).hstack(
+        pl.DataFrame(fm.values, schema=names, orient="row"))
+    fproc = _P.from_dict(manifest["normalizer"]["features"])
+    values = np.ascontiguousarray(fproc.transform(frame).select(names).to_numpy(), dtype=np.float32)
+    values[_position_in_symbol(fm.keys, values) < fs.max_lookback] = np.nan
+    H = len(data.horizons)
+    nan = np.full((fm.keys.height, H), np.nan, dtype=np.float32)
+    panel = RankPanel(keys=fm.keys, features=values, feature_names=tuple(names), labels=nan,
+                      labels_raw=nan.copy(), horizons=tuple(data.horizons), window=data.window,
+                      meta={"feature_set": fs.name})
+    days = np.arange(len(panel.dates))
+    if start is not None:
+        days = days[panel.dates >= np.datetime64(start, "ns").astype(np.int64)]
+    graphs = None
+    if cfg.model.gat.layers > 0 and (cfg.model.gat.graph != "dense" or cfg.model.gat.edge_dim):
+        sectors, _ = load_sectors(_sectors_path(data), panel.symbols)
+        graphs = build_day_graphs(data.graph, _returns_on_panel(panel, store_dir, data), panel.symbols,
+                                  sectors)
+    src = RankBatchSource(panel, days, graphs=graphs)
+    scores = score_panel(model, src, batch_days=cfg.train.eval_batch_size or cfg.train.batch_size,
+                         device=_device(cfg))
+    scores = scores.drop([c for c in scores.columns if c.startswith("ret_")] + ["day"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, scores.write_parquet)
+    console.print(f"{scores.height:,} scores over {scores.get_column('date').n_unique()} dates")
+    return out
