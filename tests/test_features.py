@@ -32,7 +32,7 @@ from moola.features import (
 from moola.features._build import infer_timeframe
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED_COUNTS = {"ohlc4": 4, "relative11": 11, "crypto39": 39, "alpha158": 158}
+EXPECTED_COUNTS = {"ohlc4": 4, "relative11": 11, "crypto39": 39, "alpha158": 158, "alpha360": 360}
 SETS = tuple(EXPECTED_COUNTS)
 # Qlib's own rules make these NaN on degenerate windows (zero std, zero previous volume).
 ALPHA158_MAY_BE_NAN = re.compile(r"^(CORR|CORD|RSQR)\d+$")

@@ -82,7 +82,9 @@ def test_dropped_bars_and_nan_prices_equal_compute_features(name, crypto) -> Non
     b = compute_features(holed, fs, timeframe="1m")
     _same(a, b)
     assert a.keys.get_column("gap_before").sum() > 0
-    assert not np.isinf(a.values).any() and np.isnan(a.values[620]).any()  # inf became NaN
+    assert not np.isinf(a.values).any()
+    if name != "alpha360":  # alpha360 divides by the close and volume only, never by the open
+        assert np.isnan(a.values[620]).any()  # a ratio to the zero open: inf became NaN
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -285,6 +285,22 @@ class Processors:
         return [s.to_dict() for s in self.steps]
 
     @classmethod
+    def concat(cls, parts: Sequence[Processors]) -> Processors:
+        """One pipeline over the columns of several fitted ones with the same steps (column
+        chunks): columns and learned state joined in order."""
+        if not parts:
+            raise ValueError("Processors.concat needs at least one part")
+        dicts = [p.to_dict() for p in parts]
+        merged = []
+        for k, first in enumerate(dicts[0]):
+            steps = [d[k] for d in dicts]
+            if any(st["kind"] != first["kind"] for st in steps):
+                raise ValueError("Processors.concat: parts differ in their steps")
+            state = {key: [v for st in steps for v in st["state"][key]] for key in first["state"]}
+            merged.append({**first, "columns": [c for st in steps for c in st["columns"]], "state": state})
+        return cls.from_dict(merged)
+
+    @classmethod
     def from_dict(cls, data: Sequence[dict[str, Any]]) -> Processors:
         """Rebuild fitted processors from ``to_dict``'s output (nothing is refitted)."""
         steps = []

@@ -176,13 +176,14 @@ class UnknownFeatureSetError(KeyError):
 @cache
 def _registry() -> dict[str, FeatureSet]:
     """Build every set once with its default parameters (imported here to avoid an import cycle)."""
-    from moola.features import alpha158, crypto39, ohlc4, relative11
+    from moola.features import alpha158, alpha360, crypto39, ohlc4, relative11
 
     sets = (
         ohlc4.feature_set(),
         relative11.feature_set(),
         crypto39.feature_set(),
         alpha158.feature_set(),
+        alpha360.feature_set(),
     )
     return {fs.name: fs for fs in sets}
 

@@ -56,8 +56,10 @@ __all__ = [
     "RankConfig",
     "RankDataConfig",
     "RankOutcome",
+    "apply_processors",
     "flat_rows",
     "prepare",
+    "process_panel",
     "run_rank_compare",
     "run_rank_evaluate",
     "run_rank_predict",
@@ -110,41 +112,64 @@ def _position_in_symbol(keys: pl.DataFrame, values: np.ndarray) -> np.ndarray:
     return np.arange(keys.height) - np.repeat(bounds[:, 0], lengths)
 
 
+FEATURE_CHUNK = 16  # feature columns processed at a time: bounds memory on a large panel
+
+
+def apply_processors(configs: Sequence[Any], ts: pl.Series, values: np.ndarray, names: Sequence[str],
+                     fit_rows: np.ndarray) -> tuple[np.ndarray, Processors]:
+    """(N, C) float32 through the processors, fitted on the rows ``fit_rows`` (bool (N,)) only.
+
+    Every processor works column by column, so the columns go through in chunks of
+    ``FEATURE_CHUNK`` (the same result as all at once, a fraction of the memory)."""
+    out = np.empty(values.shape, dtype=np.float32)
+    parts = []
+    keep = pl.Series(fit_rows)
+    for a in range(0, len(names), FEATURE_CHUNK):
+        cols = list(names[a:a + FEATURE_CHUNK])
+        frame = pl.DataFrame({"ts": ts, **{c: values[:, a + j] for j, c in enumerate(cols)}})
+        proc = Processors.from_configs(configs, cols).fit(frame.filter(keep))
+        out[:, a:a + len(cols)] = proc.transform(frame).select(cols).to_numpy()
+        parts.append(proc)
+    return out, Processors.concat(parts)
+
+
+def process_panel(keys: pl.DataFrame, values: np.ndarray, names: Sequence[str], raw: np.ndarray,
+                  horizons: Sequence[int], window: int, *, feature_processors: Sequence[Any],
+                  label_processors: Sequence[Any], fit_range: tuple[Any, Any], max_lookback: int,
+                  meta: dict[str, Any]) -> RankPanel:
+    """Features -> processors fitted on the ``fit_range`` dates only -> per-date label
+    normalisation; warm-up rows (a stock's first ``max_lookback``) stay NaN so they are never a
+    window's bar. ``raw`` (N, H) forward returns stay as they are for evaluation."""
+    ts = keys.get_column("ts")
+    in_fit = ts.dt.date().is_between(fit_range[0], fit_range[1]).to_numpy()
+    feats, fproc = apply_processors(feature_processors, ts, values, names, in_fit)
+    feats[_position_in_symbol(keys, feats) < max_lookback] = np.nan
+    ret_cols = [f"ret_{h}" for h in horizons]
+    labels, lproc = apply_processors(label_processors, ts, raw, ret_cols, in_fit)
+    meta = {**meta, "feature_processors": fproc.to_dict(), "label_processors": lproc.to_dict(),
+            "processor_fit": [str(fit_range[0]), str(fit_range[1])]}
+    return RankPanel(keys=keys, features=np.ascontiguousarray(feats), feature_names=tuple(names),
+                     labels=labels, labels_raw=np.ascontiguousarray(raw, dtype=np.float32),
+                     horizons=tuple(horizons), window=window, meta=meta)
+
+
 def _processed(cfg: RankDataConfig, bars: pl.DataFrame) -> RankPanel:
-    """Features -> fitted feature processors (train dates only) -> labels -> per-date label
-    normalisation; warm-up rows stay NaN so they are never a window's bar."""
+    """The configured feature set and forward returns of ``bars``, through ``process_panel``."""
     fs = get_feature_set(cfg.feature_set)
     fm = compute_features(bars, fs, timeframe="1d")
-    keys = fm.keys
-    names = list(fm.names)
     rets = forward_returns(bars, cfg.horizons, entry=cfg.entry)
-    if rets.select("symbol", "ts").equals(keys.select("symbol", "ts")) is False:
+    if not rets.select("symbol", "ts").equals(fm.keys.select("symbol", "ts")):
         raise RuntimeError("forward_returns rows are not aligned with the feature rows")
-    ret_cols = [f"ret_{h}" for h in cfg.horizons]
-    frame = pl.DataFrame({"ts": keys.get_column("ts"), "symbol": keys.get_column("symbol")}).hstack(
-        pl.DataFrame(fm.values, schema=names, orient="row"))
-    day = keys.get_column("ts").dt.date()
-    in_train = day.is_between(cfg.split.train[0], cfg.split.train[1]).to_numpy()
-    fproc = Processors.from_configs(cfg.feature_processors, names)
-    fproc.fit(frame.filter(pl.Series(in_train)))
-    values = np.ascontiguousarray(fproc.transform(frame).select(names).to_numpy(), dtype=np.float32)
-    pos = _position_in_symbol(keys, values)
-    values[pos < fs.max_lookback] = np.nan  # warm-up rows: never a window's bar
-    lab = pl.DataFrame({"ts": keys.get_column("ts"), "symbol": keys.get_column("symbol")}).hstack(
-        rets.select(ret_cols))
-    lproc = Processors.from_configs(cfg.label_processors, ret_cols)
-    lproc.fit(lab.filter(pl.Series(in_train)))
-    labels = np.ascontiguousarray(lproc.transform(lab).select(ret_cols).to_numpy(), dtype=np.float32)
-    raw = np.ascontiguousarray(rets.select(ret_cols).to_numpy(), dtype=np.float32)
+    raw = rets.select([f"ret_{h}" for h in cfg.horizons]).to_numpy().astype(np.float32)
     meta = {
         "feature_set": fs.name, "feature_params": dict(fs.params), "feature_code_hash": fs.code_hash,
         "feature_schema_hash": fs.schema_hash, "entry": cfg.entry,
         "label_bars": {str(h): label_horizon_bars(h, cfg.entry) for h in cfg.horizons},
-        "feature_processors": fproc.to_dict(), "label_processors": lproc.to_dict(),
-        "processor_fit": [str(cfg.split.train[0]), str(cfg.split.train[1])],
     }
-    return RankPanel(keys=keys, features=values, feature_names=tuple(names), labels=labels,
-                     labels_raw=raw, horizons=tuple(cfg.horizons), window=cfg.window, meta=meta)
+    return process_panel(fm.keys, fm.values, list(fm.names), raw, cfg.horizons, cfg.window,
+                         feature_processors=cfg.feature_processors,
+                         label_processors=cfg.label_processors, fit_range=cfg.split.train,
+                         max_lookback=fs.max_lookback, meta=meta)
 
 
 def _panel_key(cfg: RankDataConfig, store: Store) -> str:
