@@ -531,23 +531,8 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
     arms: list[ArmResult] = []
     attention: np.ndarray | None = None
     with Tracker("rank-compare", tracking, run_name=cfg.name) as tracker:
-        for name, mcfg in neural:
-            arm = ArmResult(name, "neural", [], [], [], [], {"n_params": None})
-            for seed in cfg.seeds:
-                console.print(f"[bold]{name}[/] seed {seed}")
-                model, _, fit = train_model(cfg, prep, prep.split, mcfg, seed=seed, run_dir=None,
-                                            console=console, show_progress=show_progress)
-                _, _, test_src = sources(cfg, prep, prep.split, mcfg)
-                scores = score_panel(model, test_src, batch_days=bd, device=device)
-                arm.seeds.append(seed)
-                arm.scores.append(scores)
-                arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
-                arm.seconds.append(fit.seconds)
-                arm.params = {"n_params": count_parameters(model), "best_epochs":
-                              [*arm.params.get("best_epochs", []), fit.best_epoch]}
-                if attention is None and mcfg.gat.layers > 0:
-                    attention = mean_attention(model, test_src, batch_days=bd, device=device)
-            arms.append(arm)
+        # tabular arms first (minutes), then the neural arms seed by seed, so a comparison cut
+        # short still holds every arm at its first seeds (cells/ and scores/ fill as it goes)
         for name in tabular:
             seeds = cfg.seeds if name == "mlp" else cfg.seeds[:1]
             arm = ArmResult(name, "tabular", [], [], [], [])
@@ -558,11 +543,28 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
                 arm.scores.append(scores)
                 arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
                 arm.seconds.append(float(params.pop("seconds")))
+                _save_cell(out_dir, name, seed, scores, arm.metrics[-1], arm.seconds[-1])
                 arm.params = params
             arms.append(arm)
-        for arm in arms:
-            for seed, scores in zip(arm.seeds, arm.scores, strict=True):
-                atomic_write(out_dir / "scores" / f"{arm.name}_seed{seed}.parquet", scores.write_parquet)
+        nets = {name: ArmResult(name, "neural", [], [], [], [], {"best_epochs": []}) for name, _ in neural}
+        for seed in cfg.seeds:
+            for net_name, mcfg in neural:
+                arm = nets[net_name]
+                console.print(f"[bold]{net_name}[/] seed {seed}")
+                model, _, fit = train_model(cfg, prep, prep.split, mcfg, seed=seed, run_dir=None,
+                                            console=console, show_progress=show_progress)
+                _, _, test_src = sources(cfg, prep, prep.split, mcfg)
+                scores = score_panel(model, test_src, batch_days=bd, device=device)
+                arm.seeds.append(seed)
+                arm.scores.append(scores)
+                arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
+                arm.seconds.append(fit.seconds)
+                _save_cell(out_dir, net_name, seed, scores, arm.metrics[-1], fit.seconds)
+                arm.params = {"n_params": count_parameters(model),
+                              "best_epochs": [*arm.params["best_epochs"], fit.best_epoch]}
+                if attention is None and mcfg.gat.layers > 0:
+                    attention = mean_attention(model, test_src, batch_days=bd, device=device)
+        arms = [*nets.values(), *arms]
         table = comparison_table(arms, horizons)
         verdicts = paired_verdicts(arms, horizons, model=model_cfg.name)
         summary = {
@@ -586,6 +588,14 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
     for line in verdicts["lines"]:
         console.print(line, highlight=False)
     return RankOutcome(out_dir, summary, report)
+
+
+def _save_cell(out_dir: Path, arm: str, seed: int, scores: pl.DataFrame, metrics: dict[str, Any],
+               seconds: float) -> None:
+    """One arm x seed as soon as it is done: scores and metrics (a stopped comparison keeps them)."""
+    atomic_write(out_dir / "scores" / f"{arm}_seed{seed}.parquet", scores.write_parquet)
+    atomic_write_json(out_dir / "cells" / f"{arm}_seed{seed}.json",
+                      {"arm": arm, "seed": seed, "seconds": seconds, "test": metrics})
 
 
 def _device(cfg: RankConfig) -> torch.device:
