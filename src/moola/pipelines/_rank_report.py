@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +29,22 @@ from moola.evaluation.ranking_plots import (
 
 if TYPE_CHECKING:
     from moola.pipelines._rank_config import RankConfig
-    from moola.pipelines.rank import ArmResult
 
-__all__ = ["comparison_table", "paired_verdicts", "write_compare_report", "write_run_report"]
+__all__ = ["ArmResult", "comparison_table", "paired_verdicts", "write_compare_report", "write_run_report"]
+
+@dataclass
+class ArmResult:
+    """One arm of a comparison: its per-seed test metrics and scores."""
+
+    name: str
+    kind: str  # "neural" or "tabular"
+    seeds: list[int]
+    metrics: list[dict[str, dict[str, Any]]]  # per seed: horizon -> metrics
+    scores: list[pl.DataFrame]  # per seed: score_panel layout
+    seconds: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 
 TABLE_METRICS = (("ic_mean", "IC"), ("rank_ic_mean", "RankIC"), ("icir", "ICIR"),
                  ("rank_icir", "RankICIR"), ("ls_sharpe", "LS Sharpe (net)"),

@@ -46,6 +46,7 @@ from moola.models.ranking import (
     ranking_preset_config,
 )
 from moola.pipelines._rank_config import RankConfig, RankDataConfig
+from moola.pipelines._rank_report import ArmResult
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions
 from moola.training import Callback, FitResult, Trainer, data_fingerprint, save_weights
 from moola.training.manifest import Manifest, write_manifest
@@ -483,19 +484,6 @@ def fit_baseline_scores(name: str, prep: PreparedRank, split: DateSplit, horizon
 
 
 # ---------------------------------------------------------------------------- compare
-
-
-@dataclass
-class ArmResult:
-    """One arm of a comparison: its per-seed test metrics and scores."""
-
-    name: str
-    kind: str  # "neural" or "tabular"
-    seeds: list[int]
-    metrics: list[dict[str, dict[str, Any]]]  # per seed: horizon -> metrics
-    scores: list[pl.DataFrame]  # per seed: score_panel layout
-    seconds: list[float]
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def _arm_models(cfg: RankConfig, model_cfg: RankingModelConfig) -> list[tuple[str, RankingModelConfig]]:
