@@ -168,7 +168,8 @@ def write_compare_report(out_dir: Path, cfg: RankConfig, arms: Sequence[ArmResul
         rep.heading("Graph attention between sectors")
         rep.figure(plot_sector_attention(attention, list(sectors)), "sector_attention",
                    "mean last-layer attention from stocks of a sector (rows) to stocks of a sector "
-                   "(columns), rows normalised, averaged over the test days (first seed)")
+                   "(columns), rows normalised, averaged over the test days (first seed); the graph "
+                   "decides who may attend to whom, so same-sector edges put mass on the diagonal")
     return rep.write()
 
 
