@@ -91,10 +91,10 @@ def _paired(a: pl.DataFrame, b: pl.DataFrame, h: int) -> dict[str, Any]:
 
 def _word(d: Mapping[str, Any]) -> str:
     if d["lo"] > 0:
-        return "beats"
+        return "ahead"
     if d["hi"] < 0:
-        return "trails"
-    return "is indistinguishable from"
+        return "behind"
+    return "indistinguishable"
 
 
 def paired_verdicts(arms: Sequence[ArmResult], horizons: Sequence[int], *, model: str) -> dict[str, Any]:
@@ -125,7 +125,10 @@ def paired_verdicts(arms: Sequence[ArmResult], horizons: Sequence[int], *, model
 def _table_for_report(table: pl.DataFrame) -> pl.DataFrame:
     cols = [pl.col("horizon"), pl.col("arm"), pl.col("seeds")]
     for key, label in TABLE_METRICS:
-        cols.append(pl.format("{} ± {}", pl.col(key).round(4), pl.col(f"{key}_std").round(4)).alias(label))
+        mean = pl.col(key).round(4).cast(pl.String)
+        cols.append(pl.when(pl.col("seeds") > 1)
+                    .then(pl.format("{} ± {}", mean, pl.col(f"{key}_std").round(4)))
+                    .otherwise(mean).alias(label))
     return table.select(cols)
 
 
@@ -145,7 +148,8 @@ def write_compare_report(out_dir: Path, cfg: RankConfig, arms: Sequence[ArmResul
                   f"{split['val']}; purged {split['purged']}, embargoed {split['embargoed']} dates. "
                   f"Panel: {summary['panel']}. Long-short: {cfg.long_short.model_dump()}; deflated "
                   f"Sharpe over {summary['n_trials']} configurations.")
-    rep.heading("Test metrics per horizon (mean ± std over seeds; tabular arms: one fit unless seeded)")
+    rep.heading("Test metrics per horizon (mean ± std over seeds; a single value: one fit, "
+                "deterministic arms)")
     rep.table(_table_for_report(table), max_rows=200)
     h0 = int(cfg.monitor_horizon or cfg.data.horizons[0])
     for h in cfg.data.horizons:

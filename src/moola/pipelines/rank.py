@@ -59,6 +59,7 @@ __all__ = [
     "RankOutcome",
     "apply_processors",
     "flat_rows",
+    "load_panel",
     "prepare",
     "process_panel",
     "run_rank_compare",
