@@ -5,6 +5,7 @@ over GAT depths 1-4 with no failing trial; config errors that name the key."""
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,21 @@ def test_config_errors_name_the_key(tmp_path) -> None:
         RankConfig.from_dict({"data": {"split": {"train": ["2016-01-01", "2016-12-31"],
                                                  "val": ["2016-06-01", "2016-12-31"],
                                                  "test": ["2017-01-01", "2017-12-31"]}}})
+
+
+def test_the_generic_evaluate_and_predict_commands_take_a_ranking_run(trained, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from moola.cli import app
+
+    _, out = trained
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(out.run_dir), "--split", "val"])
+    assert res.exit_code == 0, res.output
+    assert "RankIC" in res.output and (out.run_dir / "metrics_val.json").is_file()
+    store = Path(json.loads((out.run_dir / "manifest.json").read_text())["store"])
+    res = runner.invoke(app, ["predict", str(out.run_dir), "--store", str(store), "--out",
+                              str(tmp_path / "s.parquet"), "--since", "2017-06-01"])
+    assert res.exit_code == 0, res.output
+    got = pl.read_parquet(tmp_path / "s.parquet")
+    assert got.get_column("date").min() >= date(2017, 6, 1)

@@ -422,10 +422,24 @@ def evaluate(
                               f"log loss {m['log_loss']:.4f}")
         console.print(f"ensemble evaluation -> {where}")
         return
+    assert run_dir is not None
+    if _is_rank_run(run_dir):  # a moola rank train directory: its own scorer (val or test)
+        from moola.pipelines.rank import run_rank_evaluate
+
+        if data is not None:
+            raise typer.BadParameter("--data: a ranking run is evaluated on its own panel's dates")
+        run_rank_evaluate(run_dir, split=split, console=console)
+        return
     from moola.pipelines.train import run_evaluate
 
-    assert run_dir is not None
     run_evaluate(run_dir, store=data, split=split, console=console)
+
+
+def _is_rank_run(run_dir: Path) -> bool:
+    import json
+
+    man = run_dir / "manifest.json"
+    return man.is_file() and json.loads(man.read_text()).get("kind") == "rank_run"
 
 
 @app.command("predict")
@@ -453,6 +467,14 @@ def predict(
     syms = symbols.split(",") if symbols else None
     if ensemble is not None:
         frame = run_ensemble_predict(ensemble, store, out, symbols=syms, since=_parse_when(since))
+    elif run_dir is not None and _is_rank_run(run_dir):  # per-(date, symbol) scores of a ranking run
+        from moola.pipelines.rank import run_rank_predict
+
+        if syms is not None:
+            raise typer.BadParameter("--symbols: a ranking run scores its whole universe")
+        path = run_rank_predict(run_dir, out, store=str(store), start=since, console=console)
+        console.print(f"ranking scores -> {path}")
+        return
     else:
         assert run_dir is not None
         frame = run_predict(run_dir, store, out, symbols=syms, since=_parse_when(since))

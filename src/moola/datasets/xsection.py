@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
 from moola.config import Config
 
@@ -63,13 +63,19 @@ def forward_returns(bars: pl.DataFrame, horizons: Sequence[int] = (1, 5, 10, 20)
     """
     if entry not in ENTRIES:
         raise ValueError(f"entry {entry!r}: choose one of {', '.join(ENTRIES)}")
-    hs = [int(h) for h in horizons]
-    if not hs or min(hs) < 1 or len(set(hs)) != len(hs):
-        raise ValueError(f"horizons must be unique integers >= 1, got {list(horizons)}")
+    hs = list(horizons)
+    if (not hs or any(isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1 for h in hs)
+            or len(set(hs)) != len(hs)):
+        raise ValueError(f"horizons must be unique integers >= 1, got {hs}")
+    hs = [int(h) for h in hs]
     missing = [c for c in ("symbol", DATE, price) if c not in bars.columns]
     if missing:
         raise ValueError(f"forward_returns: bars lack column(s) {missing}; have {bars.columns} "
                          f"(returns are computed from {price!r})")
+    unordered = bars.select((pl.col(DATE) <= pl.col(DATE).shift(1).over("symbol")).sum()).item()
+    if unordered:
+        raise ValueError(f"forward_returns: '{DATE}' must increase strictly within each symbol "
+                         f"({unordered} rows repeat or go back); sort bars by symbol, ts and drop duplicates")
     cal = bars.get_column(DATE).unique().sort()
     pos = np.searchsorted(cal.to_numpy(), bars.get_column(DATE).to_numpy())
     off = 1 if entry == "next_close" else 0
@@ -96,6 +102,28 @@ def _nan_to_null(cols: Sequence[str]) -> list[pl.Expr]:
     return [pl.col(c).cast(pl.Float64).fill_nan(None).alias(c) for c in cols]
 
 
+def _on_dates(frame: pl.DataFrame, dates: Iterable[Any] | pl.Series | None, who: str) -> pl.DataFrame:
+    """The rows of ``frame`` whose ``ts`` is one of ``dates`` (all rows when None): the training
+    dates a processor may learn from. ``datetime.date`` values match a datetime ``ts`` by day."""
+    if dates is None:
+        return frame
+    d = dates if isinstance(dates, pl.Series) else pl.Series(DATE, list(dates))
+    ts = pl.col(DATE)
+    if d.dtype == pl.Date and frame.schema[DATE] != pl.Date:
+        ts = ts.dt.date()
+    else:
+        d = d.cast(frame.schema[DATE])
+    out = frame.filter(ts.is_in(d.implode()))
+    if out.height == 0:
+        raise ValueError(f"{who}.fit: none of the {d.len()} fit dates is in the frame's '{DATE}' column")
+    return out
+
+
+def _nan_as_none(values: Sequence[float]) -> list[float | None]:
+    """NaN -> None so the stored state is strict JSON (``from_dict`` reads None back as NaN)."""
+    return [None if v != v else v for v in values]
+
+
 def _check_columns(frame: pl.DataFrame, cols: Sequence[str], who: str) -> None:
     missing = [c for c in (DATE, *cols) if c not in frame.columns]
     if missing:
@@ -104,15 +132,16 @@ def _check_columns(frame: pl.DataFrame, cols: Sequence[str], who: str) -> None:
 
 
 class Processor(ABC):
-    """``fit(frame)`` -> self (learned state ends in ``_``); ``transform(frame)`` -> a new frame
-    with the processed columns as Float64 (NaN = unknown); ``to_dict`` for the run directory."""
+    """``fit(frame, dates)`` -> self, learning (state ends in ``_``) from the rows on ``dates``
+    only (all rows when None); ``transform(frame)`` -> a new frame with the processed columns as
+    Float64 (NaN = unknown); ``to_dict`` for the run directory."""
 
     kind: str = "processor"
 
     def __init__(self, columns: Sequence[str]) -> None:
         self.columns = list(columns)
 
-    def fit(self, frame: pl.DataFrame) -> Processor:
+    def fit(self, frame: pl.DataFrame, dates: Iterable[Any] | pl.Series | None = None) -> Processor:
         _check_columns(frame, self.columns, type(self).__name__)
         return self
 
@@ -169,9 +198,9 @@ class RobustZScoreNorm(Processor):
         super().__init__(columns)
         self.clip = clip
 
-    def fit(self, frame: pl.DataFrame) -> RobustZScoreNorm:
+    def fit(self, frame: pl.DataFrame, dates: Iterable[Any] | pl.Series | None = None) -> RobustZScoreNorm:
         super().fit(frame)
-        base = frame.select(_nan_to_null(self.columns))
+        base = _on_dates(frame, dates, "RobustZScoreNorm").select(_nan_to_null(self.columns))
         med = base.median().row(0)
         self.median_ = [float("nan") if v is None else float(v) for v in med]
         dev = base.select([(pl.col(c) - m).abs().alias(c) for c, m in zip(self.columns, self.median_,
@@ -194,7 +223,9 @@ class RobustZScoreNorm(Processor):
         return {"clip": self.clip}
 
     def state(self) -> dict[str, Any]:
-        return {"median": self.median_, "scale": self.scale_} if hasattr(self, "median_") else {}
+        if not hasattr(self, "median_"):
+            return {}
+        return {"median": _nan_as_none(self.median_), "scale": _nan_as_none(self.scale_)}
 
 
 class Fillna(Processor):
@@ -216,36 +247,52 @@ class Fillna(Processor):
 
 
 class CSRankConfig(Config):
+    """``{kind: cs_rank}``: per-date rank to (pct - 0.5) * 3.46."""
+
     kind: Literal["cs_rank"] = "cs_rank"
 
 
 class CSZScoreConfig(Config):
+    """``{kind: cs_zscore}``: per-date z-score."""
+
     kind: Literal["cs_zscore"] = "cs_zscore"
 
 
 class RobustZScoreConfig(Config):
+    """``{kind: robust_zscore, clip: 3}``: median / MAD learned on the training dates."""
+
     kind: Literal["robust_zscore"] = "robust_zscore"
     clip: float = Field(3.0, gt=0)
 
 
 class FillnaConfig(Config):
+    """``{kind: fillna, value: 0}``: unknown values -> value."""
+
     kind: Literal["fillna"] = "fillna"
     value: float = 0.0
 
 
 ProcessorConfig = Annotated[CSRankConfig | CSZScoreConfig | RobustZScoreConfig | FillnaConfig,
                             Field(discriminator="kind")]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProcessorConfig)
 KINDS = ("cs_rank", "cs_zscore", "robust_zscore", "fillna")
 
 
 AnyProcessorConfig = CSRankConfig | CSZScoreConfig | RobustZScoreConfig | FillnaConfig
 
 
+_CONFIGS: dict[str, type[AnyProcessorConfig]] = {
+    "cs_rank": CSRankConfig, "cs_zscore": CSZScoreConfig, "robust_zscore": RobustZScoreConfig,
+    "fillna": FillnaConfig,
+}
+
+
 def processor_config(data: dict[str, Any]) -> AnyProcessorConfig:
-    """A processor config from a mapping with ``kind`` (cs_rank, cs_zscore, robust_zscore, fillna)."""
-    out: AnyProcessorConfig = _ADAPTER.validate_python(data)
-    return out
+    """A processor config from a mapping with ``kind`` (cs_rank, cs_zscore, robust_zscore, fillna);
+    an unknown kind or key is an error naming it."""
+    kind = data.get("kind")
+    if kind not in _CONFIGS:
+        raise ValueError(f"unknown processor kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return _CONFIGS[kind].from_dict(data)
 
 
 def _build(kind: str, columns: Sequence[str], params: dict[str, Any]) -> Processor:
@@ -268,9 +315,13 @@ class Processors:
 
     @classmethod
     def from_configs(cls, configs: Sequence[Any], columns: Sequence[str]) -> Processors:
+        """Unfitted steps for ``columns`` from typed configs (or mappings with ``kind``)."""
+        configs = [processor_config(c) if isinstance(c, dict) else c for c in configs]
         return cls([_build(c.kind, columns, c.model_dump(exclude={"kind"})) for c in configs])
 
-    def fit(self, frame: pl.DataFrame) -> Processors:
+    def fit(self, frame: pl.DataFrame, dates: Iterable[Any] | pl.Series | None = None) -> Processors:
+        """Fit each step on the ``dates`` rows as the steps before it leave them."""
+        frame = _on_dates(frame, dates, "Processors")
         for step in self.steps:
             step.fit(frame)
             frame = step.transform(frame)
