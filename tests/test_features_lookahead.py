@@ -23,7 +23,8 @@ from moola.features import (
     list_feature_sets,
 )
 
-DATA_FOR_SET = {"ohlc4": "daily", "relative11": "daily", "alpha158": "daily", "crypto39": "crypto"}
+DATA_FOR_SET = {"ohlc4": "daily", "relative11": "daily", "alpha158": "daily", "alpha360": "daily",
+                "crypto39": "crypto"}
 TIMEFRAME = {"daily": Timeframe.D1, "crypto": Timeframe.M1}
 
 

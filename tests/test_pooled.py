@@ -119,7 +119,9 @@ def test_the_predictor_serves_what_evaluate_scored_bit_for_bit(pooled, tmp_path)
     # evaluate's loss is the one training reported on test: the ids reached the model there too
     metrics = json.loads((run_dir / "metrics.json").read_text())
     evaluated = json.loads((run_dir / "evaluation_test.json").read_text())
-    assert evaluated["test"]["loss"] == pytest.approx(metrics["run"]["test_loss"], rel=1e-9)
+    # to 1e-6: training scored test in batches of another size, whose CPU kernels may differ in the
+    # last bits on some machines (seen on an AVX-512 Xeon: 4e-8)
+    assert evaluated["test"]["loss"] == pytest.approx(metrics["run"]["test_loss"], rel=1e-6)
 
 
 def test_the_embedding_changes_outputs_across_symbol_ids(pooled):

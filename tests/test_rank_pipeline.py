@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from moola.config import ConfigError
+from moola.pipelines._rank_config import RankWalkForwardConfig
 from moola.pipelines.rank import (
     RankConfig,
     run_rank_compare,
@@ -152,3 +153,20 @@ def test_the_generic_evaluate_and_predict_commands_take_a_ranking_run(trained, t
     assert res.exit_code == 0, res.output
     got = pl.read_parquet(tmp_path / "s.parquet")
     assert got.get_column("date").min() >= date(2017, 6, 1)
+
+
+def test_walk_forward_retrains_per_fold_and_scores_each_block_once(tmp_path) -> None:
+    cfg = _cfg(tmp_path, name="wf")
+    data = cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={
+        "walk_forward": RankWalkForwardConfig(first_test=date(2016, 7, 1), step=126, val_days=60)})})
+    cfg = cfg.model_copy(update={"data": data, "train": cfg.train.model_copy(update={"epochs": 1})})
+    out = run_rank_train(cfg, console=QUIET, show_progress=False, report=False)
+    assert len(out.metrics["folds"]) == 3  # 2016-07-01 .. 2017-12-06 (the data end): 3 blocks of 126 days
+    scores = pl.read_parquet(out.run_dir / "scores_test.parquet")
+    assert scores.select("date", "symbol").is_duplicated().sum() == 0
+    assert scores.get_column("date").min() >= date(2016, 7, 1)
+    assert scores.get_column("date").max() >= date(2017, 11, 1)
+    m = run_rank_evaluate(out.run_dir, split="test", console=QUIET)
+    assert m["5"]["rank_ic_mean"] == pytest.approx(out.metrics["test"]["5"]["rank_ic_mean"], abs=1e-12)
+    with pytest.raises(ConfigError, match="first_test"):
+        RankConfig.from_dict({"data": {"split": {"walk_forward": {"first_test": "2015-06-01"}}}})

@@ -329,9 +329,14 @@ def _table_rows(output: str) -> dict[str, list[str]]:
 
 
 def test_models_list_prints_every_preset_with_its_parameter_count():
+    from moola.models import RANKING_PRESETS, describe_ranking_presets
+
     res = cli("models", "list")
     assert res.exit_code == 0, res.output
-    rows = _table_rows(res.stdout)
+    every = _table_rows(res.stdout)
+    for r in describe_ranking_presets():  # the second table: ranking presets and their counts
+        assert every[r.name][1] == f"{r.params:,}", (r.name, every[r.name])
+    rows = {k: v for k, v in every.items() if k not in RANKING_PRESETS}
     presets = ["simple_lstm", "jade", "jade_compact", "direction_lstm", "direction_transformer"]
     assert set(presets) <= set(PRESETS) and sorted(rows) == sorted(PRESETS)
     for name in PRESETS:

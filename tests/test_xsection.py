@@ -116,8 +116,9 @@ def pair() -> pl.DataFrame:
 
 
 @settings(max_examples=40, deadline=None)
-@given(t=st.integers(0, 599), other=st.integers(0, 599), scale=st.floats(0.5, 2.0).filter(lambda s: abs(s - 1) > 0.01),
-       h=st.sampled_from(HORIZONS), entry=st.sampled_from(["close", "next_close"]))
+@given(t=st.integers(0, 599), other=st.integers(0, 599),
+       scale=st.floats(0.5, 2.0).filter(lambda s: abs(s - 1) > 0.01), h=st.sampled_from(HORIZONS),
+       entry=st.sampled_from(["close", "next_close"]))
 def test_a_label_reads_only_its_own_stocks_next_bars(pair: pl.DataFrame, t: int, other: int, scale: float,
                                                     h: int, entry: str) -> None:
     """Scaling a price outside rows t+off .. t+off+h of t's stock leaves ret_h at t unchanged;
@@ -155,7 +156,7 @@ def test_robust_zscore_learns_on_training_dates_only(bars: pl.DataFrame) -> None
     b = RobustZScoreNorm(["r", "flat"], clip=3.0).fit(later, train_dates)
     assert a.median_ == b.median_ and a.scale_ == b.scale_  # test dates never move the fit
     # the same fit from datetime.date values
-    days = [date(2012, 1, 1)] + sorted({d for d in frame["ts"].dt.date().to_list() if d.year <= 2015})
+    days = [date(2012, 1, 1), *sorted({d for d in frame["ts"].dt.date().to_list() if d.year <= 2015})]
     c = RobustZScoreNorm(["r", "flat"]).fit(frame, days)
     assert c.median_ == a.median_ and c.scale_ == a.scale_
     x = frame.filter(pl.col("ts").dt.year() <= 2015)["r"].drop_nulls().to_numpy()
@@ -188,7 +189,8 @@ def test_cs_rank_and_zscore_per_date_equal_references(bars: pl.DataFrame) -> Non
     const = pl.DataFrame({"ts": [1, 1, 1, 2, 2], "v": [2.0, 2.0, float("nan"), 1.0, 3.0]})
     zc = CSZScoreNorm(["v"]).transform(const)["v"].to_list()
     assert zc[:2] == [0.0, 0.0] and np.isnan(zc[2])  # a constant date -> 0, NaN stays NaN
-    assert CSRankNorm(["v"]).transform(const)["v"].to_list()[3:] == pytest.approx([0.0, 1.73])  # Qlib: (pct - 0.5) * 3.46
+    ranks = CSRankNorm(["v"]).transform(const)["v"].to_list()
+    assert ranks[3:] == pytest.approx([0.0, 1.73])  # Qlib: (pct - 0.5) * 3.46, not centred
 
 
 def test_fitted_state_round_trips_and_chunks_concatenate(bars: pl.DataFrame) -> None:
@@ -230,12 +232,12 @@ def test_processors_are_named_by_a_typed_config(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_say_what_is_wrong(bars: pl.DataFrame) -> None:
-    with pytest.raises(ValueError, match="entry 'open'.*next_close, close"):
+    with pytest.raises(ValueError, match=r"entry 'open'.*next_close, close"):
         forward_returns(bars, (1,), entry="open")  # type: ignore[arg-type]
     for bad in ((0, 5), (-1,), (2.5,), (), (5, 5)):
         with pytest.raises(ValueError, match="horizons"):
             forward_returns(bars, bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="lack column.*adj_close"):
+    with pytest.raises(ValueError, match=r"lack column.*adj_close"):
         forward_returns(bars.drop("adj_close"), (1,))
     with pytest.raises(ValueError, match="increase strictly"):
         forward_returns(bars.sort("symbol", "ts", descending=[False, True]), (1,))
@@ -245,9 +247,9 @@ def test_bad_inputs_say_what_is_wrong(bars: pl.DataFrame) -> None:
         label_horizon_bars(0, "close")
     with pytest.raises(RuntimeError, match="before fit"):
         RobustZScoreNorm(["close"]).transform(bars)
-    with pytest.raises(ValueError, match="lacks column.*nope"):
+    with pytest.raises(ValueError, match=r"lacks column.*nope"):
         CSRankNorm(["nope"]).transform(bars)
     with pytest.raises(ValueError, match="none of the 1 fit dates"):
         RobustZScoreNorm(["close"]).fit(bars, [date(1999, 1, 1)])
-    with pytest.raises(ValueError, match="rank_gauss.*cs_rank, cs_zscore, robust_zscore, fillna"):
+    with pytest.raises(ValueError, match=r"rank_gauss.*cs_rank, cs_zscore, robust_zscore, fillna"):
         processor_config({"kind": "rank_gauss"})

@@ -60,6 +60,11 @@ class RankSplitConfig(Config):
         if not (self.train[1] < self.val[0] and self.val[1] < self.test[0]):
             raise ValueError(f"split ranges must be in order without overlap: train {self.train}, "
                              f"val {self.val}, test {self.test}")
+        wf = self.walk_forward
+        if wf is not None and not self.train[1] < wf.first_test <= self.test[1]:
+            raise ValueError(f"split.walk_forward.first_test {wf.first_test} must fall after split.train "
+                             f"(the processors are fitted on {self.train[0]}..{self.train[1]}) and by "
+                             f"split.test's end {self.test[1]}")
         return self
 
 

@@ -321,6 +321,51 @@ def train_model(cfg: RankConfig, prep: PreparedRank, split: DateSplit, model_cfg
     return model, trainer, fit
 
 
+@dataclass
+class FitScores:
+    """One arm and seed trained on every fold (one fold without walk-forward): the last fold's
+    model, each fold's fit, and the out-of-sample scores of all folds together."""
+
+    model: RankingModel
+    fits: list[FitResult]
+    val_scores: pl.DataFrame
+    test_scores: pl.DataFrame
+
+    @property
+    def fit(self) -> FitResult:
+        return self.fits[-1]
+
+
+def fit_and_score(cfg: RankConfig, prep: PreparedRank, model_cfg: RankingModelConfig, *, seed: int,
+                  run_dir: Path | None, console: Console, show_progress: bool,
+                  callbacks: Sequence[Callback] = ()) -> FitScores:
+    """Train on each split of ``folds(prep)`` from scratch and score its val and test dates;
+    walk-forward folds test on consecutive blocks, so their test scores never overlap."""
+    device = _device(cfg)
+    bd = cfg.train.eval_batch_size or cfg.train.batch_size
+    splits = folds(prep)
+    fits, vals, tests = [], [], []
+    model: RankingModel | None = None
+    for k, split in enumerate(splits):
+        if len(splits) > 1:
+            console.print(f"walk-forward fold {k + 1}/{len(splits)}: {split.describe(prep.panel.dates)}")
+        last = k == len(splits) - 1
+        model, _, fit = train_model(cfg, prep, split, model_cfg, seed=seed,
+                                    run_dir=run_dir if last else None, console=console,
+                                    show_progress=show_progress, callbacks=callbacks)
+        _, val_src, test_src = sources(cfg, prep, split, model_cfg)
+        vals.append(score_panel(model, val_src, batch_days=bd, device=device))
+        tests.append(score_panel(model, test_src, batch_days=bd, device=device))
+        fits.append(fit)
+    assert model is not None
+    return FitScores(model, fits, pl.concat(vals), pl.concat(tests))
+
+
+def folds(prep: PreparedRank) -> list[DateSplit]:
+    """The walk-forward folds when configured, else the one date split."""
+    return prep.folds or [prep.split]
+
+
 @torch.no_grad()
 def score_panel(model: nn.Module, source: RankBatchSource, *, batch_days: int, device: torch.device
                 ) -> pl.DataFrame:
@@ -430,15 +475,10 @@ def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_prog
         model_cfg = resolve_model(cfg, prep.panel.n_features)
         resolved = cfg.model_copy(update={"model": model_cfg})
         tracker.log_params(resolved.flat())
-        model, _, fit = train_model(
-            cfg, prep, prep.split, model_cfg, seed=cfg.train.seed, run_dir=run_dir, console=console,
-            show_progress=show_progress, callbacks=[MlflowCallback(tracker), *callbacks])
+        res = fit_and_score(cfg, prep, model_cfg, seed=cfg.train.seed, run_dir=run_dir, console=console,
+                            show_progress=show_progress, callbacks=[MlflowCallback(tracker), *callbacks])
+        model, fit, val_scores, test_scores = res.model, res.fit, res.val_scores, res.test_scores
         n_params = count_parameters(model)
-        device = _device(cfg)
-        _, val_src, test_src = sources(cfg, prep, prep.split, model_cfg)
-        bd = cfg.train.eval_batch_size or cfg.train.batch_size
-        val_scores = score_panel(model, val_src, batch_days=bd, device=device)
-        test_scores = score_panel(model, test_src, batch_days=bd, device=device)
         n_trials = cfg.n_trials or 1
         test_metrics = evaluate_scores(test_scores, cfg, n_trials=n_trials)
         val_metrics = evaluate_scores(val_scores, cfg, n_trials=n_trials)
@@ -449,7 +489,8 @@ def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_prog
             "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "fit_seconds": fit.seconds,
             "n_params": n_params, "timings": prep.timings, "cache_hit": prep.cache_hit,
             "split": prep.split.describe(prep.panel.dates), "survivorship": SURVIVORSHIP,
-            "warnings": fit.warnings, "seconds": time.perf_counter() - t0,
+            "folds": [f.describe(prep.panel.dates) for f in prep.folds],
+            "warnings": [w for f in res.fits for w in f.warnings], "seconds": time.perf_counter() - t0,
         }
         resolved.to_yaml(run_dir / "config.yaml")
         atomic_write(run_dir / "scores_test.parquet", test_scores.write_parquet)
@@ -527,7 +568,9 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
             arm = ArmResult(name, "tabular", [], [], [], [])
             for seed in seeds:
                 console.print(f"[bold]{name}[/] seed {seed}")
-                scores, params = fit_baseline_scores(name, prep, prep.split, horizons, seed=seed)
+                parts = [fit_baseline_scores(name, prep, split, horizons, seed=seed) for split in folds(prep)]
+                scores = pl.concat([p[0] for p in parts])
+                params = {**parts[-1][1], "seconds": sum(float(p[1]["seconds"]) for p in parts)}
                 arm.seeds.append(seed)
                 arm.scores.append(scores)
                 arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
@@ -540,10 +583,10 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
             for net_name, mcfg in neural:
                 arm = nets[net_name]
                 console.print(f"[bold]{net_name}[/] seed {seed}")
-                model, _, fit = train_model(cfg, prep, prep.split, mcfg, seed=seed, run_dir=None,
-                                            console=console, show_progress=show_progress)
-                _, _, test_src = sources(cfg, prep, prep.split, mcfg)
-                scores = score_panel(model, test_src, batch_days=bd, device=device)
+                res = fit_and_score(cfg, prep, mcfg, seed=seed, run_dir=None, console=console,
+                                    show_progress=show_progress)
+                model, fit, scores = res.model, res.fit, res.test_scores
+                _, _, test_src = sources(cfg, prep, folds(prep)[-1], mcfg)
                 arm.seeds.append(seed)
                 arm.scores.append(scores)
                 arm.metrics.append(evaluate_scores(scores, cfg, n_trials=n_trials))
@@ -559,6 +602,7 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
         summary = {
             "model": model_cfg.name, "horizons": horizons, "n_trials": n_trials,
             "split": prep.split.describe(prep.panel.dates), "timings": prep.timings,
+            "folds": [f.describe(prep.panel.dates) for f in prep.folds],
             "cache_hit": prep.cache_hit, "panel": {"rows": prep.panel.keys.height,
                                                    "symbols": len(prep.panel.symbols),
                                                    "dates": len(prep.panel.dates),
@@ -637,10 +681,16 @@ def run_rank_evaluate(run_dir: str | Path, *, split: str = "test", console: Cons
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir)
     assert cfg.model is not None
-    prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
-    _, val_src, test_src = sources(cfg, prep, prep.split, cfg.model)
-    scores = score_panel(model, test_src if split == "test" else val_src,
-                         batch_days=cfg.train.eval_batch_size or cfg.train.batch_size, device=_device(cfg))
+    if cfg.data.split.walk_forward is not None:  # each fold's weights are gone; its scores are kept
+        scores = pl.read_parquet(run_dir / f"scores_{split}.parquet")
+        console.print(f"walk-forward run: metrics recomputed from {run_dir / f'scores_{split}.parquet'} "
+                      "(every fold's out-of-sample scores; only the last fold's weights are saved)")
+    else:
+        prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
+        _, val_src, test_src = sources(cfg, prep, prep.split, cfg.model)
+        scores = score_panel(model, test_src if split == "test" else val_src,
+                             batch_days=cfg.train.eval_batch_size or cfg.train.batch_size,
+                             device=_device(cfg))
     metrics = evaluate_scores(scores, cfg, n_trials=cfg.n_trials or 1)
     atomic_write_json(run_dir / f"metrics_{split}.json", metrics)
     if split == "test":
