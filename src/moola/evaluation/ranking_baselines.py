@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moola.training import daily_corr
+
 __all__ = [
     "LIGHTGBM_QLIB_ALPHA158",
     "RANKING_BASELINES",
@@ -59,31 +61,14 @@ class FlatRows:
 
 
 def mean_daily_rank_ic(score: np.ndarray, ret: np.ndarray, day: np.ndarray, min_stocks: int = 5) -> float:
-    """Mean over days of the Spearman correlation of score and ret (rows with both finite),
-    vectorised: ranks per day by one lexsort, then Pearson per day by bincount."""
+    """Mean over days (with ``min_stocks`` rows where both are finite) of the Spearman correlation
+    of score and ret: ``moola.training.daily_corr`` on the kept rows."""
     ok = np.isfinite(score) & np.isfinite(ret)
     s, r, d = score[ok], ret[ok], day[ok]
-    if s.size == 0:
-        return float("nan")
-    _, d = np.unique(d, return_inverse=True)
-    n = np.bincount(d)
-
-    def ranks(v: np.ndarray) -> np.ndarray:  # 0..n_d-1 within each day (ties: by position)
-        o = np.lexsort((v, d))
-        out = np.empty(v.size, dtype=np.float64)
-        starts = np.r_[0, np.cumsum(n)[:-1]]
-        out[o] = np.arange(v.size) - np.repeat(starts, n)
-        return out
-
-    rs, rr = ranks(s), ranks(r)
-    m = (n - 1) / 2.0
-    cs, cr = rs - m[d], rr - m[d]
-    cov = np.bincount(d, cs * cr)
-    var_s, var_r = np.bincount(d, cs * cs), np.bincount(d, cr * cr)
-    good = (n >= min_stocks) & (var_s > 0) & (var_r > 0)
-    if not good.any():
-        return float("nan")
-    return float(np.mean(cov[good] / np.sqrt(var_s[good] * var_r[good])))
+    _, inv, counts = np.unique(d, return_inverse=True, return_counts=True)
+    keep = counts[inv] >= min_stocks
+    ics = daily_corr(s[keep], r[keep], d[keep], kind="spearman")
+    return float(ics.mean()) if ics.size else float("nan")
 
 
 @dataclass

@@ -25,6 +25,7 @@ __all__ = [
     "RegressionHeadConfig",
     "SymbolEmbeddingConfig",
     "TransformerEncoderConfig",
+    "unique_horizons",
 ]
 
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -33,6 +34,13 @@ Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 Pooling = Literal["last", "mean", "attention"]
 # The optional heads of a ModelConfig, in forward-output order.
 HEAD_NAMES = ("classifier", "pointer", "direction", "regression", "reconstruction")
+
+
+def unique_horizons(v: list[int]) -> list[int]:
+    """Field check shared by every config that lists forecast horizons: no horizon twice."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"horizons must be unique, got {v}")
+    return v
 
 
 def _divides(value: int, info: ValidationInfo, total_field: str) -> int:
@@ -121,9 +129,7 @@ class RegressionHeadConfig(Config):
     @field_validator("horizons")
     @classmethod
     def _unique(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"horizons must be unique, got {v}")
-        return v
+        return unique_horizons(v)
 
 
 class ReconstructionHeadConfig(Config):

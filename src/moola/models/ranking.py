@@ -20,7 +20,7 @@ from torch import nn
 
 from moola.config import Config
 from moola.models.builders import UnknownPresetError, build_encoder, count_parameters
-from moola.models.config import EncoderConfig, RNNEncoderConfig
+from moola.models.config import EncoderConfig, RNNEncoderConfig, unique_horizons
 from moola.models.graph import FAN, FANConfig, GATConfig, GATStack, build_gat_stack
 from moola.models.heads import LastPooling
 
@@ -61,12 +61,15 @@ class RankingModelConfig(Config):
     skip: bool = Field(True, description=(
         "concatenate the temporal embedding with the graph output before the head (HIST/GATs residual)"))
 
+    @property
+    def reads_graph(self) -> bool:
+        """The model reads batch["adj"] (a non-dense graph) or batch["edge_attr"]."""
+        return self.gat.layers > 0 and (self.gat.graph != "dense" or self.gat.edge_dim > 0)
+
     @field_validator("horizons")
     @classmethod
     def _unique(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"horizons must be unique, got {v}")
-        return v
+        return unique_horizons(v)
 
     @model_validator(mode="after")
     def _layout(self) -> Self:

@@ -12,6 +12,7 @@ from moola.config import Config
 from moola.datasets.graphs import GraphConfig
 from moola.datasets.xsection import ProcessorConfig, processor_config
 from moola.evaluation.ranking import LongShortConfig
+from moola.models.config import unique_horizons
 from moola.models.ranking import RankingModelConfig
 from moola.training import EarlyStoppingConfig, TrainConfig
 from moola.training.ranking import RankingLossConfig
@@ -93,9 +94,7 @@ class RankDataConfig(Config):
     @field_validator("horizons")
     @classmethod
     def _unique(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"horizons must be unique, got {v}")
-        return sorted(v)
+        return sorted(unique_horizons(v))
 
 
 def _rank_train() -> TrainConfig:

@@ -33,7 +33,6 @@ from moola.datasets.rank_panel import (
     walk_forward_splits,
 )
 from moola.datasets.tasks import DataConfig, bundled_dir, resolve_store
-from moola.datasets.windows import symbol_ranges
 from moola.datasets.xsection import Processors, forward_returns, label_horizon_bars
 from moola.evaluation.ranking import ranking_metrics
 from moola.evaluation.ranking_baselines import FlatRows, fit_ranking_baseline
@@ -80,17 +79,28 @@ SURVIVORSHIP = ("Survivorship bias: the S&P panel's universe is the index member
 
 @dataclass
 class PreparedRank:
-    """The panel, its date split and graphs, and how long preparing them took."""
+    """The panel, its date split, the sectors, and how long preparing them took; the day graphs
+    are built on first use (``day_graphs``), by the models that read them only."""
 
     panel: RankPanel
     split: DateSplit
     folds: list[DateSplit]  # walk-forward folds (empty without walk_forward)
-    graphs: DayGraphs | None
+    data: RankDataConfig
     sectors: list[str]
     store_dir: Path
     cache_dir: Path | None
     timings: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
+    _graphs: DayGraphs | None = field(default=None, repr=False)
+
+    def day_graphs(self) -> DayGraphs:
+        """The graphs of ``data.graph`` on the panel's dates, built once (past returns only)."""
+        if self._graphs is None:
+            t0 = time.perf_counter()
+            rets = _returns_on_panel(self.panel, self.store_dir, self.data)
+            self._graphs = build_day_graphs(self.data.graph, rets, self.panel.symbols, self.sectors)
+            self.timings["graphs_s"] = time.perf_counter() - t0
+        return self._graphs
 
 
 def _store_fingerprint(store: Store) -> str:
@@ -103,15 +113,10 @@ def _sectors_path(cfg: RankDataConfig) -> Path:
     return bundled_dir() / BUNDLED_SECTORS if cfg.store is None else SHARED_SECTORS
 
 
-def _position_in_symbol(keys: pl.DataFrame, values: np.ndarray) -> np.ndarray:
-    """(N,) 0-based row of each bar within its symbol (keys sorted by symbol)."""
-    from moola.features import FeatureMatrix
-
-    fm = FeatureMatrix(keys=keys, values=values, names=tuple(f"f{i}" for i in range(values.shape[1])),
-                       set_name="_")
-    _, bounds = symbol_ranges(fm)
-    lengths = bounds[:, 1] - bounds[:, 0]
-    return np.arange(keys.height) - np.repeat(bounds[:, 0], lengths)
+def _mask_warmup(keys: pl.DataFrame, values: np.ndarray, max_lookback: int) -> None:
+    """NaN on each stock's first ``max_lookback`` rows (in place), so they are never a window's bar."""
+    pos = keys.select(pl.int_range(pl.len()).over("symbol")).to_series().to_numpy()
+    values[pos < max_lookback] = np.nan
 
 
 FEATURE_CHUNK = 16  # feature columns processed at a time: bounds memory on a large panel
@@ -145,7 +150,7 @@ def process_panel(keys: pl.DataFrame, values: np.ndarray, names: Sequence[str], 
     ts = keys.get_column("ts")
     in_fit = ts.dt.date().is_between(fit_range[0], fit_range[1]).to_numpy()
     feats, fproc = apply_processors(feature_processors, ts, values, names, in_fit)
-    feats[_position_in_symbol(keys, feats) < max_lookback] = np.nan
+    _mask_warmup(keys, feats, max_lookback)
     ret_cols = [f"ret_{h}" for h in horizons]
     labels, lproc = apply_processors(label_processors, ts, raw, ret_cols, in_fit)
     meta = {**meta, "feature_processors": fproc.to_dict(), "label_processors": lproc.to_dict(),
@@ -220,7 +225,7 @@ def _purge_bars(cfg: RankDataConfig) -> int:
 
 
 def prepare(cfg: RankDataConfig, *, cache_root: Path, console: Console | None = None) -> PreparedRank:
-    """Panel (cached), date split, walk-forward folds and the day graphs."""
+    """Panel (cached), date split, walk-forward folds and the sectors."""
     panel, store_dir, cache, timings, hit = load_panel(cfg, cache_root=cache_root, console=console)
     dates = panel.dates
     purge = _purge_bars(cfg)
@@ -232,15 +237,8 @@ def prepare(cfg: RankDataConfig, *, cache_root: Path, console: Console | None = 
         folds = walk_forward_splits(dates, first_test=wf.first_test, step=wf.step, val_days=wf.val_days,
                                     purge=purge, embargo=cfg.split.embargo_days, mode=wf.mode,
                                     train_days=wf.train_days, end=cfg.split.test[1])
-    symbols = panel.symbols
-    sectors, _ = load_sectors(_sectors_path(cfg), symbols)
-    t0 = time.perf_counter()
-    graphs = None
-    if cfg.graph.kind != "dense" or cfg.graph.edge_attrs:
-        rets = _returns_on_panel(panel, store_dir, cfg)
-        graphs = build_day_graphs(cfg.graph, rets, symbols, sectors)
-    timings["graphs_s"] = time.perf_counter() - t0
-    return PreparedRank(panel, split, folds, graphs, sectors, store_dir, cache, timings, hit)
+    sectors, _ = load_sectors(_sectors_path(cfg), panel.symbols)
+    return PreparedRank(panel, split, folds, cfg, sectors, store_dir, cache, timings, hit)
 
 
 def _returns_on_panel(panel: RankPanel, store_dir: Path, cfg: RankDataConfig) -> np.ndarray:
@@ -277,13 +275,12 @@ def resolve_model(cfg: RankConfig, n_features: int) -> RankingModelConfig:
     return model
 
 
-def _check_graph(model_cfg: RankingModelConfig, prep: PreparedRank, data_kind: str) -> None:
-    wants = model_cfg.gat.graph
-    has = prep.graphs is not None
-    if model_cfg.gat.layers > 0 and wants != "dense" and (not has or data_kind != wants):
+def _check_graph(model_cfg: RankingModelConfig, data: RankDataConfig) -> None:
+    wants, data_kind = model_cfg.gat.graph, data.graph.kind
+    if model_cfg.gat.layers > 0 and wants != "dense" and data_kind != wants:
         raise ValueError(f"model.gat.graph is {wants!r} but data.graph.kind is {data_kind!r}; set "
                          "data.graph.kind to the model's graph (dense, knn, sector, knn+sector)")
-    if model_cfg.gat.layers > 0 and model_cfg.gat.edge_dim and not has:
+    if model_cfg.gat.layers > 0 and model_cfg.gat.edge_dim and not data.graph.edge_attrs:
         raise ValueError(f"model.gat.edge_dim is {model_cfg.gat.edge_dim} but the data has no edge "
                          "attributes (data.graph.edge_attrs: true builds them)")
 
@@ -294,8 +291,7 @@ def _check_graph(model_cfg: RankingModelConfig, prep: PreparedRank, data_kind: s
 def sources(cfg: RankConfig, prep: PreparedRank, split: DateSplit, model_cfg: RankingModelConfig
             ) -> tuple[RankBatchSource, RankBatchSource, RankBatchSource]:
     """Train/val/test day sources; graphs are attached only when the model reads them."""
-    graphs = prep.graphs if model_cfg.gat.layers > 0 and (
-        model_cfg.gat.graph != "dense" or model_cfg.gat.edge_dim) else None
+    graphs = prep.day_graphs() if model_cfg.reads_graph else None
     workers = cfg.num_workers if prep.cache_dir is not None else 0
 
     def make(days: np.ndarray) -> RankBatchSource:
@@ -309,7 +305,7 @@ def train_model(cfg: RankConfig, prep: PreparedRank, split: DateSplit, model_cfg
                 *, seed: int, run_dir: Path | None, console: Console, show_progress: bool,
                 callbacks: Sequence[Callback] = ()) -> tuple[RankingModel, Trainer, FitResult]:
     """One arm, one seed: build, fit with early stopping on validation RankIC, keep the best."""
-    _check_graph(model_cfg, prep, cfg.data.graph.kind)
+    _check_graph(model_cfg, cfg.data)
     torch.manual_seed(seed)
     model = build_ranking_model(model_cfg)
     objective = RankingObjective(cfg.data.horizons, cfg.loss, monitor_horizon=cfg.monitor_horizon)
@@ -723,7 +719,7 @@ def run_rank_predict(run_dir: str | Path, out: str | Path, *, store: str | None 
         pl.DataFrame(fm.values, schema=names, orient="row"))
     fproc = _P.from_dict(manifest["normalizer"]["features"])
     values = np.ascontiguousarray(fproc.transform(frame).select(names).to_numpy(), dtype=np.float32)
-    values[_position_in_symbol(fm.keys, values) < fs.max_lookback] = np.nan
+    _mask_warmup(fm.keys, values, fs.max_lookback)
     H = len(data.horizons)
     nan = np.full((fm.keys.height, H), np.nan, dtype=np.float32)
     panel = RankPanel(keys=fm.keys, features=values, feature_names=tuple(names), labels=nan,
@@ -733,7 +729,7 @@ def run_rank_predict(run_dir: str | Path, out: str | Path, *, store: str | None 
     if start is not None:
         days = days[panel.dates >= np.datetime64(start, "ns").astype(np.int64)]
     graphs = None
-    if cfg.model.gat.layers > 0 and (cfg.model.gat.graph != "dense" or cfg.model.gat.edge_dim):
+    if cfg.model.reads_graph:
         sectors, _ = load_sectors(_sectors_path(data), panel.symbols)
         graphs = build_day_graphs(data.graph, _returns_on_panel(panel, store_dir, data), panel.symbols,
                                   sectors)
