@@ -77,6 +77,13 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ic-weight", type=float, default=0.2)
+    ap.add_argument("--rank-weight", type=float, default=0.0,
+                    help="the soft-rank term is O(S^2) per day and horizon; 0 by default at this size "
+                         "(--step-probe measures its cost)")
+    ap.add_argument("--step-probe", type=int, default=8,
+                    help="after the epoch, time this many single training steps with and without the "
+                         "rank term (a part benchmark); 0 to skip")
     ap.add_argument("--cache", type=Path, default=None, help="cache directory (default: a temp dir)")
     args = ap.parse_args()
     out: dict[str, object] = {"stocks": args.stocks, "years": args.years, "features": args.features,
@@ -125,7 +132,9 @@ def main() -> None:
             gat=GATConfig(layers=1, hidden=32, heads=2, graph="dense"), horizons=[1, 5, 10, 20],
             head_hidden=32)
         model = build_ranking_model(model_cfg)
-        trainer = Trainer(model, RankingObjective([1, 5, 10, 20], RankingLossConfig(mse=1.0, rank=0.1)),
+        loss = RankingLossConfig(mse=1.0, ic=args.ic_weight, rank=args.rank_weight)
+        out["loss"] = loss.model_dump()
+        trainer = Trainer(model, RankingObjective([1, 5, 10, 20], loss),
                           TrainConfig(epochs=args.epochs, batch_size=1, eval_batch_size=2,
                                       early_stopping=None, device="auto"), show_progress=True)
         train = RankBatchSource(panel, split.train)
@@ -136,8 +145,29 @@ def main() -> None:
         out["fit_s"] = time.perf_counter() - t3
         out["epoch_s"] = [h["epoch_seconds"] for h in fit_res.history]
         out["peak_gib_train"] = peak_gib()
+        if args.step_probe:
+            out["step_probe_s"] = step_probe(model, train, args.step_probe, args.ic_weight)
     out["total_s"] = time.perf_counter() - t0
     print(json.dumps(out, indent=2, default=str))
+
+
+def step_probe(model: torch.nn.Module, source: RankBatchSource, n: int, ic: float) -> dict[str, object]:
+    """Part benchmark: one optimizer step (forward, loss, backward, AdamW) on single days, with the
+    rank term off and on; min and median over ``n`` days after one warm-up."""
+    batches = list(source.batches(torch.arange(min(n + 1, len(source))), 1))
+    opt = torch.optim.AdamW(model.parameters())
+    res: dict[str, object] = {"days": len(batches) - 1}
+    for rank in (0.0, 0.1):
+        obj = RankingObjective([1, 5, 10, 20], RankingLossConfig(mse=1.0, ic=ic, rank=rank))
+        times = []
+        for b in batches:
+            t = time.perf_counter()
+            obj.loss(model(b), b).backward()
+            opt.step()
+            opt.zero_grad()
+            times.append(time.perf_counter() - t)
+        res[f"rank_{rank}"] = {"min": min(times[1:]), "median": statistics.median(times[1:])}
+    return res
 
 
 def _next(dates: np.ndarray, i: int) -> str:
