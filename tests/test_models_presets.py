@@ -124,6 +124,33 @@ EXACT_COUNTS = {
 }
 
 
+# The convolutional and patched presets, two classes, by hand (convs carry no bias; a batch
+# norm holds 2 * width; counts do not depend on T):
+#   inception_time, 1 in:  module 1 (no bottleneck on one channel) 32*(39+19+9) + 32 + 256 = 2,432;
+#     modules 2-6 each 128*32 + 32*32*67 + 128*32 + 256 = 77,056; shortcuts 1*128 + 256 and
+#     128*128 + 256; GAP + linear 128*2 + 2 = 258; total 404,994
+#   inception_time, 4 in:  module 1 4*32 + 68,608 + 4*32 + 256 = 69,120; shortcut 1 4*128 + 256;
+#     total 472,066
+#   inception_compact, 1 in: 16*67 + 16 + 128 = 1,216; 2 * (64*16 + 16*16*67 + 64*16 + 128)
+#     = 38,656; shortcut 64 + 128; linear 130; total 40,194 (4 in: 56,578)
+#   resnet1d, 1 in: block 1 1*64*8 + 64*64*5 + 64*64*3 + 3*128 + shortcut 64 + 128 = 33,856;
+#     block 2 64*128*8 + 128*128*(5+3) + 3*256 + 64*128 + 256 = 205,824; block 3 128*128*16 +
+#     3*256 + BN shortcut 256 = 263,168; linear 258; total 503,106 (4 in: +3*64*8 +3*64 = 504,834)
+#   patch_lstm, 1 in: patch conv 1*8*64 + 64 = 576; BiLSTM 2 * 4*(64*64 + 64*64 + 128) = 66,560;
+#     attention pooling 128*64 + (128*64 + 64) + (64*64 + 64) + 64 = 20,672; linear 130; pointer
+#     128*2 + 512*2 = 1,280; total 89,218 (4 in: + 3*8*64 = 90,754)
+EXACT_COUNTS.update({
+    ("inception_time", 1): 404_994,
+    ("inception_time", 4): 472_066,
+    ("inception_compact", 1): 40_194,
+    ("inception_compact", 4): 56_578,
+    ("resnet1d", 1): 503_106,
+    ("resnet1d", 4): 504_834,
+    ("patch_lstm", 1): 89_218,
+    ("patch_lstm", 4): 90_754,
+})
+
+
 @pytest.mark.parametrize(("name", "n_features"), list(EXACT_COUNTS))
 def test_direction_presets_have_their_exact_parameter_counts(name, n_features):
     assert count_parameters(build_model(preset_config(name, n_features=n_features))) == EXACT_COUNTS[

@@ -18,13 +18,16 @@ from moola.models.config import (
     ClassifierHeadConfig,
     DirectionHeadConfig,
     EncoderConfig,
+    InceptionTimeEncoderConfig,
     ModelConfig,
     PointerHeadConfig,
     Pooling,
+    ResNet1DEncoderConfig,
     RNNEncoderConfig,
     SymbolEmbeddingConfig,
     TransformerEncoderConfig,
 )
+from moola.models.conv import InceptionTimeEncoder, ResNet1DEncoder
 from moola.models.encoders import RNNEncoder, TransformerEncoder
 from moola.models.heads import (
     ClassifierHead,
@@ -43,16 +46,23 @@ __all__ = [
     "build_encoder",
     "build_heads",
     "build_model",
+    "conv_classifier",
     "count_parameters",
     "describe_presets",
     "direction_bilstm",
     "direction_lstm",
     "direction_transformer",
+    "inception_compact",
+    "inception_time",
+    "inception_time_classifier",
     "jade",
     "jade_compact",
     "lstm_classifier",
     "lstm_direction",
+    "patch_lstm",
     "preset_config",
+    "resnet1d",
+    "resnet1d_classifier",
     "simple_lstm",
     "transformer_direction",
     "with_symbol_embedding",
@@ -65,12 +75,15 @@ MAX_PARAMS_PER_SAMPLE = 1000
 # --- configs -> modules -----------------------------------------------------------------------
 
 
-def build_encoder(cfg: EncoderConfig) -> RNNEncoder | TransformerEncoder:
+def build_encoder(
+    cfg: EncoderConfig,
+) -> RNNEncoder | TransformerEncoder | InceptionTimeEncoder | ResNet1DEncoder:
     """The encoder module a config describes."""
     match cfg:
         case RNNEncoderConfig():
             return RNNEncoder(
-                cfg.input_size, cfg.hidden, cfg.layers, cfg.bidirectional, cfg.dropout, kind=cfg.kind
+                cfg.input_size, cfg.hidden, cfg.layers, cfg.bidirectional, cfg.dropout, kind=cfg.kind,
+                patch=cfg.patch,
             )
         case TransformerEncoderConfig():
             return TransformerEncoder(
@@ -84,6 +97,17 @@ def build_encoder(cfg: EncoderConfig) -> RNNEncoder | TransformerEncoder:
                 causal=cfg.causal,
                 max_len=cfg.max_len,
             )
+        case InceptionTimeEncoderConfig():
+            return InceptionTimeEncoder(
+                cfg.input_size,
+                filters=cfg.filters,
+                depth=cfg.depth,
+                kernel_sizes=cfg.kernel_sizes,
+                bottleneck=cfg.bottleneck,
+                residual=cfg.residual,
+            )
+        case ResNet1DEncoderConfig():
+            return ResNet1DEncoder(cfg.input_size, filters=cfg.filters, kernel_sizes=cfg.kernel_sizes)
     raise TypeError(f"unknown encoder config {type(cfg).__name__}")
 
 
@@ -93,7 +117,8 @@ def build_heads(cfg: ModelConfig, enc_out_dim: int) -> dict[str, nn.Module]:
     # "last" pooling must take a bidirectional RNN's backward half at t = 0 (see LastPooling).
     bidir = isinstance(cfg.encoder, RNNEncoderConfig) and cfg.encoder.bidirectional
     if (c := cfg.classifier) is not None:
-        heads["classifier"] = ClassifierHead(enc_out_dim, c.n_classes, c.hidden, c.heads, c.dropout)
+        heads["classifier"] = ClassifierHead(enc_out_dim, c.n_classes, c.hidden, c.heads, c.dropout,
+                                             c.pooling, bidir)
     if cfg.pointer is not None:
         heads["pointer"] = PointerHead(enc_out_dim)
     if (d := cfg.direction) is not None:
@@ -131,9 +156,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _lstm(n_features: int, hidden: int, layers: int, bidirectional: bool,
-          dropout: float) -> RNNEncoderConfig:
+          dropout: float, patch: int = 1) -> RNNEncoderConfig:
     return RNNEncoderConfig(kind="lstm", input_size=n_features, hidden=hidden, layers=layers,
-                            bidirectional=bidirectional, dropout=dropout)
+                            bidirectional=bidirectional, dropout=dropout, patch=patch)
 
 
 def lstm_classifier(
@@ -147,16 +172,72 @@ def lstm_classifier(
     pointer: bool = False,
     dropout: float = 0.1,
     name: str = "lstm_classifier",
+    patch: int = 1,
 ) -> ModelConfig:
-    """LSTM -> attention pooling -> class logits, optionally with a start/end pointer head."""
+    """LSTM -> attention pooling -> class logits, optionally with a start/end pointer head;
+    ``patch`` > 1: the LSTM reads patches of that many bars (RNNEncoderConfig.patch)."""
     return ModelConfig(
         name=name,
-        encoder=_lstm(n_features, hidden, layers, bidirectional, dropout),
+        encoder=_lstm(n_features, hidden, layers, bidirectional, dropout, patch),
         classifier=ClassifierHeadConfig(
             n_classes=n_classes, hidden=attn_hidden, heads=attn_heads, dropout=dropout
         ),
         pointer=PointerHeadConfig() if pointer else None,
     )
+
+
+def conv_classifier(
+    encoder: InceptionTimeEncoderConfig | ResNet1DEncoderConfig,
+    n_classes: int = 2,
+    pooling: Pooling = "mean",
+    pointer: bool = False,
+    dropout: float = 0.0,
+    name: str = "conv_classifier",
+) -> ModelConfig:
+    """A convolutional encoder -> pooling (global average by default, as in the papers) ->
+    dropout -> class logits, optionally with a start/end pointer head on the per-bar output."""
+    return ModelConfig(
+        name=name,
+        encoder=encoder,
+        classifier=ClassifierHeadConfig(n_classes=n_classes, dropout=dropout, pooling=pooling),
+        pointer=PointerHeadConfig() if pointer else None,
+    )
+
+
+def inception_time_classifier(
+    n_features: int,
+    n_classes: int = 2,
+    filters: int = 32,
+    depth: int = 6,
+    kernel_sizes: Sequence[int] = (39, 19, 9),
+    bottleneck: int = 32,
+    residual: bool = True,
+    pooling: Pooling = "mean",
+    pointer: bool = False,
+    dropout: float = 0.0,
+    name: str = "inception_time_classifier",
+) -> ModelConfig:
+    """InceptionTime encoder -> pooling -> class logits (see conv_classifier)."""
+    encoder = InceptionTimeEncoderConfig(input_size=n_features, filters=filters, depth=depth,
+                                         kernel_sizes=list(kernel_sizes), bottleneck=bottleneck,
+                                         residual=residual)
+    return conv_classifier(encoder, n_classes, pooling, pointer, dropout, name)
+
+
+def resnet1d_classifier(
+    n_features: int,
+    n_classes: int = 2,
+    filters: Sequence[int] = (64, 128, 128),
+    kernel_sizes: Sequence[int] = (8, 5, 3),
+    pooling: Pooling = "mean",
+    pointer: bool = False,
+    dropout: float = 0.0,
+    name: str = "resnet1d_classifier",
+) -> ModelConfig:
+    """ResNet-1D encoder -> pooling -> class logits (see conv_classifier)."""
+    encoder = ResNet1DEncoderConfig(input_size=n_features, filters=list(filters),
+                                    kernel_sizes=list(kernel_sizes))
+    return conv_classifier(encoder, n_classes, pooling, pointer, dropout, name)
 
 
 def _direction_heads(n_classes: int, mlp: Sequence[int], pooling: Pooling, dropout: float,
@@ -253,6 +334,50 @@ def jade_compact(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
     )
 
 
+def patch_lstm(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """Patch-8 strided conv + 1-layer BiLSTM (64 per direction) + attention pooling + classifier + pointer.
+
+    jade for 150-430-bar series: the LSTM runs T / 8 steps; its output is repeated back to one
+    vector per bar, so the pointer head still scores every bar (4-head pooling of width 64)."""
+    return lstm_classifier(
+        n_features, n_classes, hidden=64, layers=1, bidirectional=True,
+        attn_hidden=64, attn_heads=4, pointer=True, dropout=0.1, name="patch_lstm", patch=8,
+    )
+
+
+def inception_time(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """InceptionTime (Ismail Fawaz et al. 2020): 6 modules, 32 filters x (convs 39/19/9 + max-pool), GAP.
+
+    Bottleneck 32, a residual shortcut every 3 modules, global average pooling + linear
+    classifier, no dropout: the paper's network (one member of its 5-model ensemble)."""
+    return inception_time_classifier(
+        n_features, n_classes, filters=32, depth=6, kernel_sizes=(39, 19, 9), bottleneck=32,
+        residual=True, pooling="mean", pointer=False, dropout=0.0, name="inception_time",
+    )
+
+
+def inception_compact(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """InceptionTime, compact: 3 modules, 16 filters x (convs 39/19/9 + max-pool), one residual, GAP.
+
+    Bottleneck 16, global average pooling + linear classifier: about a seventh of
+    inception_time's parameters, for a few hundred labeled series."""
+    return inception_time_classifier(
+        n_features, n_classes, filters=16, depth=3, kernel_sizes=(39, 19, 9), bottleneck=16,
+        residual=True, pooling="mean", pointer=False, dropout=0.0, name="inception_compact",
+    )
+
+
+def resnet1d(n_features: int = 4, n_classes: int = 2) -> ModelConfig:
+    """ResNet-1D (Wang et al. 2017): 3 residual blocks, convs 8/5/3, 64/128/128 filters, BN, ReLU, GAP.
+
+    Each conv is followed by batch norm and ReLU; the shortcut is a 1x1 conv + BN where the
+    width changes; global average pooling + linear classifier, no dropout."""
+    return resnet1d_classifier(
+        n_features, n_classes, filters=(64, 128, 128), kernel_sizes=(8, 5, 3), pooling="mean",
+        pointer=False, dropout=0.0, name="resnet1d",
+    )
+
+
 # The seeds' status report printed "LSTM(31, 64, bidirectional=True, num_layers=2)" with a
 # 128 -> 64 -> 1 head beside "Total parameters: 62,337". Those disagree: 62,337 is the
 # unidirectional model below (direction_lstm); the printed architecture is direction_bilstm
@@ -288,6 +413,10 @@ PRESETS: dict[str, Callable[..., ModelConfig]] = {
     "simple_lstm": simple_lstm,
     "jade": jade,
     "jade_compact": jade_compact,
+    "patch_lstm": patch_lstm,
+    "inception_time": inception_time,
+    "inception_compact": inception_compact,
+    "resnet1d": resnet1d,
     "direction_lstm": direction_lstm,
     "direction_bilstm": direction_bilstm,
     "direction_transformer": direction_transformer,

@@ -8,21 +8,32 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from moola.config import Config
 
 __all__ = [
+    "CONV_ENCODER_KINDS",
     "HEAD_NAMES",
     "ClassifierHeadConfig",
     "DirectionHeadConfig",
     "EncoderConfig",
+    "InceptionTimeEncoderConfig",
     "ModelConfig",
     "PointerHeadConfig",
     "Pooling",
     "RNNEncoderConfig",
     "ReconstructionHeadConfig",
     "RegressionHeadConfig",
+    "ResNet1DEncoderConfig",
     "SymbolEmbeddingConfig",
     "TransformerEncoderConfig",
     "unique_horizons",
@@ -63,6 +74,10 @@ class RNNEncoderConfig(Config):
     layers: PositiveInt = 2
     bidirectional: bool = False
     dropout: Dropout = 0.0  # between stacked layers (ignored for one layer)
+    patch: PositiveInt = Field(1, description=(
+        "bars per patch: > 1 embeds each patch of this many bars with a strided Conv1d (F -> "
+        "hidden) and runs the RNN over patches; the output is repeated back to one vector per "
+        "bar, (B, T, D). 1: the RNN reads every bar"))
 
 
 class TransformerEncoderConfig(Config):
@@ -86,19 +101,51 @@ class TransformerEncoderConfig(Config):
         return _divides(v, info, "d_model")
 
 
-EncoderConfig = Annotated[RNNEncoderConfig | TransformerEncoderConfig, Field(discriminator="kind")]
+class InceptionTimeEncoderConfig(Config):
+    """InceptionTime (Ismail Fawaz et al. 2020): ``depth`` modules of a 1x1 bottleneck, then
+    parallel 'same' convs (one per kernel size) beside a max-pool + 1x1 branch, batch norm,
+    ReLU; a residual shortcut every 3 modules. Output width ``filters * (len(kernel_sizes) + 1)``."""
+
+    kind: Literal["inception_time"] = "inception_time"
+    input_size: PositiveInt
+    filters: PositiveInt = 32  # per branch
+    depth: PositiveInt = 6  # inception modules
+    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [39, 19, 9], min_length=1)
+    bottleneck: NonNegativeInt = 32  # 1x1 bottleneck width; 0: none (always none for one channel)
+    residual: bool = True
+
+
+class ResNet1DEncoderConfig(Config):
+    """ResNet-1D (Wang et al. 2017): one residual block per entry of ``filters``, each of convs
+    with ``kernel_sizes`` (conv -> batch norm -> ReLU), plus a shortcut. Output width ``filters[-1]``."""
+
+    kind: Literal["resnet1d"] = "resnet1d"
+    input_size: PositiveInt
+    filters: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 128], min_length=1)
+    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [8, 5, 3], min_length=1)
+
+
+# The convolutional encoders (moola.models.conv): not recurrent, not causal ('same' padding).
+CONV_ENCODER_KINDS = ("inception_time", "resnet1d")
+
+EncoderConfig = Annotated[
+    RNNEncoderConfig | TransformerEncoderConfig | InceptionTimeEncoderConfig | ResNet1DEncoderConfig,
+    Field(discriminator="kind"),
+]
 
 
 # --- heads ------------------------------------------------------------------------------------
 
 
 class ClassifierHeadConfig(Config):
-    """Attention pooling over time, then a linear layer to class logits."""
+    """Pooling over time (attention by default; ``mean`` is global average pooling), then a
+    linear layer to class logits."""
 
     n_classes: Annotated[int, Field(ge=2)] = 2
-    hidden: PositiveInt = 128  # attention pooling width
-    heads: PositiveInt = 8  # attention pooling heads
+    hidden: PositiveInt = 128  # attention pooling width (attention only)
+    heads: PositiveInt = 8  # attention pooling heads (attention only)
     dropout: Dropout = 0.1
+    pooling: Pooling = "attention"
 
     @field_validator("heads")
     @classmethod

@@ -1,7 +1,9 @@
 """Sequence encoders: (B, T, F) bars in, (B, T, D) per-bar representations out.
 
 Every encoder exposes ``input_size`` (F) and ``out_dim`` (D) so heads and the model's input
-guard can be sized without running it.
+guard can be sized without running it, and takes an optional ``valid`` (B, T) bool mask of
+right-padded series (True = a real step, see moola.models.padding): a padded step never changes
+the output at a real one. The convolutional encoders live in moola.models.conv.
 """
 
 from __future__ import annotations
@@ -10,14 +12,26 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from moola.models.padding import valid_lengths
 
 __all__ = ["RNNEncoder", "TransformerEncoder", "sinusoidal_table"]
 
 
 class RNNEncoder(nn.Module):
     """One stacked nn.LSTM/nn.GRU kept as ``rnn``, so state-dict keys are the standard
-    ``rnn.weight_ih_l0`` ... names and weights transfer between models by name."""
+    ``rnn.weight_ih_l0`` ... names and weights transfer between models by name.
+
+    ``patch`` > 1 cuts the series into patches of ``patch`` bars (the last one zero-filled) and
+    embeds each with a strided Conv1d (kernel = stride = patch, F -> hidden, ``patch_embed``)
+    before the RNN, which then runs T / patch steps: long series (150-430 bars) become short
+    recurrences. Each patch's output is repeated for each of its bars and trimmed to T, so the
+    output is still (B, T, D) per bar; a bar's output then also reflects the later bars of its
+    own patch (up to patch - 1 bars ahead), so a patched encoder is not causal within a patch.
+    """
 
     def __init__(
         self,
@@ -27,14 +41,20 @@ class RNNEncoder(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         kind: Literal["lstm", "gru"] = "lstm",
+        patch: int = 1,
     ) -> None:
         super().__init__()
+        if patch < 1:
+            raise ValueError(f"patch must be >= 1, got {patch}")
         self.input_size = input_size
         self.hidden = hidden
         self.bidirectional = bidirectional
+        self.patch = patch
+        # patch 1 builds no embedding: the state dict stays rnn.* only, as before patching existed
+        self.patch_embed = nn.Conv1d(input_size, hidden, patch, stride=patch) if patch > 1 else None
         rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
         self.rnn = rnn_cls(
-            input_size,
+            input_size if patch == 1 else hidden,
             hidden,
             num_layers=layers,
             batch_first=True,
@@ -46,8 +66,27 @@ class RNNEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.hidden * (2 if self.bidirectional else 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)  # (B, T, H * directions)
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        T = x.shape[1]  # x: (B, T, F); valid: (B, T) bool, right-padded, or None
+        if valid is not None:
+            x = x.masked_fill(~valid[..., None], 0.0)  # padding never enters a patch
+        z, steps = x, T
+        if self.patch_embed is not None:
+            p = self.patch
+            z = F.pad(x, (0, 0, 0, -T % p))  # (B, ceil(T/p) * p, F), zero-filled last patch
+            z = self.patch_embed(z.transpose(1, 2)).transpose(1, 2)  # (B, ceil(T/p), hidden)
+            steps = z.shape[1]
+        if valid is None:
+            out, _ = self.rnn(z)  # (B, steps, H * directions)
+        else:
+            lengths = (valid_lengths(valid) + self.patch - 1) // self.patch  # real steps (patches)
+            # packed: each row's recurrence stops at its last real step, and the backward
+            # direction of a bidirectional RNN starts there, not at the padding
+            packed = pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)  # zeros after
+        if self.patch_embed is not None:
+            out = out.repeat_interleave(self.patch, dim=1)[:, :T]  # each patch to its bars: (B, T, D)
         return out
 
 
@@ -108,8 +147,8 @@ class TransformerEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.d_model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (T := x.shape[1]) > self.max_len:  # x: (B, T, F)
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if (T := x.shape[1]) > self.max_len:  # x: (B, T, F); valid: (B, T) bool or None
             raise ValueError(f"sequence length {T} exceeds the encoder's max_len {self.max_len}")
         h = self.input_proj(x)  # (B, T, d_model)
         if self.pos is not None:
@@ -118,6 +157,10 @@ class TransformerEncoder(nn.Module):
         mask = None
         if self.causal:  # (T, T), -inf above the diagonal: no attention to later positions
             mask = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=h.dtype)
+        pad = None
+        if valid is not None:  # (B, T) additive key padding mask, -inf at padded keys; float like
+            # the causal mask (mixing a bool and a float mask is deprecated in PyTorch)
+            pad = torch.zeros(valid.shape, device=x.device, dtype=h.dtype).masked_fill(~valid, float("-inf"))
         for layer in self.layers:
-            h = layer(h, src_mask=mask, is_causal=self.causal)  # (B, T, d_model)
+            h = layer(h, src_mask=mask, src_key_padding_mask=pad, is_causal=self.causal)  # (B, T, d_model)
         return self.norm(h)

@@ -3,6 +3,10 @@
 Each head returns a dict of named outputs, so SequenceModel can merge any set of heads
 without knowing them. Keys: "logits", "start_logits"/"end_logits", "direction",
 "regression", "reconstruction" (see SequenceModel for the shapes).
+
+Every head and pooling takes an optional ``valid`` (B, T) bool mask of right-padded series
+(True = a real step; see moola.models.padding): pooling reads real steps only, and the pointer
+puts its position prior at each row's own last real bar and gives padded bars no probability.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moola.models.config import Pooling
+from moola.models.padding import valid_lengths
 
 __all__ = [
     "AttentionPooling",
@@ -49,14 +54,18 @@ class AttentionPooling(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
 
     def forward(
-        self, h: torch.Tensor, return_weights: bool = False
+        self, h: torch.Tensor, return_weights: bool = False, valid: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Pooled (B, hidden); with ``return_weights`` also the head-averaged weights (B, T)."""
         B, T, _ = h.shape
         k = self.key(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(h).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         scores = (k @ self.query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.head_dim)  # (B, nh, T)
+        if valid is not None:  # padded steps get no weight
+            scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         att = F.softmax(scores, dim=-1)  # (B, nh, T)
+        if valid is not None:  # 0 * v at a padded step must stay 0 even where v is not finite
+            v = v.masked_fill(~valid[:, None, :, None], 0.0)
         pooled = (att.unsqueeze(2) @ v).squeeze(2)  # (B, nh, hs)
         pooled = self.proj(pooled.reshape(B, self.heads * self.head_dim))  # (B, hidden)
         if return_weights:
@@ -68,7 +77,9 @@ class LastPooling(nn.Module):
     """The final state: all a causal or unidirectional encoder knows at the decision bar.
 
     For a bidirectional RNN (features = [forward | backward]) the backward pass ends at t = 0,
-    so its half is taken there; at T - 1 it would have seen a single bar.
+    so its half is taken there; at T - 1 it would have seen a single bar. With ``valid`` the
+    last bar is each row's last real one (the forward half is taken there, the backward half
+    still at t = 0, where the backward pass that started at that bar ends).
     """
 
     def __init__(self, in_dim: int, bidirectional: bool = False) -> None:
@@ -78,11 +89,16 @@ class LastPooling(nn.Module):
         self.out_dim = in_dim
         self.bidirectional = bidirectional
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if valid is None:
+            last = h[:, -1]  # (B, D)
+        else:
+            rows = torch.arange(h.shape[0], device=h.device)
+            last = h[rows, valid_lengths(valid) - 1]  # (B, D): each row's last real step
         if not self.bidirectional:
-            return h[:, -1]  # (B, D)
+            return last  # (B, D)
         half = h.shape[-1] // 2
-        return torch.cat([h[:, -1, :half], h[:, 0, half:]], dim=-1)  # (B, D)
+        return torch.cat([last[:, :half], h[:, 0, half:]], dim=-1)  # (B, D)
 
 
 class MeanPooling(nn.Module):
@@ -92,8 +108,20 @@ class MeanPooling(nn.Module):
         super().__init__()
         self.out_dim = in_dim
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.mean(dim=1)  # (B, D)
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if valid is None:
+            return h.mean(dim=1)  # (B, D)
+        m = valid[..., None]  # (B, T, 1)
+        return h.masked_fill(~m, 0.0).sum(dim=1) / m.sum(dim=1).to(h.dtype)  # (B, D), real steps only
+
+
+def _pool(pool: nn.Module, h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) -> (B, D') through any of the poolings above, over real steps only."""
+    if isinstance(pool, AttentionPooling):
+        out = pool(h, valid=valid)
+        assert isinstance(out, torch.Tensor)
+        return out
+    return pool(h, valid)
 
 
 def make_pooling(
@@ -111,18 +139,28 @@ def make_pooling(
 
 
 class ClassifierHead(nn.Module):
-    """Attention pooling -> dropout -> linear: (B, T, D) -> {"logits": (B, C)}."""
+    """Pooling -> dropout -> linear: (B, T, D) -> {"logits": (B, C)}.
+
+    ``pooling`` "attention" (the default): AttentionPooling of width ``hidden`` with ``heads``
+    heads; "mean": global average pooling (the convolutional classifiers' head; ``hidden`` and
+    ``heads`` unused); "last": LastPooling (``bidirectional``: the encoder's).
+    """
 
     def __init__(
-        self, in_dim: int, n_classes: int = 2, hidden: int = 128, heads: int = 8, dropout: float = 0.1
+        self, in_dim: int, n_classes: int = 2, hidden: int = 128, heads: int = 8, dropout: float = 0.1,
+        pooling: Pooling = "attention", bidirectional: bool = False,
     ) -> None:
         super().__init__()
-        self.pool = AttentionPooling(in_dim, hidden, heads)
+        self.pool: LastPooling | MeanPooling | AttentionPooling
+        if pooling == "attention":
+            self.pool = AttentionPooling(in_dim, hidden, heads)
+        else:
+            self.pool = make_pooling(pooling, in_dim, bidirectional)
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden, n_classes)
+        self.fc = nn.Linear(self.pool.out_dim, n_classes)
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.pool(h)  # (B, hidden)
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        pooled = _pool(self.pool, h, valid)  # (B, D')
         return {"logits": self.fc(self.drop(pooled))}  # (B, C)
 
 
@@ -153,10 +191,15 @@ class PointerHead(nn.Module):
         self.prior_gain = prior_gain
         self.position_prior = nn.Parameter(torch.zeros(max_len, 2))  # (max_len, [start, end])
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        T = h.shape[1]
-        back = torch.arange(T - 1, -1, -1, device=h.device).clamp(max=self.position_prior.shape[0] - 1)
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        T, cap = h.shape[1], self.position_prior.shape[0] - 1
+        if valid is None:
+            back = torch.arange(T - 1, -1, -1, device=h.device).clamp(max=cap)  # (T,) bars before the last
+        else:  # (B, T): bars before each row's last real bar; padded bars clamp to 0, then masked
+            back = (valid_lengths(valid)[:, None] - 1 - torch.arange(T, device=h.device)).clamp(0, cap)
         logits = self.fc(h) + self.prior_gain * self.position_prior[back]  # (B, T, 2)
+        if valid is not None:  # a padded bar is never the start or end: no probability under softmax
+            logits = logits.masked_fill(~valid[..., None], torch.finfo(logits.dtype).min)
         return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}  # (B, T) each
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
@@ -189,8 +232,8 @@ class DirectionHead(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.pool(h)  # (B, D')
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        pooled = _pool(self.pool, h, valid)  # (B, D')
         return {"direction": self.mlp(pooled).squeeze(-1)}  # (B,)
 
 
@@ -204,8 +247,8 @@ class RegressionHead(nn.Module):
         self.pool = make_pooling(pooling, in_dim, bidirectional)
         self.fc = nn.Linear(self.pool.out_dim, n_outputs)
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"regression": self.fc(self.pool(h))}  # (B, H)
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"regression": self.fc(_pool(self.pool, h, valid))}  # (B, H)
 
 
 class ReconstructionHead(nn.Module):
@@ -215,5 +258,6 @@ class ReconstructionHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_dim, out_features)
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # per bar; at padded bars (``valid`` False) the output means nothing and is not masked
         return {"reconstruction": self.fc(h)}  # (B, T, F)

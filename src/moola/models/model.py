@@ -1,9 +1,21 @@
 """SequenceModel: one encoder shared by any set of task heads.
 
 The model contract every moola model follows: ``model(batch) -> outputs``, where ``batch`` is a
-mapping of named tensors with at least ``"x"`` (B, T, F), and optionally ``"mask"`` (B, T) bool
-(steps hidden from the model), ``"symbol_id"`` (B,) or, for day panels, ``"x"`` (D, S, T, F) with
-a ``"mask"`` (D, S) presence mask; ``outputs`` maps head names to tensors.
+mapping of named tensors with at least ``"x"`` (B, T, F), and optionally:
+
+* ``"valid"`` (B, T) bool, True = a real step: series of different lengths, right-padded to
+  one T (each row's real steps first, then padding; moola.models.padding). SequenceModel never
+  lets a padded step change an output: encoders and pooling skip padding, per-bar outputs
+  at padded steps mean nothing (pointer logits there are the dtype's minimum). Absent: every
+  step is real.
+* ``"mask"`` (B, T) bool, True = a step hidden from the model: masked-reconstruction
+  pretraining (moola.pretraining; the MaskedAutoencoder reads it, SequenceModel ignores it). It
+  is not a padding mask: the two conventions are opposite, hence two keys.
+* ``"symbol_id"`` (B,) int64, for a model with a symbol embedding.
+* for day panels (ranking models, moola.models.ranking), ``"x"`` is (D, S, T, F) with a
+  ``"mask"`` (D, S) presence mask.
+
+``outputs`` maps head names to tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import torch
 from torch import nn
 
 from moola.models.config import ModelConfig
+from moola.models.padding import check_valid
 
 __all__ = ["SequenceModel", "SymbolEmbedding"]
 
@@ -57,7 +70,10 @@ class SequenceModel(nn.Module):
 
     The encoder must expose ``input_size`` (F) and ``out_dim`` (D). ``config`` is kept on the
     model so a checkpoint can store how to rebuild it. With a ``symbol_embedding`` the model
-    reads ``batch["symbol_id"]`` (B,) and adds that symbol's vector to every step of h.
+    reads ``batch["symbol_id"]`` (B,) and adds that symbol's vector to every step of h. With
+    ``batch["valid"]`` (B, T) (see the module docstring) the encoder and every head are called
+    with it, ``encoder(x, valid)`` and ``head(h, valid)``; without it, ``encoder(x)`` and
+    ``head(h)``, so modules that know nothing of padding still plug in.
     """
 
     def __init__(
@@ -76,10 +92,25 @@ class SequenceModel(nn.Module):
             raise TypeError(f"encoder {type(encoder).__name__} must expose an int input_size (F)")
         self.n_features: int = n_features
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-bar representations (B, T, D), e.g. for probing or transfer."""
+    def encode(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-bar representations (B, T, D), e.g. for probing or transfer; with ``valid``
+        (B, T) bool (right padding, True = real step) zero at padded steps."""
         self._check_input(x)
-        return self.encoder(x)
+        return self._encode(x, self._real_steps(valid, x))
+
+    def _encode(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        if valid is None:
+            return self.encoder(x)  # (B, T, D)
+        return self.encoder(x, valid).masked_fill(~valid[..., None], 0.0)  # (B, T, D)
+
+    @staticmethod
+    def _real_steps(valid: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        """A checked valid mask, or None when absent or when every step is real (then the
+        plain, unpadded path runs: the same numbers, no packing)."""
+        if valid is None:
+            return None
+        check_valid(valid, x)
+        return None if bool(valid.all()) else valid
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, Mapping):
@@ -89,7 +120,10 @@ class SequenceModel(nn.Module):
             )
         if "x" not in batch:
             raise KeyError(f"batch has no 'x' tensor (B, T, {self.n_features}); keys: {sorted(batch)}")
-        h = self.encode(batch["x"])  # (B, T, D)
+        x = batch["x"]
+        self._check_input(x)
+        valid = self._real_steps(batch.get("valid"), x)  # None: every step is real
+        h = self._encode(x, valid)  # (B, T, D)
         if self.symbol_embedding is not None:
             if "symbol_id" not in batch:
                 raise KeyError(
@@ -99,7 +133,7 @@ class SequenceModel(nn.Module):
             h = self.symbol_embedding(h, batch["symbol_id"])  # (B, T, D)
         out: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
-            out.update(head(h))
+            out.update(head(h) if valid is None else head(h, valid))
         return out
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -9,6 +9,10 @@ An encoder directory holds ``encoder.safetensors`` (keys ``encoder.rnn.*``; othe
 ``{"type": "lstm", "layers": 2, "hidden": 128, "bidirectional": true, "input_size": 4,
 "feature_set": "ohlc4", "feature_schema_hash": "...", "window": 105}``.
 
+Only RNN encoders over bars transfer: the target's encoder must be an RNNEncoder (config kinds
+``lstm``/``gru``) with ``patch`` 1. Transformer and convolutional encoders (``transformer``,
+``inception_time``, ``resnet1d``) and patched RNNs are refused with IncompatibleEncoderError.
+
 Modes:
     full          same architecture; every ``encoder.rnn.*`` tensor must match by name and
                   shape, otherwise IncompatibleEncoderError (never a silent partial load).
@@ -37,6 +41,7 @@ from moola.models.encoders import RNNEncoder
 __all__ = [
     "ENCODER_META",
     "ENCODER_WEIGHTS",
+    "TRANSFER_ENCODER_KINDS",
     "EncoderCheckpointError",
     "EncoderSpec",
     "IncompatibleEncoderError",
@@ -137,6 +142,11 @@ class EncoderSpec:
     @classmethod
     def from_encoder(cls, encoder: RNNEncoder, **provenance: Any) -> EncoderSpec:
         """The spec of a live RNNEncoder (``provenance``: feature_set, feature_schema_hash, window)."""
+        if encoder.patch != 1:  # its RNN reads patch embeddings, not bars: encoder.json cannot say so
+            raise IncompatibleEncoderError(
+                f"a patched RNN encoder (patch {encoder.patch}) has no encoder.json form: the spec "
+                f"describes an RNN that reads {encoder.input_size} features per bar, and its "
+                f"patch_embed weights are not part of an encoder checkpoint; use patch 1")
         rnn = encoder.rnn
         kind: Literal["lstm", "gru"] = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
         return cls(kind, rnn.num_layers, rnn.hidden_size, rnn.bidirectional, rnn.input_size,
@@ -302,13 +312,24 @@ class TransferReport:
 # --- planning and loading --------------------------------------------------------------------
 
 
+TRANSFER_ENCODER_KINDS = ("lstm", "gru")  # config ``kind``s a pretrained encoder loads into
+
+
 def _target_rnn(model: nn.Module) -> tuple[RNNEncoder, dict[str, nn.Parameter]]:
     """The target's RNNEncoder and its ``encoder.rnn.*`` parameters; anything else is refused."""
     encoder = getattr(model, "encoder", None)
+    kind = getattr(getattr(getattr(model, "config", None), "encoder", None), "kind", None)
+    named = f"{type(encoder).__name__} (encoder kind {kind!r})" if kind else type(encoder).__name__
+    supported = " or ".join(repr(k) for k in TRANSFER_ENCODER_KINDS)
     if not isinstance(encoder, RNNEncoder):
         raise IncompatibleEncoderError(
-            f"encoder transfer needs a model with an RNNEncoder (LSTM/GRU) as .encoder, "
-            f"got {type(encoder).__name__}")
+            f"encoder transfer loads a pretrained LSTM/GRU and supports target encoder kinds "
+            f"{supported} only (an RNNEncoder as .encoder); got {named}, which cannot take RNN weights")
+    if encoder.patch != 1:
+        raise IncompatibleEncoderError(
+            f"encoder transfer needs an RNN that reads bars (patch 1); this model's {named} reads "
+            f"patches of {encoder.patch} bars, so its first layer takes {encoder.hidden}-wide "
+            f"patch embeddings where the pretrained one took {encoder.input_size} features")
     params = {f"encoder.rnn.{n}": p for n, p in encoder.rnn.named_parameters()}
     return encoder, params
 
