@@ -481,23 +481,14 @@ def predict(
     console.print(f"{frame.height:,} predictions over {frame['symbol'].n_unique()} symbol(s) -> {out}")
 
 
-@app.command("label")
-@_friendly_errors
-def label(
-    store: Annotated[Path, typer.Option("--store", help="Store with daily bars.")],
-    out: Annotated[Path, typer.Option("--out", help="Labels CSV to write.")],
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Labeler config (default configs/labeler.yaml).")
-    ] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
-) -> None:
-    """Label 105-bar windows as consolidation / retracement (deterministic rules, with pointers)."""
-    from moola.pipelines.label import run_label
+def _add_label() -> None:
+    """`moola label` (rule labeler) and `moola label serve` (by eye) live in moola.cli._label."""
+    from moola.cli._label import label_app
 
-    res = run_label(store, out, config, overrides or [])
-    console.print(f"{res.n_labels} labeled windows -> {out}: " + ", ".join(
-        f"{k} {v} ({100 * v / max(res.n_labels, 1):.0f}%)" for k, v in res.balance.items()))
-    console.print(f"unlabeled pool (disjoint in time from every labeled window): {res.pool_size:,} windows")
+    app.add_typer(label_app, name="label")
+
+
+_add_label()
 
 
 @app.command("pretrain")
