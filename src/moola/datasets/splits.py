@@ -46,6 +46,7 @@ __all__ = [
     "purged_kfold",
     "purged_time_folds",
     "stratified_group_kfold",
+    "stratified_split",
     "walk_forward",
 ]
 
@@ -321,6 +322,27 @@ def _fraction(value: Any, name: str) -> float:
     if not 0.0 < f < 1.0:
         raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
     return f
+
+
+def stratified_split(y: Any, val_size: float = 0.2, *, seed: int = 0) -> tuple[IntArray, IntArray]:
+    """(train, val) positions for a labeled set with no time order: each class keeps its share
+    in both (at least one validation and one training sample per class with two or more).
+
+    Windows cut from one series are NOT such a set: neighbours overlap in time, so use
+    ``chronological_split`` (time-blocked, purged and embargoed) for them.
+    """
+    f = _fraction(val_size, "val_size")
+    y = np.asarray(y)
+    if y.ndim != 1 or y.size < 2:
+        raise ValueError(f"y must be 1-D with at least 2 labels, got shape {y.shape}")
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = 0 if idx.size < 2 else int(np.clip(round(f * idx.size), 1, idx.size - 1))
+        val.append(idx[:k])
+    v = np.sort(np.concatenate(val)).astype(np.int64)
+    return np.setdiff1d(np.arange(y.size), v).astype(np.int64), v
 
 
 def chronological_split(

@@ -1,0 +1,359 @@
+"""``SequenceClassifier``: scikit-learn style fit/predict for any labeled series.
+
+X is a float array (N, T, F) (or (N, F, T) with ``layout="NFT"``), a list of (T_i, F) arrays, or an
+(N, T, F) array padded with NaN after each series' end; y is any labels (strings included). Inside:
+the same presets, the one Trainer with its guards, temperature calibration on a validation split
+when there is one, and a run directory that reloads with one call::
+
+    clf = SequenceClassifier(preset="inception_compact").fit(X_train, y_train)
+    clf.score(X_test, y_test)
+    clf.save("runs/my_clf"); SequenceClassifier.load("runs/my_clf").predict(X_test)
+
+Training length is counted in optimizer steps (``min_steps``), not passes over the data: a set of
+36 series is one batch per epoch, and 60 epochs of it is 60 steps, which trains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from moola._io import atomic_write_json, atomic_write_text
+from moola.config import ConfigError, apply_overrides
+from moola.datasets.splits import stratified_split
+from moola.evaluation.calibration import TemperatureScaler
+from moola.models import ModelConfig, build_model, count_parameters, preset_config
+from moola.training import TrainConfig, Trainer
+from moola.training.checkpoint import CONFIG, WEIGHTS, load_weights, save_weights
+from moola.training.data import TensorData
+from moola.training.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from moola.training.objectives import ClassificationObjective, balanced_class_weights
+
+__all__ = ["DEFAULT_PRESET", "SequenceClassifier", "as_padded"]
+
+# The default for a small labeled set: the preset that measured best in BENCHMARKS.md's
+# small-data table (see docs/small_data.md), not the one with the best name.
+DEFAULT_PRESET = "inception_compact"
+Normalize = Literal["series", "feature", "none"]
+
+
+def as_padded(X: Any, layout: Literal["NTF", "NFT"] = "NTF") -> tuple[np.ndarray, np.ndarray]:
+    """(N, T, F) float32 zero-padded values and their (N, T) bool mask (True = a real step).
+
+    Accepts an (N, T, F) array, an (N, T) array (one feature), a list of (T_i, F) arrays, or an
+    array padded with NaN after each series' end; a NaN inside a series is an error naming it.
+    """
+    if isinstance(X, np.ndarray) and X.dtype == object:
+        X = list(X)
+    if isinstance(X, (list, tuple)):
+        if not X:
+            raise ValueError("X is empty: need at least one series")
+        series = [_one_series(s, i, layout) for i, s in enumerate(X)]
+        widths = {s.shape[1] for s in series}
+        if len(widths) > 1:
+            raise ValueError(f"every series needs the same number of features; got {sorted(widths)} "
+                             f"(series 0 has {series[0].shape[1]})")
+        T = max(s.shape[0] for s in series)
+        out = np.full((len(series), T, series[0].shape[1]), np.nan, dtype=np.float32)
+        for i, s in enumerate(series):
+            out[i, : s.shape[0]] = s
+    else:
+        arr = np.asarray(X)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"X has dtype {arr.dtype}; pass float values (N, T, F)")
+        if arr.ndim == 2:
+            arr = arr[:, :, None] if layout == "NTF" else arr[:, None, :]
+        if arr.ndim != 3:
+            raise ValueError(f"X must be (N, T, F), (N, T) or a list of (T_i, F) arrays; got shape "
+                             f"{arr.shape}")
+        out = np.ascontiguousarray(arr.transpose(0, 2, 1) if layout == "NFT" else arr, dtype=np.float32)
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        raise ValueError(f"X has shape {out.shape}: need at least one series of at least one step")
+    step_nan = np.asarray(np.isnan(out).any(axis=2))  # (N, T)
+    if np.isinf(out).any():
+        i, t, f = np.argwhere(np.isinf(out))[0]
+        raise ValueError(f"X holds inf at series {i}, step {t}, feature {f}")
+    lengths = np.where(step_nan.all(axis=1), 0, out.shape[1] - np.argmax(~step_nan[:, ::-1], axis=1))
+    mask = np.arange(out.shape[1])[None, :] < lengths[:, None]
+    bad = step_nan & mask  # a NaN before the series' last real step
+    if bad.any():
+        i, t = np.argwhere(bad)[0]
+        raise ValueError(f"series {i} has NaN at step {t} before its last real step "
+                         f"{int(lengths[i]) - 1}: only trailing padding may be NaN (fill or drop gaps)")
+    if (lengths == 0).any():
+        raise ValueError(f"series {int(np.argmax(lengths == 0))} has no real step (all NaN)")
+    return np.where(mask[:, :, None], out, 0.0).astype(np.float32), mask
+
+
+def _one_series(s: Any, i: int, layout: str) -> np.ndarray:
+    a = np.asarray(s, dtype=np.float32)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"series {i} must be (T_i, F) or (T_i,); got shape {a.shape}")
+    return a.T if layout == "NFT" else a
+
+
+def _normalize(x: np.ndarray, mask: np.ndarray, how: Normalize,
+               stats: dict[str, list[float]] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-series z-score over each series' real steps ("series"), or per-feature statistics
+    fitted on the training set ("feature"); padded steps stay 0."""
+    m = mask[:, :, None]
+    if how == "none":
+        return x, {"kind": "none"}
+    if how == "series":
+        n = np.maximum(m.sum(1, keepdims=True), 1)
+        mu = (x * m).sum(1, keepdims=True) / n
+        sd = np.sqrt((((x - mu) * m) ** 2).sum(1, keepdims=True) / n)
+        z = np.where(m, (x - mu) / np.where(sd > 1e-8, sd, 1.0), 0.0)
+        return z.astype(np.float32), {"kind": "series"}
+    if stats is None:
+        vals = x[mask]  # (real steps, F)
+        mu_f, sd_f = vals.mean(0), vals.std(0)
+        stats = {"center": mu_f.tolist(), "scale": np.where(sd_f > 1e-8, sd_f, 1.0).tolist()}
+    c, s = np.asarray(stats["center"], np.float32), np.asarray(stats["scale"], np.float32)
+    return np.where(m, (x - c) / s, 0.0).astype(np.float32), {"kind": "feature", **stats}
+
+
+class SequenceClassifier:
+    """Classify series with a moola preset; ``fit`` returns ``self``, learned state ends in ``_``.
+
+    ``min_steps`` optimizer steps at least (epochs are raised to reach it); ``val_size`` > 0 holds
+    out a stratified validation split for early stopping (never before ``min_steps``) and the
+    calibration temperature; ``n_seeds`` > 1 trains an ensemble whose probabilities are averaged.
+    ``overrides`` are dotted keys into the model and training configs, e.g.
+    ``{"train.optimizer.lr": 3e-3, "model.encoder.depth": 3}``.
+    """
+
+    def __init__(
+        self,
+        preset: str = DEFAULT_PRESET,
+        *,
+        layout: Literal["NTF", "NFT"] = "NTF",
+        normalize: Normalize = "series",
+        min_steps: int = 1500,
+        epochs: int = 40,
+        batch_size: int | None = None,
+        lr: float = 1e-3,
+        val_size: float = 0.0,
+        n_seeds: int = 1,
+        class_weights: Literal["none", "balanced"] = "none",
+        device: str = "auto",
+        random_state: int = 0,
+        show_progress: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.preset = preset
+        self.layout = layout
+        self.normalize = normalize
+        self.min_steps = min_steps
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.val_size = val_size
+        self.n_seeds = n_seeds
+        self.class_weights = class_weights
+        self.device = device
+        self.random_state = random_state
+        self.show_progress = show_progress
+        self.overrides = overrides
+
+    # ------------------------------------------------------------------ configs
+    def _configs(self, n_features: int, n_classes: int, n_train: int) -> tuple[ModelConfig, TrainConfig]:
+        model = preset_config(self.preset, n_features=n_features, n_classes=n_classes)
+        model.pointer = None  # no start/end bars in a labeled array
+        bs = self.batch_size or int(np.clip(n_train // 10, 4, 16))  # Wang et al. / InceptionTime
+        steps_per_epoch = math.ceil(n_train / bs)
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        train: dict[str, Any] = {
+            "epochs": epochs, "batch_size": bs, "device": self.device, "seed": self.random_state,
+            "optimizer": {"name": "adamw", "lr": self.lr, "weight_decay": 1e-2},
+            "scheduler": {"name": "one_cycle", "pct_start": 0.1},
+            "early_stopping": None, "loss": {"class_weights": self.class_weights},
+        }
+        if self.val_size > 0:  # patience counts only once min_steps have been taken
+            train["early_stopping"] = {
+                "metric": "val_loss", "mode": "min", "patience": max(5, epochs // 5),
+                "restore_best": True, "start_epoch": math.ceil(self.min_steps / steps_per_epoch) - 1}
+            train["scheduler"] = {"name": "cosine_warm_restarts", "T_0": epochs,
+                                  "warmup_steps": min(100, self.min_steps // 10)}
+        data = {"model": model.to_dict(), "train": train}
+        if self.overrides:
+            unknown = [k for k in self.overrides if k.split(".")[0] not in ("model", "train")]
+            if unknown:
+                raise ConfigError([f"override {k!r}: keys start with 'model.' or 'train.'" for k in unknown],
+                                  "SequenceClassifier(overrides=...)")
+            apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in self.overrides.items()])
+        return (ModelConfig.from_dict(data["model"], source="SequenceClassifier model"),
+                TrainConfig.from_dict(data["train"], source="SequenceClassifier train"))
+
+    # ---------------------------------------------------------------------- fit
+    def fit(self, X: Any, y: Sequence[Any] | np.ndarray) -> Self:
+        """Learn ``classes_``, ``models_`` (one per seed), ``temperature_`` and ``history_``."""
+        x, mask = as_padded(X, self.layout)
+        y_arr = np.asarray(y)
+        if y_arr.ndim != 1 or y_arr.shape[0] != x.shape[0]:
+            raise ValueError(f"y must be 1-D with one label per series: X has {x.shape[0]} series, "
+                             f"y has shape {y_arr.shape}")
+        self.classes_ = np.unique(y_arr)
+        if self.classes_.size < 2:
+            raise ValueError(f"y holds a single class ({self.classes_[0]!r}): nothing to classify")
+        yi = np.searchsorted(self.classes_, y_arr).astype(np.int64)
+        x, self.normalizer_ = _normalize(x, mask, self.normalize, None)
+        tr, va = np.arange(len(yi)), np.array([], dtype=np.int64)
+        if self.val_size > 0:
+            tr, va = stratified_split(yi, self.val_size, seed=self.random_state)
+        self.n_features_in_, self.n_timesteps_ = x.shape[2], x.shape[1]
+        self.model_config_, self.train_config_ = self._configs(x.shape[2], self.classes_.size, len(tr))
+        cw = balanced_class_weights(yi[tr], self.classes_.size) if self.class_weights == "balanced" else None
+        train = TensorData({"x": x[tr], "valid": mask[tr], "y": yi[tr]})
+        val = TensorData({"x": x[va], "valid": mask[va], "y": yi[va]}) if va.size else None
+        self.models_: list[nn.Module] = []
+        self.history_: list[list[dict[str, float]]] = []
+        self.warnings_: list[str] = []
+        for k in range(self.n_seeds):
+            tc = self.train_config_.model_copy(update={"seed": self.random_state + k})
+            torch.manual_seed(tc.seed)
+            model = build_model(self.model_config_)
+            trainer = Trainer(model, ClassificationObjective(self.classes_.size, class_weights=cw), tc,
+                              show_progress=self.show_progress)
+            res = trainer.fit(train, val)
+            self.models_.append(model.eval())
+            self.history_.append(res.history)
+            self.warnings_.extend(f"seed {tc.seed}: {w}" for w in res.warnings)
+        self.temperature_ = 1.0
+        if va.size:  # one temperature for the averaged ensemble logits, fitted on validation only
+            logits = self._logits(x[va], mask[va])
+            self.temperature_ = float(TemperatureScaler().fit(logits, yi[va]).temperature_)
+        self.n_params_ = count_parameters(self.models_[0])
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise RuntimeError("SequenceClassifier is not fitted: call fit(X, y) or "
+                               "SequenceClassifier.load(dir)")
+
+    @torch.no_grad()
+    def _logits(self, x: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Mean log-probabilities over the members (a log of the geometric mean ensemble)."""
+        out = []
+        for model in self.models_:
+            dev = next(model.parameters()).device
+            parts = []
+            for i in range(0, len(x), batch_size):
+                b = {"x": torch.from_numpy(x[i:i + batch_size]).to(dev),
+                     "valid": torch.from_numpy(mask[i:i + batch_size]).to(dev)}
+                parts.append(torch.log_softmax(model(b)["logits"].float(), -1).cpu().numpy())
+            out.append(np.concatenate(parts))
+        return np.mean(out, axis=0)
+
+    def _inputs(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        x, mask = as_padded(X, self.layout)
+        if x.shape[2] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[2]} features per step; the classifier was fitted on "
+                             f"{self.n_features_in_}")
+        stats = None if self.normalizer_["kind"] != "feature" else self.normalizer_
+        return _normalize(x, mask, self.normalize, stats)[0], mask
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(N, C) calibrated probabilities, columns in ``classes_`` order."""
+        self._check_fitted()
+        x, mask = self._inputs(X)
+        z = self._logits(x, mask) / self.temperature_
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable label per series, in the labels' own type."""
+        proba = self.predict_proba(X)
+        return np.asarray(self.classes_[proba.argmax(1)])
+
+    def score(self, X: Any, y: Sequence[Any] | np.ndarray) -> float:
+        """Accuracy on (X, y)."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    # --------------------------------------------------------------- save / load
+    def save(self, path: str | Path) -> Path:
+        """A run directory: one member per seed (config.yaml + weights, each loadable with
+        ``moola.from_checkpoint``) and a manifest with classes, normaliser and temperature."""
+        self._check_fitted()
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        for k, model in enumerate(self.models_):
+            d = root / f"member_{k}"
+            d.mkdir(exist_ok=True)
+            atomic_write_text(d / CONFIG, _yaml({"model": self.model_config_.to_dict(),
+                                            "train": self.train_config_.to_dict()}))
+            save_weights(model, d / WEIGHTS)
+        params = {k: getattr(self, k) for k in _PARAMS}
+        manifest = Manifest(
+            kind="train_run", feature_set="arrays",
+            feature_names=[f"f{j}" for j in range(self.n_features_in_)], window=self.n_timesteps_,
+            task="classification", classes=[str(c) for c in self.classes_],
+            normalizer=self.normalizer_, temperature=self.temperature_, n_params=self.n_params_,
+            torch_version=torch.__version__,
+            extra={"sequence_classifier": {"params": params, "members": len(self.models_),
+                                           "class_values": self.classes_.tolist(),
+                                           "class_dtype": self.classes_.dtype.str}})
+        write_manifest(root, manifest)
+        atomic_write_json(root / "history.json", self.history_)
+        return root
+
+    @classmethod
+    def load(cls, path: str | Path) -> SequenceClassifier:
+        """The fitted classifier ``save`` wrote (no pickle: configs, safetensors and JSON)."""
+        root = Path(path)
+        if not (root / MANIFEST).is_file():
+            raise FileNotFoundError(f"{root}: not a SequenceClassifier directory (no {MANIFEST})")
+        m = read_manifest(root)
+        info = m.extra.get("sequence_classifier")
+        if info is None:
+            raise ValueError(f"{root / MANIFEST}: not written by SequenceClassifier.save (no "
+                             "extra.sequence_classifier); load a train run with moola.from_checkpoint")
+        clf = cls(**info["params"])
+        clf.classes_ = np.asarray(info["class_values"], dtype=np.dtype(info["class_dtype"]))
+        clf.normalizer_, clf.temperature_ = m.normalizer or {"kind": "none"}, float(m.temperature or 1.0)
+        clf.n_features_in_, clf.n_timesteps_ = len(m.feature_names), int(m.window or 0)
+        clf.n_params_ = int(m.n_params or 0)
+        clf.models_, clf.history_, clf.warnings_ = [], [], []
+        for k in range(int(info["members"])):
+            d = root / f"member_{k}"
+            data = _read_yaml(d / CONFIG)
+            clf.model_config_ = ModelConfig.from_dict(data["model"], source=str(d / CONFIG))
+            clf.train_config_ = TrainConfig.from_dict(data["train"], source=str(d / CONFIG))
+            model = build_model(clf.model_config_)
+            load_weights(model, d / WEIGHTS)
+            clf.models_.append(model.eval())
+        return clf
+
+    def __repr__(self) -> str:
+        fitted = f", fitted on {len(self.classes_)} classes" if hasattr(self, "classes_") else ""
+        return f"SequenceClassifier(preset={self.preset!r}, n_seeds={self.n_seeds}{fitted})"
+
+
+_PARAMS = ("preset", "layout", "normalize", "min_steps", "epochs", "batch_size", "lr", "val_size",
+           "n_seeds", "class_weights", "device", "random_state", "show_progress", "overrides")
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict) or "model" not in data or "train" not in data:
+        raise ValueError(f"{p}: expected a mapping with 'model' and 'train' sections")
+    return data
