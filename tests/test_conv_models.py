@@ -303,3 +303,21 @@ def test_inception_compact_fits_sine_square_sawtooth():
     assert acc >= 0.9, f"training accuracy {acc:.2f}"
     x_new, y_new = _waves(seed=1)
     assert _accuracy(model, x_new, y_new) >= 0.8  # and it is the shapes it learned, not the noise
+
+
+def test_patched_and_conv_encoders_are_refused_where_only_per_bar_recurrence_works() -> None:
+    """The runtime's staggered-state ring serves a unidirectional per-bar RNN only, and a
+    pretraining run refuses a patched encoder before it trains, not when it saves."""
+    from moola.config import ConfigError
+    from moola.models import DirectionHeadConfig, ModelConfig, RNNEncoderConfig
+    from moola.pipelines.pretrain import PretrainConfig
+    from moola.runtime._streaming import ring_refusal
+
+    patched = ModelConfig(name="p", encoder=RNNEncoderConfig(input_size=4, hidden=8, layers=1, patch=4),
+                          direction=DirectionHeadConfig(pooling="last"))
+    assert "patches of 4 bars" in str(ring_refusal(patched))
+    assert ring_refusal(patched.model_copy(update={"encoder": RNNEncoderConfig(
+        input_size=4, hidden=8, layers=1)})) is None
+    assert "not recurrent" in str(ring_refusal(preset_config("inception_compact")))
+    with pytest.raises(ConfigError, match=r"encoder\.patch must be 1"):
+        PretrainConfig.from_dict({"encoder": {"input_size": 4, "patch": 4}})

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from rich.console import Console
 from safetensors.torch import save_file
 
@@ -89,6 +89,14 @@ class PretrainConfig(Config):
     mask: MaskConfig = MaskConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig(epochs=20, batch_size=256)
+
+    @field_validator("encoder")
+    @classmethod
+    def _per_bar_encoder(cls, v: RNNEncoderConfig) -> RNNEncoderConfig:
+        if v.patch != 1:  # refused before training, not when the encoder is saved an hour later
+            raise ValueError(f"encoder.patch must be 1 for pretraining (got {v.patch}): the masked "
+                             "autoencoder rebuilds every bar and only per-bar encoders transfer")
+        return v
 
 
 def _drop_placeholder_windows(pool: WindowSet, bars: pl.DataFrame) -> WindowSet:

@@ -85,6 +85,8 @@ def ring_refusal(cfg: ModelConfig) -> str | None:
         return f"encoder {enc.kind!r} is not recurrent"
     if enc.bidirectional:
         return "the encoder is bidirectional (its backward half reads the window from its end)"
+    if enc.patch != 1:
+        return f"the encoder reads patches of {enc.patch} bars (a patch sees bars after its first)"
     if cfg.classifier is not None:
         return "the served head is the classifier, which pools by attention over every step"
     if cfg.direction is None:
