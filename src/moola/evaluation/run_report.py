@@ -23,7 +23,7 @@ from moola.evaluation.plots import (
     plot_probability_histogram,
     plot_reliability,
 )
-from moola.training.guards import COLLAPSE, ONE_CLASS, single_predicted_class
+from moola.training.guards import COLLAPSE, ONE_CLASS, TRAINED_NOTHING, single_predicted_class
 
 __all__ = ["reliability_up", "run_verdict", "write_run_report"]
 
@@ -79,7 +79,8 @@ def write_run_report(
     rep = DataReport(run_dir, title=title)
     notes = list(notes)
     verdict = run_verdict(metrics, table, notes)
-    bg, edge = ("#fde2e2", "#c0392b") if verdict["collapsed"] else ("#eef5ff", "#4c72b0")
+    loud = verdict["collapsed"] or verdict["trained_nothing"]
+    bg, edge = ("#fde2e2", "#c0392b") if loud else ("#eef5ff", "#4c72b0")
     lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
     rep.sections.append(f"<div style='border:2px solid {edge};background:{bg};padding:.4em 1em'>"
                         f"{lines}</div>")
@@ -241,15 +242,18 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
 
     "Beats" is a higher score; "within noise" when the margin is under two standard errors of a
     chance-level balanced accuracy on these test windows (overlapping windows make the true
-    uncertainty larger still). Returns ``{"lines", "collapsed", "collapsed_on",
-    "predicted_class", "balanced_accuracy", "noise_se", "baselines": {name: score},
-    "beats": {name: bool}, "beats_beyond_noise": {name: bool}}`` (``verdict`` in metrics.json).
+    uncertainty larger still). A guard's trained-nothing note (``TRAINED_NOTHING``) opens the
+    lines, since nothing after it means much. Returns ``{"lines", "collapsed", "collapsed_on",
+    "trained_nothing", "predicted_class", "balanced_accuracy", "noise_se", "baselines":
+    {name: score}, "beats": {name: bool}, "beats_beyond_noise": {name: bool}}`` (``verdict`` in
+    metrics.json).
     """
     per_class = metrics.get("per_class") or {}
     present = [(str(k), v) for k, v in per_class.items() if (_num(v.get("support")) or 0) > 0]
     one = single_predicted_class([float(v["recall"]) for _, v in present])
     predicted = present[one][0] if one is not None else None
     val_notes = [str(n) for n in notes if str(n).startswith(COLLAPSE) and ONE_CLASS in str(n)]
+    nothing = [str(n) for n in notes if str(n).startswith(TRAINED_NOTHING)]
     collapsed_on = (["test"] if predicted is not None else []) + (["validation"] if val_notes else [])
     ba = _num(metrics.get("balanced_accuracy"))
     # noise yardstick: the standard error of a chance-level balanced accuracy on these classes
@@ -263,7 +267,7 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
     beats = {k: ba is not None and ba > v for k, v in scores.items()}
     clear = {k: beats[k] and se is not None and ba - v > 2 * se  # type: ignore[operator]
              for k, v in scores.items()}
-    lines: list[str] = []
+    lines: list[str] = ["TRAINED NOTHING" + n[len(TRAINED_NOTHING):] for n in nothing]  # said loudly
     if predicted is not None:
         lines.append(f"COLLAPSED: the model predicts only '{predicted}' on the test split "
                      f"(n={metrics.get('n_samples', '?')}): a constant prediction, no information "
@@ -279,7 +283,8 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
                      + " and ".join(parts) + noise + ".")
     lines += [f"COLLAPSED on validation: {n}" for n in val_notes]
     return {"lines": lines, "collapsed": bool(collapsed_on), "collapsed_on": collapsed_on,
-            "predicted_class": predicted, "balanced_accuracy": ba, "noise_se": se,
+            "trained_nothing": bool(nothing), "predicted_class": predicted,
+            "balanced_accuracy": ba, "noise_se": se,
             "baselines": scores, "beats": beats, "beats_beyond_noise": clear}
 
 

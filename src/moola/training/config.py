@@ -11,7 +11,7 @@ from moola.config import Config
 
 class OptimizerConfig(Config):
     name: Literal["adamw", "adam", "sgd", "adabelief"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, ge=0)  # 0 is for deliberately untrainable smoke runs (the guards say so)
     weight_decay: float = Field(1e-2, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)
@@ -54,7 +54,22 @@ class GuardConfig(Config):
     """Thresholds of the failure guards (see moola.training.guards)."""
 
     max_params_per_sample: float = 1000.0
-    overfit_gap: float = 0.15  # val accuracy above train accuracy by more than this: suspicious
+    overfit_gap: float = Field(0.05, ge=0, description=(
+        "the smallest validation-above-training accuracy gap the leakage alarm reports; it fires "
+        "only when, besides, the two binomial intervals at interval_confidence do not overlap"))
+    interval_confidence: float = Field(0.95, gt=0, lt=1, description=(
+        "confidence of the Wilson intervals on accuracies given their sample counts: the leakage "
+        "alarm fires when val's lower bound is above train's upper bound (so 14 validation "
+        "windows do not raise it for a chance gap); trained-nothing asks whether the training "
+        "accuracy's lower bound is above the majority-class rate"))
+    trained_nothing_loss_tol: float = Field(0.005, ge=0, lt=1, description=(
+        "trained nothing: the last epoch's train_loss is above (1 - this) x the loss of "
+        "predicting the training labels' class frequencies (ln C for balanced classes) while "
+        "neither training accuracy nor balanced accuracy is above majority rate / chance "
+        "beyond noise"))
+    trained_nothing_acc_tol: float = Field(0.01, ge=0, lt=1, description=(
+        "trained nothing, too: the last epoch's training accuracy is at most the majority-class "
+        "rate + this and its balanced accuracy at most 1 / n_classes + this (a constant guess)"))
     min_class_recall: float = 0.3
     train_eval_samples: int = 4096  # train metrics (eval mode) on at most this many samples
     fail_on_nonfinite: bool = True

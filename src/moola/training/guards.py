@@ -1,14 +1,27 @@
 """Guards for the failures users have hit: each is a loud warning (or error) with advice.
 
-- more parameters per training sample than ``max_params_per_sample`` (memorisation risk);
+- more parameters per training sample than ``max_params_per_sample`` (memorisation risk), naming
+  the presets that are smaller for the run's features and classes;
 - an epoch with no optimizer step, or whose loss and weights did not change ("60 epochs in
   3 seconds" that trained nothing);
-- validation accuracy far above training accuracy on the same distribution (leakage or an
-  evaluation bug);
+- "trained nothing" (``TRAINED_NOTHING``), judged after the last epoch: no weight differs from
+  the start; or the last epoch's training loss is not below (1 - ``trained_nothing_loss_tol``) x
+  the loss of predicting the training labels' class frequencies (``Objective.prior_loss``; ln C
+  for balanced classes) while neither the training accuracy nor the balanced accuracy is above
+  the majority rate / 1 / C beyond noise (Wilson lower bound at ``interval_confidence``; an
+  accurate but under-confident model has learned something); or the training accuracy is the
+  majority-class rate and the balanced accuracy 1 / C (within ``trained_nothing_acc_tol``: a
+  constant guess);
+- validation accuracy above training accuracy on the same distribution (leakage or an
+  evaluation bug): the Wilson intervals at ``interval_confidence`` (given n_val and the n of the
+  training-eval subset) do not overlap, and the gap exceeds ``overfit_gap``;
 - class collapse, judged on the model the run ends with (the restored best epoch under early
   stopping, else the last): it predicts a single class on validation (every other class has
   recall <= ``SINGLE_CLASS_RECALL``; balanced accuracy ~= 1 / n_classes, no better than the
-  majority class), or some class has validation recall below ``min_class_recall``. A single-class
+  majority class), or some class has validation recall below ``min_class_recall``; classes
+  absent from the validation labels (recall NaN) are left out. It runs in ``on_fit_end``, which
+  the trainer calls whatever ended the run (last epoch, early stopping, another callback's
+  ``stop_training``, an exception). A single-class
   epoch is also printed in red as it happens. ``single_predicted_class`` is the one test of
   "predicts one class", shared with the run report (which applies it to the test split).
 Object-dtype / non-float inputs and NaN/inf batches are refused earlier, in
@@ -18,8 +31,10 @@ Object-dtype / non-float inputs and NaN/inf batches are refused earlier, in
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +53,7 @@ class GuardWarning(UserWarning):
 
 COLLAPSE = "class collapse"  # every collapse warning starts with this (the run report finds them)
 ONE_CLASS = "predicts only class"  # ... and the single-class one says this
+TRAINED_NOTHING = "trained nothing"  # every trained-nothing warning starts with this (run report)
 # a class the model recalls at most this often is one it (almost) never predicts: 1 in 50
 SINGLE_CLASS_RECALL = 0.02
 
@@ -45,11 +61,76 @@ SINGLE_CLASS_RECALL = 0.02
 def single_predicted_class(recalls: Sequence[float]) -> int | None:
     """The index of the one class a model predicts, judged from per-class recalls (class order):
     every other class has recall <= ``SINGLE_CLASS_RECALL``. None when two or more classes are
-    predicted. Recalls rather than predicted counts, because the training logs carry recalls."""
-    if len(recalls) < 2:
+    predicted. Recalls rather than predicted counts, because the training logs carry recalls.
+    A NaN recall is a class absent from the labels: it is left out (fewer than two present
+    classes: nothing to judge)."""
+    present = [(k, r) for k, r in enumerate(recalls) if not math.isnan(r)]
+    if len(present) < 2:
         return None
-    alive = [k for k, r in enumerate(recalls) if r > SINGLE_CLASS_RECALL]
+    alive = [k for k, r in present if r > SINGLE_CLASS_RECALL]
     return alive[0] if len(alive) == 1 else None
+
+
+def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion observed on ``n`` samples; unlike the
+    normal approximation it stays inside [0, 1] and is honest at small n and at 0 or 1."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    denom = 1 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / denom
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def val_above_train(val_acc: float, n_val: int, train_acc: float, n_train: int,
+                    confidence: float = 0.95, min_gap: float = 0.0) -> bool:
+    """The leakage alarm's rule: validation accuracy is above training accuracy by more than
+    ``min_gap`` and beyond sampling noise (val's Wilson lower bound above train's upper bound)."""
+    if val_acc - train_acc <= min_gap:
+        return False
+    return wilson_interval(val_acc, n_val, confidence)[0] > wilson_interval(train_acc, n_train,
+                                                                            confidence)[1]
+
+
+def _shown(recalls: Sequence[float]) -> str:
+    return ", ".join(f"class {k} " + ("absent" if math.isnan(r) else f"{r:.2f}")
+                     for k, r in enumerate(recalls))
+
+
+def smaller_presets(model: torch.nn.Module, n_samples: int, max_ratio: float = 1000.0) -> str:
+    """Advice naming presets smaller than ``model``, each built for its features and classes
+    (the largest one within ``max_ratio`` first, else the smallest), or that none is smaller."""
+    from moola.models import PRESETS, build_model, count_parameters, preset_config
+
+    cfg = getattr(model, "config", None)
+    n_params = sum(p.numel() for p in model.parameters())
+    advice = "fewer layers or hidden units, more data, or pretraining"
+    if cfg is None or not hasattr(cfg, "n_features"):
+        return f"Use a smaller model: {advice}."
+    n_classes = cfg.classifier.n_classes if cfg.classifier is not None else \
+        (2 if cfg.direction is not None else None)
+    sizes: dict[str, int] = {}
+    with torch.random.fork_rng(devices=[]):  # building models must not move the run's RNG
+        for name in PRESETS:
+            try:
+                sizes[name] = count_parameters(build_model(preset_config(
+                    name, n_features=cfg.n_features, n_classes=n_classes)))
+            except ValueError:  # a binary-only preset for a 3-class task
+                continue
+    smaller = sorted(((p, name) for name, p in sizes.items() if p < n_params), reverse=True)
+    what = f"for {cfg.n_features} features and {n_classes or 'these'} classes"
+    if not smaller:
+        return f"No preset is smaller than {cfg.name} {what}: {advice}."
+    n = max(n_samples, 1)
+    fits = [(p, name) for p, name in smaller if p / n <= max_ratio]
+    p, name = fits[0] if fits else smaller[-1]
+    rest = ", ".join(f"{nm} ({q:,})" for q, nm in smaller if nm != name)
+    head = (f"Use the smaller preset {name} ({p:,} parameters, {p / n:,.0f}:1) instead of "
+            f"{cfg.name}" if fits else
+            f"The smallest preset {what}, {name} ({p:,} parameters, {p / n:,.0f}:1), is still "
+            f"above the limit: use it instead of {cfg.name} with more data or pretraining")
+    return head + (f"; also smaller: {rest}." if rest else ".")
 
 
 def _val_recalls(logs: Mapping[str, float]) -> list[float]:
@@ -74,6 +155,7 @@ class HealthGuard(Callback):
         self.config = config or GuardConfig()
         self.prev_loss: float | None = None
         self.digest: str | None = None
+        self.start_digest: str | None = None  # the weights the run started from (kept on resume)
 
     def warn(self, trainer: Trainer, message: str) -> None:
         trainer.warnings_.append(message)
@@ -88,9 +170,11 @@ class HealthGuard(Callback):
             self.warn(trainer, (
                 f"{n_params:,} parameters for {n:,} training samples ({ratio:,.0f}:1, above "
                 f"{self.config.max_params_per_sample:,.0f}:1): the model can memorise the set. "
-                "Use a compact preset (jade_compact), fewer layers, or more data/pretraining."
+                + smaller_presets(trainer.model, n, self.config.max_params_per_sample)
             ))
         self.digest = _weights_digest(trainer.model)
+        if self.start_digest is None:
+            self.start_digest = self.digest
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         cfg = self.config
@@ -111,12 +195,18 @@ class HealthGuard(Callback):
                 ))
         self.prev_loss, self.digest = loss, digest
         tr, va = logs.get("train_accuracy"), logs.get("val_accuracy")
-        if tr is not None and va is not None and va - tr > cfg.overfit_gap:
+        n_va, n_tr = trainer.n_val_, trainer.n_train_eval_
+        if tr is not None and va is not None and \
+                val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap):
+            lo, hi = wilson_interval(va, n_va, cfg.interval_confidence)[0], \
+                wilson_interval(tr, n_tr, cfg.interval_confidence)[1]
             self.warn(trainer, (
-                f"epoch {epoch + 1}: validation accuracy {va:.3f} is {100 * (va - tr):.0f} points "
-                f"above training accuracy {tr:.3f} (both in eval mode). On the same distribution "
-                "this points to leakage or an evaluation bug (labels or windows shared across "
-                "the split, a different normaliser, or metrics computed on the wrong array)."
+                f"epoch {epoch + 1}: validation accuracy {va:.3f} (n={n_va}) is "
+                f"{100 * (va - tr):.0f} points above training accuracy {tr:.3f} (n={n_tr}, both "
+                f"in eval mode), beyond sampling noise ({cfg.interval_confidence:.0%} Wilson bounds "
+                f"{lo:.3f} > {hi:.3f}). On the same distribution this points to leakage or an "
+                "evaluation bug (labels or windows shared across the split, a different "
+                "normaliser, or metrics computed on the wrong array)."
             ))
         recalls = _val_recalls(logs)
         one = single_predicted_class(recalls)
@@ -124,7 +214,7 @@ class HealthGuard(Callback):
             (trainer.console or Console(stderr=True)).print(
                 f"[bold red]COLLAPSE epoch {epoch + 1}: the model {ONE_CLASS} {one} on "
                 f"validation (balanced accuracy {logs['val_balanced_accuracy']:.3f}, recalls "
-                + ", ".join(f"{r:.2f}" for r in recalls) + ")[/]", highlight=False)
+                + _shown(recalls) + ")[/]", highlight=False)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Judge the model the run ends with: early stopping restores its best epoch's weights
@@ -132,6 +222,7 @@ class HealthGuard(Callback):
         history = trainer.history_
         if not history:
             return
+        self._trained_nothing(trainer, history)
         es = trainer.early_stopping_
         kept = history[-1]
         if es is not None and es.restore_best and es.best_epoch is not None:
@@ -142,7 +233,7 @@ class HealthGuard(Callback):
         which = f"the kept model (epoch {int(kept['epoch'])} of {len(history)} run)"
         one = single_predicted_class(recalls)
         n_one = sum(single_predicted_class(_val_recalls(h)) is not None for h in history)
-        shown = ", ".join(f"class {k} {r:.2f}" for k, r in enumerate(recalls))
+        shown = _shown(recalls)
         if one is not None:
             self.warn(trainer, (
                 f"{COLLAPSE}: {which} {ONE_CLASS} {one} on validation (recall {shown}; "
@@ -153,6 +244,7 @@ class HealthGuard(Callback):
                 "other features; or accept that this target is not predictable from these inputs."
             ))
             return
+        # a class absent from validation (NaN) is not reported: its recall is undefined, not low
         low = [(k, r) for k, r in enumerate(recalls) if r < self.config.min_class_recall]
         if low:
             self.warn(trainer, (
@@ -162,9 +254,53 @@ class HealthGuard(Callback):
                 "weights (loss.class_weights=balanced), focal loss, or more data."
             ))
 
+    def _trained_nothing(self, trainer: Trainer, history: Sequence[Mapping[str, float]]) -> None:
+        """One warning when the run ends no better than it began or than a constant guess of the
+        class prior (the last epoch is judged: whether training moved at all, not which epoch
+        early stopping keeps)."""
+        cfg, last = self.config, history[-1]
+        reasons: list[str] = []
+        if self.start_digest is not None and _weights_digest(trainer.model) == self.start_digest:
+            reasons.append(f"no weight differs from the start after {len(history)} epoch(s)")
+        counts = trainer.train_label_counts_
+        loss, acc = last.get("train_loss"), last.get("train_accuracy")
+        bal = last.get("train_balanced_accuracy")
+        if counts is not None and counts.sum() > 0 and acc is not None and bal is not None:
+            shares = "/".join(f"{c / counts.sum():.0%}" for c in counts)
+            majority, chance = counts.max() / counts.sum(), 1 / max(int((counts > 0).sum()), 1)
+            prior = trainer.objective.prior_loss(counts)
+            model_cfg = getattr(trainer.model, "config", None)
+            with_pointer = getattr(model_cfg, "pointer", None) is not None \
+                and getattr(trainer.objective, "pointer_weight", 0) > 0  # its loss adds to train_loss
+            n_eval, conf = trainer.n_train_eval_, cfg.interval_confidence
+            learned = wilson_interval(acc, n_eval, conf)[0] > majority \
+                or wilson_interval(bal, n_eval, conf)[0] > chance  # beyond noise, if under-confident
+            if prior is not None and math.isfinite(prior) and not with_pointer and not learned \
+                    and loss is not None and loss > (1 - cfg.trained_nothing_loss_tol) * prior:
+                reasons.append(
+                    f"the last training loss {loss:.4f} is not below {prior:.4f}, the loss of "
+                    f"predicting the class frequencies of the {int(counts.sum()):,} training labels "
+                    f"({shares}), by more than {cfg.trained_nothing_loss_tol:.1%}, and training "
+                    f"accuracy {acc:.3f} (balanced {bal:.3f}) is within noise of the majority-class "
+                    f"rate {majority:.3f} ({chance:.3f})")
+            tol = cfg.trained_nothing_acc_tol
+            if acc <= majority + tol and bal <= chance + tol:
+                reasons.append(
+                    f"training accuracy {acc:.3f} is the majority-class rate {majority:.3f} and "
+                    f"balanced accuracy {bal:.3f} is chance ({chance:.3f})")
+        if reasons:
+            self.warn(trainer, (
+                f"{TRAINED_NOTHING}: " + "; ".join(reasons) + ". The model is no better than a "
+                "constant guess. Check the learning rate (0 is only for smoke runs), frozen "
+                "parameters and the labels (constant, shuffled, misaligned); if they are right, "
+                "these inputs may not predict this target: train longer or with less "
+                "regularisation to be sure, or change the features or horizon."
+            ))
+
     def state_dict(self) -> dict[str, Any]:
-        return {"prev_loss": self.prev_loss, "digest": self.digest}
+        return {"prev_loss": self.prev_loss, "digest": self.digest, "start_digest": self.start_digest}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prev_loss = state["prev_loss"]
         self.digest = state["digest"]
+        self.start_digest = state.get("start_digest")  # absent in checkpoints before this guard

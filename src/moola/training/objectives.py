@@ -7,6 +7,7 @@ arrays. Batches are ``dict[str, Tensor]`` with at least ``x`` (B, T, F).
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -40,6 +41,21 @@ class Objective(ABC):
     @abstractmethod
     def metrics(self, collected: dict[str, np.ndarray]) -> dict[str, float]:
         """Epoch metrics from the concatenated ``collect`` arrays."""
+
+    def prior_loss(self, counts: np.ndarray) -> float | None:
+        """The loss of the best constant prediction given the training label ``counts`` per class
+        (the class prior), the floor the trained-nothing guard compares the training loss with;
+        None where the objective has no such floor."""
+        return None
+
+
+def _constant_loss(mass: np.ndarray, norm: float) -> float:
+    """min over a constant p of ``-sum_c mass_c log p_c / norm``: p = mass / sum(mass)."""
+    total = float(mass.sum())
+    if total <= 0 or norm <= 0:
+        return float("nan")
+    q = mass[mass > 0] / total
+    return float(total / norm * -(q * np.log(q)).sum())
 
 
 def _focal_ce(logits: Tensor, y: Tensor, weight: Tensor | None, gamma: float,
@@ -98,14 +114,20 @@ class ClassificationObjective(Objective):
         return got
 
     def metrics(self, c: dict[str, np.ndarray]) -> dict[str, float]:
+        """Accuracy, balanced accuracy and per-class recall; a class absent from ``y`` has recall
+        NaN (undefined, not 0), so the guards can tell "never predicted" from "not there"."""
         y, pred = c["y"], c["proba"].argmax(1)
         labels = list(range(self.n_classes))
         rec = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+        rec = np.where(np.bincount(y, minlength=self.n_classes)[: self.n_classes] > 0, rec, np.nan)
+        with warnings.catch_warnings():  # a class predicted but absent from y: reported anyway
+            warnings.simplefilter("ignore", UserWarning)
+            bal = float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 \
+                else float((pred == y).mean())
         m = {
             "accuracy": float((pred == y).mean()),
-            "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1
-            else float((pred == y).mean()),
-            "min_recall": float(rec.min()),
+            "balanced_accuracy": bal,
+            "min_recall": float(np.nanmin(rec)) if np.isfinite(rec).any() else float("nan"),
         }
         for k, r in enumerate(rec):
             m[f"recall_{k}"] = float(r)
@@ -114,6 +136,20 @@ class ClassificationObjective(Objective):
             m["pointer_mae"] = float(err.mean())
             m["pointer_hit3"] = float((err <= 3).all(1).mean())
         return m
+
+    def prior_loss(self, counts: np.ndarray) -> float | None:
+        """Weighted, smoothed cross-entropy of the best constant prediction (torch's weighting:
+        the smoothing term weighs class c by w_c; the mean divides by the weights of the labels).
+        None with focal loss, whose constant-prediction floor has no closed form."""
+        if self.focal_gamma:
+            return None
+        n = np.zeros(self.n_classes)
+        n[: min(len(counts), self.n_classes)] = np.asarray(counts, dtype=np.float64)[: self.n_classes]
+        w = np.ones(self.n_classes) if self.class_weights is None \
+            else self.class_weights.detach().cpu().double().numpy()
+        eps = self.label_smoothing
+        mass = (1 - eps) * w * n + eps / self.n_classes * n.sum() * w
+        return _constant_loss(mass, float((w * n).sum()))
 
 
 class DirectionObjective(Objective):
@@ -139,6 +175,15 @@ class DirectionObjective(Objective):
 
     def metrics(self, c: dict[str, np.ndarray]) -> dict[str, float]:
         return ClassificationObjective(2).metrics(c)
+
+    def prior_loss(self, counts: np.ndarray) -> float | None:
+        """BCE (with ``pos_weight`` and smoothing) of the best constant P(up), averaged over samples."""
+        n0, n1 = (float(v) for v in np.pad(np.asarray(counts, dtype=np.float64), (0, 2))[:2])
+        eps = self.label_smoothing
+        pw = 1.0 if self.pos_weight is None else float(self.pos_weight)
+        up = pw * (n1 * (1 - eps / 2) + n0 * eps / 2)  # the targets' mass on 'up', weighted
+        down = n0 * (1 - eps / 2) + n1 * eps / 2
+        return _constant_loss(np.array([down, up]), n0 + n1)
 
 
 class RegressionObjective(Objective):

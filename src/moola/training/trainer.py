@@ -74,8 +74,11 @@ def build_scheduler(cfg: SchedulerConfig, opt: torch.optim.Optimizer, *, steps_p
         case "none":
             return None
         case "cosine_warm_restarts":
+            # eta_min is a floor under a positive lr: a learning rate of 0 (a run meant to train
+            # nothing) stays 0 instead of rising to eta_min
+            untrainable = all(g["lr"] == 0 for g in opt.param_groups)
             return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-                opt, T_0=cfg.T_0, T_mult=cfg.T_mult, eta_min=cfg.eta_min)
+                opt, T_0=cfg.T_0, T_mult=cfg.T_mult, eta_min=0.0 if untrainable else cfg.eta_min)
         case "one_cycle":
             max_lr = cfg.max_lr or [g["lr"] for g in opt.param_groups]
             return torch.optim.lr_scheduler.OneCycleLR(
@@ -105,7 +108,9 @@ class Trainer:
     and leaves its learned state in attributes ending in ``_``: ``device_``, ``callbacks_``,
     ``early_stopping_``, ``history_``, ``warnings_``, ``messages_``, ``global_step_``,
     ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
-    ``batches_per_epoch_``. Callbacks may set ``stop_training`` to end the run after an epoch.
+    ``batches_per_epoch_``, ``n_val_`` and ``n_train_eval_`` (the samples behind the val_ and
+    train_ metrics), ``train_label_counts_`` (labels per class of the training set, None
+    without integer ``y``). Callbacks may set ``stop_training`` to end the run after an epoch.
     Data is any ``BatchSource`` (``moola.training.data``).
     """
 
@@ -172,6 +177,9 @@ class Trainer:
         self.start_epoch_ = 0
         self.resume_batch_ = 0
         self.n_train_ = 0
+        self.n_val_ = 0
+        self.n_train_eval_ = 0
+        self.train_label_counts_: np.ndarray | None = None
         self.batches_per_epoch_ = 0
         self._epoch_t0 = time.perf_counter()
 
@@ -228,6 +236,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed + 7)
         k = min(self.n_train_, cfg.guards.train_eval_samples)
         train_eval_idx = torch.randperm(self.n_train_, generator=gen)[:k].sort().values
+        self.n_train_eval_, self.n_val_ = k, len(val_d) if val_d is not None else 0
+        self.train_label_counts_ = _label_counts(train_d)
 
         for cb in self.callbacks_:
             cb.on_fit_start(self)
@@ -435,6 +445,17 @@ class Trainer:
             self.early_stopping_.best_weights = load_file(str(d / "best.safetensors"))
         self.log(f"resumed from {d.name}: epoch {self.start_epoch_ + 1}, batch {self.resume_batch_}")
         return float(state["run_sum"]), int(state["run_n"])
+
+
+def _label_counts(data: BatchSource) -> np.ndarray | None:
+    """Training labels per class, asked of the source (each epoch visits every sample once, so
+    these are the labels training sees); None when it holds no 1-D integer ``y``."""
+    tensors = getattr(data, "tensors", None)
+    y = tensors.get("y") if isinstance(tensors, dict) else None
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() or not len(y) \
+            or int(y.min()) < 0:
+        return None
+    return torch.bincount(y.long()).cpu().numpy()
 
 
 def _restore_nan(logs: dict[str, Any]) -> dict[str, float]:
