@@ -563,3 +563,22 @@ def test_early_stopping_ignores_the_frozen_phase_it_is_told_to():
     assert cfg.stopping_after(3).early_stopping.start_epoch == 3
     assert cfg.stopping_after(3).stopping_after(1).early_stopping.start_epoch == 3
     assert quiet_config().stopping_after(3).early_stopping is None
+
+
+# ---------------------------------------------------------------------------- min_steps
+
+
+def test_min_steps_raises_epochs_and_early_stopping_waits_for_them():
+    """36 samples in batches of 64 are one step per epoch: 3 epochs would be 3 steps. min_steps
+    makes it 40, and a patience of 1 cannot end the run before step 40 even when the validation
+    loss is worse every epoch (a learning rate far too high for the model)."""
+    data = TensorData(direction_windows(36))
+    val = TensorData(direction_windows(16, offset=36 * 105))
+    t, res = _fit(_small_transformer(), DirectionObjective(), data, val, epochs=3, batch_size=64,
+                  min_steps=40, optimizer={"lr": 0.5},
+                  early_stopping={"metric": "val_loss", "patience": 1})
+    assert t.epochs_ == 40 and t.batches_per_epoch_ == 1
+    assert t.early_stopping_ is not None and t.early_stopping_.start_epoch == 39
+    assert t.global_step_ == 40 and len(res.history) == 40
+    t2, res2 = _fit(_small_transformer(), DirectionObjective(), data, val, epochs=3, batch_size=64)
+    assert t2.epochs_ == 3 and t2.global_step_ == 3  # without it: what was asked

@@ -173,7 +173,7 @@ class SequenceClassifier:
         steps_per_epoch = math.ceil(n_train / bs)
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
         train: dict[str, Any] = {
-            "epochs": epochs, "batch_size": bs, "device": self.device, "seed": self.random_state,
+            "epochs": self.epochs, "min_steps": self.min_steps, "batch_size": bs, "device": self.device, "seed": self.random_state,
             "optimizer": {"name": "adamw", "lr": self.lr, "weight_decay": 1e-2},
             "scheduler": {"name": "one_cycle", "pct_start": 0.1},
             "early_stopping": None, "loss": {"class_weights": self.class_weights},
@@ -181,7 +181,7 @@ class SequenceClassifier:
         if self.val_size > 0:  # patience counts only once min_steps have been taken
             train["early_stopping"] = {
                 "metric": "val_loss", "mode": "min", "patience": max(5, epochs // 5),
-                "restore_best": True, "start_epoch": math.ceil(self.min_steps / steps_per_epoch) - 1}
+                "restore_best": True}  # the Trainer starts counting once min_steps are taken
             train["scheduler"] = {"name": "cosine_warm_restarts", "T_0": epochs,
                                   "warmup_steps": min(100, self.min_steps // 10)}
         data = {"model": model.to_dict(), "train": train}

@@ -120,7 +120,7 @@ class ProgressBar(Callback):
         )
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=trainer.batches_per_epoch_, epoch=0, epochs=trainer.config.epochs,
+            "train", total=trainer.batches_per_epoch_, epoch=0, epochs=trainer.epochs_,
             loss="-", extra="", rate="-",
         )
 

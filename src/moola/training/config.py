@@ -77,6 +77,10 @@ class GuardConfig(Config):
 
 class TrainConfig(Config):
     epochs: int = Field(20, ge=1)
+    min_steps: int = Field(0, ge=0, description=(
+        "optimizer steps at least: epochs are raised to reach it (36 series in batches of 64 are "
+        "one step per epoch, so 60 epochs would be 60 steps), and early stopping counts patience "
+        "only from the epoch that reaches it"))
     batch_size: int = Field(64, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()

@@ -108,8 +108,8 @@ class Trainer:
     and leaves its learned state in attributes ending in ``_``: ``device_``, ``callbacks_``,
     ``early_stopping_``, ``history_``, ``warnings_``, ``messages_``, ``global_step_``,
     ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
-    ``batches_per_epoch_``, ``n_val_`` and ``n_train_eval_`` (the samples behind the val_ and
-    train_ metrics), ``train_label_counts_`` (labels per class of the training set, None
+    ``batches_per_epoch_``, ``epochs_`` (``epochs`` raised to reach ``min_steps``), ``n_val_``
+    and ``n_train_eval_`` (the samples behind the val_ and train_ metrics), ``train_label_counts_`` (labels per class of the training set, None
     without integer ``y``). Callbacks may set ``stop_training`` to end the run after an epoch.
     Data is any ``BatchSource`` (``moola.training.data``).
     """
@@ -181,6 +181,7 @@ class Trainer:
         self.n_train_eval_ = 0
         self.train_label_counts_: np.ndarray | None = None
         self.batches_per_epoch_ = 0
+        self.epochs_ = cfg.epochs
         self._epoch_t0 = time.perf_counter()
 
     def _autocast(self) -> Any:
@@ -213,12 +214,16 @@ class Trainer:
         val_d = val.to(self.device_) if val is not None else None
         self.n_train_ = len(train_d)
         self.batches_per_epoch_ = num_batches(self.n_train_, cfg.batch_size)
+        min_epochs = math.ceil(cfg.min_steps / max(self.batches_per_epoch_, 1))
+        self.epochs_ = max(cfg.epochs, min_epochs)
+        if self.early_stopping_ is not None and min_epochs:  # no stop before min_steps are taken
+            self.early_stopping_.start_epoch = max(self.early_stopping_.start_epoch, min_epochs - 1)
         params = self.param_groups if self.param_groups is not None else self.model.parameters()
         opt = build_optimizer(cfg.optimizer, params)
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
         sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=self.batches_per_epoch_,
-                                epochs=cfg.epochs)
+                                epochs=self.epochs_)
         run_sum, run_n = 0.0, 0
         loaded = None
         if resume:
@@ -242,7 +247,7 @@ class Trainer:
         for cb in self.callbacks_:
             cb.on_fit_start(self)
         try:
-            for epoch in range(self.start_epoch_, cfg.epochs):
+            for epoch in range(self.start_epoch_, self.epochs_):
                 first = epoch == self.start_epoch_
                 start_b = self.resume_batch_ if first else 0
                 if not first:
