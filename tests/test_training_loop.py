@@ -580,5 +580,5 @@ def test_min_steps_raises_epochs_and_early_stopping_waits_for_them():
     assert t.epochs_ == 40 and t.batches_per_epoch_ == 1
     assert t.early_stopping_ is not None and t.early_stopping_.start_epoch == 39
     assert t.global_step_ == 40 and len(res.history) == 40
-    t2, res2 = _fit(_small_transformer(), DirectionObjective(), data, val, epochs=3, batch_size=64)
+    t2, _ = _fit(_small_transformer(), DirectionObjective(), data, val, epochs=3, batch_size=64)
     assert t2.epochs_ == 3 and t2.global_step_ == 3  # without it: what was asked

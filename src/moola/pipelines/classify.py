@@ -173,7 +173,8 @@ class SequenceClassifier:
         steps_per_epoch = math.ceil(n_train / bs)
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
         train: dict[str, Any] = {
-            "epochs": self.epochs, "min_steps": self.min_steps, "batch_size": bs, "device": self.device, "seed": self.random_state,
+            "epochs": self.epochs, "min_steps": self.min_steps, "batch_size": bs,
+            "device": self.device, "seed": self.random_state,
             "optimizer": {"name": "adamw", "lr": self.lr, "weight_decay": 1e-2},
             "scheduler": {"name": "one_cycle", "pct_start": 0.1},
             "early_stopping": None, "loss": {"class_weights": self.class_weights},
