@@ -110,7 +110,8 @@ class Trainer:
     ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
     ``batches_per_epoch_``, ``epochs_`` (``epochs`` raised to reach ``min_steps``), ``n_val_``
     and ``n_train_eval_`` (the samples behind the val_ and train_ metrics),
-    ``train_label_counts_`` (labels per class of the training set, None without integer ``y``). Callbacks may set ``stop_training`` to end the run after an epoch.
+    ``train_label_counts_`` (labels per class of the training set, None without integer ``y``).
+    Callbacks may set ``stop_training`` to end the run after an epoch.
     Data is any ``BatchSource`` (``moola.training.data``).
     """
 
