@@ -22,6 +22,7 @@ from moola.pretraining import (
     smooth_curve,
     time_warp,
 )
+from moola.pretraining.augment import OHLC_NAMES
 from moola.training import TensorData, epoch_order
 
 T = 105
@@ -137,7 +138,7 @@ def test_combined_augmenter_keeps_bars_valid(cfg: AugmentConfig) -> None:
     x = raw_windows()
     before = x.clone()
     for _ in range(3):
-        y = Augmenter(cfg)(x)
+        y = Augmenter(cfg, OHLC_NAMES)(x)  # ohlc4 windows: the schema turns the bar repair on
         assert torch.isfinite(y).all()
         assert ohlc_valid(y).all()
         assert not torch.equal(y, x)
@@ -184,9 +185,22 @@ def test_probability_p_applies_per_sample() -> None:
 
 def test_ohlc_needs_four_columns() -> None:
     with pytest.raises(ValueError, match="ohlc"):
-        Augmenter()(torch.zeros(2, 10, 3))
+        Augmenter(AugmentConfig(ohlc=True))(torch.zeros(2, 10, 3))
     y = Augmenter(AugmentConfig(ohlc=False, p=1.0))(torch.randn(2, 10, 3))
     assert y.shape == (2, 10, 3)
+
+
+def test_ohlc_repair_is_chosen_from_the_feature_schema_not_assumed() -> None:
+    """Any number of channels augments; the bar repair applies only to ohlc4 columns."""
+    assert Augmenter(AugmentConfig(), [*OHLC_NAMES, "volume_lr"]).ohlc is True
+    assert Augmenter(AugmentConfig(), ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y"]).ohlc is False
+    assert Augmenter(AugmentConfig()).ohlc is False  # no schema: nothing assumed
+    y = Augmenter(AugmentConfig(p=1.0), ["a", "b", "c", "d", "e", "f"])(torch.randn(3, 50, 6))
+    assert y.shape == (3, 50, 6) and torch.isfinite(y).all()
+    one = Augmenter(AugmentConfig(p=1.0), ["x"])(torch.randn(2, 30, 1))
+    assert one.shape == (2, 30, 1)
+    with pytest.raises(ValueError, match="not \\['open_lr'"):
+        Augmenter(AugmentConfig(ohlc=True), ["a", "b", "c", "d"])
 
 
 def test_config_rejects_bad_values() -> None:

@@ -248,7 +248,7 @@ def _train(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracker, *, 
         f"windows of {data.labels_path.name} "
         + ("on any symbol" if d.exclusion == "time" else "on the same symbol (TRANSDUCTIVE)")
     )
-    objective = MaskedReconstructionObjective(cfg.mask, Augmenter(cfg.augment),
+    objective = MaskedReconstructionObjective(cfg.mask, Augmenter(cfg.augment, data.fm.names),
                                               Normalize.from_scaler(data.scaler))
     train_data = ViewsData(TensorData({"x": data.x_train}), cfg.augment.views)
     trainer = Trainer(model, objective, cfg.train, run_dir=out, show_progress=show_progress,

@@ -29,7 +29,7 @@ copying windows: ``ViewsData(base, k)`` has length ``n * k`` and batch ``idx`` g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated
 
 import torch
@@ -37,12 +37,15 @@ from pydantic import Field, NonNegativeFloat, PositiveInt
 from torch import Tensor
 
 from moola.config import Config
+from moola.features import get_feature_set
 from moola.training.data import TensorData, num_batches
 
 __all__ = [
+    "OHLC_NAMES",
     "AugmentConfig",
     "Augmenter",
     "ViewsData",
+    "is_ohlc",
     "jitter",
     "magnitude_warp",
     "ohlc_valid",
@@ -52,6 +55,8 @@ __all__ = [
     "time_warp",
 ]
 
+# the ohlc4 feature set's columns, the only layout whose bars the jitter repair understands
+OHLC_NAMES: tuple[str, ...] = tuple(get_feature_set("ohlc4").names)
 MIN_FACTOR = 0.05  # floor of every multiplicative factor: factors stay positive
 
 
@@ -65,7 +70,14 @@ class AugmentConfig(Config):
     knots: PositiveInt = 4  # interior knots of the warp curves (knots + 2 in all)
     p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # per augmentation, per sample
     views: PositiveInt = 1  # augmented views of every window per epoch (see ViewsData)
-    ohlc: bool = True  # columns 0..3 are ohlc4 log ratios: repair bars after jitter
+    # columns 0..3 are ohlc4 log ratios, so bars are repaired after jitter; None: detected from
+    # the feature names the Augmenter is given (never assumed for inputs that are not OHLC)
+    ohlc: bool | None = None
+
+
+def is_ohlc(feature_names: Sequence[str] | None) -> bool:
+    """True when columns 0..3 are ohlc4's open/high/low/close log ratios (None: unknown, False)."""
+    return feature_names is not None and tuple(feature_names[:4]) == OHLC_NAMES
 
 
 # --- building blocks -------------------------------------------------------------------------------
@@ -150,8 +162,15 @@ class Augmenter:
     Returns a new tensor; the input is never modified. Draws only from torch's global RNG.
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None) -> None:
+    def __init__(self, cfg: AugmentConfig | None = None,
+                 feature_names: Sequence[str] | None = None) -> None:
         self.cfg = cfg or AugmentConfig()
+        self.feature_names = feature_names
+        self.ohlc = is_ohlc(feature_names) if self.cfg.ohlc is None else self.cfg.ohlc
+        if self.cfg.ohlc and feature_names is not None and not is_ohlc(feature_names):
+            raise ValueError(f"augment.ohlc is true but the first feature columns are "
+                             f"{list(feature_names[:4])}, not {list(OHLC_NAMES)}: set augment.ohlc to "
+                             "null (detect) or false")
 
     @property
     def enabled(self) -> bool:
@@ -170,7 +189,7 @@ class Augmenter:
         c = self.cfg
         if x.ndim != 3:
             raise ValueError(f"expected (B, T, F) windows, got shape {tuple(x.shape)}")
-        if c.ohlc and x.shape[-1] < 4:
+        if self.ohlc and x.shape[-1] < 4:
             raise ValueError(f"ohlc=True needs columns 0..3 = o, h, l, c; got {x.shape[-1]} features")
         if not self.enabled:
             return x.clone()
@@ -182,7 +201,7 @@ class Augmenter:
             x = self._maybe(x, scale(x, c.scaling_sigma))
         if c.jitter_sigma > 0:
             j = jitter(x, c.jitter_sigma)
-            x = self._maybe(x, repair_ohlc(j) if c.ohlc else j)
+            x = self._maybe(x, repair_ohlc(j) if self.ohlc else j)
         return x
 
 
