@@ -112,3 +112,54 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     acc = float(re.search(r"test accuracy ([0-9.]+)", out.stdout).group(1))  # type: ignore[union-attr]
     assert acc >= 0.8, out.stdout
     assert (tmp_path / "runs" / "sines" / "manifest.json").is_file()
+
+
+def _write_npz(path: Path, n_train: int = 45, n_test: int = 30) -> None:
+    X, y = _shapes(n_train + n_test, seed=4)
+    T = max(len(x) for x in X)
+    padded = np.full((len(X), T, 1), np.nan, dtype=np.float32)
+    for i, x in enumerate(X):
+        padded[i, : len(x)] = x
+    np.savez(path, X=padded[:n_train], y=y[:n_train], X_test=padded[n_train:], y_test=y[n_train:])
+
+
+def test_cli_train_arrays_without_a_store_scores_beside_baselines(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from moola.cli import app
+
+    _write_npz(tmp_path / "shapes.npz")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--arrays", str(tmp_path / "shapes.npz"), "--out", str(out),
+                                   "--preset", "inception_compact", "min_steps=150", "train.grad_clip=2.0"])
+    assert res.exit_code == 0, res.output
+    assert "best baseline" in res.output and "minirocket" in res.output
+    import json
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["baselines"]) == {"majority", "logistic", "minirocket"} and m["test_accuracy"] > 0.6
+    assert SequenceClassifier.load(out).train_config_.grad_clip == 2.0
+    bad = CliRunner().invoke(app, ["train", "--arrays", str(tmp_path / "shapes.npz"), "epochs_x=3"])
+    assert bad.exit_code == 2 and "not a SequenceClassifier parameter" in bad.output
+    both = CliRunner().invoke(app, ["train", "--arrays", "a.npz", "--config", "b.yaml"])
+    assert both.exit_code == 2 and "exactly one of --config" in both.output
+
+
+def test_labeled_parquet_long_format_and_its_errors(tmp_path: Path) -> None:
+    import polars as pl
+
+    from moola.pipelines.classify import load_labeled_arrays
+
+    X, y = _shapes(8, seed=5)
+    rows = [{"series": i, "label": str(y[i]), "split": "train" if i < 6 else "test", "v": float(v)}
+            for i, x in enumerate(X) for v in x[:, 0]]
+    pl.DataFrame(rows).write_parquet(tmp_path / "long.parquet")
+    d = load_labeled_arrays(tmp_path / "long.parquet")
+    assert len(d["X"]) == 6 and len(d["X_test"]) == 2 and d["X"][0].shape == (len(X[0]), 1)
+    assert d["y"].tolist() == y[:6].tolist()
+    pl.DataFrame(rows).with_columns(pl.lit("dev").alias("split")).write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="valid values: train, test"):
+        load_labeled_arrays(tmp_path / "bad.parquet")
+    np.savez(tmp_path / "no_y.npz", X=np.zeros((2, 3, 1)))
+    with pytest.raises(KeyError, match=r"missing array\(s\) \['y'\]"):
+        load_labeled_arrays(tmp_path / "no_y.npz")

@@ -368,10 +368,18 @@ def _with_options(overrides: list[str] | None, **options: object) -> list[str]:
 @app.command("train")
 @_friendly_errors
 def train(
-    config: Annotated[Path, typer.Option("--config", help="Run config YAML (see docs/configs.md).")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Run config YAML (see docs/configs.md).")] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
     ] = None,
+    arrays: Annotated[Path | None, typer.Option(
+        "--arrays", help="A labeled-array file (.npz: X, y[, X_test, y_test]; .parquet: long "
+        "format) to train a SequenceClassifier on, with no market store.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="With --arrays: the model preset (default: the small-data default).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="With --arrays: the run directory (default runs/<file stem>).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the checkpoint; refused when config.yaml differs.")] = False,
     force: Annotated[bool, typer.Option(
@@ -381,15 +389,66 @@ def train(
     pretrained_encoder: EncoderOpt = None,
     transfer_mode: TransferModeOpt = None,
 ) -> None:
-    """Train a model; writes a checkpoint directory with report.html, metrics and baselines."""
+    """Train a model; writes a checkpoint directory with report.html, metrics and baselines.
+    With --arrays: a classifier on labeled arrays (any series, no store), scored beside baselines."""
+    if (config is None) == (arrays is None):
+        raise typer.BadParameter("give exactly one of --config (a run config) or --arrays (a "
+                                 "labeled-array file)")
+    if arrays is not None:
+        _train_arrays(arrays, preset, out, overrides or [], device)
+        return
+    assert config is not None
+    if preset is not None or out is not None:
+        raise typer.BadParameter("--preset and --out go with --arrays; with --config set "
+                                 "model.preset=... / out_dir=... as overrides")
     from moola.pipelines.train import RunConfig, run_train
 
     extra = _with_options(overrides, pretrained_encoder=pretrained_encoder,
                           transfer_mode=transfer_mode, **{"train.device": device,
                                                           "train.precision": precision})
     cfg = RunConfig.from_yaml(config, extra)
-    out = run_train(cfg, console=console, resume=resume, force=force)
-    console.print(f"run directory: {out.run_dir}")
+    res = run_train(cfg, console=console, resume=resume, force=force)
+    console.print(f"run directory: {res.run_dir}")
+
+
+def _train_arrays(path: Path, preset: str | None, out: Path | None, overrides: list[str],
+                  device: str | None) -> None:
+    """``moola train --arrays``: overrides are SequenceClassifier parameters (min_steps=3000,
+    n_seeds=5, val_size=0.2) or dotted model./train. config keys."""
+    from moola.config import ConfigError, parse_override
+    from moola.pipelines.classify import PARAMS, run_train_arrays
+
+    params: dict[str, Any] = {"show_progress": True}
+    cfg_over: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        parsed = parse_override(item)
+        if isinstance(parsed, str):
+            problems.append(parsed)
+        elif parsed[0].split(".")[0] in ("model", "train"):
+            cfg_over[parsed[0]] = parsed[1]
+        elif parsed[0] in PARAMS:
+            params[parsed[0]] = parsed[1]
+        else:
+            problems.append(f"{parsed[0]!r} is not a SequenceClassifier parameter ({', '.join(PARAMS)}) "
+                            "nor a model./train. key")
+    if problems:
+        raise ConfigError(problems, "overrides")
+    if preset:
+        params["preset"] = preset
+    if device:
+        params["device"] = device
+    if cfg_over:
+        params["overrides"] = cfg_over
+    target = out or Path("runs") / path.stem
+    m = run_train_arrays(path, target, params, console=console)
+    if "verdict" in m:
+        console.print(f"[bold]{m['verdict']}[/]")
+        console.print("  " + ", ".join(f"{k} {v:.3f}" for k, v in m["baselines"].items()))
+    for w in m["warnings"]:
+        console.print(f"[bold red]WARNING[/] {w}")
+    console.print(f"{m['preset']} ({m['n_params']:,} parameters) on {m['n_train']} series, classes "
+                  f"{', '.join(m['classes'])}; run directory: {target}")
 
 
 @app.command("evaluate")

@@ -36,7 +36,8 @@ from moola.training.data import TensorData
 from moola.training.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from moola.training.objectives import ClassificationObjective, balanced_class_weights
 
-__all__ = ["DEFAULT_PRESET", "SequenceClassifier", "as_padded"]
+__all__ = ["DEFAULT_PRESET", "PARAMS", "SequenceClassifier", "as_padded", "load_labeled_arrays",
+           "run_train_arrays"]
 
 # The default for a small labeled set: the preset that measured best in BENCHMARKS.md's
 # small-data table (see docs/small_data.md), not the one with the best name.
@@ -295,7 +296,7 @@ class SequenceClassifier:
             atomic_write_text(d / CONFIG, _yaml({"model": self.model_config_.to_dict(),
                                             "train": self.train_config_.to_dict()}))
             save_weights(model, d / WEIGHTS)
-        params = {k: getattr(self, k) for k in _PARAMS}
+        params = {k: getattr(self, k) for k in PARAMS}
         manifest = Manifest(
             kind="train_run", feature_set="arrays",
             feature_names=[f"f{j}" for j in range(self.n_features_in_)], window=self.n_timesteps_,
@@ -341,7 +342,7 @@ class SequenceClassifier:
         return f"SequenceClassifier(preset={self.preset!r}, n_seeds={self.n_seeds}{fitted})"
 
 
-_PARAMS = ("preset", "layout", "normalize", "min_steps", "epochs", "batch_size", "lr", "val_size",
+PARAMS = ("preset", "layout", "normalize", "min_steps", "epochs", "batch_size", "lr", "val_size",
            "n_seeds", "class_weights", "device", "random_state", "show_progress", "overrides")
 
 
@@ -358,3 +359,100 @@ def _read_yaml(p: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "model" not in data or "train" not in data:
         raise ValueError(f"{p}: expected a mapping with 'model' and 'train' sections")
     return data
+
+
+# --- labeled array files: ``moola train --arrays FILE`` ---------------------------------------
+
+
+def load_labeled_arrays(path: str | Path) -> dict[str, Any]:
+    """``X``/``y`` (and optionally ``X_test``/``y_test``) from a labeled-array file.
+
+    ``.npz``: arrays ``X`` (N, T, F) or (N, T), NaN-padded for shorter series, and ``y`` (N,);
+    ``.parquet``: long format, one row per step, columns ``series``, ``label``, optional
+    ``split`` (train|test) and one float column per feature, steps in file order.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such labeled-array file")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = {"X", "y"} - keys
+            if missing:
+                raise KeyError(f"{p}: missing array(s) {sorted(missing)}; found {sorted(keys)} "
+                               "(need X (N, T, F) and y (N,); optional X_test, y_test)")
+            if ("X_test" in keys) != ("y_test" in keys):
+                raise KeyError(f"{p}: X_test and y_test come together; found {sorted(keys)}")
+            return {k: z[k] for k in ("X", "y", "X_test", "y_test") if k in keys}
+    if p.suffix == ".parquet":
+        import polars as pl
+
+        df = pl.read_parquet(p)
+        need = {"series", "label"}
+        if need - set(df.columns):
+            raise KeyError(f"{p}: missing column(s) {sorted(need - set(df.columns))}; found "
+                           f"{df.columns} (long format: series, label, [split], features...)")
+        feats = [c for c in df.columns if c not in ("series", "label", "split")]
+        bad = [c for c in feats if not df.schema[c].is_numeric()]
+        if not feats or bad:
+            raise TypeError(f"{p}: feature columns must be numeric; " + (
+                f"non-numeric: {bad}" if bad else "there are none besides series/label/split"))
+        out: dict[str, Any] = {}
+        parts = df.partition_by("split", as_dict=True) if "split" in df.columns else {("train",): df}
+        unknown = [k[0] for k in parts if k[0] not in ("train", "test")]
+        if unknown:
+            raise ValueError(f"{p}: column split holds {unknown}; valid values: train, test")
+        for (name,), part in parts.items():
+            groups = part.partition_by("series", maintain_order=True)
+            labels = [g["label"].unique() for g in groups]
+            mixed = [g["series"][0] for g, lab in zip(groups, labels, strict=True) if lab.len() != 1]
+            if mixed:
+                raise ValueError(f"{p}: series {mixed[:5]} carry more than one label")
+            sfx = "" if name == "train" else "_test"
+            out["X" + sfx] = [g.select(feats).to_numpy().astype(np.float32) for g in groups]
+            out["y" + sfx] = np.asarray([lab[0] for lab in labels])
+        if "X" not in out:
+            raise ValueError(f"{p}: no rows with split = train")
+        return out
+    raise ValueError(f"{p}: unknown labeled-array format {p.suffix!r}; valid: .npz, .parquet")
+
+
+def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any],
+                     console: Any = None) -> dict[str, Any]:
+    """Fit a SequenceClassifier on a labeled-array file, save it to ``out`` and, when the file
+    has a test part, score it beside MiniRocket, logistic regression and the majority class."""
+    from moola.evaluation.baselines import logistic_baseline, majority_baseline, minirocket_baseline
+
+    data = load_labeled_arrays(path)
+    clf = SequenceClassifier(**params).fit(data["X"], data["y"])
+    root = clf.save(out)
+    metrics: dict[str, Any] = {"n_train": len(data["y"]), "classes": [str(c) for c in clf.classes_],
+                               "preset": clf.preset, "n_params": clf.n_params_,
+                               "warnings": clf.warnings_}
+    if "X_test" in data:
+        yte = np.asarray(data["y_test"])
+        unseen = sorted(set(yte.tolist()) - set(clf.classes_.tolist()))
+        if unseen:
+            raise ValueError(f"{path}: y_test holds classes never seen in training: {unseen[:5]}")
+        acc = clf.score(data["X_test"], yte)
+        T = max(clf.n_timesteps_, as_padded(data["X_test"], clf.layout)[0].shape[1])
+        xtr = _pad_to(_normalize(*as_padded(data["X"], clf.layout), clf.normalize, None)[0], T)
+        xte = _pad_to(clf._inputs(data["X_test"])[0], T)
+        ytr_i = np.searchsorted(clf.classes_, np.asarray(data["y"]))
+        yte_i = np.searchsorted(clf.classes_, yte)
+        names = [str(c) for c in clf.classes_]
+        base = {"majority": majority_baseline(xtr, ytr_i, xte, yte_i, names),
+                "logistic": logistic_baseline(xtr, ytr_i, xte, yte_i, names)}
+        if T >= 9:
+            base["minirocket"] = minirocket_baseline(xtr, ytr_i, xte, yte_i, names)
+        b_acc = {k: float(v.metrics["accuracy"]) for k, v in base.items()}
+        best = max(b_acc, key=lambda k: b_acc[k])
+        verdict = (f"the model {'beats' if acc > b_acc[best] else 'does not beat'} the best baseline "
+                   f"({best} {b_acc[best]:.3f}) on the {len(yte)} test series: accuracy {acc:.3f}")
+        metrics.update({"test_accuracy": acc, "baselines": b_acc, "verdict": verdict})
+    atomic_write_json(root / "metrics.json", metrics)
+    return metrics
+
+
+def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
+    return np.pad(x, ((0, 0), (0, T - x.shape[1]), (0, 0))) if x.shape[1] < T else x
