@@ -55,9 +55,12 @@ def run_task(set_name: str, arm: str, seed: int) -> dict[str, object]:
     else:
         from moola import SequenceClassifier
 
-        preset, _, ens = arm.partition("x")
-        clf = SequenceClassifier(preset=preset, n_seeds=int(ens or 1), random_state=seed)
-        clf.fit(ds.X_train, ds.y_train)
+        name, _, pt = arm.partition("+")  # NAME+pt: masked-autoencoder pretraining first
+        preset, _, ens = name.partition("x")  # NAMExK: an ensemble of K seeds
+        clf = SequenceClassifier(preset=preset, n_seeds=int(ens or 1), random_state=seed,
+                                 pretrain_steps=1000 if pt == "pt" else 0)
+        # pretraining reads the test series' INPUTS, never their labels (transductive)
+        clf.fit(ds.X_train, ds.y_train, X_unlabeled=ds.X_test if pt == "pt" else None)
         acc = clf.score(ds.X_test, ds.y_test)
         h = clf.history_[0]
         extra = {"params": clf.n_params_, "steps": clf.train_config_.epochs * -(-len(ds.y_train) //
@@ -97,7 +100,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=SETS)
     ap.add_argument("--presets", nargs="+", default=["inception_compact", "resnet1d", "patch_lstm",
                                                       "jade_compact"],
-                    help="SequenceClassifier presets; NAMExK trains an ensemble of K seeds")
+                    help="SequenceClassifier presets; NAMExK trains an ensemble of K seeds, NAME+pt "
+                         "pretrains the encoder on the train and test inputs (no labels) first")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/small_data.jsonl"))

@@ -163,3 +163,23 @@ def test_labeled_parquet_long_format_and_its_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "no_y.npz", X=np.zeros((2, 3, 1)))
     with pytest.raises(KeyError, match=r"missing array\(s\) \['y'\]"):
         load_labeled_arrays(tmp_path / "no_y.npz")
+
+
+def test_pretraining_starts_every_member_from_the_autoencoder_encoder() -> None:
+    """pretrain_steps trains the preset's LSTM as a masked autoencoder on the inputs (labels
+    unused); the classifier's encoder then starts from those weights, not from a fresh init."""
+    import torch
+
+    from moola.models import build_model
+
+    X, y = _shapes(24, T=48, seed=6)
+    clf = SequenceClassifier(preset="jade_compact", min_steps=1, epochs=1, lr=1e-9,
+                             pretrain_steps=20, random_state=3)
+    clf.fit(X[:12], y[:12], X_unlabeled=X[12:])
+    torch.manual_seed(3)
+    fresh = build_model(clf.model_config_).state_dict()
+    got = clf.models_[0].state_dict()
+    enc = [k for k in got if k.startswith("encoder.")]
+    assert enc and all(not torch.allclose(got[k], fresh[k]) for k in enc if got[k].ndim > 1)
+    with pytest.raises(ValueError, match="per-bar recurrent encoder"):
+        SequenceClassifier(preset="inception_compact", min_steps=1, pretrain_steps=5).fit(X, y)

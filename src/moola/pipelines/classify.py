@@ -30,7 +30,7 @@ from moola.config import ConfigError, apply_overrides
 from moola.datasets.splits import stratified_split
 from moola.evaluation.calibration import TemperatureScaler
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
-from moola.training import TrainConfig, Trainer
+from moola.training import OptimizerConfig, TrainConfig, Trainer
 from moola.training.checkpoint import CONFIG, WEIGHTS, load_weights, save_weights
 from moola.training.data import TensorData
 from moola.training.manifest import MANIFEST, Manifest, read_manifest, write_manifest
@@ -130,7 +130,9 @@ class SequenceClassifier:
     out a stratified validation split for early stopping (never before ``min_steps``) and the
     calibration temperature; ``n_seeds`` > 1 trains an ensemble whose probabilities are averaged.
     ``overrides`` are dotted keys into the model and training configs, e.g.
-    ``{"train.optimizer.lr": 3e-3, "model.encoder.depth": 3}``.
+    ``{"train.optimizer.lr": 3e-3, "model.encoder.depth": 3}``. ``pretrain_steps`` > 0 first
+    trains the preset's recurrent encoder as a masked autoencoder on the training inputs plus any
+    ``X_unlabeled`` given to ``fit`` (no labels), then every member starts from those weights.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class SequenceClassifier:
         val_size: float = 0.0,
         n_seeds: int = 1,
         class_weights: Literal["none", "balanced"] = "none",
+        pretrain_steps: int = 0,
         device: str = "auto",
         random_state: int = 0,
         show_progress: bool = False,
@@ -161,6 +164,7 @@ class SequenceClassifier:
         self.val_size = val_size
         self.n_seeds = n_seeds
         self.class_weights = class_weights
+        self.pretrain_steps = pretrain_steps
         self.device = device
         self.random_state = random_state
         self.show_progress = show_progress
@@ -197,8 +201,9 @@ class SequenceClassifier:
                 TrainConfig.from_dict(data["train"], source="SequenceClassifier train"))
 
     # ---------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Sequence[Any] | np.ndarray) -> Self:
-        """Learn ``classes_``, ``models_`` (one per seed), ``temperature_`` and ``history_``."""
+    def fit(self, X: Any, y: Sequence[Any] | np.ndarray, X_unlabeled: Any = None) -> Self:
+        """Learn ``classes_``, ``models_`` (one per seed), ``temperature_`` and ``history_``;
+        ``X_unlabeled`` feeds only the masked-autoencoder pretraining (``pretrain_steps``)."""
         x, mask = as_padded(X, self.layout)
         y_arr = np.asarray(y)
         if y_arr.ndim != 1 or y_arr.shape[0] != x.shape[0]:
@@ -220,10 +225,26 @@ class SequenceClassifier:
         self.models_: list[nn.Module] = []
         self.history_: list[list[dict[str, float]]] = []
         self.warnings_: list[str] = []
+        encoder_state = None
+        if self.pretrain_steps:
+            pool = x[tr]
+            if X_unlabeled is not None:
+                xu, mu = as_padded(X_unlabeled, self.layout)
+                xu = _normalize(xu, mu, self.normalize, None if self.normalize != "feature"
+                                else self.normalizer_)[0]
+                T = max(pool.shape[1], xu.shape[1])
+                pool = np.concatenate([_pad_to(pool, T), _pad_to(xu, T)])
+            encoder_state = self._pretrain(pool)
         for k in range(self.n_seeds):
             tc = self.train_config_.model_copy(update={"seed": self.random_state + k})
             torch.manual_seed(tc.seed)
             model = build_model(self.model_config_)
+            if encoder_state is not None:
+                missing = set(encoder_state) - set(model.state_dict())
+                if missing:
+                    raise RuntimeError(f"pretrained encoder keys absent from the model: "
+                                       f"{sorted(missing)[:5]}")
+                model.load_state_dict(encoder_state, strict=False)
             trainer = Trainer(model, ClassificationObjective(self.classes_.size, class_weights=cw), tc,
                               show_progress=self.show_progress)
             res = trainer.fit(train, val)
@@ -236,6 +257,35 @@ class SequenceClassifier:
             self.temperature_ = float(TemperatureScaler().fit(logits, yi[va]).temperature_)
         self.n_params_ = count_parameters(self.models_[0])
         return self
+
+    def _pretrain(self, pool: np.ndarray) -> dict[str, torch.Tensor]:
+        """Masked-autoencoder pretraining of the preset's encoder on ``pool`` (N, T, F), already
+        normalised; returns the ``encoder.*`` weights, named as in the classifier."""
+        from moola.models import RNNEncoderConfig
+        from moola.pretraining import (
+            AugmentConfig,
+            Augmenter,
+            MaskConfig,
+            MaskedReconstructionObjective,
+            Normalize,
+            pretrain_model,
+        )
+
+        enc = self.model_config_.encoder
+        if not isinstance(enc, RNNEncoderConfig) or enc.patch != 1:
+            raise ValueError(f"pretrain_steps needs a per-bar recurrent encoder (kind lstm or gru, "
+                             f"patch 1); preset {self.preset!r} has {enc.kind!r}: use jade_compact, "
+                             "jade or simple_lstm, or pretrain_steps=0")
+        F_ = pool.shape[2]
+        torch.manual_seed(self.random_state)
+        mae = pretrain_model(enc, n_features=F_)
+        objective = MaskedReconstructionObjective(MaskConfig(), Augmenter(AugmentConfig()),
+                                                  Normalize(np.zeros(F_), np.ones(F_)))
+        cfg = TrainConfig(epochs=1, min_steps=self.pretrain_steps, batch_size=min(32, len(pool)),
+                          early_stopping=None, device=self.device, seed=self.random_state,
+                          optimizer=OptimizerConfig(name="adamw", lr=1e-3))
+        Trainer(mae, objective, cfg, show_progress=self.show_progress).fit(TensorData({"x": pool}))
+        return mae.encoder_state_dict()
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -343,7 +393,8 @@ class SequenceClassifier:
 
 
 PARAMS = ("preset", "layout", "normalize", "min_steps", "epochs", "batch_size", "lr", "val_size",
-           "n_seeds", "class_weights", "device", "random_state", "show_progress", "overrides")
+           "n_seeds", "class_weights", "pretrain_steps", "device", "random_state", "show_progress",
+           "overrides")
 
 
 def _yaml(data: dict[str, Any]) -> str:
