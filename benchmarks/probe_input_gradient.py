@@ -15,9 +15,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _small_sets import load, padded  # noqa: E402
-
-from moola.models import build_model, preset_config  # noqa: E402
+from _small_sets import load, padded
+from moola.models import build_model, preset_config
 
 
 def main() -> None:
