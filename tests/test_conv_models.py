@@ -29,21 +29,13 @@ from moola.models import (
 )
 from moola.models.heads import AttentionPooling, MeanPooling
 from moola.models.transfer import EncoderSpec, IncompatibleEncoderError, transfer_encoder
+from test_models_presets import expected_shapes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NEW_PRESETS = ("patch_lstm", "inception_time", "inception_compact", "resnet1d")
 
 
-def _expected_shapes(cfg: ModelConfig, B: int, T: int) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.classifier:
-        shapes["logits"] = (B, cfg.classifier.n_classes)
-    if cfg.pointer:
-        shapes["start_logits"] = shapes["end_logits"] = (B, T)
-    if cfg.direction:
-        shapes["direction"] = (B,)
-    return shapes
 
 
 # --- every preset on the lengths of the labeled series ---------------------------------------
@@ -58,7 +50,7 @@ def test_every_preset_gives_its_shapes_on_short_and_long_series(name, n_features
         with torch.no_grad():
             out = model({"x": torch.randn(2, T, n_features)})
             h = model.encode(torch.randn(2, T, n_features))
-        assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(model.config, 2, T), (name, T)
+        assert {k: tuple(v.shape) for k, v in out.items()} == expected_shapes(model.config, 2, T), (name, T)
         assert h.shape == (2, T, model.encoder.out_dim), (name, T)
         assert all(torch.isfinite(v).all() for v in out.values()), (name, T)
 

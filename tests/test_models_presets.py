@@ -21,7 +21,8 @@ from test_models import assert_every_parameter_learns
 B, T = 8, 105
 
 
-def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: ModelConfig, B: int = B, T: int = T) -> dict[str, tuple[int, ...]]:
+    """The output shapes a model built from ``cfg`` must give for (B, T, F) inputs."""
     shapes: dict[str, tuple[int, ...]] = {}
     if cfg.classifier:
         shapes["logits"] = (B, cfg.classifier.n_classes)
@@ -44,7 +45,7 @@ def test_preset_output_shapes(preset):
     model.eval()
     with torch.no_grad():
         out = model({"x": x})
-    assert {k: tuple(v.shape) for k, v in out.items()} == _expected_shapes(model.config)
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected_shapes(model.config)
     assert all(torch.isfinite(v).all() for v in out.values()), name
 
 
