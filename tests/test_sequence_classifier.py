@@ -183,3 +183,20 @@ def test_pretraining_starts_every_member_from_the_autoencoder_encoder() -> None:
     assert enc and all(not torch.allclose(got[k], fresh[k]) for k in enc if got[k].ndim > 1)
     with pytest.raises(ValueError, match="per-bar recurrent encoder"):
         SequenceClassifier(preset="inception_compact", min_steps=1, pretrain_steps=5).fit(X, y)
+
+
+def test_time_channel_is_on_for_ragged_sets_and_carries_length() -> None:
+    """Masking hides padding and so each series' length; the t / T channel gives it back, and
+    padding still changes nothing."""
+    from moola.pipelines.classify import SequenceClassifier as SC
+
+    rng = np.random.default_rng(7)
+    X = [rng.standard_normal((L, 1)).astype(np.float32) for L in (20, 60) * 12]  # noise, class = length
+    y = ["short", "long"] * 12
+    clf = SC(preset="inception_compact", min_steps=200).fit(X, y)
+    assert clf.time_channel_ and clf.model_config_.n_features == 2
+    assert clf.score(X, y) == 1.0
+    same = SC(preset="inception_compact", min_steps=1).fit([x[:20] for x in X], y)
+    assert not same.time_channel_ and same.model_config_.n_features == 1
+    alone = clf.predict_proba([X[0]])
+    np.testing.assert_allclose(clf.predict_proba([X[0], np.ones((90, 1))])[:1], alone, atol=1e-5)

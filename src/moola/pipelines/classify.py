@@ -133,6 +133,9 @@ class SequenceClassifier:
     ``{"train.optimizer.lr": 3e-3, "model.encoder.depth": 3}``. ``pretrain_steps`` > 0 first
     trains the preset's recurrent encoder as a masked autoencoder on the training inputs plus any
     ``X_unlabeled`` given to ``fit`` (no labels), then every member starts from those weights.
+    ``time_channel`` (None: on when the training series differ in length) adds t / T_train as an
+    input channel at real steps: masking hides padding, and with it each series' length, which
+    can be the signal (a short gesture is another gesture).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class SequenceClassifier:
         n_seeds: int = 1,
         class_weights: Literal["none", "balanced"] = "none",
         pretrain_steps: int = 0,
+        time_channel: bool | None = None,
         device: str = "auto",
         random_state: int = 0,
         show_progress: bool = False,
@@ -165,6 +169,7 @@ class SequenceClassifier:
         self.n_seeds = n_seeds
         self.class_weights = class_weights
         self.pretrain_steps = pretrain_steps
+        self.time_channel = time_channel
         self.device = device
         self.random_state = random_state
         self.show_progress = show_progress
@@ -214,10 +219,14 @@ class SequenceClassifier:
             raise ValueError(f"y holds a single class ({self.classes_[0]!r}): nothing to classify")
         yi = np.searchsorted(self.classes_, y_arr).astype(np.int64)
         x, self.normalizer_ = _normalize(x, mask, self.normalize, None)
+        self.n_features_in_, self.n_timesteps_ = x.shape[2], x.shape[1]
+        lengths = mask.sum(1)
+        self.time_channel_ = bool(lengths.min() != lengths.max()) if self.time_channel is None \
+            else bool(self.time_channel)
+        x = self._with_time(x, mask)
         tr, va = np.arange(len(yi)), np.array([], dtype=np.int64)
         if self.val_size > 0:
             tr, va = stratified_split(yi, self.val_size, seed=self.random_state)
-        self.n_features_in_, self.n_timesteps_ = x.shape[2], x.shape[1]
         self.model_config_, self.train_config_ = self._configs(x.shape[2], self.classes_.size, len(tr))
         cw = balanced_class_weights(yi[tr], self.classes_.size) if self.class_weights == "balanced" else None
         train = TensorData({"x": x[tr], "valid": mask[tr], "y": yi[tr]})
@@ -230,8 +239,8 @@ class SequenceClassifier:
             pool = x[tr]
             if X_unlabeled is not None:
                 xu, mu = as_padded(X_unlabeled, self.layout)
-                xu = _normalize(xu, mu, self.normalize, None if self.normalize != "feature"
-                                else self.normalizer_)[0]
+                xu = self._with_time(_normalize(xu, mu, self.normalize, None if self.normalize != "feature"
+                                                else self.normalizer_)[0], mu)
                 T = max(pool.shape[1], xu.shape[1])
                 pool = np.concatenate([_pad_to(pool, T), _pad_to(xu, T)])
             encoder_state = self._pretrain(pool)
@@ -307,13 +316,20 @@ class SequenceClassifier:
             out.append(np.concatenate(parts))
         return np.mean(out, axis=0)
 
+    def _with_time(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """x with the t / T_train channel appended when ``time_channel_`` (0 at padding)."""
+        if not self.time_channel_:
+            return x
+        t = np.arange(x.shape[1], dtype=np.float32)[None, :, None] / self.n_timesteps_
+        return np.concatenate([x, np.where(mask[:, :, None], t, 0.0).astype(np.float32)], axis=2)
+
     def _inputs(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         x, mask = as_padded(X, self.layout)
         if x.shape[2] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[2]} features per step; the classifier was fitted on "
                              f"{self.n_features_in_}")
         stats = None if self.normalizer_["kind"] != "feature" else self.normalizer_
-        return _normalize(x, mask, self.normalize, stats)[0], mask
+        return self._with_time(_normalize(x, mask, self.normalize, stats)[0], mask), mask
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(N, C) calibrated probabilities, columns in ``classes_`` order."""
@@ -355,6 +371,7 @@ class SequenceClassifier:
             torch_version=torch.__version__,
             extra={"sequence_classifier": {"params": params, "members": len(self.models_),
                                            "class_values": self.classes_.tolist(),
+                                           "time_channel": self.time_channel_,
                                            "class_dtype": self.classes_.dtype.str}})
         write_manifest(root, manifest)
         atomic_write_json(root / "history.json", self.history_)
@@ -376,6 +393,7 @@ class SequenceClassifier:
         clf.normalizer_, clf.temperature_ = m.normalizer or {"kind": "none"}, float(m.temperature or 1.0)
         clf.n_features_in_, clf.n_timesteps_ = len(m.feature_names), int(m.window or 0)
         clf.n_params_ = int(m.n_params or 0)
+        clf.time_channel_ = bool(info["time_channel"])
         clf.models_, clf.history_, clf.warnings_ = [], [], []
         for k in range(int(info["members"])):
             d = root / f"member_{k}"
@@ -393,8 +411,8 @@ class SequenceClassifier:
 
 
 PARAMS = ("preset", "layout", "normalize", "min_steps", "epochs", "batch_size", "lr", "val_size",
-           "n_seeds", "class_weights", "pretrain_steps", "device", "random_state", "show_progress",
-           "overrides")
+           "n_seeds", "class_weights", "pretrain_steps", "time_channel", "device", "random_state",
+           "show_progress", "overrides")
 
 
 def _yaml(data: dict[str, Any]) -> str:
@@ -487,8 +505,9 @@ def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any],
             raise ValueError(f"{path}: y_test holds classes never seen in training: {unseen[:5]}")
         acc = clf.score(data["X_test"], yte)
         T = max(clf.n_timesteps_, as_padded(data["X_test"], clf.layout)[0].shape[1])
-        xtr = _pad_to(_normalize(*as_padded(data["X"], clf.layout), clf.normalize, None)[0], T)
-        xte = _pad_to(clf._inputs(data["X_test"])[0], T)
+        stats = clf.normalizer_ if clf.normalize == "feature" else None  # baselines: zero padding
+        xtr, xte = (_pad_to(_normalize(*as_padded(X_, clf.layout), clf.normalize, stats)[0], T)
+                    for X_ in (data["X"], data["X_test"]))
         ytr_i = np.searchsorted(clf.classes_, np.asarray(data["y"]))
         yte_i = np.searchsorted(clf.classes_, yte)
         names = [str(c) for c in clf.classes_]
