@@ -89,7 +89,8 @@ def table(rows: list[dict[str, object]], arms: list[str]) -> str:
             acc = [float(str(g["accuracy"])) for g in got]
             sec = statistics.median(float(str(g["seconds"])) for g in got)
             sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            cells.append(f"{statistics.mean(acc):.3f} ± {sd:.3f} ({sec:.0f} s)")
+            shown = f"{sec:.1f}" if sec < 10 else f"{sec:.0f}"
+            cells.append(f"{statistics.mean(acc):.3f} ± {sd:.3f} (n={len(acc)}, {shown} s)")
         T = f"{lo}" if lo == hi else f"{lo}-{hi}"
         lines.append(f"| {s} | {T} | {len(ds.y_train)} | {ds.n_classes} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
