@@ -63,7 +63,7 @@ def run_task(set_name: str, arm: str, seed: int) -> dict[str, object]:
         clf.fit(ds.X_train, ds.y_train, X_unlabeled=ds.X_test if pt == "pt" else None)
         acc = clf.score(ds.X_test, ds.y_test)
         h = clf.history_[0]
-        extra = {"params": clf.n_params_, "steps": clf.train_config_.epochs * -(-len(ds.y_train) //
+        extra = {"params": clf.n_params_, "steps": len(h) * -(-len(ds.y_train) //  # epochs run
                  clf.train_config_.batch_size), "final_train_loss": h[-1]["train_loss"],
                  "train_accuracy": h[-1].get("train_accuracy"), "warnings": clf.warnings_}
     return {"set": set_name, "arm": arm, "seed": seed, "accuracy": acc,

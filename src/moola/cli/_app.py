@@ -441,7 +441,7 @@ def _train_arrays(path: Path, preset: str | None, out: Path | None, overrides: l
     if cfg_over:
         params["overrides"] = cfg_over
     target = out or Path("runs") / path.stem
-    m = run_train_arrays(path, target, params, console=console)
+    m = run_train_arrays(path, target, params)
     if "verdict" in m:
         console.print(f"[bold]{m['verdict']}[/]")
         console.print("  " + ", ".join(f"{k} {v:.3f}" for k, v in m["baselines"].items()))

@@ -181,6 +181,7 @@ class SequenceClassifier:
         model.pointer = None  # no start/end bars in a labeled array
         bs = self.batch_size or int(np.clip(n_train // 10, 4, 16))  # Wang et al. / InceptionTime
         steps_per_epoch = math.ceil(n_train / bs)
+        # the epochs the Trainer will run (min_steps raises them), for T_0 and patience below
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
         train: dict[str, Any] = {
             "epochs": self.epochs, "min_steps": self.min_steps, "batch_size": bs,
@@ -486,8 +487,7 @@ def load_labeled_arrays(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{p}: unknown labeled-array format {p.suffix!r}; valid: .npz, .parquet")
 
 
-def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any],
-                     console: Any = None) -> dict[str, Any]:
+def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any]) -> dict[str, Any]:
     """Fit a SequenceClassifier on a labeled-array file, save it to ``out`` and, when the file
     has a test part, score it beside MiniRocket, logistic regression and the majority class."""
     from moola.evaluation.baselines import logistic_baseline, majority_baseline, minirocket_baseline
