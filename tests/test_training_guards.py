@@ -50,6 +50,7 @@ from moola.training.guards import (
     COLLAPSE,
     ONE_CLASS,
     TRAINED_NOTHING,
+    loss_unchanged,
     single_predicted_class,
     smaller_presets,
     val_above_train,
@@ -312,6 +313,16 @@ def test_epoch_whose_loss_did_not_change_warns():
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert _kinds(res.warnings) == ["ratio", "same_loss", "trained_nothing"]  # weights moved by 1e-21
     assert "no weight differs" not in res.warnings[-1]
+
+
+def test_a_converged_loss_near_zero_is_not_a_stalled_one():
+    """Seen on small labeled sets: a memorised training set's loss moves from 1.5e-5 to 1.4999e-5
+    between epochs; that is convergence, not a stalled run. A loss at ln 2 that moves by 1e-9 is."""
+    assert not loss_unchanged(1.52824e-05, 1.5282e-05)
+    assert not loss_unchanged(0.0, 0.0)
+    assert loss_unchanged(0.6931471, 0.6931471 + 1e-9)
+    assert loss_unchanged(12.5, 12.5)
+    assert not loss_unchanged(0.6931, 0.6921)  # a real step
 
 
 def _last_bar_labels(d: dict[str, np.ndarray], threshold: float) -> np.ndarray:

@@ -93,6 +93,12 @@ def val_above_train(val_acc: float, n_val: int, train_acc: float, n_train: int,
                                                                             confidence)[1]
 
 
+def loss_unchanged(prev: float, loss: float, converged: float = 1e-4) -> bool:
+    """A loss equal to the last epoch's to 1e-7 relative: a stalled run, unless it is already near
+    zero (a memorised training set changes by less than that and is not a fault)."""
+    return abs(loss) >= converged and abs(loss - prev) <= 1e-7 * abs(loss)
+
+
 def _shown(recalls: Sequence[float]) -> str:
     return ", ".join(f"class {k} " + ("absent" if math.isnan(r) else f"{r:.2f}")
                      for k, r in enumerate(recalls))
@@ -186,7 +192,7 @@ class HealthGuard(Callback):
         digest = _weights_digest(trainer.model)
         loss = logs.get("train_loss")
         if self.prev_loss is not None and loss is not None and trainer.steps_in_epoch_ > 0:
-            same_loss = abs(loss - self.prev_loss) <= 1e-7 * max(1.0, abs(loss))
+            same_loss = loss_unchanged(self.prev_loss, loss)
             if digest == self.digest or same_loss:
                 what = "no weight changed" if digest == self.digest else "the loss did not change"
                 self.warn(trainer, (
