@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-slow lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# the whole suite, the `slow` tests included (a local Ray cluster, kill -9 loops, real sweeps)
+test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

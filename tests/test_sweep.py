@@ -297,6 +297,7 @@ def ray_cluster(tmp_path_factory) -> Iterator[str]:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_cluster_gives_the_local_numbers(ray_cluster, failing_sweep, tmp_path):
     _, local_dir, _ = failing_sweep
     path = _matrix(tmp_path, "lr", GOOD)  # same configs as the local sweep, another directory
