@@ -150,26 +150,28 @@ def test_crash_mid_write_keeps_previous_store(
             real_replace(src, dst)
 
         monkeypatch.setattr(io_mod.os, "replace", flaky_replace)  # the atomic writer's rename
-        exc: type[BaseException] = OSError
+        exc: type[BaseException] = StoreError  # an OS error, said in one line
     else:
-        exc = OSError if fail_at == "commit" else KeyboardInterrupt
+        raised = OSError if fail_at == "commit" else KeyboardInterrupt
+        exc = StoreError if fail_at == "commit" else KeyboardInterrupt
 
         def broken_commit(self: Store, manifest: dict) -> None:
             # every partition file of this write exists when the manifest swap fails
             written = set(snapshot(self.root)) - files_before
             assert any(f.endswith(".parquet") for f in written)
-            raise exc("crash before the manifest swap (simulated)")
+            raise raised("crash before the manifest swap (simulated)")
 
         monkeypatch.setattr(Store, "_commit", broken_commit)
 
-    with pytest.raises(exc):  # the whole subset: updates every old partition
+    with pytest.raises(exc) as ei:  # the whole subset: updates every old partition
         ingest([SP500_SUBSET], store)
     monkeypatch.undo()
+    if exc is StoreError:
+        assert "the store was left unchanged" in str(ei.value)
 
     _assert_state(store, state)
-    # nothing committed: at most the temp file of the interrupted replace is left behind
-    left = set(snapshot(store.root)) - files_before
-    assert all(f.endswith(".tmp") for f in left), left
+    # nothing committed, and the failed write removed every file it had created
+    assert set(snapshot(store.root)) == files_before
 
     # plant orphans a hard crash would leave (a complete data file and a half-written temp)
     orphan_dir = store.root / "timeframe=1d" / "symbol=AAPL"
@@ -194,9 +196,11 @@ def test_failed_write_of_new_symbols_changes_no_reader_view(
     p = write_csv_lines(tmp_path / "BTCUSD_1d.csv", [lines[0]] + [
         ln.replace("2023-03-01 00:", f"2023-03-{i:02d} 00:", 1) for i, ln in enumerate(lines[1:], 1)
     ])
+    before = snapshot(store.root)
     monkeypatch.setattr(Store, "_commit", lambda self, m: (_ for _ in ()).throw(OSError("boom")))
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match=r"boom while writing manifest\.json"):
         ingest([p], store)
+    assert snapshot(store.root) == before  # and no empty timeframe=1d/symbol=BTCUSD directory
     assert store.symbols() == symbols
     assert "1d/BTCUSD" not in store.manifest()["partitions"]
     assert store.last_ts("BTCUSD", D1) is None
@@ -319,10 +323,33 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
             store.write(btc_frame(5).with_columns(symbol=pl.lit("BTCUSD")), Timeframe.M1)
         assert not store.exists()
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: the kernel drops its flock, so the lock is never stale
         holder.wait()
     store.write(btc_frame(5).with_columns(symbol=pl.lit("BTCUSD")), Timeframe.M1)
     assert store.read().height == 5
+
+
+def test_lock_retakes_a_lock_file_removed_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed first write removes the store it created, .lock included: a writer that opened
+    that .lock just before must not hold a lock on a deleted file while a third takes a new one."""
+    import moola.data._store as store_mod
+
+    store = Store(tmp_path / "s")
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def flock(fh: object, op: int) -> None:
+        if op & fcntl.LOCK_EX and not calls:
+            (store.root / ".lock").unlink()  # the failing first writer cleaned up meanwhile
+        calls.append(op)
+        real_flock(fh, op)
+
+    monkeypatch.setattr(store_mod.fcntl, "flock", flock)
+    store.write(btc_frame(5).with_columns(symbol=pl.lit("BTCUSD")), Timeframe.M1)
+    assert sum(1 for op in calls if op & fcntl.LOCK_EX) == 2  # took the lock again, on the new file
+    assert (store.root / ".lock").is_file() and store.read().height == 5
 
 
 # ------------------------------------------------------------------ symbols, last_ts

@@ -53,7 +53,8 @@ def ingest(
     for tf, frames in by_tf.items():
         df = pl.concat(frames, how="diagonal_relaxed")
         validated[tf] = validate_raw(df, tf, policy)
-    writes = {tf: store.write(v.bars, tf, v.rejects) for tf, v in validated.items()}
+    # one commit for every timeframe: a failure in the last leaves the first unwritten too
+    writes = store.write_many({tf: (v.bars, v.rejects) for tf, v in validated.items()})
     return IngestResult(files=raws, reports={tf: v.report for tf, v in validated.items()},
                         writes=writes)
 

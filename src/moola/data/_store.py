@@ -8,25 +8,31 @@ Layout::
 
 New data files get new content-hashed names and become visible only when ``manifest.json`` is
 atomically replaced (``moola._io``: unique temp, fsync, ``os.replace``). A crash at any point
-leaves the previous manifest, hence the previous store, intact; unreferenced files are swept on
-the next write.
+leaves the previous manifest, hence the previous store, intact; unreferenced files, temp files and
+empty partition directories are swept on the next write. One ``write_many`` (one ingest command)
+is one manifest swap across all its timeframes; a failed one removes what it created and turns an
+operating-system error into one StoreError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
 import polars as pl
+from polars.exceptions import PolarsError
 
-from moola._io import atomic_write, atomic_write_json
+from moola._io import atomic_write, atomic_write_json, temp_path
 from moola.data._errors import StoreError
 from moola.data._schema import CANONICAL_SCHEMA, Timeframe, conform
 from moola.data._validate import REJECT_SCHEMA
@@ -151,97 +157,143 @@ class Store:
     # ----------------------------------------------------------------- writes
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
+        """Exclusive writer lock (``flock``: the kernel drops it when the holder dies, even by
+        kill -9, so it never goes stale). A failed first write removes the store it created."""
+        created = [d for d in (self.root, *self.root.parents) if not d.exists()]
+        lock = self.root / ".lock"
+        for _ in range(3):
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(lock, "a")  # noqa: SIM115 - held open for the lock's lifetime
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
+                fh.close()
                 raise StoreError("store is locked by another writer", path=self.root) from e
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                    break
+            fh.close()  # locked a lock file a failed first write just removed: take the new one
+        else:
+            raise StoreError("store is locked by another writer", path=self.root)
+        try:
+            yield
+        except BaseException:
+            if created and not self.exists():
+                lock.unlink(missing_ok=True)  # still holding it: no one else can be inside
+                for d in created:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()  # only if empty: never what another process put there
+            raise
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
     def write(
         self, bars: pl.DataFrame, timeframe: Timeframe, rejects: pl.DataFrame | None = None
     ) -> WriteSummary:
         """Merge validated bars into the store; newer rows win on (symbol, ts). Atomic."""
-        bars = conform(bars)
-        if rejects is None:
-            rejects = pl.DataFrame(schema=REJECT_SCHEMA)
-        with self._lock():
-            manifest = self.manifest()
-            parts: dict[str, Any] = dict(manifest["partitions"])
-            added: list[str] = []
-            updated: list[str] = []
-            unchanged: list[str] = []
-            rows_new = rows_replaced = 0
-            new_files: list[Path] = []
-            symbols = sorted(set(bars.get_column("symbol").unique().to_list())
-                             | set(rejects.get_column("symbol").unique().to_list()))
-            by_sym = {k[0]: g for k, g in bars.group_by("symbol")}
-            rej_by_sym = {k[0]: g for k, g in rejects.group_by("symbol")}
-            try:
-                for sym in symbols:
-                    key = self.key(timeframe, sym)
-                    new = by_sym.get(sym, pl.DataFrame(schema=bars.schema))
-                    rej = rej_by_sym.get(sym, pl.DataFrame(schema=REJECT_SCHEMA))
-                    old_entry = parts.get(key)
-                    if old_entry is not None:
-                        old = pl.read_parquet(self.root / old_entry["file"])
-                        merged = pl.concat([old, new], how="diagonal_relaxed")
-                        n_before = old.height
-                        merged = merged.unique(["symbol", "ts"], keep="last", maintain_order=True)
-                        replaced = new.join(old.select("ts"), on="ts", how="semi").height
-                        old_rej = (pl.read_parquet(self.root / old_entry["rejects"])
-                                   if old_entry.get("rejects") else None)
-                        if old_rej is not None:
-                            rej = pl.concat([old_rej, rej])
-                    else:
-                        merged, n_before, replaced = new, 0, 0
-                    merged = conform(merged).sort("ts")
-                    # one reject per (row, reason): the same file re-ingested under another
-                    # path (relative vs absolute, moved, copied) must not count its warts twice
-                    rej = rej.unique(["symbol", "ts", "reason", "line"], keep="first",
-                                     maintain_order=True).sort("ts", "reason", "line")
-                    bars_h = _frame_hash(merged)
-                    rej_h = _frame_hash(rej)
-                    if old_entry is not None and old_entry["hash"] == bars_h and \
-                            old_entry.get("rejects_hash") == rej_h:
-                        unchanged.append(key)
-                        continue
-                    pdir = self.root / f"timeframe={timeframe.value}" / f"symbol={quote(sym, safe='')}"
-                    pdir.mkdir(parents=True, exist_ok=True)
-                    f_bars = pdir / f"bars-{bars_h}.parquet"
-                    f_rej = pdir / f"rejects-{rej_h}.parquet"
-                    for frame, path in ((merged, f_bars), (rej, f_rej)):
-                        if not path.exists():
-                            atomic_write(path, frame.write_parquet)
-                            new_files.append(path)
-                    ts = merged.get_column("ts").dt.epoch("ns")
-                    parts[key] = {
-                        "timeframe": timeframe.value,
-                        "symbol": sym,
-                        "file": str(f_bars.relative_to(self.root)),
-                        "rejects": str(f_rej.relative_to(self.root)),
-                        "hash": bars_h,
-                        "rejects_hash": rej_h,
-                        "rows": merged.height,
-                        "rejected_rows": rej.height,
-                        "first_ts": int(cast(int, ts.min())) if merged.height else None,
-                        "last_ts": int(cast(int, ts.max())) if merged.height else None,
-                        "columns": merged.columns,
-                    }
-                    (updated if old_entry is not None else added).append(key)
-                    rows_new += merged.height - n_before
-                    rows_replaced += replaced
-                if added or updated:
-                    self._commit({"format": FORMAT_VERSION, "partitions": dict(sorted(parts.items()))})
-            except BaseException:
-                for f in new_files:  # never referenced: remove what this write created
-                    f.unlink(missing_ok=True)
+        tf = Timeframe(timeframe)
+        return self.write_many({tf: (bars, rejects)})[tf]
+
+    def write_many(self, batches: Mapping[Timeframe, Batch]) -> dict[Timeframe, WriteSummary]:
+        """Merge several timeframes in one manifest swap, so one command commits all or nothing.
+
+        Operating-system failures (disk full, read-only, name too long) raise one StoreError
+        after removing every file and directory this write created.
+        """
+        staged = {Timeframe(tf): (conform(b), pl.DataFrame(schema=REJECT_SCHEMA) if r is None else r)
+                  for tf, (b, r) in batches.items()}
+        if not staged:
+            return {}
+        txn = _Txn(self.root)
+        try:
+            with self._lock():
+                txn.doing = ("reading", self.manifest_path)
+                parts: dict[str, Any] = dict(self.manifest()["partitions"])
+                try:
+                    out = {tf: self._stage(tf, bars, rej, parts, txn) for tf, (bars, rej) in staged.items()}
+                    if any(w.changed for w in out.values()):
+                        txn.doing = ("writing", self.manifest_path)
+                        txn.files.append(temp_path(self.manifest_path))
+                        self._commit({"format": FORMAT_VERSION, "partitions": dict(sorted(parts.items()))})
+                except BaseException:
+                    txn.rollback()
+                    raise
+                self._sweep()
+        except (OSError, PolarsError) as e:
+            n = _os_errno(e)
+            if n is None and not isinstance(e, OSError):
                 raise
-            self._sweep()
+            raise txn.error(e, n) from e
+        return out
+
+    def _stage(
+        self, timeframe: Timeframe, bars: pl.DataFrame, rejects: pl.DataFrame, parts: dict[str, Any],
+        txn: _Txn,
+    ) -> WriteSummary:
+        """Write one timeframe's new partition files and update ``parts``; nothing is visible yet."""
+        added: list[str] = []
+        updated: list[str] = []
+        unchanged: list[str] = []
+        rows_new = rows_replaced = 0
+        symbols = sorted(set(bars.get_column("symbol").unique().to_list())
+                         | set(rejects.get_column("symbol").unique().to_list()))
+        by_sym = {k[0]: g for k, g in bars.group_by("symbol")}
+        rej_by_sym = {k[0]: g for k, g in rejects.group_by("symbol")}
+        for sym in symbols:
+            key = self.key(timeframe, sym)
+            new = by_sym.get(sym, pl.DataFrame(schema=bars.schema))
+            rej = rej_by_sym.get(sym, pl.DataFrame(schema=REJECT_SCHEMA))
+            old_entry = parts.get(key)
+            if old_entry is not None:
+                txn.doing = ("reading", self.root / old_entry["file"])
+                old = pl.read_parquet(self.root / old_entry["file"])
+                merged = pl.concat([old, new], how="diagonal_relaxed")
+                n_before = old.height
+                merged = merged.unique(["symbol", "ts"], keep="last", maintain_order=True)
+                replaced = new.join(old.select("ts"), on="ts", how="semi").height
+                if old_entry.get("rejects"):
+                    txn.doing = ("reading", self.root / old_entry["rejects"])
+                    rej = pl.concat([pl.read_parquet(self.root / old_entry["rejects"]), rej])
+            else:
+                merged, n_before, replaced = new, 0, 0
+            merged = conform(merged).sort("ts")
+            # one reject per (row, reason): the same file re-ingested under another
+            # path (relative vs absolute, moved, copied) must not count its warts twice
+            rej = rej.unique(["symbol", "ts", "reason", "line"], keep="first",
+                             maintain_order=True).sort("ts", "reason", "line")
+            bars_h = _frame_hash(merged)
+            rej_h = _frame_hash(rej)
+            if old_entry is not None and old_entry["hash"] == bars_h and \
+                    old_entry.get("rejects_hash") == rej_h:
+                unchanged.append(key)
+                continue
+            pdir = self.root / f"timeframe={timeframe.value}" / f"symbol={quote(sym, safe='')}"
+            txn.mkdirs(pdir)
+            f_bars = pdir / f"bars-{bars_h}.parquet"
+            f_rej = pdir / f"rejects-{rej_h}.parquet"
+            for frame, path in ((merged, f_bars), (rej, f_rej)):
+                if not path.exists():
+                    txn.doing = ("writing", path)
+                    txn.files += [path, temp_path(path)]
+                    atomic_write(path, frame.write_parquet)
+            ts = merged.get_column("ts").dt.epoch("ns")
+            parts[key] = {
+                "timeframe": timeframe.value,
+                "symbol": sym,
+                "file": str(f_bars.relative_to(self.root)),
+                "rejects": str(f_rej.relative_to(self.root)),
+                "hash": bars_h,
+                "rejects_hash": rej_h,
+                "rows": merged.height,
+                "rejected_rows": rej.height,
+                "first_ts": int(cast(int, ts.min())) if merged.height else None,
+                "last_ts": int(cast(int, ts.max())) if merged.height else None,
+                "columns": merged.columns,
+            }
+            (updated if old_entry is not None else added).append(key)
+            rows_new += merged.height - n_before
+            rows_replaced += replaced
         return WriteSummary(added, updated, unchanged, rows_new, rows_replaced)
 
     def _commit(self, manifest: dict[str, Any]) -> None:
@@ -249,18 +301,84 @@ class Store:
         atomic_write_json(self.manifest_path, manifest, indent=1)
 
     def _sweep(self) -> None:
-        """Delete data files no manifest entry references (left by crashes or replaced), and
-        manifest temp files of crashed writers (the caller holds the lock: none is live)."""
-        if not self.exists():
-            return
-        for f in self.root.glob(f".{MANIFEST}.*.tmp"):
-            f.unlink(missing_ok=True)
-        live = set()
-        for p in self.manifest()["partitions"].values():
-            live.add(p["file"])
-            if p.get("rejects"):
-                live.add(p["rejects"])
-        for f in self.root.glob("timeframe=*/symbol=*/*"):
-            rel = str(f.relative_to(self.root))
-            if rel not in live:
+        """Delete what no manifest entry references (data files left by crashes or replaced,
+        temp files, empty partition directories); the caller holds the lock, so none is live.
+        Best effort: it runs after the commit, so a failure here must not fail the write."""
+        with contextlib.suppress(OSError):
+            if not self.exists():
+                return
+            live = set()
+            for p in self.manifest()["partitions"].values():
+                live.add(p["file"])
+                if p.get("rejects"):
+                    live.add(p["rejects"])
+            junk = [*self.root.glob(f".{MANIFEST}.*.tmp"),
+                    *(f for f in self.root.glob("timeframe=*/symbol=*/*")
+                      if str(f.relative_to(self.root)) not in live)]
+            for f in junk:
+                with contextlib.suppress(OSError):
+                    f.unlink(missing_ok=True)
+            for d in [*self.root.glob("timeframe=*/symbol=*"), *self.root.glob("timeframe=*")]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # fails, as it should, unless empty
+
+
+Batch = tuple[pl.DataFrame, pl.DataFrame | None]
+"""One timeframe's validated bars and the rows validation dropped (or None)."""
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
+_WHY = {
+    errno.ENOSPC: ("no space left on device", "free some space and run it again"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space and run it again"),
+    errno.EROFS: ("read-only file system", "pass a writable --store"),
+    errno.EACCES: ("permission denied", "make the store directory writable, or pass another --store"),
+    errno.EPERM: ("permission denied", "make the store directory writable, or pass another --store"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter symbol (--symbol)"),
+}
+
+
+def _os_errno(e: BaseException) -> int | None:
+    """The errno of an OSError, or the one polars only spells in its message ("os error 28")."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    m = _OS_ERROR_IN_TEXT.search(str(e))
+    return int(m.group(1)) if m else None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
+
+
+class _Txn:
+    """What one write created, to remove on failure, and what it was doing, to say so."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: list[Path] = []
+        self.dirs: list[Path] = []
+        self.doing: tuple[str, Path] = ("writing", root / ".lock")
+
+    def mkdirs(self, path: Path) -> None:
+        self.doing = ("creating", path)  # even ``exists()`` fails on a name too long
+        missing = [d for d in (path, *path.parents) if d != self.root and self.root in d.parents
+                   and not d.exists()]
+        for d in reversed(missing):
+            self.doing = ("creating", d)
+            d.mkdir(exist_ok=True)
+            self.dirs.append(d)
+
+    def rollback(self) -> None:
+        for f in self.files:
+            with contextlib.suppress(OSError):
                 f.unlink(missing_ok=True)
+        for d in reversed(self.dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+    def error(self, e: BaseException, n: int | None) -> StoreError:
+        verb, path = self.doing
+        why, hint = _WHY.get(n, (os.strerror(n), None)) if n else (str(e), None)
+        where = str(path.relative_to(self.root)) if self.root in path.parents else str(path)
+        where = "/".join(_short(c) for c in where.split("/"))
+        return StoreError(f"{why.rstrip('.')} while {verb} {where}; the store was left unchanged",
+                          path=self.root, hint=hint)
