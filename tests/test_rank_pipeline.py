@@ -155,6 +155,7 @@ def test_the_generic_evaluate_and_predict_commands_take_a_ranking_run(trained, t
     assert got.get_column("date").min() >= date(2017, 6, 1)
 
 
+@pytest.mark.slow
 def test_walk_forward_retrains_per_fold_and_scores_each_block_once(tmp_path) -> None:
     cfg = _cfg(tmp_path, name="wf")
     data = cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={
