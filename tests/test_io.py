@@ -176,3 +176,46 @@ def test_nan_and_inf_are_written_as_null_with_a_reason(tmp_path: Path) -> None:
     # finite data gains no "_nulls"; a non-mapping top level is wrapped so the reasons have a home
     assert _strict_loads(dumps_json({"a": 1.0})) == {"a": 1.0}
     assert _strict_loads(dumps_json([float("nan")])) == {"value": [None], NULLS_KEY: {"[0]": "NaN"}}
+
+
+# ------------------------------------------------------------------ reading JSON back, redaction
+
+
+def test_read_json_names_the_file_and_the_position_or_missing_key(tmp_path: Path) -> None:
+    from moola._io import JsonFileError, read_json
+
+    p = tmp_path / "latest.json"
+    p.write_text('{"step": ')
+    with pytest.raises(JsonFileError, match=r"latest\.json: not valid JSON at line 1 column 10"):
+        read_json(p)
+    p.write_text("")
+    with pytest.raises(JsonFileError, match=r"latest\.json: not valid JSON \(the file is empty\)"):
+        read_json(p)
+    p.write_bytes(b'{"dir": "\xff"}')
+    with pytest.raises(JsonFileError, match=r"latest\.json: not valid JSON \(not UTF-8"):
+        read_json(p)
+    p.write_text('{"dir": "step-00000001"}')
+    with pytest.raises(JsonFileError, match=r"latest\.json: missing key 'step'"):
+        read_json(p, keys=("step", "dir"))
+    p.write_text("[1, 2]")
+    with pytest.raises(JsonFileError, match=r"latest\.json: expected a JSON object"):
+        read_json(p, keys=("step",))
+    p.write_text('{"step": 1, "dir": "x"}')
+    assert read_json(p, keys=("step", "dir")) == {"step": 1, "dir": "x"}
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("postgresql://user:secret@127.0.0.1:1/db", "postgresql://user:***@127.0.0.1:1/db"),
+    ("to 'postgresql+psycopg2://u:s%40cret@h/db' failed", "to 'postgresql+psycopg2://u:***@h/db' failed"),
+    ("postgresql://user:se@cret@host/db", "postgresql://user:***@host/db"),
+    ("redis://:secret@host:6379", "redis://:***@host:6379"),
+    ("host=h password=secret user=u", "host=h password=*** user=u"),
+    ("sqlite:///runs/optuna.db and https://host:8080/x", "sqlite:///runs/optuna.db and https://host:8080/x"),
+])
+def test_redact_urls_hides_every_password(text: str, shown: str) -> None:
+    from moola._io import redact_urls
+
+    assert redact_urls(text) == shown
+    assert "secret" not in redact_urls(text) and "cret" not in redact_urls(text)

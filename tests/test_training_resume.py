@@ -354,9 +354,103 @@ def test_a_pickled_object_in_the_state_is_refused_not_executed(trained_run, tmp_
     evil = _Evil()
     evil.marker = str(marker)
     torch.save({"optimizer": {}, "scheduler": {}, "rng_cpu": evil}, d / "torch_state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    from moola.training import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"torch_state\.pt is truncated or corrupt") as exc:
         load_state(evil_run)
+    assert isinstance(exc.value.__cause__, pickle.UnpicklingError)  # refused by weights_only
     assert not marker.exists()
+
+
+def _copy_run(trained_run, tmp_path: Path) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    return run
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "torch_state.pt", "best.safetensors"])
+def test_a_truncated_state_file_is_named_as_truncated_or_corrupt(trained_run, tmp_path, name):
+    from moola.training import CheckpointError
+
+    run = _copy_run(trained_run, tmp_path)
+    _, d = load_state(run)
+    _truncate(d / name)
+    with pytest.raises(CheckpointError, match=rf"checkpoint file {re.escape(str(d / name))} is truncated "
+                                              r"or corrupt \(.+\)"):
+        if name == "torch_state.pt":
+            load_state(run)
+        else:  # the safetensors files are read when the trainer restores the state
+            loaded = load_state(run)
+            assert loaded is not None
+            _fit_resumed(run)
+
+
+def _fit_resumed(run: Path) -> None:
+    model = seeded_model("jade_compact", seed=0)
+    cfg = quiet_config(epochs=3, batch_size=16, seed=0, num_threads=1, checkpoint_every=1,
+                       early_stopping={"metric": "val_loss", "patience": 5})
+    t = Trainer(model, ClassificationObjective(2), cfg, run_dir=run, show_progress=False,
+                console=Console(quiet=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)
+        t.fit(TensorData(ohlc_windows(32, pointers=True)),
+              TensorData(ohlc_windows(16, symbols=("MSFT", "KO"), pointers=True)), resume=True)
+
+
+def test_truncated_final_weights_are_named_by_from_checkpoint(trained_run, tmp_path):
+    from moola.training import CheckpointError
+
+    run = _copy_run(trained_run, tmp_path)
+    _truncate(run / "weights.safetensors")
+    with pytest.raises(CheckpointError,
+                       match=r"checkpoint file .*weights\.safetensors is truncated or corrupt"):
+        from_checkpoint(run)
+
+
+@pytest.mark.parametrize(("file", "text", "message"), [
+    ("latest.json", '{"step": 4, "dir"', r"latest\.json: not valid JSON at line 1 column 18"),
+    ("latest.json", '{"dir": "step-00000004"}', r"latest\.json: missing key 'step'"),
+    ("loop.json", '{"epoch": 2', r"loop\.json: not valid JSON at line 1 column 12"),
+    ("loop.json", '{"epoch": 2}', r"loop\.json: missing keys 'batch', 'global_step'"),
+])
+def test_a_corrupt_latest_or_loop_json_names_the_file_and_the_fault(trained_run, tmp_path, file, text,
+                                                                      message):
+    from moola._io import JsonFileError
+
+    run = _copy_run(trained_run, tmp_path)
+    _, d = load_state(run)
+    (run / "ckpt" / "latest.json" if file == "latest.json" else d / "loop.json").write_text(text)
+    with pytest.raises(JsonFileError, match=message):
+        load_state(run)
+
+
+@pytest.mark.parametrize("target", ["../../other_run/ckpt/step-00000004", "ABSOLUTE", "..", ".",
+                                    "LINK"])
+def test_latest_json_cannot_point_outside_the_runs_own_ckpt_directory(trained_run, tmp_path, target):
+    from moola.training import CheckpointError
+
+    run = _copy_run(trained_run, tmp_path)
+    other = tmp_path / "other_run"
+    import shutil
+
+    shutil.copytree(run, other)
+    _, d = load_state(other)
+    if target == "ABSOLUTE":
+        target = str(d)
+    elif target == "LINK":  # a step directory that is a symlink into another run
+        (run / "ckpt" / "step-99999999").symlink_to(d)
+        target = "step-99999999"
+    (run / "ckpt" / "latest.json").write_text(json.dumps({"step": 4, "dir": target}))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(run / 'ckpt' / 'latest.json'))}: points at "
+                                              rf"{re.escape(repr(target))}, outside"):
+        load_state(run)
 
 
 def test_no_code_path_unpickles_arbitrary_objects():

@@ -14,9 +14,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "NULLS_KEY",
+    "JsonFileError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -32,6 +34,8 @@ __all__ = [
     "dumps_json",
     "git_sha",
     "json_safe",
+    "read_json",
+    "redact_urls",
     "temp_path",
 ]
 
@@ -115,6 +119,50 @@ def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
     return atomic_write_text(path, dumps_json(obj, indent=indent))
+
+
+class JsonFileError(ValueError):
+    """A JSON file moola reads back is unreadable, not JSON or lacks a key; the text names the file."""
+
+
+def read_json(path: str | Path, *, keys: Sequence[str] = ()) -> Any:
+    """Parse a JSON file, saying which file and what is wrong (position, missing key) on failure.
+
+    ``keys``: the file must hold an object with each of these keys. A missing file stays a
+    ``FileNotFoundError`` (callers often test for it).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JsonFileError(f"{path}: not valid JSON (not UTF-8 text at byte {e.start})") from None
+    if not text.strip():
+        raise JsonFileError(f"{path}: not valid JSON (the file is empty)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JsonFileError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+    if keys:
+        if not isinstance(data, dict):
+            raise JsonFileError(f"{path}: expected a JSON object with keys {', '.join(map(repr, keys))}, "
+                                f"found a {type(data).__name__}")
+        missing = [k for k in keys if k not in data]
+        if missing:
+            s = "s" if len(missing) > 1 else ""
+            raise JsonFileError(f"{path}: missing key{s} {', '.join(map(repr, missing))}")
+    return data
+
+
+# scheme://user:password@host -> scheme://user:***@host (any scheme: postgresql+psycopg2, mysql, redis ...);
+# the password runs to the last "@" before the host, so one with a raw "@" in it is hidden whole
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s/'\"]+(?=@)")
+_DSN_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)[^\s'\"]+", re.IGNORECASE)  # libpq key=value form
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` (and ``password=...``)
+    replaced by ``***``; every message that may quote a database URL goes through this."""
+    return _DSN_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***", text))
 
 
 def git_sha(mark_dirty: bool = False) -> str:

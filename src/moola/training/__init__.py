@@ -3,6 +3,7 @@
 from moola._io import data_fingerprint
 from moola.training.callbacks import Callback, EarlyStopping, FreezeSchedule, ProgressBar
 from moola.training.checkpoint import (
+    CheckpointError,
     from_checkpoint,
     load_weights,
     read_config,
@@ -40,6 +41,7 @@ __all__ = [
     "Batch",
     "BatchSource",
     "Callback",
+    "CheckpointError",
     "ClassificationObjective",
     "DataGuardError",
     "DirectionObjective",

@@ -9,11 +9,12 @@
 
 Optimizer/scheduler/RNG states go through ``torch.save`` and come back with
 ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+A file that cannot be read back (cut off by a full disk or a kill, or not moola's) is a
+:class:`CheckpointError` naming it; ``latest.json`` may only point inside the run's own ``ckpt/``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,13 +25,16 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from moola._io import atomic_write, atomic_write_json
+from moola._io import atomic_write, atomic_write_json, read_json
 
 __all__ = [
     "CONFIG",
+    "LOOP_KEYS",
     "WEIGHTS",
+    "CheckpointError",
     "from_checkpoint",
     "load_state",
+    "load_tensors",
     "load_weights",
     "read_config",
     "save_state",
@@ -39,6 +43,38 @@ __all__ = [
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.yaml"
+# what the trainer restores from loop.json; a file without one of them cannot resume
+LOOP_KEYS = ("epoch", "batch", "global_step", "steps_in_epoch", "run_sum", "run_n", "history",
+             "callbacks", "warnings")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or pointer cannot be used; the text names the file and why."""
+
+
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CheckpointError(f"checkpoint file {path} is truncated or corrupt ({detail[:300]}); "
+                           "delete it (or its step directory) and resume from an earlier one, or retrain")
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a cut-off or foreign file is a CheckpointError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on bad files
+        raise _corrupt(path, e) from e
+
+
+def _load_torch_state(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # RuntimeError (zip cut off), EOFError, UnpicklingError (not plain tensors)
+        raise _corrupt(path, e) from e
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -48,7 +84,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> None:
     """Load safetensors by name; a missing, unexpected or mis-shaped tensor is an error."""
-    state = load_file(str(path))
+    state = load_tensors(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -94,13 +130,33 @@ def save_state(run_dir: Path, step: int, state: dict[str, Any], model: nn.Module
 
 def load_state(run_dir: Path) -> tuple[dict[str, Any], Path] | None:
     """The latest complete state, or None when the run never checkpointed."""
-    latest = run_dir / "ckpt" / "latest.json"
+    ck = run_dir / "ckpt"
+    latest = ck / "latest.json"
     if not latest.is_file():
         return None
-    d = run_dir / "ckpt" / json.loads(latest.read_text())["dir"]
-    state = json.loads((d / "loop.json").read_text())
-    state["torch_state"] = torch.load(d / "torch_state.pt", weights_only=True)
+    d = _step_dir(latest, read_json(latest, keys=("step", "dir"))["dir"])
+    state = read_json(d / "loop.json", keys=LOOP_KEYS)
+    state["torch_state"] = _load_torch_state(d / "torch_state.pt")
     return state, d
+
+
+def _step_dir(latest: Path, target: Any) -> Path:
+    """The step directory ``latest.json`` names, refused unless it resolves (symlinks followed)
+    to a directory inside this run's ``ckpt/``: a resume never reads another run's state."""
+    ck = latest.parent
+    if not isinstance(target, str) or not target:
+        raise CheckpointError(f"{latest}: 'dir' must be a step directory name such as 'step-00000100', "
+                              f"not {target!r}")
+    d = ck / target
+    root = ck.resolve()
+    real = d.resolve()
+    if real == root or not real.is_relative_to(root):
+        raise CheckpointError(f"{latest}: points at {target!r}, outside the run's checkpoint directory "
+                              f"{ck} (resolves to {real}); a resume only reads its own ckpt/step-* "
+                              "directories")
+    if not d.is_dir():
+        raise CheckpointError(f"{latest}: points at {target!r}, which is not a directory in {ck}")
+    return d
 
 
 # -------------------------------------------------------------------- from_checkpoint

@@ -27,6 +27,7 @@ from moola.training.callbacks import Callback, EarlyStopping, ProgressBar
 from moola.training.checkpoint import (
     WEIGHTS,
     load_state,
+    load_tensors,
     load_weights,
     save_state,
     save_weights,
@@ -446,9 +447,7 @@ class Trainer:
         for cb, s in zip(self.callbacks_, state["callbacks"], strict=False):
             cb.load_state_dict(s)
         if self.early_stopping_ is not None and (d / "best.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            self.early_stopping_.best_weights = load_file(str(d / "best.safetensors"))
+            self.early_stopping_.best_weights = load_tensors(d / "best.safetensors")
         self.log(f"resumed from {d.name}: epoch {self.start_epoch_ + 1}, batch {self.resume_batch_}")
         return float(state["run_sum"]), int(state["run_n"])
 
