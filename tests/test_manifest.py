@@ -178,3 +178,14 @@ def test_feature_matrices_carry_the_set_s_hash_through_save_and_load(tmp_path):
     side = json.loads((tmp_path / "f.parquet.schema.json").read_text())
     assert side["code_hash"] == get_feature_set("ohlc4").code_hash
     assert pl.read_parquet(tmp_path / "f.parquet").height == bars.height
+
+
+def test_a_corrupt_manifest_names_the_file_and_the_fault(tmp_path):
+    from moola._io import JsonFileError
+
+    (tmp_path / "manifest.json").write_text('{"kind": "train_run",')
+    with pytest.raises(JsonFileError, match=r"manifest\.json: not valid JSON at line 1 column 22"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"kind": "train_run"}')
+    with pytest.raises(JsonFileError, match=r"manifest\.json: missing key 'format_version'"):
+        read_manifest(tmp_path)

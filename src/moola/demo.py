@@ -4,7 +4,6 @@ It composes pipelines and sweeps, so it sits above both: cli -> demo -> {sweeps,
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from moola._io import read_json
 from moola.data import Store, Timeframe, mark_gaps
 from moola.datasets import SampleSpans, Split, WindowSet, assert_no_overlap, chronological_split
 from moola.datasets.tasks import bundled_dir, configs_dir
@@ -129,7 +129,7 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                                    f"data.labels={out / 'labels.csv'}",
                                    f"pretrained_encoder={enc_ref}"])
     oof_dir = run_oof(oof_cfg, console=console)
-    oof_verdict = json.loads((oof_dir / "verdict.json").read_text())["verdict"]
+    oof_verdict = read_json(oof_dir / "verdict.json", keys=("verdict",))["verdict"]
     timings["oof"] = time.perf_counter() - t6
 
     console.rule("[bold]6. desk: two direction members, gates, registry, ensemble")

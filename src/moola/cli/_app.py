@@ -495,10 +495,10 @@ def evaluate(
 
 
 def _is_rank_run(run_dir: Path) -> bool:
-    import json
+    from moola._io import read_json
 
     man = run_dir / "manifest.json"
-    return man.is_file() and json.loads(man.read_text()).get("kind") == "rank_run"
+    return man.is_file() and read_json(man).get("kind") == "rank_run"
 
 
 @app.command("predict")

@@ -9,7 +9,6 @@ count each bar up to ``window`` times.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import polars as pl
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from moola._io import atomic_write_json
+from moola._io import atomic_write_json, read_json
 
 __all__ = ["RobustScaler", "Standardizer", "load_scaler", "scaler_from_dict"]
 
@@ -184,7 +183,7 @@ class _Scaler(BaseEstimator, ABC):
     @classmethod
     def load(cls, path: str | Path) -> Self:
         """Read a scaler written by ``save``."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(Path(path)))
 
 
 class Standardizer(_Scaler):
@@ -236,4 +235,4 @@ def scaler_from_dict(d: dict[str, Any]) -> _Scaler:
 
 def load_scaler(path: str | Path) -> _Scaler:
     """Load any scaler saved with ``save``."""
-    return scaler_from_dict(json.loads(Path(path).read_text()))
+    return scaler_from_dict(read_json(Path(path)))

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from moola._io import atomic_write, atomic_write_json
+from moola._io import atomic_write, atomic_write_json, read_json
 from moola.datasets.panel import DayPanel
 from moola.features import FeatureMatrix
 
@@ -136,7 +136,7 @@ class RankPanel:
     def load(cls, directory: str | Path) -> RankPanel:
         """Reopen a saved panel; the three arrays are read-only views of the memory-mapped file."""
         directory = Path(directory)
-        meta = json.loads((directory / PANEL_META).read_text())
+        meta = read_json(directory / PANEL_META)
         if meta.get("version") != CACHE_VERSION:
             raise ValueError(f"{directory / PANEL_META}: cache version {meta.get('version')} != "
                              f"{CACHE_VERSION}; delete the directory to rebuild it")
@@ -168,7 +168,7 @@ class RankPanel:
         p = Path(directory) / PANEL_META
         if not p.exists() or not (Path(directory) / PANEL_ARROW).exists():
             return None
-        meta: dict[str, Any] = json.loads(p.read_text())
+        meta: dict[str, Any] = read_json(p)
         return meta
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from moola._io import atomic_write, atomic_write_json
+from moola._io import atomic_write, atomic_write_json, read_json
 
 
 def schema_hash(set_name: str, names: tuple[str, ...], params: dict[str, Any],
@@ -86,7 +86,7 @@ class FeatureMatrix:
     @classmethod
     def load(cls, path: str | Path) -> FeatureMatrix:
         path = Path(path)
-        meta = json.loads(schema_path(path).read_text())
+        meta = read_json(schema_path(path))
         df = pl.read_parquet(path)
         names = tuple(meta["names"])
         values = np.ascontiguousarray(df.select(names).to_numpy().astype(np.float32, copy=False))

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from moola._io import atomic_write, atomic_write_json, git_sha
+from moola._io import atomic_write, atomic_write_json, git_sha, read_json
 from moola.data import Store
 from moola.datasets.graphs import DayGraphs, build_day_graphs, load_sectors, returns_matrix
 from moola.datasets.rank_panel import (
@@ -707,7 +707,7 @@ def run_rank_predict(run_dir: str | Path, out: str | Path, *, store: str | None 
     assert cfg.model is not None
     data = cfg.data if store is None else cfg.data.model_copy(update={"store": store})
     store_dir = resolve_store(DataConfig(store=data.store, bundled="sp500_daily"), Path(cfg.out_dir))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_json(run_dir / "manifest.json")
     bars = Store(store_dir).read("1d", data.symbols)
     fs = get_feature_set(data.feature_set)
     if fs.schema_hash != manifest["feature_schema_hash"]:

@@ -3,7 +3,6 @@ against baselines on the same split, save a self-describing run directory."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from torch import nn
 
-from moola._io import atomic_write, atomic_write_json
+from moola._io import atomic_write, atomic_write_json, read_json
 from moola.config import Config, config_hash
 from moola.data import REQUIRED_COLUMNS, Alignment, Store, Timeframe
 from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store, symbol_ids
@@ -474,7 +473,7 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         economics=desk.get("economics"), equity_curves=curves, test_ts=data.meta["test"]["end_ts"],
     )
     console.print(f"report: {report}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     return Evaluation(metrics, report, float(ts.temperature_))
 
 

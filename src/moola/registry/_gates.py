@@ -6,7 +6,6 @@ computed, a baseline not trained) FAILS with "not measured": nothing passes by b
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
+from moola._io import read_json
 from moola.config import Config, ConfigError
 from moola.evaluation.economics import DeflatedSharpe, deflated_sharpe_ratio
 from moola.training.manifest import ManifestError, read_manifest, runs_on_test_segment, segment_key
@@ -153,7 +153,7 @@ def _econ_moments(econ: dict[str, Any]) -> tuple[int | None, float, float, str]:
 
 def _net_sharpe(run_dir: Path) -> float | None:
     try:
-        econ = json.loads((run_dir / "metrics.json").read_text()).get("economics")
+        econ = read_json(run_dir / "metrics.json").get("economics")
     except (OSError, ValueError):
         return None
     return _number(econ.get("net_sharpe")) if isinstance(econ, dict) else None
@@ -173,7 +173,7 @@ def segment_trials(run_dir: str | Path, roots: Sequence[str | Path] | None = Non
     sharpes = [v for v in (_net_sharpe(d) for d in runs) if v is not None]
     seg = SegmentTrials(segment_key(manifest), runs, len(manifest.test_evaluations), sharpes)
     path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = read_json(path) if path.is_file() else {}
     econ = metrics.get("economics")
     sharpe = _number(econ.get("net_sharpe")) if isinstance(econ, dict) else None
     ppy = _number(econ.get("periods_per_year")) if isinstance(econ, dict) else None
@@ -287,7 +287,7 @@ def evaluate_gates(run_dir: str | Path, gates: Gates, *, gates_source: str | Pat
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.json (is it a finished `moola train` run directory?)")
-    metrics: dict[str, Any] = json.loads(path.read_text())
+    metrics: dict[str, Any] = read_json(path)
     source = Path(gates_source)
     out = [_threshold_gate(key, th, _lookup(metrics, key, source)) for key, th in gates.metrics.items()]
     if gates.min_test_rows is not None:

@@ -23,7 +23,6 @@ Dry run only: nothing here, or anywhere in moola.runtime, places an order.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from moola._io import read_json
 from moola.data import Timeframe
 from moola.inference import Ensemble
 from moola.runtime._config import RuntimeConfig
@@ -144,7 +144,7 @@ class Runtime:
             found = []
             for pred in self.ensemble.members_:
                 path = Path(pred.run_dir_) / "metrics.json"
-                econ = json.loads(path.read_text()).get("economics") if path.is_file() else None
+                econ = read_json(path).get("economics") if path.is_file() else None
                 band = ((econ or {}).get("symbols") or {}).get(sym, {}).get("band")
                 if isinstance(band, int | float):
                     found.append(float(band))

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from moola._io import git_sha
+from moola._io import git_sha, read_json
 from moola.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -168,12 +168,11 @@ class Tracker:
         highest step, so a key also logged per epoch (pretrain's ``val_loss``) reads as its final
         value, e.g. after the best epoch was restored, not as the last epoch's.
         """
-        import json
 
         if metrics_json.is_file():
             step = self._last_step + 1 if self._last_step else 0
             self.set_tags({"moola.final_step": step})
-            self.log_metrics(json.loads(metrics_json.read_text()), step=step)
+            self.log_metrics(read_json(metrics_json), step=step)
 
     def log_artifacts(self, run_dir: Path, artifact_path: str = "run") -> None:
         """The run directory (weights, config, report, plots) minus resume state."""

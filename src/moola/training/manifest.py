@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 import moola
-from moola._io import atomic_write_json, git_sha
+from moola._io import atomic_write_json, git_sha, read_json
 from moola.config import Config
 
 __all__ = [
@@ -162,7 +162,7 @@ def read_manifest(run_dir: str | Path) -> Manifest:
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
     if path.is_file():
-        data = json.loads(path.read_text())
+        data = read_json(path, keys=("format_version",))
         data.pop("_nulls", None)
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -172,7 +172,7 @@ def read_manifest(run_dir: str | Path) -> Manifest:
         return Manifest.from_dict(data, source=str(path))
     legacy = run_dir / LEGACY_META
     if legacy.is_file():
-        return _migrate_v1(json.loads(legacy.read_text()), run_dir, legacy)
+        return _migrate_v1(read_json(legacy), run_dir, legacy)
     raise ManifestError(f"{run_dir}: neither {MANIFEST} nor {LEGACY_META}: not a moola run directory")
 
 
@@ -247,10 +247,10 @@ def _migrate_v1(meta: dict[str, Any], run_dir: Path, source: Path) -> Manifest:
     kind: Kind = "encoder" if (run_dir / "encoder.json").is_file() else "train_run"
     normalizer = None
     if (run_dir / "normalizer.json").is_file():
-        normalizer = json.loads((run_dir / "normalizer.json").read_text())
+        normalizer = read_json(run_dir / "normalizer.json")
     temperature = None
     if (run_dir / "metrics.json").is_file():
-        run = json.loads((run_dir / "metrics.json").read_text()).get("run", {})
+        run = read_json(run_dir / "metrics.json").get("run", {})
         temperature = run.get("temperature") if isinstance(run, dict) else None
     fields: dict[str, Any] = {k: v for k, v in meta.items() if k in known and v is not None}
     fields.setdefault("feature_set", data.get("feature_set", "unknown"))
