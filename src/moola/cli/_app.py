@@ -1,4 +1,5 @@
-"""Typer application. Exit codes: 0 ok, 1 findings under --strict, 2 bad input or usage."""
+"""Typer application. Exit codes: 0 ok, 1 findings under --strict (or a refused promotion, a failed
+sweep run), 2 bad input, usage or environment (docs/errors.md), 3 a bug."""
 
 from __future__ import annotations
 
@@ -32,29 +33,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _friendly_errors(fn: F) -> F:
-    """Bad input ends with one red line naming file, line and column, and exit code 2."""
+    """Every foreseeable failure ends with one red line (file, key, what is wrong) and exit code 2;
+    a bug with its traceback, a request to report it and exit code 3 (docs/errors.md). No text
+    printed here shows a URL's password."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from rich.markup import escape
 
-        from moola.config import ConfigError
-        from moola.data import MoolaDataError
+        from moola.cli._errors import BUG_EXIT, USER_EXIT, bug_report, user_message
 
-        # messages quote file contents and paths: escape them so rich shows "[x]" verbatim
         try:
             return fn(*args, **kwargs)
-        except MoolaDataError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except ConfigError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            err.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise  # exit codes and usage errors (BadParameter: exit 2) are typer's to print
+        except Exception as e:
+            msg = user_message(e)
+            if msg is None:
+                err.print(escape(bug_report(e)), highlight=False, soft_wrap=True)
+                raise typer.Exit(BUG_EXIT) from None
+            # messages quote file contents and paths: escape them so rich shows "[x]" verbatim
+            err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(USER_EXIT) from None
 
+    wrapper.__moola_friendly_errors__ = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -198,6 +200,7 @@ def data_validate(
 
 
 @data_app.command("policies")
+@_friendly_errors
 def data_policies() -> None:
     """Show every validation reason, its default action and the allowed ones."""
     from moola.data import ALLOWED, DEFAULT_POLICY, EXPLAIN
@@ -240,6 +243,7 @@ def data_fetch(
 
 
 @features_app.command("list")
+@_friendly_errors
 def features_list(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the full feature table.")
@@ -318,6 +322,7 @@ def _parse_shape(s: str) -> tuple[int, int]:
 
 
 @models_app.command("list")
+@_friendly_errors
 def models_list(
     input_shape: Annotated[str, typer.Option("--input-shape", help="Window TxF, e.g. 105x4.")] = "105x4",
     n_samples: Annotated[

@@ -49,7 +49,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Dialect, Engine
 
-from moola._io import dumps_json
+from moola._io import dumps_json, redact_urls
 from moola.data import TS_DTYPE
 from moola.runtime._retry import RetryConfig, backoff_delays
 
@@ -410,10 +410,11 @@ def ledger_url(target: str | Path) -> str:
     try:
         u = sa.engine.make_url(text)
     except sa.exc.ArgumentError as e:
-        raise LedgerError(f"ledger database URL {text!r} is not a valid URL: {e}") from None
+        raise LedgerError(f"ledger database URL {redact_urls(text)!r} is not a valid URL: "
+                          f"{redact_urls(str(e))}") from None
     backend = u.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise LedgerError(f"ledger database URL {u.render_as_string(hide_password=True)!r}: backend "
+        raise LedgerError(f"ledger database URL {redact_urls(text)!r}: backend "
                           f"{backend!r} is not supported; use 'sqlite:///path' or 'postgresql://...'")
     if backend == "sqlite":
         if u.database in (None, "", ":memory:"):
@@ -521,7 +522,7 @@ class Ledger:
 
     @property
     def masked_url(self) -> str:
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        return redact_urls(self.url)
 
     # ---- schema
 

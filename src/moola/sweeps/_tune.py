@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moola._io import atomic_write, atomic_write_text
+from moola._io import atomic_write, atomic_write_text, redact_urls
 from moola.config import ConfigError, config_hash
 from moola.sweeps._space import SearchSpace, apply_values, check_space, trial_config
 from moola.training.callbacks import Callback
@@ -107,9 +107,7 @@ def resolve_storage_url(url: str) -> str:
 
 
 def _masked(url: str) -> str:
-    import sqlalchemy
-
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    return redact_urls(url)
 
 
 @dataclass(frozen=True)
