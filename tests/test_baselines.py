@@ -22,6 +22,8 @@ from moola.evaluation.baselines import (
     KNOWN_BASELINES,
     LAGS,
     LIGHTGBM_TREES,
+    LOGISTIC_C,
+    LOGISTIC_MAX_ITER,
     TABLE_METRICS,
     BaselineResult,
     baseline_table,
@@ -31,6 +33,7 @@ from moola.evaluation.baselines import (
     majority_baseline,
     persistence_baseline,
     run_baselines,
+    summary_features,
 )
 from moola.evaluation.metrics import classification_metrics
 
@@ -110,7 +113,8 @@ def test_table_with_model_row_first(results: list[BaselineResult], task: Task) -
 
 
 def test_logistic_accuracy_recomputed_independently(results: list[BaselineResult], task: Task) -> None:
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=0))
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(
+        C=LOGISTIC_C, tol=1e-3, max_iter=LOGISTIC_MAX_ITER, random_state=0))
     pipe.fit(task.X_train.reshape(N_TRAIN, -1), task.y_train)
     acc = accuracy_score(task.y_test, pipe.predict(task.X_test.reshape(N_TEST, -1)))
     table = baseline_table(results)
@@ -263,7 +267,8 @@ def test_lightgbm_is_deterministic_and_reads_the_same_lagged_features_as_logisti
     assert a[1].params["n_estimators"] == LIGHTGBM_TREES
     # the logistic on lags equals a pipeline fitted by hand on the last LAGS bars
     n_tr, n_te = d.x["train"].shape[0], d.x["test"].shape[0]
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=3))
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(
+        C=LOGISTIC_C, tol=1e-3, max_iter=LOGISTIC_MAX_ITER, random_state=3))
     pipe.fit(d.x["train"][:, -LAGS:, :].reshape(n_tr, -1), d.y["train"])
     by_hand = pipe.predict_proba(d.x["test"][:, -LAGS:, :].reshape(n_te, -1))
     np.testing.assert_allclose(a[0].proba_test, by_hand, rtol=1e-10)
@@ -291,3 +296,20 @@ def test_lags_validated(minute: MinuteTask) -> None:
             lightgbm_baseline(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes, lags=lags)
     with pytest.raises(ValueError, match=r"choose from .*'persistence'.*'lightgbm'"):
         run_baselines(d.x["train"], d.y["train"], d.x["test"], d.y["test"], d.classes, which=("xgboost",))
+
+
+def test_logistic_summary_features_equal_a_pipeline_fitted_by_hand(task: Task) -> None:
+    r = logistic_baseline(task.X_train, task.y_train, task.X_test, task.y_test, CLASSES,
+                          features="summary")
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, tol=1e-3,
+                                                              max_iter=LOGISTIC_MAX_ITER, random_state=0))
+    pipe.fit(summary_features(task.X_train), task.y_train)
+    np.testing.assert_allclose(r.proba_test, pipe.predict_proba(summary_features(task.X_test)), rtol=1e-10)
+    assert summary_features(task.X_test).shape == (N_TEST, 5 * task.X_test.shape[2])
+    assert r.params["features"] == "summary" and r.params["C"] == LOGISTIC_C
+    assert np.isfinite(r.metrics["log_loss"])  # the calibrated probabilities reach log loss
+
+
+def test_logistic_unknown_features_lists_choices(task: Task) -> None:
+    with pytest.raises(ValueError, match=r"flat.*summary"):
+        logistic_baseline(task.X_train, task.y_train, task.X_test, task.y_test, CLASSES, features="pca")
