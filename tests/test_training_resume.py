@@ -294,16 +294,7 @@ def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ckpt_run")
     cfg_model = preset_config("jade_compact", n_features=4)
     torch.manual_seed(0)
-    model = seeded_model("jade_compact", seed=0)
-    train = TensorData(ohlc_windows(32, pointers=True))
-    val = TensorData(ohlc_windows(16, symbols=("MSFT", "KO"), pointers=True))
-    cfg = quiet_config(epochs=2, batch_size=16, seed=0, num_threads=1, checkpoint_every=1,
-                       early_stopping={"metric": "val_loss", "patience": 5})
-    t = Trainer(model, ClassificationObjective(2), cfg, run_dir=run_dir, show_progress=False,
-                console=Console(quiet=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)
-        t.fit(train, val)
+    model, train = _fit_checkpointed(run_dir, epochs=2)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": cfg_model.to_dict()}))
     return run_dir, model, train
 
@@ -392,16 +383,23 @@ def test_a_truncated_state_file_is_named_as_truncated_or_corrupt(trained_run, tm
             _fit_resumed(run)
 
 
-def _fit_resumed(run: Path) -> None:
+def _fit_checkpointed(run: Path, *, epochs: int, resume: bool = False) -> tuple[torch.nn.Module, TensorData]:
+    """jade_compact on 32 real-shaped windows, checkpointing every epoch into ``run``."""
     model = seeded_model("jade_compact", seed=0)
-    cfg = quiet_config(epochs=3, batch_size=16, seed=0, num_threads=1, checkpoint_every=1,
+    train = TensorData(ohlc_windows(32, pointers=True))
+    val = TensorData(ohlc_windows(16, symbols=("MSFT", "KO"), pointers=True))
+    cfg = quiet_config(epochs=epochs, batch_size=16, seed=0, num_threads=1, checkpoint_every=1,
                        early_stopping={"metric": "val_loss", "patience": 5})
     t = Trainer(model, ClassificationObjective(2), cfg, run_dir=run, show_progress=False,
                 console=Console(quiet=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GuardWarning)
-        t.fit(TensorData(ohlc_windows(32, pointers=True)),
-              TensorData(ohlc_windows(16, symbols=("MSFT", "KO"), pointers=True)), resume=True)
+        t.fit(train, val, resume=resume)
+    return model, train
+
+
+def _fit_resumed(run: Path) -> None:
+    _fit_checkpointed(run, epochs=3, resume=True)
 
 
 def test_truncated_final_weights_are_named_by_from_checkpoint(trained_run, tmp_path):

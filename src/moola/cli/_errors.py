@@ -16,16 +16,15 @@ __all__ = ["BUG_EXIT", "USER_EXIT", "bug_report", "user_message"]
 USER_EXIT = 2  # bad input, usage, or the environment (disk, permissions, database, corrupt files)
 BUG_EXIT = 3  # an error moola did not foresee: a bug to report
 
-# errno -> (what to say, what to do); the rest use the OS's own wording
-_OS_HINTS: dict[int, tuple[str, str]] = {
-    errno.EACCES: ("permission denied", "is the directory read-only or owned by another user?"),
-    errno.EPERM: ("operation not permitted", "is the directory read-only or owned by another user?"),
-    errno.EROFS: ("read-only file system", "write the output somewhere writable"),
-    errno.ENOSPC: ("no space left on device", "free some space (or point the output elsewhere) and "
-                   "run again"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space (or point the output elsewhere) and run again"),
-    errno.ENAMETOOLONG: ("file name too long", "shorten the run name or output path"),
-    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or run fewer jobs at once"),
+# errno -> what to do, after the OS's own wording (os.strerror, lower-cased)
+_OS_HINTS: dict[int, str] = {
+    errno.EACCES: "is the directory read-only or owned by another user?",
+    errno.EPERM: "is the directory read-only or owned by another user?",
+    errno.EROFS: "write the output somewhere writable",
+    errno.ENOSPC: "free some space (or point the output elsewhere) and run again",
+    errno.EDQUOT: "free some space (or point the output elsewhere) and run again",
+    errno.ENAMETOOLONG: "shorten the run name or output path",
+    errno.EMFILE: "raise the limit (ulimit -n) or run fewer jobs at once",
 }
 # exception class names of database drivers and SQLAlchemy that mean "the database is away or
 # refused us", as opposed to a mistake in moola's SQL (ProgrammingError, IntegrityError: bugs)
@@ -55,7 +54,8 @@ def _os_message(e: OSError) -> str:
     if e.errno is None:  # raised by moola with its own text
         return str(e)
     name = e.filename if e.filename is not None else e.filename2
-    what, hint = _OS_HINTS.get(e.errno, ((e.strerror or os.strerror(e.errno)).lower(), ""))
+    hint = _OS_HINTS.get(e.errno, "")
+    what = (os.strerror(e.errno) if hint else e.strerror or os.strerror(e.errno)).lower()
     where = ""
     if name is not None:
         where = f" while writing {name}" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f": {name}"

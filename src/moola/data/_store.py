@@ -327,13 +327,13 @@ Batch = tuple[pl.DataFrame, pl.DataFrame | None]
 """One timeframe's validated bars and the rows validation dropped (or None)."""
 
 _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
-_WHY = {
-    errno.ENOSPC: ("no space left on device", "free some space and run it again"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space and run it again"),
-    errno.EROFS: ("read-only file system", "pass a writable --store"),
-    errno.EACCES: ("permission denied", "make the store directory writable, or pass another --store"),
-    errno.EPERM: ("permission denied", "make the store directory writable, or pass another --store"),
-    errno.ENAMETOOLONG: ("file name too long", "use a shorter symbol (--symbol)"),
+_HINTS = {  # errno -> what to do, after the OS's own wording (os.strerror, lower-cased)
+    errno.ENOSPC: "free some space and run it again",
+    errno.EDQUOT: "free some space and run it again",
+    errno.EROFS: "pass a writable --store",
+    errno.EACCES: "make the store directory writable, or pass another --store",
+    errno.EPERM: "make the store directory writable, or pass another --store",
+    errno.ENAMETOOLONG: "use a shorter symbol (--symbol)",
 }
 
 
@@ -377,7 +377,8 @@ class _Txn:
 
     def error(self, e: BaseException, n: int | None) -> StoreError:
         verb, path = self.doing
-        why, hint = _WHY.get(n, (os.strerror(n), None)) if n else (str(e), None)
+        hint = _HINTS.get(n) if n else None
+        why = (os.strerror(n).lower() if hint else os.strerror(n)) if n else str(e)
         where = str(path.relative_to(self.root)) if self.root in path.parents else str(path)
         where = "/".join(_short(c) for c in where.split("/"))
         return StoreError(f"{why.rstrip('.')} while {verb} {where}; the store was left unchanged",

@@ -37,8 +37,9 @@ All baselines see only ``X_train`` / ``y_train`` when fitting; ``X_test`` is onl
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,23 +195,19 @@ def logistic_baseline(
         LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, tol=tol,
                            random_state=seed),
     )
-    if features == "summary":
-        model.fit(summary_features(xtr), ytr)
-        part = np.asarray(model.predict_proba(summary_features(xte)), dtype=np.float64)
-        proba = _full_proba(part, np.asarray(model.classes_), len(names))
-    else:
-        proba = _fit_predict_lagged(model, xtr, ytr, xte, lags, len(names))
+    featurize = summary_features if features == "summary" else functools.partial(lag_features, lags=lags)
+    proba = _fit_predict(model, xtr, ytr, xte, featurize, len(names))
     n_iter = int(np.max(model[-1].n_iter_))
     return _result("logistic", proba, yte, names, t0,
                    {"C": C, "class_weight": class_weight, "max_iter": max_iter, "tol": tol,
                     "n_iter": n_iter, "lags": lags, "features": features})
 
 
-def _fit_predict_lagged(model: Any, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
-                        lags: int | None, n_classes: int) -> np.ndarray:
-    """Fit a scikit-learn-style classifier on the last ``lags`` bars; (N, C) test probabilities."""
-    model.fit(lag_features(xtr, lags), ytr)
-    part = np.asarray(model.predict_proba(lag_features(xte, lags)), dtype=np.float64)
+def _fit_predict(model: Any, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
+                 featurize: Callable[[np.ndarray], np.ndarray], n_classes: int) -> np.ndarray:
+    """Fit a scikit-learn-style classifier on ``featurize``d windows; (N, C) test probabilities."""
+    model.fit(featurize(xtr), ytr)
+    part = np.asarray(model.predict_proba(featurize(xte)), dtype=np.float64)
     return _full_proba(part, np.asarray(model.classes_), n_classes)
 
 
@@ -246,7 +243,7 @@ def lightgbm_baseline(
                               "min_child_samples": 20, "class_weight": class_weight}
     model = LGBMClassifier(**params, random_state=seed, n_jobs=1, deterministic=True,
                            force_row_wise=True, verbose=-1)
-    proba = _fit_predict_lagged(model, xtr, ytr, xte, lags, len(names))
+    proba = _fit_predict(model, xtr, ytr, xte, functools.partial(lag_features, lags=lags), len(names))
     return _result("lightgbm", proba, yte, names, t0, {**params, "lags": lags})
 
 

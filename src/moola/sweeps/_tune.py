@@ -106,10 +106,6 @@ def resolve_storage_url(url: str) -> str:
     return url
 
 
-def _masked(url: str) -> str:
-    return redact_urls(url)
-
-
 @dataclass(frozen=True)
 class TuneOptions:
     """How a study is run; ``trials`` is the study's total, not this call's share."""
@@ -205,7 +201,7 @@ def study_lock(url: str) -> Iterator[None]:
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     else:
-        raise TuneError(f"storage {_masked(url)}: use sqlite:///FILE or postgresql://USER:PW@HOST/DB")
+        raise TuneError(f"storage {redact_urls(url)}: use sqlite:///FILE or postgresql://USER:PW@HOST/DB")
 
 
 _ENGINES: dict[str, Any] = {}
@@ -392,7 +388,7 @@ class _Worker:
             failures = 0 if ok else failures + 1
             if failures >= self.opts.max_failures:
                 raise TuneError(f"{failures} trials in a row failed on worker {self.worker_id}; "
-                                f"see the 'moola.error' of the last trials in {_masked(self.url)}")
+                                f"see the 'moola.error' of the last trials in {redact_urls(self.url)}")
 
     def _run_trial(self, trial: optuna.Trial) -> bool:
         """Sample, train through the command's pipeline (run_train or run_rank_train), tell;
@@ -500,7 +496,7 @@ def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig | RankCo
                                     load_if_exists=True)
         attrs = study.user_attrs
         if study.direction.name.lower() != direction or attrs.get("moola.metric", metric) != metric:
-            raise TuneError(f"study {name} in {_masked(url)} optimises "
+            raise TuneError(f"study {name} in {redact_urls(url)} optimises "
                             f"{attrs.get('moola.metric', '?')} ({study.direction.name.lower()}), not "
                             f"{metric} ({direction}); pick another --study")
         checks = {"moola.base_hash": config_hash(base), "moola.space_hash": space.digest()}
@@ -527,7 +523,7 @@ def run_tune(base: RunConfig | RankConfig, space: SearchSpace, options: TuneOpti
     base_data = base.to_dict()
     Path(options.out).mkdir(parents=True, exist_ok=True)
     _open_study(url, name, options, base, space, console)
-    console.print(f"study [bold]{name}[/] in {escape(_masked(url))}: {options.trials} trials in total, "
+    console.print(f"study [bold]{name}[/] in {escape(redact_urls(url))}: {options.trials} trials in total, "
                   f"{options.sampler} sampler, {options.pruner} pruner, {options.metric}, "
                   f"{options.jobs} worker(s)", highlight=False)
     if options.jobs == 1:
@@ -605,7 +601,7 @@ def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSp
         data.update(name=f"{name}-best", out_dir=base.out_dir)
         cfg = type(base).from_dict(data, source=f"best trial {best.number}")
         best_yaml = study_dir / "best.yaml"
-        head = (f"# moola tune: best of study {name} ({_masked(url)}): trial {best.number}, "
+        head = (f"# moola tune: best of study {name} ({redact_urls(url)}): trial {best.number}, "
                 f"{metric}={best.value:.6g}\n# {command} --config {best_yaml}\n")
         atomic_write_text(best_yaml, head + cfg.to_yaml())
         result.best_number, result.best_value, result.best_values = best.number, best.value, values
@@ -616,7 +612,7 @@ def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSp
     else:
         console.print(f"[yellow]no complete trial in study {name}: no best.yaml[/]")
     console.print(f"trials: {csv}   history plot: {plot}", highlight=False)
-    console.print(f"dashboard: optuna-dashboard {escape(_masked(url))}", highlight=False)
+    console.print(f"dashboard: optuna-dashboard {escape(redact_urls(url))}", highlight=False)
     return result
 
 

@@ -168,7 +168,6 @@ class Tracker:
         highest step, so a key also logged per epoch (pretrain's ``val_loss``) reads as its final
         value, e.g. after the best epoch was restored, not as the last epoch's.
         """
-
         if metrics_json.is_file():
             step = self._last_step + 1 if self._last_step else 0
             self.set_tags({"moola.final_step": step})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,23 +59,25 @@ def _corrupt(path: Path, e: BaseException) -> CheckpointError:
                            "delete it (or its step directory) and resume from an earlier one, or retrain")
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; a cut-off or foreign file is a CheckpointError naming it."""
+def _read(path: Path, load: Callable[[Path], Any]) -> Any:
+    """``load(path)``; a missing file stays FileNotFoundError, an unreadable one (safetensors'
+    SafetensorError, a cut-off zip's RuntimeError, EOFError, UnpicklingError) a CheckpointError."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
     try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on bad files
+        return load(path)
+    except Exception as e:
         raise _corrupt(path, e) from e
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a cut-off or foreign file is a CheckpointError naming it."""
+    tensors: dict[str, torch.Tensor] = _read(path, lambda p: load_file(str(p)))
+    return tensors
 
 
 def _load_torch_state(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as e:  # RuntimeError (zip cut off), EOFError, UnpicklingError (not plain tensors)
-        raise _corrupt(path, e) from e
+    return _read(path, lambda p: torch.load(p, weights_only=True))
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
