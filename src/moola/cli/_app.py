@@ -144,12 +144,17 @@ def data_ingest(
     ] = None,
     policy: PolicyOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on any finding.")] = False,
+    delimiter: Annotated[
+        str | None,
+        typer.Option("--delimiter", help="CSV field separator: , ; tab | or one character "
+                     "(default: detected from the first lines)."),
+    ] = None,
 ) -> None:
     """Read exports into the canonical store; validates first, writes atomically."""
     from moola.pipelines.data import run_ingest
 
     res = run_ingest(paths, store, fmt=format, symbol=symbol, timeframe=timeframe,
-                     columns=columns, policy=policy or [])
+                     columns=columns, policy=policy or [], delimiter=delimiter)
     fmts = sorted({str(r.format) for r in res.files})
     console.print(f"read {len(res.files)} file(s) \\[{', '.join(fmts)}]")
     findings = False

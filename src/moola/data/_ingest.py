@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from moola.data._errors import IngestError
-from moola.data._readers import Format, RawBars, list_input_files, read_file
+from moola.data._readers import Format, RawBars, list_input_files, parse_delimiter, read_file
 from moola.data._schema import Timeframe
 from moola.data._store import Store, WriteSummary
 from moola.data._validate import Policy, ValidationReport, infer_timeframe, validate_raw
@@ -34,12 +34,15 @@ def ingest(
     columns: dict[str, str] | None = None,
     policy: Policy | None = None,
     on_file: Callable[[Path], None] | None = None,
+    delimiter: str | None = None,
 ) -> IngestResult:
-    """Read, validate and merge. Any error raises before the first byte is written."""
+    """Read, validate and merge. Any error raises before the first byte is written.
+    ``delimiter`` is the CSV field separator, as ``--delimiter`` takes it (None: detected per file)."""
+    delimiter = parse_delimiter(delimiter)
     files = list_input_files(paths)
     raws: list[RawBars] = []
     for f in files:
-        raws.append(read_file(f, fmt, symbol=symbol, columns=columns))
+        raws.append(read_file(f, fmt, symbol=symbol, columns=columns, delimiter=delimiter))
         if on_file is not None:
             on_file(f)
     _check_directory_formats(paths, raws)

@@ -14,13 +14,18 @@ its settle currency, ``BTCUSDT:USDT`` (what ``moola data fetch`` stores for ccxt
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
+import io
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -124,21 +129,91 @@ def parse_columns_mapping(spec: str | None) -> dict[str, str] | None:
 
 
 def list_input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand directories into their data files (sorted); reject what is not data."""
+    """Expand directories into their data files (sorted); reject what is not data, saying what
+    it is (a FIFO is never opened: reading one would block)."""
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and _data_suffix(f) is not None)
-            if not found:
-                raise IngestError(
-                    f"directory holds no data files ({', '.join(DATA_SUFFIXES)})", path=p
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
+        st = _stat(p)
+        if stat.S_ISDIR(st.st_mode):
+            files.extend(_directory_files(p))
         else:
-            raise IngestError("no such file or directory", path=p)
+            _require_regular(p, st)
+            files.append(p)
     return files
+
+
+def _stat(path: Path) -> os.stat_result:
+    """``stat`` (following links) whose failure says what is there: a loop, a dangling link,
+    nothing; other OS errors (permission) propagate to the CLI's OS-error message."""
+    try:
+        return path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IngestError("symbolic link loop: the link leads back to itself", path=path,
+                              hint="point the link at a data file") from e
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+        if path.is_symlink():
+            raise IngestError(f"dangling symbolic link to {os.readlink(path)} (the target does not "
+                              "exist)", path=path) from e
+        raise IngestError("no such file or directory", path=path) from e
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _require_regular(path: Path, st: os.stat_result) -> None:
+    kind = _kind(st.st_mode)
+    if kind is not None:
+        raise IngestError(f"is {kind}, not a file", path=path, hint="pass data files or directories")
+
+
+def _directory_files(folder: Path) -> list[Path]:
+    """The data files of a directory; a data-named entry that is not a regular file is an error
+    (a dangling link, a FIFO) rather than silently left out. Sub-directories are not read."""
+    entries = sorted(folder.iterdir())
+    found: list[Path] = []
+    for f in entries:
+        if _data_suffix(f) is None:
+            continue
+        st = _stat(f)
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        _require_regular(f, st)
+        found.append(f)
+    if not found:
+        raise IngestError(
+            f"directory holds no data files ({', '.join(DATA_SUFFIXES)}); {_describe(entries)}",
+            path=folder,
+        )
+    return found
+
+
+def _describe(entries: list[Path], limit: int = 5) -> str:
+    """What a directory holds instead of data files, e.g. ``it has 2 entries: a.md, sub/``."""
+    if not entries:
+        return "it is empty"
+    shown = []
+    for f in entries[:limit]:
+        try:
+            kind = _kind(f.stat().st_mode)
+        except OSError:
+            kind = "a broken link"
+        shown.append(f.name + ("/" if kind == "a directory" else f" ({kind})" if kind else ""))
+    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
+    return f"it has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {', '.join(shown)}{more}"
 
 
 def _data_suffix(path: Path) -> str | None:
@@ -212,8 +287,11 @@ def read_file(
     *,
     symbol: str | None = None,
     columns: dict[str, str] | None = None,
+    delimiter: str | None = None,
 ) -> RawBars:
-    """Read one file into canonical columns; every failure names file, line and column."""
+    """Read one file into canonical columns; every failure names file, line and column.
+    ``delimiter`` applies to CSV only (None: detected from the first lines)."""
+    _require_regular(path, _stat(path))
     suffix = _data_suffix(path)
     ft = freqtrade_name(path) if suffix is not None and suffix not in CSV_SUFFIXES else None
     if suffix in JSON_SUFFIXES:
@@ -221,7 +299,7 @@ def read_file(
     elif suffix in PARQUET_SUFFIXES + FEATHER_SUFFIXES:
         frame, detected = _read_parquet(path, fmt, columns, freqtrade=ft is not None)
     elif suffix in CSV_SUFFIXES:
-        frame, detected = _read_csv(path, fmt, columns)
+        frame, detected = _read_csv(path, fmt, columns, delimiter)
     else:
         raise IngestError(
             f"unsupported file type '{path.suffix.lower()}'", path=path,
@@ -234,60 +312,323 @@ def read_file(
 
 # ---------------------------------------------------------------------------------- CSV
 
+# Records per batch: the reader holds one batch of raw cells at a time, never the whole file.
+CSV_BATCH_ROWS = 200_000
+# Delimiters tried when --delimiter is not given; on a tie the earlier one wins.
+DELIMITER_CANDIDATES = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t"}
+_SAMPLE_LINES = 20  # non-empty lines read to detect the delimiter
+_SAMPLE_CHARS = 1 << 20
+_BLANK_LINE = "blank line"
+_DELIMITERS_ONLY = "row of only delimiters"
+FAULT_EMPTY = "empty_row"  # the row fault validation counts; _schema.FAULT_EMPTY once that lands
+_TS_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+
+
+def parse_delimiter(spec: str | None) -> str | None:
+    """``--delimiter``: ``,`` ``;`` ``tab`` (or ``\\t``) ``|`` or any one character; None detects."""
+    if spec is None:
+        return None
+    value = _DELIMITER_NAMES.get(spec.lower(), spec)
+    if len(value) != 1 or value in '"\r\n':
+        raise IngestError(
+            f"--delimiter {spec!r} is not one character other than a quote or a line break",
+            hint="use , ; tab | or another single character",
+        )
+    return value
+
+
+def _delimiter_name(delim: str) -> str:
+    return "tab" if delim == "\t" else delim
+
 
 def _read_csv(
-    path: Path, fmt: Format, columns: dict[str, str] | None
+    path: Path, fmt: Format, columns: dict[str, str] | None, delimiter: str | None = None
 ) -> tuple[pl.DataFrame, Format]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-        raise IngestError(
-            f"not UTF-8 text (byte {e.start + bom})", path=path,
-            line=data[: e.start + bom].count(b"\n") + 1,
-        ) from e
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    reader = csv.reader(text.splitlines())
+    """Stream the file through ``csv.reader`` in batches of ``CSV_BATCH_ROWS`` records; every
+    physical line ends up in a stored row, an ``empty_row`` fault row or an error."""
+    delim = delimiter if delimiter is not None else _detect_delimiter(path)
+    batch_rows = CSV_BATCH_ROWS
+    frames: list[pl.DataFrame] = []
+    with path.open(encoding="utf-8-sig", errors="strict", newline="") as fh:
+        records = _csv_records(path, csv.reader(fh, delimiter=delim))
+        faults: list[tuple[int, str]] = []
+        first = _first_record(records, faults)
+        if first is None:
+            extra = f" ({len(faults)} blank or delimiter-only lines)" if faults else ""
+            raise IngestError(f"file is empty: no header and no data rows{extra}", path=path)
+        reader = _CsvBatches(path, fmt, columns, delim, *first)
+        rows: list[list[str]] = [] if reader.header is not None else [first[1]]
+        lines: list[int] = [] if reader.header is not None else [first[0]]
+        width = reader.width
+        for start, rec in records:
+            if len(rec) == width:
+                rows.append(rec)
+                lines.append(start)
+                if len(rows) + len(faults) >= batch_rows:
+                    frames.append(reader.frame(rows, lines, faults))
+                    rows, lines, faults = [], [], []
+            elif not "".join(rec).strip():
+                faults.append((start, _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY))
+            else:
+                reader.check_repeated_header(rows, lines)
+                raise reader.width_error(start, rec)
+        if rows or faults:
+            frames.append(reader.frame(rows, lines, faults))
+    if reader.good_rows == 0:
+        raise IngestError("file has a header but no data rows", path=path, line=reader.first_line)
+    return reader.concat(frames), reader.detected
+
+
+class _LineReader(Protocol):
+    """What ``csv.reader`` returns: records, and the physical line the last one ended on."""
+
+    @property
+    def line_num(self) -> int: ...
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+
+def _csv_records(path: Path, reader: _LineReader) -> Iterator[tuple[int, list[str]]]:
+    """(physical 1-based line where the record starts, cells); a quoted cell may span lines."""
+    last = 0
     try:
         for rec in reader:
-            if not rec or all(not c.strip() for c in rec):
-                continue  # blank lines are not data
-            rows.append([c.strip() for c in rec])
-            lines.append(reader.line_num)
+            yield last + 1, rec
+            last = reader.line_num
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path) from e
     except csv.Error as e:
         raise IngestError(f"not readable as CSV ({e})", path=path, line=reader.line_num) from e
-    if not rows:
-        raise IngestError("file is empty: no header and no data rows", path=path)
 
-    header = rows[0] if _looks_like_header(rows[0], columns) else None
-    if header is not None:
-        rows, lines = rows[1:], lines[1:]
-        if not rows:
-            raise IngestError("file has a header but no data rows", path=path, line=lines[0] if lines else 1)
-    width = len(header) if header is not None else len(rows[0])
-    for rec, ln in zip(rows, lines, strict=True):
-        if header is not None and [c.lower() for c in rec] == [c.lower() for c in header]:
-            raise IngestError("repeated header row inside the data", path=path, line=ln)
-        if len(rec) != width:
+
+def _first_record(
+    records: Iterator[tuple[int, list[str]]], faults: list[tuple[int, str]]
+) -> tuple[int, list[str]] | None:
+    """The first record with a non-blank cell; the blank ones before it become faults."""
+    for start, rec in records:
+        if "".join(rec).strip():
+            return start, rec
+        faults.append((start, _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY))
+    return None
+
+
+def _utf8_error(path: Path) -> IngestError:
+    """The text decoder reads ahead in chunks, so find the first bad byte again line by line."""
+    offset = 0
+    with path.open("rb") as fb:
+        for n, raw in enumerate(fb, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return IngestError(f"not UTF-8 text (byte {offset + e.start})", path=path, line=n,
+                                   hint="re-export the file as UTF-8")
+            offset += len(raw)
+    return IngestError("not UTF-8 text", path=path, hint="re-export the file as UTF-8")
+
+
+def _detect_delimiter(path: Path) -> str:
+    """The candidate that splits the first non-empty line into the most fields and keeps that
+    width on most of the next few lines; a comma when none splits it."""
+    sample = _sample_text(path)
+    best, best_key = ",", (0, 0)
+    for cand in DELIMITER_CANDIDATES:
+        try:
+            widths = [len(r) for r in csv.reader(io.StringIO(sample), delimiter=cand)
+                      if "".join(r).strip()]
+        except csv.Error:
+            continue  # the real read names the line
+        if not widths or widths[0] < 2:
+            continue
+        key = (sum(w == widths[0] for w in widths), widths[0])
+        if key > best_key:
+            best, best_key = cand, key
+    return best
+
+
+def _sample_text(path: Path) -> str:
+    """The first ``_SAMPLE_LINES`` non-empty physical lines (at most ``_SAMPLE_CHARS`` chars)."""
+    parts: list[str] = []
+    size = nonempty = 0
+    try:
+        with path.open(encoding="utf-8-sig", errors="strict", newline="") as fh:
+            while nonempty < _SAMPLE_LINES and size < _SAMPLE_CHARS:
+                line = fh.readline(_SAMPLE_CHARS - size)
+                if not line:
+                    break
+                parts.append(line)
+                size += len(line)
+                nonempty += bool(line.strip())
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path) from e
+    return "".join(parts)
+
+
+def _split_elsewhere(cell: str, delim: str) -> tuple[str, int] | None:
+    """Another candidate delimiter that splits a one-field line, and into how many fields."""
+    counts = [(c, len(next(csv.reader([cell], delimiter=c), [])))
+              for c in DELIMITER_CANDIDATES if c != delim and c in cell]
+    counts = [(c, n) for c, n in counts if n > 1]
+    return max(counts, key=lambda cn: cn[1]) if counts else None
+
+
+class _CsvBatches:
+    """What the first non-empty record decided (header, width, column mapping), applied to each
+    batch of records in turn."""
+
+    def __init__(self, path: Path, fmt: Format, columns: dict[str, str] | None, delim: str,
+                 first_line: int, first: list[str]) -> None:
+        self.path, self.fmt, self.columns, self.delim = path, fmt, columns, delim
+        self.first_line = first_line
+        self.width = len(first)
+        if self.width == 1:
+            self._one_column(first[0])
+        stripped = [c.strip() for c in first]
+        self.header = stripped if _looks_like_header(stripped, columns) else None
+        self.index: dict[str, int] | None = None
+        self.detected = Format.GENERIC
+        if self.header is not None:
+            names = [h.lower() for h in self.header]
+            mapping, self.detected = _map_header(path, names, fmt, columns)
+            self.index = {canon: names.index(src) for canon, src in mapping.items()}
+        self.good_rows = 0
+        self.order: list[str] = []
+        self._ts_first: tuple[str, int] | None = None  # (first good timestamp cell, its line)
+
+    def _one_column(self, cell: str) -> None:
+        other = _split_elsewhere(cell, self.delim)
+        if other is not None:
+            name = _delimiter_name(other[0])
             raise IngestError(
-                f"expected {width} columns (as on the first {'header' if header else 'row'}), "
-                f"found {len(rec)}",
-                path=path,
-                line=ln,
+                f"the first line is one column when split on {_delimiter_name(self.delim)!r}, "
+                f"but {name!r} splits it into {other[1]} fields",
+                path=self.path, line=self.first_line, hint=f"pass --delimiter '{name}'",
             )
-    raw = {i: [r[i] for r in rows] for i in range(width)}
-    line_arr = np.asarray(lines, dtype=np.int64)
 
-    if header is not None:
-        names = [h.strip().lower() for h in header]
-        mapping, detected = _map_header(path, names, fmt, columns)
-        source = {canon: raw[names.index(src)] for canon, src in mapping.items()}
-    else:
-        layout, detected = _headerless_layout(path, raw, width, fmt, columns, lines)
-        source = {canon: raw[i] for i, canon in enumerate(layout) if canon is not None}
-    return _to_frame(path, source, line_arr, detected), detected
+    def width_error(self, line: int, rec: list[str]) -> IngestError:
+        what = "header" if self.header is not None else "row"
+        hint = None
+        other = _split_elsewhere(rec[0], self.delim) if len(rec) == 1 else None
+        if other is not None:
+            hint = f"this line splits into {other[1]} fields on {_delimiter_name(other[0])!r}"
+        return IngestError(
+            f"expected {self.width} columns (as on the first {what}), found {len(rec)}",
+            path=self.path, line=line, hint=hint,
+        )
+
+    def check_repeated_header(self, rows: list[list[str]], lines: list[int]) -> None:
+        """Python-side check of pending rows, so an earlier repeated header wins over a later
+        width error as it did when the file was read whole."""
+        if self.header is None:
+            return
+        low = [h.lower() for h in self.header]
+        for rec, ln in zip(rows, lines, strict=True):
+            if [c.strip().lower() for c in rec] == low:
+                raise IngestError("repeated header row inside the data", path=self.path, line=ln)
+
+    def frame(self, rows: list[list[str]], lines: list[int], faults: list[tuple[int, str]]
+              ) -> pl.DataFrame:
+        """One batch: good records through ``_to_frame``, blank ones as ``empty_row`` fault rows."""
+        faults = list(faults)
+        parts: list[pl.DataFrame] = []
+        if rows:
+            cells = pl.DataFrame(
+                [pl.Series(f"c{i}", col, dtype=pl.String) for i, col in enumerate(zip(*rows, strict=True))]
+            ).with_columns(pl.all().str.strip_chars())
+            line_arr = np.asarray(lines, dtype=np.int64)
+            empty = cells.select(pl.all_horizontal(pl.all() == "")).to_series()
+            if empty.any():
+                detail = _BLANK_LINE if self.width == 1 else _DELIMITERS_ONLY
+                faults += [(int(line_arr[i]), detail) for i in empty.arg_true()]
+                cells, line_arr = cells.filter(~empty), line_arr[~empty.to_numpy()]
+            self._repeated_header(cells, line_arr)
+            if cells.height:
+                parts.append(self._good(cells, line_arr))
+        if faults:
+            parts.append(_empty_rows(self.path, faults))
+        if len(parts) == 1:
+            return parts[0]
+        return pl.concat(parts, how="diagonal_relaxed").sort("_line")
+
+    def _repeated_header(self, cells: pl.DataFrame, line_arr: np.ndarray) -> None:
+        if self.header is None or not cells.height:
+            return
+        same = cells.select(pl.all_horizontal(
+            [pl.col(f"c{i}").str.to_lowercase() == h.lower() for i, h in enumerate(self.header)]
+        )).to_series()
+        if same.any():
+            raise IngestError("repeated header row inside the data", path=self.path,
+                              line=int(line_arr[int(same.arg_true()[0])]))
+
+    def _good(self, cells: pl.DataFrame, line_arr: np.ndarray) -> pl.DataFrame:
+        if self.index is None:  # headerless: the first batch decides the layout
+            raw = {i: cells.get_column(f"c{i}").head(500).to_list() for i in range(self.width)}
+            layout, self.detected = _headerless_layout(
+                self.path, raw, self.width, self.fmt, self.columns, [int(line_arr[0])]
+            )
+            self.index = {canon: i for i, canon in enumerate(layout) if canon is not None}
+        source = {canon: cells.get_column(f"c{i}") for canon, i in self.index.items()}
+        out = _to_frame(self.path, source, line_arr, self.detected)
+        self._check_ts_kind(source.get("ts"), out, line_arr)
+        self.good_rows += out.height
+        self.order += [c for c in out.columns if c not in self.order]
+        return out
+
+    def _check_ts_kind(self, ts: pl.Series | None, out: pl.DataFrame, line_arr: np.ndarray) -> None:
+        """Each batch is parsed on its own; what must hold for the whole file (one epoch unit,
+        offsets on all rows or none) is checked on the first good timestamp of each batch."""
+        if ts is None or ts.dtype != pl.String:
+            return
+        ok = out.get_column("ts").is_not_null() & (ts != "")
+        if not ok.any():
+            return
+        i = int(ok.arg_true()[0])
+        value, line = str(ts[i]), int(line_arr[i])
+        if self._ts_first is None:
+            self._ts_first = (value, line)
+            return
+        first, first_line = self._ts_first
+        kind, was = _ts_kind(value), _ts_kind(first)
+        if kind == was:
+            return
+        if kind[0] == was[0] == "epoch":
+            msg = f"epoch timestamps mix units: {kind[1]} here, {was[1]} on line {first_line}"
+        elif was[0] == "aware" and kind[0] == "naive":
+            msg = f"timestamp {value!r} has no UTC offset while line {first_line} has one ({first!r})"
+        elif was[0] == "naive" and kind[0] == "aware":
+            msg = f"timestamp {value!r} has a UTC offset while line {first_line} has none ({first!r})"
+        else:
+            form = "an epoch number" if kind[0] == "epoch" else "a date/time string"
+            msg = f"timestamp {value!r} is {form}, unlike line {first_line} ({first!r})"
+        raise IngestError(msg, path=self.path, line=line, column="ts",
+                          hint="one timestamp form per file; export every row the same way")
+
+    def concat(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Batch frames in file order; canonical columns first, then _file, _line, faults."""
+        df = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        tail = ["_file", "_line", "_fault", "_detail"]
+        head = [c for c in self.order if c not in tail]
+        rest = [c for c in df.columns if c not in head and c not in tail]
+        return df.select([*head, *rest, *[c for c in tail if c in df.columns]])
+
+
+def _ts_kind(value: str) -> tuple[str, str]:
+    """('epoch', unit), ('aware', offset) or ('naive', '') of one timestamp cell."""
+    if _is_number(value):
+        return "epoch", epoch_unit(float(value))
+    return ("aware", "") if _TS_OFFSET.search(value) else ("naive", "")
+
+
+def _empty_rows(path: Path, faults: list[tuple[int, str]]) -> pl.DataFrame:
+    """Blank lines and delimiter-only rows: counted rows (``empty_row``) with every value null."""
+    return pl.DataFrame(
+        {
+            "_file": pl.Series([str(path)] * len(faults), dtype=pl.String),
+            "_line": pl.Series([ln for ln, _ in faults], dtype=pl.Int64),
+            "_fault": pl.Series([FAULT_EMPTY] * len(faults), dtype=pl.String),
+            "_detail": pl.Series([d for _, d in faults], dtype=pl.String),
+        }
+    )
 
 
 def _looks_like_header(rec: list[str], columns: dict[str, str] | None = None) -> bool:

@@ -42,6 +42,7 @@ def run_ingest(
     columns: str | None = None,
     policy: Sequence[str] = (),
     show_progress: bool = True,
+    delimiter: str | None = None,
 ) -> IngestResult:
     """Read, validate and merge files into the store, with a progress bar over files."""
     files = list_input_files(paths)
@@ -51,7 +52,7 @@ def run_ingest(
             paths, Store(store_dir), fmt=Format(fmt), symbol=symbol,
             timeframe=Timeframe(timeframe) if timeframe else None,
             columns=parse_columns_mapping(columns), policy=pol,
-            on_file=lambda _p: advance(1),
+            on_file=lambda _p: advance(1), delimiter=delimiter,
         )
 
 
