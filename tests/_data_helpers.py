@@ -146,9 +146,15 @@ def assert_canonical(df: pl.DataFrame) -> None:
     for c in OHLCV:
         assert df.schema[c] == pl.Float64, (c, df.schema[c])
     assert df.schema["symbol"] == pl.String
-    assert df.get_column("symbol").null_count() == 0
-    assert df.schema["_line"] == pl.Int64
+    assert df.schema["_line"] == pl.Int64 and df.get_column("_line").null_count() == 0
     assert df.schema["_file"] == pl.String
+    # a row the reader could not make a bar of is a located fault for validation to count
+    if "_fault" in df.columns:
+        faults = df.filter(pl.col("_fault").is_not_null())
+        assert set(faults.get_column("_fault").to_list()) <= {"bad_timestamp", "bad_symbol", "empty_row"}
+        assert faults.get_column("_detail").null_count() == 0
+        df = df.filter(pl.col("_fault").is_null())
+    assert df.get_column("symbol").null_count() == 0
     assert df.get_column("ts").null_count() == 0
     if "trades" in df.columns:
         assert df.schema["trades"] == pl.Int64

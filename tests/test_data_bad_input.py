@@ -3,9 +3,11 @@ one applies) the column, and a pre-populated store left byte-for-byte untouched.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +22,7 @@ from _data_helpers import (
     write_csv_lines,
     write_yahoo,
 )
+from moola.data import Store, Timeframe, read_file, validate_raw
 
 
 @dataclass
@@ -150,6 +153,37 @@ def _parquet_lacks_volume(d: Path) -> tuple[list[Path], list[str]]:
     return [p], []
 
 
+def _parquet(name: str,
+             edit: Callable[[pl.DataFrame], pl.DataFrame]) -> Callable[[Path], tuple[list[Path], list[str]]]:
+    """KO daily bars as Parquet (row r is reported as line r+2), edited."""
+    def make(d: Path) -> tuple[list[Path], list[str]]:
+        p = d / name
+        edit(sp500_symbol("KO", 30)).write_parquet(p)
+        return [p], []
+
+    return make
+
+
+def _at_row(r: int, value: object, dtype: pl.DataType) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """Replace the ``date`` column by one of ``dtype`` whose row ``r`` is ``value``."""
+    def edit(df: pl.DataFrame) -> pl.DataFrame:
+        col = df.get_column("date").cast(dtype).scatter(r, value)
+        return df.with_columns(col.alias("date"))
+
+    return edit
+
+
+def _naive_dst_repeat(d: Path) -> tuple[list[Path], list[str]]:
+    """Local times without offsets across the end of daylight saving: 01:00-01:59 comes twice."""
+    t0 = datetime(2023, 11, 5, 0, 0)
+    stamps = [t0 + timedelta(minutes=i) for i in range(120)] + [
+        t0 + timedelta(hours=1, minutes=i) for i in range(30)]
+    rows = [ln.split(",")[1:] for ln in btc_csv_lines(150)[1:]]
+    lines = ["time,open,high,low,close,volume"] + [
+        ",".join([t.strftime("%Y-%m-%d %H:%M:%S"), *r]) for t, r in zip(stamps, rows, strict=True)]
+    return [write_csv_lines(d / "BTCUSD_1m.csv", lines)], []
+
+
 CASES: dict[str, Case] = {
     "empty-file": Case(lambda d: one(write_csv_lines(d / "BTCUSD.csv", [""])), "BTCUSD.csv",
                        says=("empty",)),
@@ -163,8 +197,60 @@ CASES: dict[str, Case] = {
     "unparseable-timestamp": Case(lambda d: one(_btc(d, _set(4, 0, "2023-03-01 00:61:00+00:00"))),
                                   "BTCUSD_1m.csv", 4, "ts", says=("unparseable",)),
     "missing-timestamp": Case(lambda d: one(_btc(d, _set(4, 0, ""))), "BTCUSD_1m.csv", 4, "ts"),
-    "mixed-timezones": Case(lambda d: one(_btc(d, _set(7, 0, "2023-03-01 07:05:00+02:00"))),
-                            "BTCUSD_1m.csv", 7, "ts", says=("+02:00",)),
+    # item 1: timestamps the store's ns clock cannot hold, in every input form
+    "iso-year-2262": Case(lambda d: one(_btc(d, _set(5, 0, "2262-04-12 00:00:00+00:00"))),
+                          "BTCUSD_1m.csv", 5, "ts", says=("out of range", "bad_timestamp")),
+    "iso-year-9999": Case(lambda d: one(_btc(d, _set(6, 0, "9999-12-31 23:59:00+00:00"))),
+                          "BTCUSD_1m.csv", 6, "ts", says=("'9999-12-31 23:59:00+00:00' is out of range",)),
+    "iso-year-1600": Case(lambda d: one(_btc(d, _set(2, 0, "1600-01-01 00:00:00+00:00"))),
+                          "BTCUSD_1m.csv", 2, "ts", says=("out of range",)),
+    "epoch-seconds-year-2286": Case(
+        lambda d: one(write_csv_lines(d / "BTCUSDT-1m.csv", [
+            f"{1677628800 + 60 * i},1,2,0.5,1,1" if i != 4 else "10000000000,1,2,0.5,1,1" for i in range(10)
+        ])), "BTCUSDT-1m.csv", 5, "ts", says=("out of range",)),
+    "epoch-ms-year-2286": Case(
+        lambda d: one(write_csv_lines(d / "BTCUSDT-1m.csv", [
+            f"{1677628800 + 60 * i}000,1,2,0.5,1,1" if i != 6 else "10000000000000,1,2,0.5,1,1"
+            for i in range(10)
+        ])), "BTCUSDT-1m.csv", 7, "ts", says=("out of range",)),
+    "parquet-datetime-year-3000": Case(
+        _parquet("KO.parquet", _at_row(4, datetime(3000, 1, 1), pl.Datetime("us"))), "KO.parquet", 6, "ts",
+        says=("out of range",)),
+    "parquet-date-year-3000": Case(
+        _parquet("KO.parquet", _at_row(7, date(3000, 1, 1), pl.Date())), "KO.parquet", 9, "ts",
+        says=("out of range",)),
+    "parquet-boolean-timestamps": Case(
+        _parquet("KO.parquet", lambda df: df.with_columns(date=pl.lit(True))), "KO.parquet", None, "ts",
+        says=("Boolean",)),
+    "parquet-time-of-day-timestamps": Case(
+        _parquet("KO.parquet", lambda df: df.with_columns(date=pl.lit(time(9, 30)))), "KO.parquet", None,
+        "ts", says=("time of day without a date",)),
+    "parquet-close-and-Close": Case(
+        _parquet("KO.parquet", lambda df: df.with_columns(Close=pl.col("close"))), "KO.parquet", None,
+        "Close", says=("'close'", "case")),
+    # item 2: a bar between two grid slots
+    "off-grid-bar": Case(lambda d: one(_btc(d, _set(6, 0, "2023-03-01 00:04:30+00:00"))),
+                         "BTCUSD_1m.csv", 6, "ts", says=("off the 1m grid", "off_grid")),
+    # item 3: a row of only delimiters is counted (dropped by default); under fail it is named
+    "delimiter-only-row-policy-fail": Case(
+        lambda d: one(_btc(d, lambda ls: ls.insert(7, ",,,,,")), "--policy", "empty_row=fail"),
+        "BTCUSD_1m.csv", 8, says=("row of only delimiters", "empty_row")),
+    # items 4 and 5: symbols a partition directory and a report cannot hold
+    "newline-in-quoted-symbol": Case(_yahoo_edit("KO_data.csv", 6, 7, '"K\nO"'), "KO_data.csv", 6,
+                                     "symbol", says=("U+000A", "bad_symbol")),
+    "line-separator-in-symbol": Case(_yahoo_edit("KO_data.csv", 7, 7, "K\u2028O"), "KO_data.csv", 7,
+                                     "symbol", says=("U+2028",)),
+    "next-line-in-symbol": Case(_yahoo_edit("KO_data.csv", 8, 7, "K\x85O"), "KO_data.csv", 8, "symbol",
+                                says=("U+0085",)),
+    "nul-in-symbol": Case(_yahoo_edit("KO_data.csv", 9, 7, "K\x00O"), "KO_data.csv", 9, "symbol",
+                          says=("U+0000",)),
+    "symbol-too-long": Case(_yahoo_edit("KO_data.csv", 10, 7, "K" * 300), "KO_data.csv", 10, "symbol",
+                            says=("too long",)),
+    "control-char-in-symbol-option": Case(lambda d: one(_btc(d), "--symbol", "BTC\x07USD"),
+                                          "BTCUSD_1m.csv", None, "symbol", says=("U+0007", "--symbol")),
+    # item 10: naive local times across the end of daylight saving repeat an hour
+    "naive-local-time-dst-repeat": Case(_naive_dst_repeat, "BTCUSD_1m.csv", 122, "ts",
+                                        says=("non_monotonic", "daylight saving")),
     "aware-and-naive": Case(lambda d: one(_btc(d, _set(9, 0, "2023-03-01 00:07:00"))),
                             "BTCUSD_1m.csv", 9, "ts", says=("no UTC offset",)),
     "unsorted-rows": Case(lambda d: one(_btc(d, _swap)), "BTCUSD_1m.csv", 11, "ts",
@@ -323,3 +409,87 @@ def test_parquet_bad_value_reports_row_as_line(tmp_path: Path, template_store: P
     assert res.exit_code == 2
     assert f"{p}:19: column 'low'" in res.stderr, res.stderr
     assert snapshot(store) == before
+
+
+def test_local_time_offsets_across_a_dst_change_are_read_as_utc(tmp_path: Path) -> None:
+    """A New York export around the spring change: -05:00 until 02:00 local, -04:00 after. The
+    offsets say exactly which instant each row is, so the file is read, one minute apart in UTC."""
+    rows = [ln.split(",")[1:] for ln in btc_csv_lines(60)[1:]]
+    utc0 = datetime(2023, 3, 12, 6, 30)  # 01:30 EST
+    lines = ["time,open,high,low,close,volume"]
+    for i, r in enumerate(rows):
+        t = utc0 + timedelta(minutes=i)
+        local = t - timedelta(hours=5 if t < datetime(2023, 3, 12, 7, 0) else 4)
+        off = "-05:00" if t < datetime(2023, 3, 12, 7, 0) else "-04:00"
+        lines.append(",".join([local.strftime("%Y-%m-%dT%H:%M:%S") + off, *r]))
+    assert lines[30].startswith("2023-03-12T01:59:00-05:00")
+    assert lines[31].startswith("2023-03-12T03:00:00-04:00")
+    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", lines)
+    store = tmp_path / "store"
+    res = cli("data", "ingest", p, "--store", store)
+    assert res.exit_code == 0, res.output
+    ts = Store(store).read(Timeframe.M1).get_column("ts")
+    assert ts.len() == 60 and ts[0] == datetime(2023, 3, 12, 6, 30, tzinfo=UTC)
+    assert (ts.diff().drop_nulls().dt.total_seconds() == 60).all()
+
+
+def _mixed_file(d: Path) -> tuple[Path, dict[int, str]]:
+    """Real BTC minutes with a symbol column, and one line of each of items 1-5 of issue 14 mixed in.
+    Returns the file and {physical line: reason} of the bad records."""
+    base = btc_csv_lines(40)
+    lines = [base[0] + ",symbol"] + [ln + ",BTCUSD" for ln in base[1:]]
+    bad: dict[int, str] = {}
+
+    def setf(i: int, col: int, value: str) -> None:
+        f = lines[i - 1].split(",")
+        f[col] = value
+        lines[i - 1] = ",".join(f)
+
+    setf(5, 0, "2262-04-12 00:04:00+00:00"); bad[5] = "bad_timestamp"  # noqa: E702
+    setf(8, 0, lines[7].split(",")[0].replace(":00+", ":30+")); bad[8] = "off_grid"  # noqa: E702
+    lines[10] = ",,,,,,"; bad[11] = "empty_row"  # noqa: E702
+    setf(14, 6, "BTC\x00USD"); bad[14] = "bad_symbol"  # noqa: E702
+    setf(17, 6, "B" * 300); bad[17] = "bad_symbol"  # noqa: E702
+    setf(20, 6, "BTC\u2028USD"); bad[20] = "bad_symbol"  # noqa: E702
+    setf(23, 6, '"BTC\nUSD"'); bad[23] = "bad_symbol"  # noqa: E702 (the record spans lines 23-24)
+    return write_csv_lines(d / "BTCUSD_1m.csv", lines), bad
+
+
+def test_a_mixed_file_names_every_bad_line_and_drop_stores_exactly_the_valid_rows(
+    tmp_path: Path, template_store: Path
+) -> None:
+    p, bad = _mixed_file(tmp_path)
+    store = tmp_path / "store"
+    shutil.copytree(template_store, store)
+    before = snapshot(store)
+
+    # fail (empty rows too): one message naming every bad line; the store is untouched
+    res = cli("data", "ingest", p, "--store", store, "--policy", "empty_row=fail")
+    assert res.exit_code == 2, res.output
+    err = res.stderr
+    assert len(err.strip().splitlines()) == 1 and f"{p}:5:" in err, err
+    for line, reason in bad.items():
+        assert f"line {line}: " in err and reason in err, (line, err)
+    assert "7 input line(s)" in err and snapshot(store) == before
+
+    # the defaults fail on all but the empty row, which is dropped and counted
+    res = cli("data", "ingest", p, "--store", store)
+    assert res.exit_code == 2 and "6 input line(s)" in res.stderr and "line 11:" not in res.stderr
+    assert snapshot(store) == before
+
+    # drop: the store holds exactly the valid rows, and every bad line is a counted reject
+    res = cli("data", "ingest", p, "--store", store, "--policy", "bad_timestamp=drop",
+              "--policy", "off_grid=drop", "--policy", "bad_symbol=drop")
+    assert res.exit_code == 0, res.output
+    s = Store(store)
+    bars = s.read(Timeframe.M1)
+    records = 40 - len(bad)  # 40 records (the quoted newline joins lines 23-24 into one)
+    assert bars.height == records and bars.get_column("symbol").unique().to_list() == ["BTCUSD"]
+    good = set(range(2, 43)) - set(bad) - {24}  # records on lines 2..42, line 24 inside one
+    expected = validate_raw(read_file(p).frame.filter(pl.col("_line").is_in(sorted(good))), Timeframe.M1)
+    assert bars.select(expected.bars.columns).equals(expected.bars)
+    rej = s.read_rejects(Timeframe.M1).sort("line")
+    assert dict(zip(rej["line"].to_list(), rej["reason"].to_list(), strict=True)) == bad
+    assert set(rej["file"].to_list()) == {str(p)}
+    for reason, n in {"bad_timestamp": 1, "off_grid": 1, "empty_row": 1, "bad_symbol": 4}.items():
+        assert re.search(rf"{reason}\s*│?\s*{n}\b", res.output), (reason, res.output)

@@ -194,7 +194,8 @@ def test_failed_write_of_new_symbols_changes_no_reader_view(
     symbols = store.symbols()
     lines = btc_csv_lines(30)
     p = write_csv_lines(tmp_path / "BTCUSD_1d.csv", [lines[0]] + [
-        ln.replace("2023-03-01 00:", f"2023-03-{i:02d} 00:", 1) for i, ln in enumerate(lines[1:], 1)
+        # each day's bar at midnight (the minute bars' prices, re-dated onto the daily grid)
+        f"2023-03-{i:02d} 00:00:00+00:00," + ln.split(",", 1)[1] for i, ln in enumerate(lines[1:], 1)
     ])
     before = snapshot(store.root)
     monkeypatch.setattr(Store, "_commit", lambda self, m: (_ for _ in ()).throw(OSError("boom")))

@@ -243,6 +243,25 @@ def _stale(ls: list[str]) -> None:
         _setf(ls, i, open=c, high=c, low=c, close=c, volume="0")
 
 
+def _empty_row(ls: list[str]) -> None:
+    ls.insert(12, ",,,,,")
+
+
+def _bad_ts(ls: list[str]) -> None:
+    _setf(ls, 11, ts="2262-04-12 00:00:00+00:00")  # one day past what ns timestamps hold
+    _setf(ls, 21, ts="2023-13-45 00:00:00+00:00")
+
+
+def _bad_symbol(ls: list[str]) -> None:
+    ls[0] += ",symbol"
+    for i in range(1, len(ls)):
+        ls[i] += ",BTC\x00USD" if i == 11 else ",BTCUSD"
+
+
+def _off_grid(ls: list[str]) -> None:
+    _setf(ls, 11, ts=_fields(ls, 11)[0].replace(":00+", ":30+", 1))
+
+
 @dataclass(frozen=True)
 class Wart:
     edit: Callable[[list[str]], None]
@@ -254,6 +273,10 @@ class Wart:
 
 
 WARTS: dict[Reason, Wart] = {
+    Reason.EMPTY_ROW: Wart(_empty_row, 1, 1, 13, rows_in=N + 1),
+    Reason.BAD_TIMESTAMP: Wart(_bad_ts, 2, 2, 12, "ts"),
+    Reason.BAD_SYMBOL: Wart(_bad_symbol, 1, 1, 12, "symbol"),
+    Reason.OFF_GRID: Wart(_off_grid, 1, 1, 12, "ts"),
     Reason.ALL_NULL: Wart(_all_null, 2, 2, 12),
     Reason.PARTIAL_NULL: Wart(_partial, 2, 2, 12, "high"),
     Reason.NON_FINITE: Wart(_nonfinite, 2, 2, 12, "close"),
@@ -336,6 +359,10 @@ def test_every_policy_alternative(tmp_path: Path, reason: Reason, action: Action
         assert bars.height == wart.rows_in - kept_losers
         assert rej.height == kept_losers
         assert rep.rows_in == rep.rows_out + rej.height
+    elif action is Action.SNAP:  # the bar moves to the start of its minute, which was free
+        assert reason is Reason.OFF_GRID
+        assert bars.height == N and rej.height == 0
+        assert (ts.dt.second() == 0).all() and (ts.diff().drop_nulls().dt.total_seconds() == 60).all()
     else:  # FILL
         assert reason is Reason.GAP
         assert bars.height == N

@@ -31,7 +31,8 @@ import numpy as np
 import polars as pl
 
 from moola.data._errors import IngestError
-from moola.data._schema import Timeframe
+from moola.data._schema import FAULT_EMPTY, FAULT_SYMBOL, FAULT_TIMESTAMP, Timeframe
+from moola.data._symbols import ALPHABET_TEXT, symbol_problem
 from moola.data._timestamps import epoch_unit, parse_timestamps
 
 
@@ -321,7 +322,6 @@ _SAMPLE_LINES = 20  # non-empty lines read to detect the delimiter
 _SAMPLE_CHARS = 1 << 20
 _BLANK_LINE = "blank line"
 _DELIMITERS_ONLY = "row of only delimiters"
-FAULT_EMPTY = "empty_row"  # the row fault validation counts; _schema.FAULT_EMPTY once that lands
 _TS_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -812,6 +812,14 @@ def _read_parquet(
     if df.height == 0:
         raise IngestError(f"{kind} file has no rows", path=path)
     names = [c.strip().lower() for c in df.columns]
+    clash = {n: [c for c in df.columns if c.strip().lower() == n] for n in names if names.count(n) > 1}
+    if clash:
+        name, originals = next(iter(clash.items()))
+        raise IngestError(
+            f"columns {originals} are the same column '{name}' once case and spaces are ignored",
+            path=path, column=originals[1],
+            hint="drop or rename one of them; column names are read without regard to case",
+        )
     df.columns = names
     lines = np.arange(2, df.height + 2, dtype=np.int64)  # row r shown as line r+2 (1 = header)
     as_freqtrade = fmt is Format.FREQTRADE or (
@@ -897,9 +905,10 @@ def _to_frame(
     detected: Format,
 ) -> pl.DataFrame:
     cols: dict[str, pl.Series] = {}
+    ts_fault: pl.Series | None = None
     for name, values in source.items():
         if name == "ts":
-            cols["ts"] = parse_timestamps(path, values, lines)
+            cols["ts"], ts_fault = parse_timestamps(path, values, lines)
         elif name == "symbol":
             cols["symbol"] = pl.Series("symbol", values).cast(pl.String)
         else:
@@ -908,9 +917,13 @@ def _to_frame(
     for c in ("adj_close", "trades"):
         if c in df.columns and df.get_column(c).null_count() == df.height:
             df = df.drop(c)
-    return df.with_columns(
-        _file=pl.lit(str(path)), _line=pl.Series("_line", lines, dtype=pl.Int64)
-    )
+    df = df.with_columns(_file=pl.lit(str(path)), _line=pl.Series("_line", lines, dtype=pl.Int64))
+    if ts_fault is not None and ts_fault.null_count() < len(ts_fault):
+        df = df.with_columns(
+            _fault=pl.when(ts_fault.is_not_null()).then(pl.lit(FAULT_TIMESTAMP)).otherwise(None),
+            _detail=ts_fault,
+        )
+    return df
 
 
 def _parse_numeric(
@@ -945,19 +958,64 @@ def _parse_numeric(
 def _attach_symbol(
     frame: pl.DataFrame, path: Path, symbol: str | None, guess: str | None
 ) -> pl.DataFrame:
-    """``--symbol``, else the file's symbol column, else ``guess`` (from the file name)."""
+    """``--symbol``, else the file's symbol column, else ``guess`` (from the file name).
+
+    A symbol cell outside the alphabet (``_symbols``) makes its row a ``bad_symbol`` fault; the
+    row keeps the nearest valid symbol of the file so its reject can be filed under it."""
     if symbol is not None:
+        _check_given_symbol(symbol, path, "--symbol")
         return frame.with_columns(symbol=pl.lit(symbol))
-    if "symbol" in frame.columns:
-        sym = frame.get_column("symbol")
-        missing = sym.is_null() | (sym.str.strip_chars() == "")
-        if missing.any():
-            i = int(missing.arg_true()[0])
-            raise IngestError("missing symbol", path=path,
-                              line=int(frame.get_column("_line")[i]), column="symbol")
-        return frame
-    if guess is None:
-        raise IngestError(
-            "no symbol column and none in the file name", path=path, hint="pass --symbol"
-        )
-    return frame.with_columns(symbol=pl.lit(guess))
+    if "symbol" not in frame.columns:
+        if guess is None:
+            raise IngestError("no symbol column and none in the file name", path=path, hint="pass --symbol")
+        _check_given_symbol(guess, path, "the file name")
+        return frame.with_columns(symbol=pl.lit(guess))
+    faulted = _faults(frame).is_not_null()
+    sym = frame.get_column("symbol")
+    missing = (sym.is_null() | (sym.str.strip_chars() == "")) & ~faulted
+    if missing.any():
+        i = int(missing.arg_true()[0])
+        raise IngestError("missing symbol", path=path, line=int(frame.get_column("_line")[i]),
+                          column="symbol")
+    sym = sym.str.strip_chars(" \t")
+    distinct = sym.filter(~faulted).unique().to_list()
+    problems = {v: p for v in distinct if (p := symbol_problem(v)) is not None}
+    bad = sym.is_in(list(problems)) & ~faulted if problems else pl.Series([False] * frame.height)
+    if problems and (bad | faulted).all():
+        raise IngestError(f"no row has a valid symbol: {next(iter(problems.values()))}", path=path,
+                          line=int(frame.get_column("_line")[int(bad.arg_true()[0])]), column="symbol",
+                          hint=f"a symbol is {ALPHABET_TEXT}")
+    usable = ~bad & sym.is_not_null() & (sym != "")
+    if not faulted.any() and not bad.any():
+        return frame.with_columns(symbol=sym)
+    own = frame.with_columns(symbol=sym)
+    filed = pl.when(usable).then(pl.col("symbol")).otherwise(None).forward_fill().backward_fill()
+    if not bad.any():  # rows faulted by the reader file under their own or the nearest symbol
+        return own.with_columns(symbol=filed)
+    detail = sym.replace_strict(problems, default=None, return_dtype=pl.String)
+    return own.with_columns(
+        symbol=filed,
+        _fault=pl.when(bad).then(pl.lit(FAULT_SYMBOL)).otherwise(_faults(frame)),
+        _detail=pl.when(bad).then(detail).otherwise(_details(frame)),
+    )
+
+
+def _faults(frame: pl.DataFrame) -> pl.Series:
+    """The ``_fault`` column, or all-null when the reader found none."""
+    if "_fault" in frame.columns:
+        return frame.get_column("_fault")
+    return pl.Series("_fault", [None] * frame.height, dtype=pl.String)
+
+
+def _details(frame: pl.DataFrame) -> pl.Series:
+    if "_detail" in frame.columns:
+        return frame.get_column("_detail")
+    return pl.Series("_detail", [None] * frame.height, dtype=pl.String)
+
+
+def _check_given_symbol(symbol: str, path: Path, source: str) -> None:
+    """A symbol that applies to the whole file is checked at once: nothing of the file is usable."""
+    problem = symbol_problem(symbol)
+    if problem is not None:
+        raise IngestError(f"{problem} (from {source})", path=path, column="symbol",
+                          hint=f"a symbol is {ALPHABET_TEXT}; pass --symbol")

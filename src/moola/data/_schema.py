@@ -61,3 +61,10 @@ def conform(df: pl.DataFrame) -> pl.DataFrame:
     """Cast to canonical dtypes and order; extra columns are dropped."""
     cols = canonical_columns(df)
     return df.select([pl.col(c).cast(CANONICAL_SCHEMA[c]) for c in cols])
+
+
+# Row faults a reader found in a line (``_fault`` column, with a ``_detail`` text); validation
+# turns each into the validation reason of the same name and applies its policy.
+FAULT_TIMESTAMP = "bad_timestamp"  # missing, unparseable or outside the ns range
+FAULT_SYMBOL = "bad_symbol"  # outside the symbol alphabet or too long
+FAULT_EMPTY = "empty_row"  # a blank line or a row of only delimiters

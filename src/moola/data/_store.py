@@ -27,7 +27,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
 
 import polars as pl
 from polars.exceptions import PolarsError
@@ -35,6 +34,7 @@ from polars.exceptions import PolarsError
 from moola._io import atomic_write, atomic_write_json, temp_path
 from moola.data._errors import StoreError
 from moola.data._schema import CANONICAL_SCHEMA, Timeframe, conform
+from moola.data._symbols import partition_name
 from moola.data._validate import REJECT_SCHEMA
 
 MANIFEST = "manifest.json"
@@ -268,7 +268,7 @@ class Store:
                     old_entry.get("rejects_hash") == rej_h:
                 unchanged.append(key)
                 continue
-            pdir = self.root / f"timeframe={timeframe.value}" / f"symbol={quote(sym, safe='')}"
+            pdir = self.root / f"timeframe={timeframe.value}" / partition_name(sym)
             txn.mkdirs(pdir)
             f_bars = pdir / f"bars-{bars_h}.parquet"
             f_rej = pdir / f"rejects-{rej_h}.parquet"

@@ -19,6 +19,10 @@ from moola.data._schema import PRICE_COLUMNS, Timeframe, conform
 
 
 class Reason(StrEnum):
+    EMPTY_ROW = "empty_row"
+    BAD_TIMESTAMP = "bad_timestamp"
+    BAD_SYMBOL = "bad_symbol"
+    OFF_GRID = "off_grid"
     ALL_NULL = "all_null"
     PARTIAL_NULL = "partial_null"
     NON_FINITE = "non_finite"
@@ -38,9 +42,14 @@ class Action(StrEnum):
     KEEP = "keep"  # keep and count (flag)
     FAIL = "fail"  # stop: nothing is written
     FILL = "fill"  # gaps only: insert flat zero-volume bars marked is_filled
+    SNAP = "snap"  # off_grid only: move the bar to the start of the grid slot it falls in
 
 
 ALLOWED: dict[Reason, tuple[Action, ...]] = {
+    Reason.EMPTY_ROW: (Action.DROP, Action.FAIL),
+    Reason.BAD_TIMESTAMP: (Action.FAIL, Action.DROP),
+    Reason.BAD_SYMBOL: (Action.FAIL, Action.DROP),
+    Reason.OFF_GRID: (Action.FAIL, Action.DROP, Action.SNAP),
     Reason.ALL_NULL: (Action.DROP, Action.FAIL),
     Reason.PARTIAL_NULL: (Action.FAIL, Action.DROP),
     Reason.NON_FINITE: (Action.FAIL, Action.DROP),
@@ -63,6 +72,11 @@ ALLOWED: dict[Reason, tuple[Action, ...]] = {
 DEFAULT_POLICY: dict[Reason, Action] = {r: a[0] for r, a in ALLOWED.items()}
 
 EXPLAIN: dict[Reason, str] = {
+    Reason.EMPTY_ROW: "a blank line or a row of only delimiters",
+    Reason.BAD_TIMESTAMP: "timestamp missing, unparseable or outside 1677-09-21 .. 2262-04-11 UTC",
+    Reason.BAD_SYMBOL: "symbol outside the allowed alphabet (control characters, line separators) "
+                       "or too long for a file name",
+    Reason.OFF_GRID: "timestamp not on the timeframe's grid (a 00:02:30 bar in a 1-minute file)",
     Reason.ALL_NULL: "every price and volume is empty",
     Reason.PARTIAL_NULL: "some prices or volume are empty or NaN",
     Reason.NON_FINITE: "a value is +/-inf",
@@ -225,18 +239,32 @@ def _count(df: pl.DataFrame, mask: pl.Expr, *, weight: pl.Expr | None = None) ->
     return hit.group_by("symbol", maintain_order=True).agg(agg).sort("symbol")
 
 
-def _fail(reason: Reason, df: pl.DataFrame, mask: pl.Expr, column: str | None = None) -> None:
+def _fail(reason: Reason, df: pl.DataFrame, mask: pl.Expr, column: str | None = None,
+          why: str = "") -> None:
     hit = df.filter(mask).head(1)
     rec = hit.row(0, named=True)
     n = df.select(mask.sum()).item()
     raise ValidationFailed(
-        f"{EXPLAIN[reason]} (symbol {rec['symbol']}, ts {rec['ts']}); {n} row(s) in all",
+        f"{EXPLAIN[reason]} (symbol {rec['symbol']}, ts {rec['ts']}); {n} row(s) in all{why}",
         path=rec.get("_file"),
         line=rec.get("_line"),
         column=column,
         hint=f"policy {reason}=fail; choose {'|'.join(a for a in ALLOWED[reason] if a != 'fail')}"
         f" with --policy {reason}=...",
     )
+
+
+def _dst_repeat(df: pl.DataFrame, unsorted: pl.Expr, prev_max: pl.Expr, timeframe: Timeframe) -> str:
+    """The likely cause when the first step back is one hour less a bar: a naive local-time export
+    across the end of daylight saving, which repeats an hour (ambiguous without UTC offsets)."""
+    back = df.select(prev_max.alias("p"), pl.col("ts"), unsorted.alias("u")).filter(pl.col("u")).head(1)
+    seconds = (back.get_column("p") - back.get_column("ts")).dt.total_seconds()[0]
+    step = timeframe.step.total_seconds()
+    if not timeframe.is_intraday or not 3600 - step <= seconds <= 3600:
+        return ""
+    return (f"; time steps back {seconds / 60:.0f} minutes: these look like local times without UTC "
+            "offsets across the end of daylight saving, which repeats an hour and is ambiguous; "
+            "export in UTC or with UTC offsets")
 
 
 def _first_bad_column(df: pl.DataFrame, mask: pl.Expr, bad: str) -> str | None:
@@ -271,12 +299,7 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
 
     def drop(reason: Reason, mask: pl.Expr) -> None:
         nonlocal df
-        rejects.append(
-            df.filter(mask).select(
-                "symbol", "ts", pl.lit(str(reason)).alias("reason"),
-                pl.col("_file").alias("file"), pl.col("_line").alias("line"),
-            )
-        )
+        rejects.append(_reject_rows(df, reason, mask))
         df = df.filter(~mask)
 
     def handle(reason: Reason, mask: pl.Expr, column: str | None = None) -> None:
@@ -288,6 +311,8 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
         report.add(reason, act[reason], counts)
         if act[reason] is Action.DROP:
             drop(reason, mask)
+
+    df = _line_faults(df, timeframe, act, report, rejects)
 
     null_any = pl.any_horizontal([pl.col(c).is_null() for c in vcols])
     null_all = pl.all_horizontal([pl.col(c).is_null() for c in vcols])
@@ -307,7 +332,8 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
     counts = _count(df, unsorted)
     if counts.height:
         if act[Reason.NON_MONOTONIC] is Action.FAIL:
-            _fail(Reason.NON_MONOTONIC, df, unsorted, "ts")
+            dst = _dst_repeat(df, unsorted, prev_max, timeframe)
+            _fail(Reason.NON_MONOTONIC, df, unsorted, "ts", why=dst)
         report.add(Reason.NON_MONOTONIC, act[Reason.NON_MONOTONIC], counts)
     df = df.sort("symbol", "ts", "_order")
 
@@ -346,6 +372,97 @@ def validate_raw(df: pl.DataFrame, timeframe: Timeframe, policy: Policy | None =
     report.rows_out = bars.height
     rej = pl.concat(rejects) if rejects else pl.DataFrame(schema=REJECT_SCHEMA)
     return Validated(bars=bars, rejects=rej.cast(pl.Schema(REJECT_SCHEMA)), report=report)
+
+
+LINE_REASONS = (Reason.EMPTY_ROW, Reason.BAD_TIMESTAMP, Reason.BAD_SYMBOL, Reason.OFF_GRID)
+MAX_LISTED_LINES = 20
+
+
+def _line_faults(
+    df: pl.DataFrame, timeframe: Timeframe, act: dict[Reason, Action], report: ValidationReport,
+    rejects: list[pl.DataFrame],
+) -> pl.DataFrame:
+    """Reader row faults and off-grid bars. Under ``fail`` one error lists every such line of every
+    file; under ``drop`` they are counted rejects; ``snap`` moves off-grid bars onto the grid."""
+    fault = pl.col("_fault") if "_fault" in df.columns else pl.lit(None, pl.String)
+    detail = pl.col("_detail") if "_detail" in df.columns else pl.lit(None, pl.String)
+    on_grid = _grid_slot(df, timeframe)
+    df = df.with_columns(_on_grid=on_grid).with_columns(
+        _reason=pl.when(fault.is_not_null()).then(fault)
+        .when(pl.col("ts").is_not_null() & (pl.col("ts") != pl.col("_on_grid")))
+        .then(pl.lit(str(Reason.OFF_GRID))).otherwise(None),
+    ).with_columns(
+        _why=pl.when(fault.is_not_null()).then(detail)
+        .when(pl.col("_reason") == str(Reason.OFF_GRID))
+        .then(pl.format("bar at {} is off the {} grid (its slot starts at {})",
+                        pl.col("ts").dt.strftime("%Y-%m-%d %H:%M:%S%.f"), pl.lit(timeframe.value),
+                        pl.col("_on_grid").dt.strftime("%Y-%m-%d %H:%M:%S")))
+        .otherwise(None),
+    )
+    found = [r for r in LINE_REASONS if df.select((pl.col("_reason") == str(r)).any()).item()]
+    failing = [r for r in found if act[r] is Action.FAIL]
+    if failing:
+        _fail_lines(df.filter(pl.col("_reason").is_in([str(r) for r in failing])), failing)
+    unfiled = df.filter(pl.col("_reason").is_not_null() & pl.col("symbol").is_null())
+    if unfiled.height:
+        rec = unfiled.row(0, named=True)
+        raise ValidationFailed(f"{rec['_why']}, and no row of the file names a valid symbol to file it under",
+                               path=rec["_file"], line=rec["_line"], hint="pass --symbol")
+    for r in found:
+        mask = (pl.col("_reason") == str(r)).fill_null(False)
+        report.add(r, act[r], _count(df, mask))
+        if act[r] is Action.DROP:
+            rejects.append(_reject_rows(df, r, mask))
+            df = df.filter(~mask)
+        elif act[r] is Action.SNAP:
+            df = df.with_columns(ts=pl.when(mask).then(pl.col("_on_grid")).otherwise(pl.col("ts")))
+    return df.drop([c for c in ("_fault", "_detail", "_on_grid", "_reason", "_why") if c in df.columns])
+
+
+def _reject_rows(df: pl.DataFrame, reason: Reason, mask: pl.Expr) -> pl.DataFrame:
+    """The store's reject records (symbol, ts, reason, file, line) of the rows ``mask`` removes."""
+    return df.filter(mask).select(
+        "symbol", "ts", pl.lit(str(reason)).alias("reason"),
+        pl.col("_file").alias("file"), pl.col("_line").alias("line"),
+    )
+
+
+def _grid_slot(df: pl.DataFrame, timeframe: Timeframe) -> pl.Expr:
+    """Start of the grid slot each bar falls in: epoch-aligned steps intraday; for daily bars the
+    symbol's most common time of day (exports stamp days at local midnight or the close)."""
+    if timeframe.is_intraday:
+        return pl.col("ts").dt.truncate(f"{int(timeframe.step.total_seconds())}s")
+    day = pl.col("ts").dt.truncate("1d")
+    tod = pl.col("ts") - day
+    return day + tod.drop_nulls().mode().sort().first().over("symbol")
+
+
+def _fail_lines(bad: pl.DataFrame, reasons: list[Reason]) -> None:
+    """One error (one line of text) naming every line at fault, the first ``MAX_LISTED_LINES``
+    of them in full, and the way out."""
+    bad = bad.sort("_file", "_line", nulls_last=True)
+    first = bad.row(0, named=True)
+    counts = {str(r): bad.filter(pl.col("_reason") == str(r)).height for r in reasons}
+    one_file = bad.get_column("_file").n_unique() == 1
+    listed = [f"{'' if one_file else str(rec['_file']) + ':'}line {rec['_line']}: {rec['_why']} "
+              f"[{rec['_reason']}]" for rec in bad.head(MAX_LISTED_LINES).iter_rows(named=True)]
+    if bad.height > len(listed):
+        listed.append(f"and {bad.height - len(listed)} more line(s)")
+    tally = ", ".join(f"{r} {n}" for r, n in counts.items())
+    policies = ", ".join(f"{r}=fail" for r in counts)
+    way_out = " ".join(f"--policy {r}={next(a for a in ALLOWED[Reason(r)] if a is not Action.FAIL)}"
+                       for r in counts)
+    raise ValidationFailed(
+        f"{bad.height} input line(s) cannot be stored as bars ({tally}): " + "; ".join(listed),
+        path=first["_file"], line=first["_line"], column=_LINE_COLUMN[Reason(first["_reason"])],
+        hint=f"policy {policies}; `{way_out}` stores the valid rows and keeps these lines as "
+        "counted rejects",
+    )
+
+
+_LINE_COLUMN: dict[Reason, str | None] = {
+    Reason.EMPTY_ROW: None, Reason.BAD_TIMESTAMP: "ts", Reason.BAD_SYMBOL: "symbol", Reason.OFF_GRID: "ts",
+}
 
 
 def _flag_returns_and_stale(
