@@ -466,10 +466,17 @@ def _sample_text(path: Path) -> str:
 
 def _split_elsewhere(cell: str, delim: str) -> tuple[str, int] | None:
     """Another candidate delimiter that splits a one-field line, and into how many fields."""
-    counts = [(c, len(next(csv.reader([cell], delimiter=c), [])))
-              for c in DELIMITER_CANDIDATES if c != delim and c in cell]
-    counts = [(c, n) for c, n in counts if n > 1]
-    return max(counts, key=lambda cn: cn[1]) if counts else None
+    best: tuple[str, int] | None = None
+    for cand in DELIMITER_CANDIDATES:
+        if cand == delim or cand not in cell:
+            continue
+        try:
+            n = len(next(csv.reader(io.StringIO(cell, newline=""), delimiter=cand), []))
+        except csv.Error:
+            continue  # e.g. a quoted line break: no suggestion, the plain error stands
+        if n > 1 and (best is None or n > best[1]):
+            best = (cand, n)
+    return best
 
 
 class _CsvBatches:
