@@ -343,3 +343,12 @@ def test_directory_without_data_files_says_what_it_holds(tmp_path: Path) -> None
 def test_read_file_on_a_directory(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="is a directory, not a file"):
         read_file(tmp_path)
+
+
+@pytest.mark.parametrize("text", ['"a\nb;c;d"\n', 'x,y\n"p\nq;r;s"\n1,2\n'])
+def test_one_field_record_with_a_quoted_line_break_is_a_plain_error(tmp_path: Path, text: str
+                                                                    ) -> None:
+    """Suggesting a delimiter re-splits the field; a line break in it must not escape as csv.Error."""
+    with pytest.raises(IngestError) as e:
+        read_file(_write(tmp_path / "BTCUSD_1m.csv", text))
+    assert e.value.line == (1 if text.startswith('"') else 2)
