@@ -213,3 +213,50 @@ def test_a_guard_collapse_on_validation_reaches_the_banner(tmp_path: Path, case:
         saved = json.loads((tmp_path / "metrics.json").read_text())
         assert saved["run"]["collapsed"] is collapsed
         assert (f"COLLAPSED on validation: {one}" in _first_section(path.read_text())) is collapsed
+
+
+def _test_ci(case: dict) -> dict:
+    """What ``moola train`` passes as ``test_ci``: model accuracy and its paired difference from
+    the best baseline, block-bootstrapped on the same test rows."""
+    from moola.evaluation.resampling import accuracy_ci, paired_difference_ci
+
+    y, pred = case["y"], case["proba"].argmax(1)
+    best = max(case["results"], key=lambda r: r.metrics["accuracy"])
+    return {"accuracy": accuracy_ci(y, pred).to_dict(), "method": "moving-block bootstrap",
+            "horizon_rows": 1, "best_baseline": best.name,
+            "baseline_accuracy": accuracy_ci(y, best.proba_test.argmax(1)).to_dict(),
+            "difference": paired_difference_ci(y, pred, best.proba_test.argmax(1)).to_dict()}
+
+
+def test_the_verdict_box_names_the_best_baseline_with_a_bootstrap_ci(tmp_path: Path, case: dict) -> None:
+    ci = _test_ci(case)
+    path = write_run_report(tmp_path, history=HISTORY, metrics=case["metrics"], classes=CLASSES,
+                            y_true=case["y"], proba=case["proba"], baseline_table=case["results"],
+                            test_ci=ci)
+    first = _first_section(path.read_text())
+    d = ci["difference"]
+    assert d["low"] < d["estimate"] < d["high"]
+    word = "beats" if d["low"] > 0 else "is beaten by" if d["high"] < 0 else "is not distinguishable from"
+    assert (f"Against the best baseline ({ci['best_baseline']}, test accuracy "
+            f"{ci['baseline_accuracy']['estimate']:.4f}): the model {word} it, accuracy difference "
+            f"{d['estimate']:+.4f}, 95% block-bootstrap CI [{d['low']:+.4f}, {d['high']:+.4f}]") in first
+
+
+def test_guard_notes_are_shown_once_as_plain_text_and_too_good_is_a_banner(tmp_path: Path,
+                                                                           case: dict) -> None:
+    """The trainer's console line repeats a guard warning with rich markup: the report shows the
+    warning once, without markup, and a validation-above-training alarm opens the box in red."""
+    from moola.training.guards import TOO_GOOD
+
+    alarm = (f"{TOO_GOOD}: epoch 3: validation accuracy 0.900 (n=200) is 30 points above training "
+             "accuracy 0.600 (n=800, both in eval mode)")
+    path = write_run_report(tmp_path, history=HISTORY, metrics=case["metrics"], classes=CLASSES,
+                            y_true=case["y"], proba=case["proba"], baseline_table=case["results"],
+                            notes=[alarm, f"[bold red]WARNING[/] {alarm}"])
+    text = path.read_text()
+    assert "[bold red]" not in text and "WARNING" not in text
+    assert text.count("validation accuracy 0.900 (n=200)") == 2  # the banner and the one note
+    first = _first_section(text)
+    assert "TOO GOOD TO BE TRUE: epoch 3" in first and "#c0392b" in first
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["notes"] == [alarm] and saved["verdict"]["too_good"] is True

@@ -23,9 +23,9 @@ from moola.evaluation.plots import (
     plot_probability_histogram,
     plot_reliability,
 )
-from moola.training.guards import COLLAPSE, ONE_CLASS, TRAINED_NOTHING, single_predicted_class
+from moola.training.guards import COLLAPSE, ONE_CLASS, TOO_GOOD, TRAINED_NOTHING, single_predicted_class
 
-__all__ = ["reliability_up", "run_verdict", "write_run_report"]
+__all__ = ["plain_notes", "reliability_up", "run_verdict", "write_run_report"]
 
 _HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 
@@ -77,9 +77,9 @@ def write_run_report(
         table = make_baseline_table(results, model_metrics=metrics)
 
     rep = DataReport(run_dir, title=title)
-    notes = list(notes)
-    verdict = run_verdict(metrics, table, notes)
-    loud = verdict["collapsed"] or verdict["trained_nothing"]
+    notes = plain_notes(notes)
+    verdict = run_verdict(metrics, table, notes, test_ci=test_ci)
+    loud = verdict["collapsed"] or verdict["trained_nothing"] or verdict["too_good"]
     bg, edge = ("#fde2e2", "#c0392b") if loud else ("#eef5ff", "#4c72b0")
     lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
     rep.sections.append(f"<div style='border:2px solid {edge};background:{bg};padding:.4em 1em'>"
@@ -233,8 +233,25 @@ def _economics_section(rep: DataReport, econ: Mapping[str, Any],
         rep.figure(fig, "equity", "test equity after fees and slippage vs buy-and-hold (dashed)")
 
 
+def plain_notes(notes: Sequence[object]) -> list[str]:
+    """Notes as plain text, each once: console lines carry rich markup (``[bold red]WARNING[/] x``)
+    and repeat the guard warnings the run also records bare."""
+    from rich.text import Text
+
+    out: list[str] = []
+    for n in notes:
+        try:
+            text = Text.from_markup(str(n)).plain
+        except Exception:  # not valid markup: show it as written
+            text = str(n)
+        bare = text.removeprefix("WARNING ").strip()
+        if bare and bare not in out:
+            out.append(bare)
+    return out
+
+
 def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
-                notes: Sequence[str] = ()) -> dict[str, Any]:
+                notes: Sequence[str] = (), *, test_ci: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report's first lines, in plain words: does the model predict a single class (on the
     test split, or on validation per the guards' ``notes``), and does it beat the majority and
     logistic baselines on test balanced accuracy, the score a constant prediction cannot lift
@@ -243,8 +260,10 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
     "Beats" is a higher score; "within noise" when the margin is under two standard errors of a
     chance-level balanced accuracy on these test windows (overlapping windows make the true
     uncertainty larger still). A guard's trained-nothing note (``TRAINED_NOTHING``) opens the
-    lines, since nothing after it means much. Returns ``{"lines", "collapsed", "collapsed_on",
-    "trained_nothing", "predicted_class", "balanced_accuracy", "noise_se", "baselines":
+    lines, since nothing after it means much; a too-good-to-be-true note (``TOO_GOOD``: validation
+    above training) closes them, in red. With ``test_ci`` a line gives the model against the best
+    baseline with its bootstrap CI. Returns ``{"lines", "collapsed", "collapsed_on",
+    "trained_nothing", "too_good", "predicted_class", "balanced_accuracy", "noise_se", "baselines":
     {name: score}, "beats": {name: bool}, "beats_beyond_noise": {name: bool}}`` (``verdict`` in
     metrics.json).
     """
@@ -254,6 +273,7 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
     predicted = present[one][0] if one is not None else None
     val_notes = [str(n) for n in notes if str(n).startswith(COLLAPSE) and ONE_CLASS in str(n)]
     nothing = [str(n) for n in notes if str(n).startswith(TRAINED_NOTHING)]
+    too_good = [str(n) for n in notes if str(n).startswith(TOO_GOOD)]
     collapsed_on = (["test"] if predicted is not None else []) + (["validation"] if val_notes else [])
     ba = _num(metrics.get("balanced_accuracy"))
     # noise yardstick: the standard error of a chance-level balanced accuracy on these classes
@@ -281,11 +301,27 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
         noise = f"; one standard error ~{se:.4f}" if se is not None else ""
         lines.append(f"Test verdict: balanced accuracy {ba:.4f}; the model "
                      + " and ".join(parts) + noise + ".")
+    best = _best_baseline_line(test_ci)
+    if best is not None:
+        lines.append(best)
     lines += [f"COLLAPSED on validation: {n}" for n in val_notes]
+    lines += ["TOO GOOD TO BE TRUE" + n[len(TOO_GOOD):] for n in too_good]
     return {"lines": lines, "collapsed": bool(collapsed_on), "collapsed_on": collapsed_on,
-            "trained_nothing": bool(nothing), "predicted_class": predicted,
+            "trained_nothing": bool(nothing), "too_good": bool(too_good), "predicted_class": predicted,
             "balanced_accuracy": ba, "noise_se": se,
             "baselines": scores, "beats": beats, "beats_beyond_noise": clear}
+
+
+def _best_baseline_line(ci: Mapping[str, Any] | None) -> str | None:
+    """The model against the best baseline on test accuracy, with the paired block-bootstrap CI."""
+    if not ci or "difference" not in ci:
+        return None
+    d, level = ci["difference"], ci["accuracy"]["level"]
+    word = ("beats" if d["low"] > 0 else "is beaten by" if d["high"] < 0
+            else "is not distinguishable from")
+    return (f"Against the best baseline ({ci['best_baseline']}, test accuracy "
+            f"{ci['baseline_accuracy']['estimate']:.4f}): the model {word} it, accuracy difference "
+            f"{d['estimate']:+.4f}, {level:.0%} block-bootstrap CI [{d['low']:+.4f}, {d['high']:+.4f}].")
 
 
 def _num(v: Any) -> float | None:

@@ -54,6 +54,7 @@ class GuardWarning(UserWarning):
 COLLAPSE = "class collapse"  # every collapse warning starts with this (the run report finds them)
 ONE_CLASS = "predicts only class"  # ... and the single-class one says this
 TRAINED_NOTHING = "trained nothing"  # every trained-nothing warning starts with this (run report)
+TOO_GOOD = "too good to be true"  # the validation-above-training warning starts with this
 # a class the model recalls at most this often is one it (almost) never predicts: 1 in 50
 SINGLE_CLASS_RECALL = 0.02
 
@@ -207,7 +208,7 @@ class HealthGuard(Callback):
             lo, hi = wilson_interval(va, n_va, cfg.interval_confidence)[0], \
                 wilson_interval(tr, n_tr, cfg.interval_confidence)[1]
             self.warn(trainer, (
-                f"epoch {epoch + 1}: validation accuracy {va:.3f} (n={n_va}) is "
+                f"{TOO_GOOD}: epoch {epoch + 1}: validation accuracy {va:.3f} (n={n_va}) is "
                 f"{100 * (va - tr):.0f} points above training accuracy {tr:.3f} (n={n_tr}, both "
                 f"in eval mode), beyond sampling noise ({cfg.interval_confidence:.0%} Wilson bounds "
                 f"{lo:.3f} > {hi:.3f}). On the same distribution this points to leakage or an "
