@@ -207,7 +207,7 @@ def test_the_first_line_says_how_the_period_went(ledger, tmp_path):
     voted = 2 * (N - WARMUP) - len(STALE) - len(GAP)
     assert "RuntimeError: CUDA error: device-side assert" in text
     for name, version, v, failed in (("lstm", 3, voted, 0), ("tcn", 1, voted - len(FAILING), len(FAILING))):
-        cells = f"<td>{name}</td><td>{version}</td><td>{listed}</td><td>{v}</td><td>{v / (2 * N):.4g}</td>"
+        cells = f"<td>{name}</td><td>{version}</td><td>{listed}</td><td>{v}</td><td>{v / (2 * N):.4f}</td>"
         assert f"{cells}<td>{failed}</td><td>{2 * WARMUP}</td>" in text
     for kind in ("start", "stop", "gap", "stale", "member_failure"):
         assert f"<td>{kind}</td>" in text

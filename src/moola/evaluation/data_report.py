@@ -34,15 +34,23 @@ class DataReport:
         self.sections.append(f"<p>{html.escape(text)}</p>")
 
     def table(self, df: pl.DataFrame, caption: str | None = None, max_rows: int = 60) -> None:
+        """A table in a box that scrolls sideways when wide; an empty one says "no findings"."""
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        if df.height == 0:
+            label = f"{html.escape(caption)}: " if caption else ""
+            self.sections.append(f"<p class='empty'>{label}no findings</p>")
+            return
         head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+        shown = df.head(max_rows)
+        formats = {c: _column_format(shown.get_column(c)) for c in shown.columns}
         body = []
-        for row in df.head(max_rows).iter_rows():
-            cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+        for row in shown.iter_rows(named=True):
+            cells = "".join(f"<td>{html.escape(_fmt(v, formats[c]))}</td>" for c, v in row.items())
             body.append(f"<tr>{cells}</tr>")
         more = f"<p><i>{df.height - max_rows} more rows</i></p>" if df.height > max_rows else ""
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.sections.append(
-            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+            f"<div class='tbl'><table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table></div>{more}"
         )
 
     def figure(self, fig: plt.Figure, name: str, caption: str) -> Path:
@@ -59,7 +67,8 @@ class DataReport:
         css = (
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;overflow-wrap:anywhere}"
+            ".tbl{overflow-x:auto;max-width:100%}p.empty{color:#555;font-style:italic}"
             "th{background:#f3f3f3}caption{text-align:left;font-weight:bold;padding:4px 0}"
             "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:13px}"
         )
@@ -74,10 +83,35 @@ class DataReport:
         return path
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+def _column_format(col: pl.Series) -> str:
+    """One number format per column, so digits line up: whole numbers with thousands separators,
+    large values with one decimal, tiny ones in scientific notation, the rest with four decimals."""
+    if not col.dtype.is_float():
+        return "{:,}" if col.dtype.is_integer() else "{}"
+    v = col.drop_nulls().to_numpy().astype(np.float64)
+    v = np.abs(v[np.isfinite(v)])
+    if v.size == 0:
+        return "{:.4f}"
+    big = float(v.max())
+    tiny = float(v[v > 0].min()) if (v > 0).any() else 0.0
+    if (v == np.round(v)).all() and big < 1e15:
+        return "{:,.0f}"
+    if big >= 1e4:
+        return "{:,.1f}"
+    if 0 < tiny < 1e-3 and big < 1e-2:
+        return "{:.3e}"
+    return "{:.4f}"
+
+
+def _fmt(v: object, form: str = "{}") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)
+    try:
+        return form.format(v)
+    except (ValueError, TypeError):
+        return str(v)
 
 
 def plot_bars_per_symbol(bars: pl.DataFrame, title: str) -> plt.Figure:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
+from matplotlib.ticker import MaxNLocator
 
 from moola.evaluation.calibration import reliability_curve
 
@@ -25,6 +26,7 @@ __all__ = [
 
 _SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_")
 _SKIP_KEYS = {"epoch", "step"}
+_LAST_PANELS = ("lr", "seconds", "epoch_seconds", "samples_per_second")
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -64,8 +66,11 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "lea
         _, metric = _split_key(k)
         panel = "loss" if metric.endswith("loss") else metric
         panels.setdefault(panel, []).append(k)
-    if "loss" in panels:  # losses first
+    # what a reader judges the run by first: losses, then the scores, then lr and timings
+    tail = {k: panels.pop(k) for k in [p for p in panels if p in _LAST_PANELS]}
+    if "loss" in panels:
         panels = {"loss": panels.pop("loss"), **panels}
+    panels.update(sorted(tail.items(), key=lambda kv: _LAST_PANELS.index(kv[0])))
     n = max(1, len(panels))
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
@@ -81,6 +86,7 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "lea
             style = "--" if split in ("val", "valid", "test") else "-"
             ax.plot(px, py, style, marker="o" if len(px) < 30 else None, ms=3, label=k)
         ax.set_title(panel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
