@@ -260,3 +260,34 @@ def test_guard_notes_are_shown_once_as_plain_text_and_too_good_is_a_banner(tmp_p
     assert "TOO GOOD TO BE TRUE: epoch 3" in first and "#c0392b" in first
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["notes"] == [alarm] and saved["verdict"]["too_good"] is True
+
+
+def test_an_empty_table_says_no_findings_and_columns_share_one_number_format(tmp_path: Path) -> None:
+    import polars as pl
+
+    from moola.evaluation.data_report import DataReport
+
+    rep = DataReport(tmp_path)
+    rep.table(pl.DataFrame(schema={"symbol": pl.String, "count": pl.Int64}), caption="gaps")
+    rep.table(pl.DataFrame({"model": ["a", "b", "c"], "accuracy": [0.5, 0.61234, 1.0],
+                            "rows": [1200.0, 35.0, 7.0], "p": [1e-6, 2.5e-5, 0.0],
+                            "bars": [1_234_567, 2, 3]}))
+    text = rep.write().read_text()
+    assert "gaps: no findings" in text and "<th>symbol</th>" not in text
+    for cell in ("0.5000", "0.6123", "1.0000", "1,200", "35", "1.000e-06", "2.500e-05", "1,234,567"):
+        assert f"<td>{cell}</td>" in text, cell
+    assert "<div class='tbl'><table>" in text  # wide tables scroll inside their box
+
+
+def test_learning_curves_put_lr_and_timings_last_with_whole_epoch_ticks() -> None:
+    history = [{"epoch": e, "lr": 1e-3, "seconds": 1.5, "train_loss": 1.0 / e, "val_loss": 1.1 / e,
+                "train_accuracy": 0.5 + e / 100, "val_balanced_accuracy": 0.5} for e in range(1, 4)]
+    fig = plot_learning_curves(history)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["loss", "accuracy", "balanced_accuracy", "lr", "seconds"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if ax.axison:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    plt.close(fig)
