@@ -159,13 +159,16 @@ def plot_findings(report: ValidationReport, title: str, max_symbols: int = 25) -
 
 
 def plot_feature_distributions(
-    values: np.ndarray, names: tuple[str, ...], title: str, max_features: int = 12
+    values: np.ndarray, names: tuple[str, ...], title: str, max_features: int | None = None
 ) -> plt.Figure:
-    """Histograms clipped to the 0.5-99.5 percentiles so fat tails don't hide the body."""
-    k = min(max_features, len(names))
-    cols = 4
+    """Histograms of every feature of a set (or the first ``max_features``), clipped to the
+    0.5-99.5 percentiles so fat tails don't hide the body; few, compact ticks so none overlap."""
+    from matplotlib.ticker import MaxNLocator
+
+    k = len(names) if max_features is None else min(max_features, len(names))
+    cols = 5
     rows = int(np.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 2.2 * rows), squeeze=False)
     for i in range(rows * cols):
         ax = axes[i // cols][i % cols]
         if i >= k:
@@ -177,9 +180,12 @@ def plot_feature_distributions(
             lo, hi = np.percentile(v, [0.5, 99.5])
             ax.hist(np.clip(v, lo, hi), bins=60, color="#55a868")
         ax.set_title(names[i], fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+        ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4), useMathText=True)
         ax.tick_params(labelsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.2 * rows)))  # room for the title above row 1
     return fig
 
 
