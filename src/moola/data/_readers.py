@@ -13,8 +13,10 @@ its settle currency, ``BTCUSDT:USDT`` (what ``moola data fetch`` stores for ccxt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import gc
 import gzip
 import io
 import json
@@ -350,7 +352,7 @@ def _read_csv(
     delim = delimiter if delimiter is not None else _detect_delimiter(path)
     batch_rows = CSV_BATCH_ROWS
     frames: list[pl.DataFrame] = []
-    with path.open(encoding="utf-8-sig", errors="strict", newline="") as fh:
+    with _gc_paused(), path.open(encoding="utf-8-sig", errors="strict", newline="") as fh:
         records = _csv_records(path, csv.reader(fh, delimiter=delim))
         faults: list[tuple[int, str]] = []
         first = _first_record(records, faults)
@@ -365,19 +367,35 @@ def _read_csv(
             if len(rec) == width:
                 rows.append(rec)
                 lines.append(start)
-                if len(rows) + len(faults) >= batch_rows:
-                    frames.append(reader.frame(rows, lines, faults))
-                    rows, lines, faults = [], [], []
+                if len(rows) < batch_rows:
+                    continue
             elif not "".join(rec).strip():
                 faults.append((start, _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY))
+                if len(faults) < batch_rows:
+                    continue
             else:
                 reader.check_repeated_header(rows, lines)
                 raise reader.width_error(start, rec)
+            frames.append(reader.frame(rows, lines, faults))
+            rows, lines, faults = [], [], []
         if rows or faults:
             frames.append(reader.frame(rows, lines, faults))
     if reader.good_rows == 0:
         raise IngestError("file has a header but no data rows", path=path, line=reader.first_line)
     return reader.concat(frames), reader.detected
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A batch is a few hundred thousand small lists that the cyclic GC would rescan on every
+    pass (reading takes ~1.8x as long with it on); they hold no cycles."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _LineReader(Protocol):
