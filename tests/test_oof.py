@@ -389,8 +389,13 @@ def test_verdict_names_the_pretrained_arms_and_cannot_claim_with_two_folds(oof_r
     assert (v["n_labeled"], v["folds"], v["seeds"]) == (122, 2, 1)
     assert v["best_baseline"] in BASELINES and v["primary_metric"] == "balanced_accuracy"
     pairs = {(d["arm"], d["reference"], d["metric"]) for d in v["differences"]}
-    # per metric: 2 pretrained arms vs scratch + 3 model arms vs the best baseline
-    assert len(pairs) == len(v["differences"]) == (2 + 3) * 3
+    # per metric: 2 pretrained arms vs scratch + 3 model arms vs the best baseline; and the
+    # pointer error of the 2 pretrained arms vs scratch (the task has pointers)
+    assert len(pairs) == len(v["differences"]) == (2 + 3) * 3 + 2
+    assert {p for p in pairs if p[2] == "pointer_mae"} == {
+        ("pretrained_frozen", "scratch", "pointer_mae"), ("pretrained_finetuned", "scratch", "pointer_mae")}
+    for arm in ("pretrained frozen", "pretrained finetuned"):
+        assert any(x.startswith(arm + ":") and "pointer error vs scratch" in x for x in lines), lines
     assert ("pretrained_finetuned", "scratch", "balanced_accuracy") in pairs
     for d in v["differences"]:
         assert d["folds"] == 2 and d["labels"] == "all"  # two paired fold means
@@ -554,3 +559,32 @@ def test_summarize_arms_gives_mean_and_std_over_folds():
     assert s["seeds"].to_list() == [3, 3]
     assert s["balanced_accuracy_mean"].to_list() == pytest.approx([base.mean() + 0.05, base.mean()])
     assert s["balanced_accuracy_std"].to_list() == pytest.approx([base.std(ddof=1)] * 2)
+
+
+def test_a_win_on_accuracy_with_a_far_worse_pointer_has_not_helped():
+    """Pretraining that classifies better but puts the pattern's start/end 40 bars further off is
+    not help: the first line says NO and why; a pointer within the tolerance keeps the YES."""
+    base = np.random.default_rng(1).uniform(0.5, 0.7, 8)
+    lead = 0.05 + np.random.default_rng(2).uniform(-0.01, 0.01, 8)
+    ptr = np.random.default_rng(3).uniform(4, 8, 8)
+
+    def verdict(extra_bars: float) -> str:
+        rows = []
+        for arm, v, p in (("pretrained_frozen", base + lead, ptr + extra_bars + 0.1 * np.arange(8)),
+                          ("scratch", base, ptr), ("minirocket", base - 0.1, None)):
+            rows += [{"arm": arm, "labels": "all", "fold": f, "seeds": 1, "balanced_accuracy": x,
+                      "pointer_mae": None if p is None else float(p[f])} for f, x in enumerate(v)]
+        fm = pl.DataFrame(rows)
+        pairs = [("pretrained_frozen", "scratch"), ("pretrained_frozen", "minirocket"),
+                 ("scratch", "minirocket")]
+        diffs = with_holm([paired_difference(fm, a, r, "balanced_accuracy") for a, r in pairs], "v")
+        diffs += with_holm([paired_difference(fm, "pretrained_frozen", "scratch", "pointer_mae")], "p")
+        return pretraining_verdict(diffs, ["scratch", "pretrained_frozen"], "minirocket", n_folds=8)
+
+    v = verdict(40.0)
+    first = v.splitlines()[0]
+    assert first.startswith("NO: no pretrained arm beats"), first
+    assert "pretrained frozen beats scratch and the best baseline (minirocket) on balanced accuracy but " \
+           "locates the pattern worse than scratch" in first
+    assert "pointer error vs scratch +40.4 bars" in v.splitlines()[1]
+    assert verdict(0.5).startswith("YES: pretrained frozen beats scratch")  # within 2 bars

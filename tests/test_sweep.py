@@ -143,6 +143,23 @@ def test_validation_selections_pass_and_cli_select_is_checked_before_any_run(tmp
         load_matrix(path).selection("run.val_loss")
 
 
+def test_a_select_metric_the_runs_do_not_record_is_refused_before_any_run(tmp_path):
+    """``run.val.*`` passes the validation-only rule whatever the name: the name itself is checked
+    against what a train run of each config records, before the sweep directory exists."""
+    path = _matrix(tmp_path, "typo", GOOD, select="run.val.balanced_acuracy:max")
+    res = CliRunner().invoke(app, ["sweep", str(path)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert f"{path}: select" in text and "'run.val.balanced_acuracy'" in text, text
+    for name in ("run.val_loss", "run.val.accuracy", "run.val.balanced_accuracy", "run.val.recall_<i>"):
+        assert name in text, text
+    assert not (tmp_path / "sweeps" / "typo").exists()
+    cli_path = _matrix(tmp_path, "cli", GOOD)
+    res = CliRunner().invoke(app, ["sweep", str(cli_path), "--select", "run.val.mse:min"])
+    assert res.exit_code == 2 and "--select" in res.output and "'run.val.mse'" in res.output, res.output
+    assert not (tmp_path / "sweeps" / "cli").exists()
+
+
 # ------------------------------------------------------------------------- running
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from moola.tracking import Tracker
 TRAIN_DEMO = ROOT / "configs" / "train_demo.yaml"
 PRETRAIN_DEMO = ROOT / "configs" / "pretrain_demo.yaml"
 OOF_DEMO = ROOT / "configs" / "oof_demo.yaml"
+MOOLA = Path(sys.executable).parent / "moola"
 CPU = ["train.device=cpu", "train.num_threads=1"]
 # two epochs, so the per-epoch history has steps 1 and 2 to line up
 TRAIN_TINY = ["train.epochs=2", "data.stride=20", "baselines=[majority,logistic]", *CPU]
@@ -248,7 +252,8 @@ def test_tracking_uri_is_honoured(client, train_run, store):
     assert client.get_run(train_run.run.info.run_id).info.run_name == "tracked_train"
     # nothing went to MLflow's default store (./mlflow.db, ./mlruns) in the working directory
     assert list(store.cwd.iterdir()) == []
-    assert sorted(p.name for p in store.db.parent.iterdir()) == ["mlflow.db", "mlruns"]
+    # beside the store: its artifacts and the lock its schema is made under
+    assert sorted(p.name for p in store.db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock", "mlruns"]
 
 
 def test_tracking_off_logs_nothing(monkeypatch, store, tmp_path):
@@ -288,6 +293,24 @@ def test_a_failing_run_is_recorded_as_failed_with_its_traceback(client, monkeypa
     text = _download(client, run, "error/traceback.txt", tmp_path).decode()
     assert text.startswith("Traceback (most recent call last):")
     assert "StoreError" in text and "NOSUCH" in text and "prepare_data" in text
+
+
+def test_two_train_processes_on_a_fresh_store_both_record_their_run(store, tmp_path):
+    """Two ``moola train`` started together on a brand-new SQLite store: the schema is made once,
+    under the store's lock, so neither dies on MLflow's migration and both runs are recorded."""
+    db = tmp_path / "fresh" / "mlflow.db"
+    env = {**os.environ, "MOOLA_TRACKING": "on", "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    cmds = [[str(MOOLA), "train", "--config", str(TRAIN_DEMO), f"out_dir={store.out}", f"name=together_{i}",
+             *TRAIN_TINY] for i in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for cmd in cmds]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    for i in range(2):
+        assert _only_run(client, "train", f"together_{i}").info.status == "FINISHED"
 
 
 # ------------------------------------------------------------------------ pretrain / oof

@@ -235,11 +235,8 @@ def test_options_and_metric_are_checked():
         parse_metric("test_loss:min")
     with pytest.raises(TuneError, match="--pruner"):
         TuneOptions(trials=3, pruner="asha")
-    with pytest.raises(TuneError, match="in-memory"):
-        from moola.sweeps._tune import study_lock
-
-        with study_lock("sqlite://"):
-            pass
+    with pytest.raises(ValueError, match="in-memory"), study_lock("sqlite://"):
+        pass
 
 
 # ------------------------------------------------------------------- several processes, N total
@@ -280,6 +277,32 @@ def test_two_processes_make_exactly_n_trials_on_one_study(tmp_path, reg_config, 
     assert (tmp_path / "out" / study / "best.yaml").is_file()
     if backend == "postgresql":
         optuna.delete_study(study_name=study, storage=resolve_storage_url(url))
+
+
+def test_two_tune_processes_on_a_fresh_mlflow_store_both_succeed_and_record_every_trial(tmp_path, reg_config):
+    """Both processes open the same brand-new MLflow SQLite store at once: its schema is made
+    once, under the store's lock, so no trial dies on a half-migrated database."""
+    store = tmp_path / "mlflow.db"
+    env = {**os.environ, "MOOLA_TRACKING": "on", "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    url, study = _sqlite(tmp_path), "fresh-mlflow"
+    cmd = _tune_cmd(reg_config, _space_file(tmp_path, REG_SPACE), tmp_path / "out", url, study, 4,
+                    "--sampler", "random", "--pruner", "none", "train.epochs=2")
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    trials = _trials(url, study)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    errors = [t.user_attrs.get("moola.error") for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials), errors
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    exp = client.get_experiment_by_name(f"tune/{study}")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(int(r.data.tags["moola.trial"]) for r in runs) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -342,16 +365,20 @@ def test_median_pruner_prunes_the_trials_built_to_fail(tmp_path, reg_config, mon
         assert run.info.status == ("KILLED" if t.state == TrialState.PRUNED else "FINISHED")
 
 
-def test_a_missing_metric_stops_with_the_available_keys(tmp_path, reg_config):
+def test_a_missing_metric_stops_with_the_available_keys_before_any_trial(tmp_path, reg_config):
     url = _sqlite(tmp_path)
     space = _space_file(tmp_path, {"train.optimizer.lr": {"choice": [0.01]}})
     res = cli("tune", reg_config, "--space", space, "--trials", "3", "--storage", url, "--study", "m",
               "--out", tmp_path / "out", "--metric", "val_accuracy:max")
     assert res.exit_code == 2
     text = " ".join(res.output.split())
-    assert "tuning metric 'val_accuracy' is not logged" in text
-    assert "available: val_ic_0, val_loss, val_mse" in text
-    assert [t.state for t in _trials(url, "m")] == [TrialState.FAIL]  # stopped after the first
+    assert "--metric: tuning metric 'val_accuracy' is not logged" in text
+    assert "available: val_ic_0, val_loss, val_mse" in text  # the regression head's, one horizon
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "out").exists()  # no study, no trial
+    res = cli("tune", TUNE_DEMO, "--space", space, "--trials", "3", "--storage", url, "--study", "d",
+              "--out", tmp_path / "out", "--metric", "val_mse:min")
+    assert res.exit_code == 2, res.output
+    assert "available: val_accuracy, val_balanced_accuracy" in " ".join(res.output.split())
 
 
 # ---------------------------------------------------------------------------------- heartbeats

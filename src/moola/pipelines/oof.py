@@ -71,6 +71,7 @@ __all__ = [
 REPORT_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "ece"]
 PRIMARY = VERDICT_METRIC  # accuracy and macro-F1 are secondary
 TESTED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")
+POINTER_TOLERANCE_BARS = 2.0  # a pretrained arm locating the pattern this much worse has not helped
 
 
 def _subset(idx: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -468,6 +469,10 @@ def compare_arms(cfg: OOFConfig, per_fold: pl.DataFrame, fractions: list[int | N
     for m in TESTED_METRICS:
         diffs += with_holm([paired_difference(full, a, r, m) for a, r in pairs],
                            f"verdict: {m}, all labels")
+    if "pointer_mae" in full.columns and "scratch" in cfg.arms and full["pointer_mae"].drop_nulls().len():
+        # how well each arm locates the pattern (bars of error, lower is better), vs scratch
+        diffs += with_holm([paired_difference(full, a, "scratch", "pointer_mae") for a in pre],
+                           "verdict: pointer_mae, all labels")
     eff_pairs: list[tuple[str, str]] = [(a, "scratch") for a in pre if "scratch" in cfg.arms]
     if best is not None and "scratch" in cfg.arms:
         eff_pairs.append(("scratch", best))
@@ -482,7 +487,8 @@ def pretraining_verdict(diffs: Sequence[PairedDifference], arms: Sequence[str],
                         best_baseline: str | None,
                         *, n_folds: int, scheme: str = "walk_forward") -> str:
     """First line: does a pretrained arm beat scratch and the best baseline (Holm-adjusted,
-    primary metric, all labels)? Then one line per pretrained arm with the numbers."""
+    primary metric, all labels) without locating the pattern worse than scratch (pointer error,
+    when the task has pointers)? Then one line per pretrained arm with the numbers."""
     pre = [a for a in arms if a != "scratch"]
     if not pre:
         return "no pretrained arm was run; nothing to conclude about pretraining"
@@ -501,10 +507,22 @@ def pretraining_verdict(diffs: Sequence[PairedDifference], arms: Sequence[str],
         return (f"vs {ref} {d.mean:+.3f} (95% {d.ci_method} CI {d.ci_low:+.3f} .. "
                 f"{d.ci_high:+.3f}, Holm p={ph})")
 
+    def pointer(arm: str) -> PairedDifference | None:
+        return next((d for d in diffs if d.arm == arm and d.reference == "scratch"
+                     and d.metric == "pointer_mae" and d.labels == "all" and d.folds > 0), None)
+
+    def locates_worse(arm: str) -> bool:
+        """Mean pointer error over folds more than the tolerance above scratch's (few folds cannot
+        make 40 bars significant, and a consistent half bar is not worth a NO)."""
+        d = pointer(arm)
+        return d is not None and d.mean > POINTER_TOLERANCE_BARS
+
     metric = PRIMARY.replace("_", " ")
     refs = "scratch" + (f" and the best baseline ({best_baseline})" if best_baseline else "")
-    winners = [a for a in pre if beats(find(a, "scratch"))
+    scoring = [a for a in pre if beats(find(a, "scratch"))
                and (best_baseline is None or beats(find(a, best_baseline)))]
+    winners = [a for a in scoring if not locates_worse(a)]
+    mislocating = [a for a in scoring if locates_worse(a)]
     worse = [a for a in pre if (d := find(a, "scratch")) is not None and d.significant and d.mean < 0]
     if winners:
         head = (f"YES: {', '.join(a.replace('_', ' ') for a in winners)} beats {refs} on "
@@ -512,6 +530,10 @@ def pretraining_verdict(diffs: Sequence[PairedDifference], arms: Sequence[str],
     else:
         head = (f"NO: no pretrained arm beats {refs} on {metric} at Holm-adjusted p < 0.05 over "
                 f"{n_folds} {scheme} folds")
+    if mislocating:
+        head += (f"; {', '.join(a.replace('_', ' ') for a in mislocating)} beats {refs} on {metric} "
+                 f"but locates the pattern worse than scratch (mean pointer error more than "
+                 f"{POINTER_TOLERANCE_BARS:g} bars higher): not counted as help")
     if worse:
         head += f"; {', '.join(a.replace('_', ' ') for a in worse)} is significantly WORSE than scratch"
     lines = [head]
@@ -519,6 +541,10 @@ def pretraining_verdict(diffs: Sequence[PairedDifference], arms: Sequence[str],
         parts = [short(find(a, "scratch"), "scratch")]
         if best_baseline:
             parts.append(short(find(a, best_baseline), best_baseline))
+        if (d := pointer(a)) is not None:
+            ph = "n/a" if d.p_holm is None else f"{d.p_holm:.3g}"
+            parts.append(f"pointer error vs scratch {d.mean:+.1f} bars (95% {d.ci_method} CI "
+                         f"{d.ci_low:+.1f} .. {d.ci_high:+.1f}, Holm p={ph})")
         lines.append(f"{a.replace('_', ' ')}: " + "; ".join(parts))
     fam = [d for d in diffs if d.metric == PRIMARY and d.labels == "all"]
     if fam:

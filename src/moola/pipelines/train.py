@@ -58,6 +58,7 @@ from moola.training.manifest import (
     record_test_use,
     write_manifest,
 )
+from moola.training.objectives import expand_metric_names
 from moola.training.separation import check_encoder_separation, evaluated_intervals
 
 Baseline = Literal["majority", "persistence", "logistic", "lightgbm", "minirocket"]
@@ -160,11 +161,41 @@ def _configured_model(cfg: RunConfig, n_features: int, n_classes: int) -> ModelC
                          n_classes=n_classes if n_classes else None)
 
 
+def objective_type(model_cfg: ModelConfig) -> type[Objective]:
+    """The objective follows the model's head: classifier, direction logit or regression."""
+    if model_cfg.classifier is not None:
+        return ClassificationObjective
+    if model_cfg.direction is not None:
+        return DirectionObjective
+    if model_cfg.regression is not None:
+        return RegressionObjective
+    raise ValueError("model has no head the train recipe can optimise (classifier/direction/regression)")
+
+
+def val_metric_names(cfg: RunConfig) -> tuple[str, ...]:
+    """The keys of ``run.val`` in a train run's metrics.json (and, as ``val_*``, of its epoch
+    logs), from the objective's declared names; ``{i}`` is left in where data decides it."""
+    model = cfg.model if cfg.model is not None else preset_config(str(cfg.preset))
+    kind = objective_type(model)
+    if cfg.model is None and kind is DirectionObjective:  # a preset sized to 3+ classes: a classifier
+        kind = ClassificationObjective
+    # train windows carry no pointer labels, so a pointer head is never scored here
+    names = tuple(n for n in kind.metric_names if not n.startswith("pointer_"))
+    if cfg.model is None:
+        return expand_metric_names(names)
+    if model.classifier is not None:
+        return expand_metric_names(names, range(model.classifier.n_classes))
+    if model.regression is not None:
+        return expand_metric_names(names, range(len(model.regression.horizons)))
+    return expand_metric_names(names, range(2))
+
+
 def make_objective(model_cfg: ModelConfig, train_cfg: TrainConfig, y_train: np.ndarray,
                    n_classes: int) -> Objective:
-    """The objective follows the model's head: classifier, direction logit or regression."""
+    """The objective of the model's head (``objective_type``), weighted as the config says."""
     loss = train_cfg.loss
-    if model_cfg.classifier is not None:
+    kind = objective_type(model_cfg)
+    if kind is ClassificationObjective:
         if loss.class_weights == "balanced":
             w = balanced_class_weights(y_train, n_classes)
         elif isinstance(loss.class_weights, list):
@@ -174,15 +205,13 @@ def make_objective(model_cfg: ModelConfig, train_cfg: TrainConfig, y_train: np.n
         return ClassificationObjective(n_classes, class_weights=w, focal_gamma=loss.focal_gamma,
                                        label_smoothing=loss.label_smoothing,
                                        pointer_weight=loss.pointer_weight)
-    if model_cfg.direction is not None:
+    if kind is DirectionObjective:
         pos_weight = None
         if loss.class_weights == "balanced":
             p = float(np.mean(y_train))
             pos_weight = (1 - p) / max(p, 1e-9)
         return DirectionObjective(pos_weight=pos_weight, label_smoothing=loss.label_smoothing)
-    if model_cfg.regression is not None:
-        return RegressionObjective()
-    raise ValueError("model has no head the train recipe can optimise (classifier/direction/regression)")
+    return RegressionObjective()
 
 
 @dataclass

@@ -20,7 +20,7 @@ from moola.config import Config, ConfigError, config_hash, read_yaml_mapping, se
 from moola.refs import sweeps_root
 
 __all__ = ["COMMANDS", "SELECTABLE", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant",
-           "expand_matrix", "load_matrix", "selection_problem"]
+           "expand_matrix", "load_matrix", "recorded_metrics", "selection_problem", "unrecorded_selection"]
 
 Command = Literal["train", "pretrain", "oof", "rank"]
 COMMANDS: tuple[str, ...] = ("train", "pretrain", "oof", "rank")
@@ -54,6 +54,31 @@ def selection_problem(command: str, metric: str | None) -> str | None:
     star = " (* is one metric name, e.g. run.val.balanced_accuracy)" if any("*" in p for p in allowed) else ""
     return (f"{head}a sweep selects on validation metrics only (a test number would leak the test "
             f"split into the choice); for {command}: {', '.join(allowed)}{star}")
+
+
+def recorded_metrics(command: str, config: dict[str, Any]) -> tuple[str, ...] | None:
+    """The selectable metrics.json keys a run of ``config`` records, from the names its pipeline
+    declares (``{i}``: any number); None where ``SELECTABLE`` already lists them exactly or the
+    pipeline declares none (rank's per-horizon tables)."""
+    if command != "train":
+        return None
+    from moola.pipelines.train import RunConfig, val_metric_names
+
+    return ("run.val_loss", *(f"run.val.{n}" for n in val_metric_names(RunConfig.from_dict(config))))
+
+
+def unrecorded_selection(command: str, metric: str, specs: list[RunSpec]) -> str | None:
+    """Why ``metric`` would find no value in some run of the sweep (naming the keys it does
+    record), or None: checked before training, not after every run has finished."""
+    from moola.training.objectives import metric_name_matches
+
+    for spec in specs:
+        names = recorded_metrics(command, spec.config)
+        if names is not None and not metric_name_matches(metric, names):
+            shown = ", ".join(n.replace("{i}", "<i>") for n in names)
+            return (f"select {metric!r}: run {spec.label} would not record it (<i> is a number); "
+                    f"its metrics.json records {shown}")
+    return None
 
 
 def command_entry(command: str) -> tuple[type[Config], Callable[..., Any]]:

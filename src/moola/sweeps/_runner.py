@@ -37,7 +37,15 @@ from rich.table import Table
 from moola._io import atomic_write_json, atomic_write_text
 from moola.config import ConfigError, parse_override
 from moola.refs import RUNS_FILE
-from moola.sweeps._matrix import MatrixConfig, RunSpec, Selection, base_dict, expand_matrix, load_matrix
+from moola.sweeps._matrix import (
+    MatrixConfig,
+    RunSpec,
+    Selection,
+    base_dict,
+    expand_matrix,
+    load_matrix,
+    unrecorded_selection,
+)
 
 __all__ = ["RunState", "SweepLockedError", "SweepResult", "run_sweep"]
 
@@ -328,14 +336,10 @@ def _prepare_dirs(drv: _Driver) -> None:
 def _prewarm(drv: _Driver) -> None:
     """One-time work that parallel workers would otherwise race on: the MLflow store's schema
     and the sweep's experiment."""
-    from moola.tracking import tracking_enabled
+    from moola.tracking import open_experiment, tracking_enabled
 
     if tracking_enabled():
-        from mlflow.tracking import MlflowClient
-
-        from moola.tracking import ensure_experiment
-
-        ensure_experiment(MlflowClient(), f"sweep/{drv.matrix.name}")
+        open_experiment(f"sweep/{drv.matrix.name}")
 
 
 def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: Backend = "local",
@@ -364,6 +368,9 @@ def run_sweep(matrix_path: str | Path, *, parallel: int | None = None, backend: 
         matrix = matrix.model_copy(update={"out_dir": str(out_dir)})
     sel = matrix.selection(select)  # a bad --select fails before any run is validated or started
     specs = expand_matrix(matrix, matrix_path)
+    problem = unrecorded_selection(matrix.command, sel.metric, specs)
+    if problem:
+        raise ConfigError([problem], "--select" if select is not None else f"{matrix_path}: select")
     sweep_dir = matrix.sweep_dir()
     n_parallel = parallel or matrix.parallel
     with _sweep_lock(sweep_dir):

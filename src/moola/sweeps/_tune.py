@@ -13,8 +13,6 @@ the next worker and is replaced.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import math
 import os
 import socket
@@ -22,7 +20,6 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,6 +29,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from moola._io import atomic_write, atomic_write_text, redact_urls
+from moola._storage import resolve_storage_url
+from moola._storage import storage_lock as study_lock  # the claim lock: claims and study creation
 from moola.config import ConfigError, config_hash
 from moola.sweeps._space import SearchSpace, apply_values, check_space, trial_config
 from moola.training.callbacks import Callback
@@ -51,6 +50,7 @@ __all__ = [
     "TuneOptions",
     "TuneResult",
     "default_storage",
+    "logged_metrics",
     "parse_metric",
     "resolve_storage_url",
     "run_tune",
@@ -90,20 +90,6 @@ def parse_metric(text: str) -> tuple[str, Mode]:
 def default_storage(out: str | Path) -> str:
     """SQLite beside the runs: ``sqlite:///OUT/optuna.db``."""
     return f"sqlite:///{Path(out)}/optuna.db"
-
-
-def resolve_storage_url(url: str) -> str:
-    """A bare ``postgresql://`` URL gets the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
-    moola installs psycopg2-binary."""
-    import importlib.util
-
-    import sqlalchemy
-
-    u = sqlalchemy.engine.make_url(url)
-    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
 
 
 @dataclass(frozen=True)
@@ -165,56 +151,6 @@ class TuneResult:
     best_yaml: Path | None = None
     trials_csv: Path | None = None
     plot: Path | None = None
-
-
-# --- the claim lock -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def study_lock(url: str) -> Iterator[None]:
-    """Exclusive across processes and hosts sharing ``url``: claims and study creation go inside.
-
-    SQLite: ``fcntl.flock`` on ``DBFILE.lock``; PostgreSQL: a session ``pg_advisory_lock``.
-    """
-    import sqlalchemy
-
-    u = sqlalchemy.engine.make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise TuneError(f"storage {url}: an in-memory SQLite study cannot be shared; give a file")
-        lock = Path(f"{u.database}.lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-    elif backend == "postgresql":
-        key = int.from_bytes(hashlib.sha256(b"moola.tune").digest()[:8], "big", signed=True)
-        engine = _pg_engine(url)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    else:
-        raise TuneError(f"storage {redact_urls(url)}: use sqlite:///FILE or postgresql://USER:PW@HOST/DB")
-
-
-_ENGINES: dict[str, Any] = {}
-
-
-def _pg_engine(url: str) -> Any:
-    """One lock engine per URL and process; NullPool so a closed connection drops its lock."""
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    if url not in _ENGINES:
-        _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=NullPool)
-    return _ENGINES[url]
 
 
 # --- Optuna pieces --------------------------------------------------------------------------------
@@ -510,6 +446,43 @@ def _open_study(url: str, name: str, opts: TuneOptions, base: RunConfig | RankCo
                 study.set_user_attr(key, value)
 
 
+def logged_metrics(base: RunConfig | RankConfig, command: str) -> tuple[str, ...]:
+    """The ``val_*`` keys a trial's epochs log, from the names its objective declares (``{i}``:
+    a number the data decides)."""
+    from moola.pipelines.rank import RankConfig
+    from moola.pipelines.train import RunConfig, val_metric_names
+    from moola.training.objectives import expand_metric_names
+    from moola.training.ranking import RankingObjective
+
+    if command == "rank" and isinstance(base, RankConfig):
+        names = expand_metric_names(RankingObjective.metric_names, base.data.horizons)
+    elif isinstance(base, RunConfig):
+        names = val_metric_names(base)
+    else:
+        raise TuneError(f"--command {command}: the base config is a {type(base).__name__}")
+    return ("val_loss", *(f"val_{n}" for n in names))
+
+
+def _check_metric(base: RunConfig | RankConfig, options: TuneOptions) -> None:
+    """Refuse a metric no trial would log before the study exists, not after the first trial."""
+    from moola.training.objectives import metric_name_matches
+
+    metric, _ = parse_metric(options.metric)
+    names = logged_metrics(base, options.command)
+    if not metric_name_matches(metric, names):
+        shown = ", ".join(sorted(n.replace("{i}", "<i>") for n in names))
+        raise MetricError(f"--metric: tuning metric '{metric}' is not logged by a {options.command} run "
+                          f"of this config; available: {shown}")
+
+
+def _prepare_tracking(study: str) -> None:
+    """The MLflow store's schema and the study's experiment, made once before any worker starts."""
+    from moola.tracking import open_experiment, tracking_enabled
+
+    if tracking_enabled():
+        open_experiment(f"tune/{study}")
+
+
 def run_tune(base: RunConfig | RankConfig, space: SearchSpace, options: TuneOptions, *,
              console: Console | None = None) -> TuneResult:
     """Run (or continue) the study to ``options.trials`` trials and write its summary files."""
@@ -520,9 +493,11 @@ def run_tune(base: RunConfig | RankConfig, space: SearchSpace, options: TuneOpti
     name = options.study_name(base)
     url = options.storage_url
     check_space(space, base, seed=options.seed)
+    _check_metric(base, options)
     base_data = base.to_dict()
     Path(options.out).mkdir(parents=True, exist_ok=True)
     _open_study(url, name, options, base, space, console)
+    _prepare_tracking(name)
     console.print(f"study [bold]{name}[/] in {escape(redact_urls(url))}: {options.trials} trials in total, "
                   f"{options.sampler} sampler, {options.pruner} pruner, {options.metric}, "
                   f"{options.jobs} worker(s)", highlight=False)

@@ -6,6 +6,7 @@ from moola.tracking._mlflow import (
     TrackingOptions,
     ensure_experiment,
     flatten_metrics,
+    open_experiment,
     tracking_enabled,
     tracking_uri,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "get_run",
     "list_artifacts",
     "list_runs",
+    "open_experiment",
     "tracking_enabled",
     "tracking_uri",
 ]

@@ -7,6 +7,7 @@ one thread or process never logs into another's run. The store is MLflow's own d
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import traceback
@@ -16,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from moola._io import git_sha, read_json
+from moola._storage import LOCKABLE_BACKENDS, storage_lock
 from moola.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -27,7 +29,9 @@ __all__ = [
     "MlflowCallback",
     "Tracker",
     "TrackingOptions",
+    "ensure_experiment",
     "flatten_metrics",
+    "open_experiment",
     "tracking_enabled",
     "tracking_uri",
 ]
@@ -105,10 +109,7 @@ class Tracker:
     def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
-        from mlflow.tracking import MlflowClient
-
-        self._client = MlflowClient()
-        self.experiment_id = ensure_experiment(self._client, self.experiment_name)
+        self._client, self.experiment_id = open_experiment(self.experiment_name)
         tags = {"moola.command": self.command, "moola.git_sha": git_sha(mark_dirty=True), **self.options.tags}
         run = self._client.create_run(self.experiment_id, run_name=self.run_name,
                                       tags={k: str(v) for k, v in tags.items()})
@@ -184,6 +185,22 @@ class Tracker:
                 self._client.log_artifacts(self.run_id, str(p), f"{artifact_path}/{p.name}")
             else:
                 self._client.log_artifact(self.run_id, str(p), artifact_path)
+
+
+def open_experiment(name: str) -> tuple[MlflowClient, str]:
+    """A client on the tracking store and the experiment's id (created if missing), made under
+    the store's lock: processes opening a fresh SQL store together race on MLflow's migration."""
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(tracking_uri()):
+        client = MlflowClient()
+        return client, ensure_experiment(client, name)
+
+
+def _store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """``storage_lock`` for a SQLite or PostgreSQL store; a file or server store needs none."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    return storage_lock(uri) if scheme in LOCKABLE_BACKENDS else contextlib.nullcontext()
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

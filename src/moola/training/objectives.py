@@ -7,8 +7,10 @@ arrays. Batches are ``dict[str, Tensor]`` with at least ``x`` (B, T, F).
 
 from __future__ import annotations
 
+import re
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ class Objective(ABC):
 
     name: str = "objective"
     has_accuracy: bool = False
+    # every key ``metrics`` may record, declared so sweeps and tuning can check a metric name
+    # before training; ``{i}`` is a number (a class index, a horizon index or value)
+    metric_names: tuple[str, ...] = ()
 
     def prepare(self, batch: Batch, training: bool) -> Batch:
         """Per-batch input transform (masking, augmentation); identity by default."""
@@ -47,6 +52,20 @@ class Objective(ABC):
         (the class prior), the floor the trained-nothing guard compares the training loss with;
         None where the objective has no such floor."""
         return None
+
+
+def expand_metric_names(templates: Iterable[str], numbers: Iterable[int] | None = None) -> tuple[str, ...]:
+    """Declared names with ``{i}`` filled from ``numbers``; unknown numbers leave ``{i}`` in."""
+    nums = None if numbers is None else list(numbers)
+    out: list[str] = []
+    for t in templates:
+        out.extend([t.format(i=i) for i in nums] if "{i}" in t and nums is not None else [t])
+    return tuple(out)
+
+
+def metric_name_matches(name: str, names: Iterable[str]) -> bool:
+    """Whether ``name`` is one of ``names``, where a left-in ``{i}`` stands for any number."""
+    return any(re.fullmatch(re.escape(n).replace(re.escape("{i}"), r"\d+"), name) for n in names)
 
 
 def _constant_loss(mass: np.ndarray, norm: float) -> float:
@@ -81,6 +100,9 @@ class ClassificationObjective(Objective):
 
     name = "classification"
     has_accuracy = True
+    # pointer_* only with a start/end pointer head
+    metric_names = ("accuracy", "balanced_accuracy", "min_recall", "recall_{i}",
+                    "pointer_mae", "pointer_hit3")
 
     def __init__(self, n_classes: int, *, class_weights: Tensor | None = None,
                  focal_gamma: float = 0.0, label_smoothing: float = 0.0,
@@ -157,6 +179,7 @@ class DirectionObjective(Objective):
 
     name = "direction"
     has_accuracy = True
+    metric_names = ("accuracy", "balanced_accuracy", "min_recall", "recall_{i}")
 
     def __init__(self, *, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
         self.pos_weight = pos_weight
@@ -190,6 +213,7 @@ class RegressionObjective(Objective):
     """Forward-return regression over one or several horizons: (B, H), MSE; IC per horizon."""
 
     name = "regression"
+    metric_names = ("mse", "ic_{i}")  # ic_<horizon index>, where predictions and targets vary
 
     def loss(self, out: Outputs, batch: Batch) -> Tensor:
         return F.mse_loss(out["regression"].float(), batch["y"].float().reshape(out["regression"].shape))
@@ -215,6 +239,7 @@ class ReconstructionObjective(Objective):
     """
 
     name = "reconstruction"
+    metric_names = ("masked_mse",)
 
     def loss(self, out: Outputs, batch: Batch) -> Tensor:
         return masked_mse(out["reconstruction"].float(), batch["target"].float(), batch["mask"])

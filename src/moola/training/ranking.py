@@ -196,6 +196,8 @@ class RankingObjective(Objective):
     """
 
     name = "ranking"
+    metric_names = ("mse", "ic_h{i}", "icir_h{i}", "rank_ic_h{i}", "rank_icir_h{i}", "days_h{i}",
+                    "rank_ic", "ic")  # {i}: a horizon in days
 
     def __init__(self, horizons: Sequence[int], loss: RankingLossConfig | None = None,
                  monitor_horizon: int | None = None) -> None:
