@@ -291,3 +291,29 @@ def test_learning_curves_put_lr_and_timings_last_with_whole_epoch_ticks() -> Non
             ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
             assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
     plt.close(fig)
+
+
+def test_the_report_states_the_split_used_and_warns_when_a_segment_shrank(tmp_path: Path, case: dict) -> None:
+    import polars as pl
+
+    from moola.evaluation.run_report import split_summary
+
+    def seg(n: int, start: str, symbols: list[str]) -> pl.DataFrame:
+        base = pl.Series([f"{start} 00:00:00"] * n).str.to_datetime(time_zone="UTC")
+        offs = pl.Series(range(n)).cast(pl.Duration("ms")) * 60_000
+        return pl.DataFrame({"symbol": [symbols[i % len(symbols)] for i in range(n)], "end_ts": base + offs})
+
+    meta = {"train": seg(700, "2023-03-01", ["BTCUSD", "ETHUSD"]), "val": seg(20, "2023-03-10", ["BTCUSD"]),
+            "test": seg(280, "2023-03-12", ["BTCUSD", "ETHUSD"])}
+    split = split_summary(meta, purged=64, embargoed=10, asked={"train": 0.6, "val": 0.2, "test": 0.2})
+    assert [r["rows"] for r in split["segments"]] == [700, 20, 280] and split["total"] == 1000
+    assert len(split["warnings"]) == 1 and split["warnings"][0].startswith("the val segment holds 2.0%")
+    path = write_run_report(tmp_path, history=HISTORY, metrics=case["metrics"], classes=CLASSES,
+                            y_true=case["y"], proba=case["proba"], baseline_table=case["results"],
+                            split=split)
+    text = path.read_text()
+    first = _first_section(text)
+    assert "SPLIT: the val segment holds 2.0% of the windows (20), much less than the 20% asked" in first
+    assert "Split used" in text and "purge removed 64 and the embargo 10 windows" in text
+    assert "<td>2023-03-10 00:19:00+00:00</td>" in text and "<td>BTCUSD, ETHUSD</td>" in text
+    assert json.loads((tmp_path / "metrics.json").read_text())["split"]["purged"] == 64

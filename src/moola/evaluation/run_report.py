@@ -25,7 +25,7 @@ from moola.evaluation.plots import (
 )
 from moola.training.guards import COLLAPSE, ONE_CLASS, TOO_GOOD, TRAINED_NOTHING, single_predicted_class
 
-__all__ = ["plain_notes", "reliability_up", "run_verdict", "write_run_report"]
+__all__ = ["plain_notes", "reliability_up", "run_verdict", "split_summary", "write_run_report"]
 
 _HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 
@@ -46,6 +46,7 @@ def write_run_report(
     economics: Mapping[str, Any] | None = None,
     equity_curves: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
     test_ts: Sequence[Any] | pl.Series | None = None,
+    split: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` (+ PNGs) and ``metrics.json`` into ``run_dir``; return the HTML path.
 
@@ -79,11 +80,14 @@ def write_run_report(
     rep = DataReport(run_dir, title=title)
     notes = plain_notes(notes)
     verdict = run_verdict(metrics, table, notes, test_ci=test_ci)
+    verdict["lines"] += [f"SPLIT: {w}" for w in (split or {}).get("warnings", [])]
     loud = verdict["collapsed"] or verdict["trained_nothing"] or verdict["too_good"]
     bg, edge = ("#fde2e2", "#c0392b") if loud else ("#eef5ff", "#4c72b0")
     lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
     rep.sections.append(f"<div style='border:2px solid {edge};background:{bg};padding:.4em 1em'>"
                         f"{lines}</div>")
+    if split is not None:
+        _split_section(rep, split)
     if notes:
         rep.heading("Notes")
         items = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes)
@@ -151,6 +155,8 @@ def write_run_report(
         payload["reliability_up"] = reliability_up(y_true, proba)
     if by_hour is not None:
         payload["accuracy_by_hour"] = by_hour
+    if split is not None:
+        payload["split"] = dict(split)
     payload.update(extra or {})
     payload["run"] = {**payload.get("run", {}), "collapsed": verdict["collapsed"]}
     if results is not None:
@@ -174,6 +180,49 @@ def reliability_up(y_true: object, proba: object, n_bins: int = 10) -> dict[str,
     return {"mean_predicted": [float(p[c].mean()) for c in chunks],
             "observed": [float((y[c] == 1).mean()) for c in chunks],
             "count": [int(c.size) for c in chunks], "bins": "equal-count, raw test probabilities"}
+
+
+SHRUNK = 0.5  # a segment with less than this share of what was asked is a finding
+
+
+def split_summary(meta: Mapping[str, pl.DataFrame], *, purged: int = 0, embargoed: int = 0,
+                  asked: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The split a run actually used, per segment: rows, share of all rows, first and last window
+    end, symbols; what purge and embargo removed; and a warning for each segment that ended up
+    with less than half the share asked (a 20% validation split shrunk to 2% is a finding).
+
+    ``meta``: segment -> frame with ``symbol`` and ``end_ts`` per window (``PreparedData.meta``)."""
+    total = sum(m.height for m in meta.values())
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for name, m in meta.items():
+        share = m.height / total if total else 0.0
+        want = None if asked is None else asked.get(name)
+        ends = m.get_column("end_ts") if m.height else None
+        syms = sorted(m.get_column("symbol").unique().to_list()) if m.height else []
+        rows.append({"segment": name, "rows": m.height, "share": share, "asked": want,
+                     "first": None if ends is None else str(ends.min()),
+                     "last": None if ends is None else str(ends.max()),
+                     "symbols": len(syms), "symbol_list": ", ".join(map(str, syms[:8]))
+                     + (f" and {len(syms) - 8} more" if len(syms) > 8 else "")})
+        if want and share < SHRUNK * want:
+            warnings.append(f"the {name} segment holds {share:.1%} of the windows ({m.height:,}), "
+                            f"much less than the {want:.0%} asked: purge, embargo or gaps took most "
+                            "of it, so its metrics rest on few rows")
+    return {"segments": rows, "purged": int(purged), "embargoed": int(embargoed), "total": total,
+            "warnings": warnings}
+
+
+def _split_section(rep: DataReport, split: Mapping[str, Any]) -> None:
+    rep.heading("Split used")
+    frame = pl.DataFrame(split["segments"], schema={
+        "segment": pl.String, "rows": pl.Int64, "share": pl.Float64, "asked": pl.Float64,
+        "first": pl.String, "last": pl.String, "symbols": pl.Int64, "symbol_list": pl.String},
+        orient="row")
+    rep.table(frame, caption=(f"windows per segment (by the last bar of each window); purge removed "
+                              f"{split['purged']:,} and the embargo {split['embargoed']:,} windows"))
+    for w in split["warnings"]:
+        rep.sections.append(f"<p style='color:#c0392b'><b>WARNING: {html.escape(w)}</b></p>")
 
 
 def _ci_section(rep: DataReport, ci: Mapping[str, Any]) -> None:
