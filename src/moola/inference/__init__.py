@@ -1,6 +1,7 @@
 """Serving a trained run: raw bars -> the run's features, windows and normaliser -> its model ->
 temperature-scaled probabilities (or regression scores), refusing bars that differ from what
-the run was trained on. Sits above ``training`` and ``evaluation`` in the base layers."""
+the run was trained on; ``export_run`` writes one as a self-contained ONNX or TorchScript file.
+Sits above ``training`` and ``evaluation`` in the base layers."""
 
 from moola.inference._ensemble import (
     Ensemble,
@@ -9,6 +10,15 @@ from moola.inference._ensemble import (
     EnsembleMismatchError,
     Stacker,
     member_column,
+)
+from moola.inference._export import (
+    EXPORT_FILES,
+    EXPORT_FORMATS,
+    EXPORT_JSON,
+    ExportError,
+    ServingGraph,
+    export_run,
+    require_onnx,
 )
 from moola.inference._predictor import (
     MIN_BATCH,
@@ -22,18 +32,25 @@ from moola.inference._predictor import (
 )
 
 __all__ = [
+    "EXPORT_FILES",
+    "EXPORT_FORMATS",
+    "EXPORT_JSON",
     "MIN_BATCH",
     "Ensemble",
     "EnsembleConfig",
     "EnsembleMember",
     "EnsembleMismatchError",
+    "ExportError",
     "IncompatibleBarsError",
     "Predictor",
+    "ServingGraph",
     "Stacker",
     "calibrated",
     "check_feature_schema",
+    "export_run",
     "head_values",
     "log_proba",
     "member_column",
     "prediction_frame",
+    "require_onnx",
 ]

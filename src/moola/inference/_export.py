@@ -1,0 +1,315 @@
+"""``export_run``: a trained run directory as one self-contained file (ONNX or TorchScript) that
+maps raw feature windows (B, T, F) to calibrated probabilities (or regression scores), plus an
+``export.json`` describing its inputs and outputs, so a consumer needs nothing from moola.
+
+The exported graph is the run's own arithmetic: the normaliser as a fixed per-feature affine
+``(x - center) / scale``, the model, the head's probabilities as the Predictor computes them, and
+the calibration ``softmax(log(clip(p, 1e-12, 1)) / T)``. Features are not in the graph: the
+consumer computes the run's feature set (``export.json`` lists its names in order)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import moola
+from moola._io import atomic_write_json
+from moola.inference._predictor import Predictor
+from moola.models import ModelConfig
+from moola.training.manifest import MANIFEST
+
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_JSON", "ExportError", "ServingGraph",
+           "export_run", "require_onnx"]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+EXPORT_JSON = "export.json"
+ONNX_OPSET = 17
+# the exported file must give the eager module's numbers on these batch sizes (1 and a size it
+# was not traced with: the batch axis really is dynamic) to this tolerance, or nothing is written
+CHECK_BATCHES = (1, 7)
+CHECK_ATOL = 1e-5
+_TRACE_BATCH = 2
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported, or an output directory that may not be written."""
+
+
+class ServingGraph(nn.Module):
+    """Raw feature windows -> the run's probabilities: the module that is exported. Outputs
+    ``(proba, raw_proba)`` (B, C) for a classifier or direction run, ``(score,)`` (B, H) for a
+    regression run; ``symbol_id`` (B,) int64 only for a model with a symbol embedding."""
+
+    center: torch.Tensor  # (F,) float32 buffers: in the exported file as constants
+    scale: torch.Tensor
+
+    def __init__(self, model: nn.Module, model_cfg: ModelConfig, *, center: np.ndarray | None,
+                 scale: np.ndarray | None, temperature: float | None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = _head_kind(model_cfg)
+        n = model_cfg.n_features
+        self.register_buffer("center", _affine(center, n, 0.0))
+        self.register_buffer("scale", _affine(scale, n, 1.0))
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor, symbol_id: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        batch = {"x": (x - self.center) / self.scale}  # float32, as the Predictor's transform
+        if symbol_id is not None:
+            batch["symbol_id"] = symbol_id
+        out = self.model(batch)
+        if self.head == "regression":
+            return (out["regression"].float(),)
+        if self.head == "classifier":
+            raw = torch.softmax(out["logits"].float(), -1)
+        else:
+            p = torch.sigmoid(out["direction"].float())
+            raw = torch.stack([1 - p, p], 1)
+        if self.temperature is None:
+            return raw, raw
+        return torch.softmax(torch.log(raw.clamp(1e-12, 1.0)) / self.temperature, -1), raw
+
+
+def _head_kind(cfg: ModelConfig) -> str:
+    """The head the Predictor serves, in its order: classifier, else direction, else regression."""
+    for kind in ("classifier", "direction", "regression"):
+        if getattr(cfg, kind) is not None:
+            return kind
+    raise ExportError(f"model {cfg.name!r} has no classifier, direction or regression head to export")
+
+
+def _affine(values: np.ndarray | None, n: int, default: float) -> torch.Tensor:
+    """(F,) float32 statistics (``default`` everywhere without a normaliser)."""
+    if values is None:
+        return torch.full((n,), default, dtype=torch.float32)
+    return torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
+
+
+def _output_names(classes: Sequence[str]) -> list[str]:
+    """Output names in order: ``proba``, ``raw_proba`` for classes, else ``score``."""
+    return ["proba", "raw_proba"] if classes else ["score"]
+
+
+def _input_names(p: Predictor) -> list[str]:
+    """``x``, and ``symbol_id`` for a model with a symbol embedding."""
+    return ["x", "symbol_id"] if p.model_config_.symbol_embedding is not None else ["x"]
+
+
+def _example(p: Predictor, batch: int) -> tuple[torch.Tensor, ...]:
+    """A window batch of the run's shape: normalised values of 0.5 (the normaliser undone), so
+    every feature is in its trained range; symbol ids cycle through the run's symbols."""
+    n = p.model_config_.n_features
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, p.window_, n, generator=g)
+    if p.normalizer_ is not None:
+        x = x * torch.from_numpy(p.normalizer_.scale_.astype(np.float32)) + torch.from_numpy(
+            p.normalizer_.center.astype(np.float32))
+    if p.model_config_.symbol_embedding is None:
+        return (x,)
+    n_sym = max(len(p.manifest_.symbols), 1)
+    return x, torch.arange(batch, dtype=torch.int64) % n_sym
+
+
+@contextlib.contextmanager
+def _exporting() -> Iterator[None]:
+    """No grad; transformer layers without their fused inference kernel
+    (``_transformer_encoder_layer_fwd``, which ONNX has no operator for), so both formats record
+    the plain attention ops; the tracer's warnings (shape checks frozen, ``torch.jit``
+    deprecated, LSTM batch sizes) silenced, because :func:`_check` runs the file on other batches."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+def _write_torchscript(graph: ServingGraph, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """``torch.jit.trace``: ``torch.jit.script`` cannot compile SequenceModel (dict batches,
+    f-string errors), a trace records the same kernels for every preset."""
+    with _exporting():
+        traced = torch.jit.trace(graph, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _write_onnx(graph: ServingGraph, example: tuple[torch.Tensor, ...], path: Path,
+                names: list[str], outputs: list[str]) -> None:
+    """The legacy (TorchScript) ONNX exporter: it needs only ``onnx``, and handles LSTM/GRU."""
+    axes = {name: {0: "batch"} for name in [*names, *outputs]}
+    with _exporting():
+        torch.onnx.export(graph, example, str(path), input_names=names, output_names=outputs,
+                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
+
+
+def require_onnx() -> None:
+    """ONNX export needs the ``onnx`` package, which moola does not install by default."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError("--format onnx needs the onnx package, which is not installed: "
+                          "pip install onnx onnxruntime (or pip install -e '.[dev]'); "
+                          "--format torchscript needs nothing more")
+
+
+def _runner(fmt: str, path: Path, names: list[str]) -> Callable[..., list[np.ndarray]] | None:
+    """A function inputs -> outputs over the written file, read the way a consumer reads it
+    (None for ONNX without onnxruntime: then the file is not checked)."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still loads
+            loaded = torch.jit.load(str(path))
+
+        def run_ts(*xs: np.ndarray) -> list[np.ndarray]:
+            with torch.no_grad():
+                return [o.numpy() for o in loaded(*(torch.from_numpy(a) for a in xs))]
+        return run_ts
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run_onnx(*xs: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in sess.run(None, dict(zip(names, xs, strict=True)))]
+    return run_onnx
+
+
+def _check(graph: ServingGraph, p: Predictor, fmt: str, path: Path, names: list[str]) -> float | None:
+    """Largest |exported - eager| over batches of :data:`CHECK_BATCHES`; an ExportError when
+    over :data:`CHECK_ATOL` or when the file fails on one (a batch axis fixed by the trace)."""
+    run = _runner(fmt, path, names)
+    if run is None:
+        return None
+    worst = 0.0
+    for b in CHECK_BATCHES:
+        example = _example(p, b)
+        with torch.no_grad():
+            want = [o.numpy() for o in graph(*example)]
+        try:
+            got = run(*(t.numpy() for t in example))
+        except Exception as e:
+            raise ExportError(f"{p.run_dir_}: the exported {fmt} model fails on a batch of {b} "
+                              f"windows ({str(e).strip().splitlines()[0][:300]})") from e
+        for w, g in zip(want, got, strict=True):
+            if g.shape != w.shape:
+                raise ExportError(f"{p.run_dir_}: the exported {fmt} model gives shape {g.shape} "
+                                  f"for a batch of {b}, the run gives {w.shape}")
+            worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - w))))
+    if worst > CHECK_ATOL:
+        raise ExportError(f"{p.run_dir_}: the exported {fmt} model differs from the run by {worst:.3g} "
+                          f"(more than {CHECK_ATOL}) on example windows")
+    return worst
+
+
+def _normalizer_doc(p: Predictor) -> dict[str, Any] | None:
+    if p.normalizer_ is None:
+        return None
+    return {"class": type(p.normalizer_).__name__, "in_graph": True,
+            "formula": "(x - center) / scale, per feature (last axis), float32",
+            "center": [float(v) for v in p.normalizer_.center],
+            "scale": [float(v) for v in p.normalizer_.scale_]}
+
+
+def _describe(p: Predictor, fmt: str, names: list[str], outputs: list[str], manifest_sha: str,
+              max_diff: float | None) -> dict[str, Any]:
+    """``export.json``: everything a consumer needs to feed the file and read its outputs."""
+    n = p.model_config_.n_features
+    inputs: list[dict[str, Any]] = [{"name": "x", "dtype": "float32", "shape": ["batch", p.window_, n],
+                                     "what": "raw feature values (not normalised), oldest bar first"}]
+    if "symbol_id" in names:
+        inputs.append({"name": "symbol_id", "dtype": "int64", "shape": ["batch"],
+                       "what": "index of each window's symbol in 'symbols'"})
+    width = len(p.classes_) or len(p.model_config_.regression.horizons
+                                   if p.model_config_.regression else [1])
+    outs = [{"name": o, "dtype": "float32", "shape": ["batch", width]} for o in outputs]
+    m = p.manifest_
+    return {
+        "format": fmt, "file": EXPORT_FILES[fmt], "moola_version": moola.__version__,
+        "torch_version": torch.__version__, "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,
+        "run_dir": str(p.run_dir_.resolve()), "manifest_sha256": manifest_sha, "manifest": MANIFEST,
+        "model": p.model_config_.name, "task": m.task, "head": _head_kind(p.model_config_),
+        "inputs": inputs, "outputs": outs, "feature_set": m.feature_set,
+        "feature_schema_hash": m.feature_schema_hash, "feature_names": list(m.feature_names),
+        "window": p.window_, "horizon": m.horizon, "timeframe": m.timeframe, "classes": p.classes_,
+        "symbols": list(m.symbols), "normalizer": _normalizer_doc(p), "temperature": p.temperature_,
+        "calibration": None if p.temperature_ is None else
+        "proba = softmax(log(clip(raw_proba, 1e-12, 1)) / temperature), in the graph",
+        "check": {"batches": list(CHECK_BATCHES), "max_abs_diff": max_diff, "atol": CHECK_ATOL},
+    }
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (or a file there) unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out} is not empty; pass --overwrite to replace it, or name "
+                          "another directory")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; an old ``out`` is moved aside first and removed
+    last, so ``out`` always holds one complete export."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``out/model.onnx`` or ``out/model.pt``, a copy of the run's manifest and
+    ``out/export.json``; the exported file is checked against the run before it is published."""
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / MANIFEST).is_file():
+        what = "does not exist" if not run_dir.exists() else f"has no {MANIFEST}"
+        raise ExportError(f"run directory {run_dir} {what}: export takes a `moola train` run directory")
+    _prepare_out(out, overwrite)
+    if fmt == "onnx":
+        require_onnx()
+    p = Predictor.from_dir(run_dir)
+    if p.manifest_.kind != "train_run":
+        raise ExportError(f"{run_dir / MANIFEST}: kind {p.manifest_.kind!r}; export takes a "
+                          "`moola train` run (kind 'train_run')")
+    p.model_.eval()
+    norm = p.normalizer_
+    graph = ServingGraph(p.model_, p.model_config_, center=None if norm is None else norm.center,
+                         scale=None if norm is None else norm.scale_, temperature=p.temperature_).eval()
+    names, outputs = _input_names(p), _output_names(p.classes_)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        path = tmp / EXPORT_FILES[fmt]
+        example = _example(p, _TRACE_BATCH)
+        if fmt == "onnx":
+            _write_onnx(graph, example, path, names, outputs)
+        else:
+            _write_torchscript(graph, example, path)
+        diff = _check(graph, p, fmt, path, names)
+        manifest_bytes = (run_dir / MANIFEST).read_bytes()
+        (tmp / MANIFEST).write_bytes(manifest_bytes)
+        sha = hashlib.sha256(manifest_bytes).hexdigest()
+        atomic_write_json(tmp / EXPORT_JSON, _describe(p, fmt, names, outputs, sha, diff))
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
