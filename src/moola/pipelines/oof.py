@@ -42,7 +42,7 @@ from moola.pipelines._oof_config import BASELINE_ARMS, Arm, Baseline, OOFConfig,
 from moola.pipelines._oof_report import write_oof_report
 from moola.pipelines._progress import frame_table, progress_bar
 from moola.refs import resolve_ref
-from moola.tracking import Tracker, TrackingOptions
+from moola.tracking import Tracker, TrackingOptions, log_run_summary
 from moola.training import (
     ClassificationObjective,
     FreezeSchedule,
@@ -418,6 +418,7 @@ def _save(run: OOFSetup, res: OOFResults, tracker: Tracker, t0: float) -> Path:
     tracker.set_tags({"moola.feature_schema_hash": data.schema_hash,
                       "moola.verdict": res.verdict[:5000]})
     tracker.log_final(out / "metrics.json")
+    log_run_summary(tracker, out)  # headline: the best model arm vs the best baseline arm
     tracker.log_artifacts(out)
     return report
 

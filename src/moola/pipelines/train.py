@@ -34,7 +34,7 @@ from moola.models import (
 )
 from moola.pipelines._progress import frame_table
 from moola.refs import resolve_ref
-from moola.tracking import MlflowCallback, Tracker, TrackingOptions
+from moola.tracking import MlflowCallback, Tracker, TrackingOptions, log_run_summary
 from moola.training import (
     Callback,
     ClassificationObjective,
@@ -688,6 +688,7 @@ def save(run: TrainSetup, result: Evaluation, tracker: Tracker) -> None:
     write_manifest(run.run_dir, run_manifest(run, result.temperature))
     record_test_use(run.run_dir, "train")  # evaluate() scored the test split
     tracker.log_final(run.run_dir / "metrics.json")
+    log_run_summary(tracker, run.run_dir)  # headline test metric vs best baseline; dataset input
     tracker.log_artifacts(run.run_dir)
 
 

@@ -1,15 +1,20 @@
-"""Reading runs back through the MLflow client (``moola runs list|show``)."""
+"""Reading runs back through the MLflow client (``moola runs list|show|compare``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import polars as pl
 
-__all__ = ["ArtifactEntry", "RunRecord", "epoch_history", "get_run", "list_artifacts", "list_runs"]
+from moola.tracking._headline import DEFAULT_METRIC, METRIC_DIRECTIONS, run_headline
+
+__all__ = ["ArtifactEntry", "ComparedRun", "RunRecord", "compare_runs", "epoch_history", "get_run",
+           "list_artifacts", "list_runs"]
 
 # what `runs list` shows per run: the first key found of each group (train, pretrain, oof, tuning)
 HEADLINE = (("run.val_loss", "val_loss"), ("model.balanced_accuracy", "model.loss"),
@@ -156,3 +161,84 @@ def list_artifacts(run_id: str, path: str | None = None) -> list[ArtifactEntry]:
     """The run's artifacts at ``path`` (top level by default), one level deep."""
     return [ArtifactEntry(a.path, bool(a.is_dir), a.file_size)
             for a in _client().list_artifacts(run_id, path)]
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    """One row of ``moola runs compare``; ``to_dict`` keys are stable (json and csv columns)."""
+
+    run_id: str
+    run_name: str
+    experiment: str
+    kind: str  # the moola command that made the run (train, oof, pretrain ...)
+    model: str  # the preset, else the model's name
+    arm: str | None  # the OOF arm the value is of; None for a train run
+    start_time: str | None  # ISO 8601, UTC
+    status: str
+    metric: str
+    value: float | None
+    best_baseline: str | None
+    best_baseline_value: float | None
+    difference: float | None  # value - best_baseline_value
+    beats_baseline: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _model_name(params: dict[str, str]) -> str:
+    for key in ("preset", "model.name", "encoder.name"):
+        if params.get(key) not in (None, "", "None"):
+            return params[key]
+    return ""
+
+
+def _iso(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else None
+
+
+def _metric_names(metrics: dict[str, float]) -> set[str]:
+    """The test metrics a run has a model value of (``model.X``, ``arms.ARM.X``)."""
+    out = {k[len("model."):] for k in metrics if k.startswith("model.") and k.count(".") == 1}
+    out |= {k.split(".")[2] for k in metrics if k.startswith("arms.") and k.count(".") == 2}
+    return {m for m in out if not m.startswith("n_") and not m.endswith("seconds")}  # counts, timings
+
+
+def _check_metric(metric: str, seen: set[str]) -> None:
+    valid = sorted(set(METRIC_DIRECTIONS) | seen)
+    if metric in valid:
+        return
+    near = difflib.get_close_matches(metric, valid, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise ValueError(f"unknown metric {metric!r} for runs compare{hint}; valid: {', '.join(valid)}")
+
+
+def _compared(run: Any, experiment: str, metric: str) -> ComparedRun:
+    params, metrics = dict(run.data.params), dict(run.data.metrics)
+    h = run_headline(metrics, metric)
+    return ComparedRun(
+        run_id=run.info.run_id, run_name=run.info.run_name or "", experiment=experiment,
+        kind=run.data.tags.get("moola.command", ""), model=_model_name(params),
+        arm=None if h is None or h.model == "model" else h.model,
+        start_time=_iso(run.info.start_time), status=run.info.status, metric=metric,
+        value=None if h is None else h.value, best_baseline=None if h is None else h.baseline,
+        best_baseline_value=None if h is None else h.baseline_value,
+        difference=None if h is None else h.difference, beats_baseline=None if h is None else h.beats)
+
+
+def compare_runs(experiment: str | None = None, metric: str = DEFAULT_METRIC,
+                 max_results: int = 200) -> list[ComparedRun]:
+    """Runs newest first with their test ``metric``, the best baseline's and the difference;
+    ValueError for an unknown experiment or metric, listing the valid ones."""
+    if _missing_sqlite_store() is not None:
+        if experiment is not None:
+            raise ValueError(f"no MLflow experiment {experiment!r}: the store "
+                             f"{_missing_sqlite_store()} does not exist")
+        _check_metric(metric, set())
+        return []
+    client = _client()
+    exps = _experiments(client, experiment)
+    runs = client.search_runs(list(exps), max_results=max_results,
+                              order_by=["attributes.start_time DESC"]) if exps else []
+    _check_metric(metric, set().union(*(_metric_names(dict(r.data.metrics)) for r in runs)))
+    return [_compared(r, exps.get(r.info.experiment_id, "?"), metric) for r in runs]
