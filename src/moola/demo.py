@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,7 +26,7 @@ from moola.evaluation.data_report import (
     plot_price,
 )
 from moola.features import FeatureMatrix, build_features
-from moola.pipelines.data import run_ingest, run_validate
+from moola.pipelines.data import StoreValidation, run_ingest, run_validate
 from moola.pipelines.label import run_label
 from moola.pipelines.oof import OOFConfig, run_oof
 from moola.pipelines.train import RunConfig, run_train
@@ -164,7 +165,10 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
         summary.add_row(what, line)
     console.print(summary)
 
-    # ---- report
+    # ---- report: the verdicts first, then what they rest on
+    rejected = sum(store.read_rejects(tf).height for tf in store.timeframes())
+    report.verdict_box(demo_verdict(val, daily, minute, verdict, oof_verdict, rejected=rejected),
+                       loud=bool(verdict["collapsed"] or verdict["trained_nothing"]))
     report.heading("Store")
     report.paragraph(
         f"Store at {store_dir}: timeframes {[t.value for t in store.timeframes()]}, "
@@ -227,6 +231,22 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     path = report.write("data_report.html")
     console.print(f"[bold green]report:[/] {path}")
     return path
+
+
+def demo_verdict(val: StoreValidation, daily: pl.DataFrame, minute: pl.DataFrame, verdict: dict[str, Any],
+                 oof_verdict: str, *, rejected: int) -> list[str]:
+    """The data report's opening lines: is the data usable (what validation found and did), does
+    the direction model beat its baselines, does pretraining help."""
+    findings = {str(tf.value): rep.totals() for tf, rep in val.reports.items()}
+    found = "; ".join(f"{tf}: " + (", ".join(f"{k} {v:,}" for k, v in t.items()) or "no findings")
+                      for tf, t in findings.items())
+    lines = [f"Data: {daily['symbol'].n_unique()} daily symbols ({daily.height:,} bars) and "
+             f"{minute['symbol'].n_unique()} one-minute symbol(s) ({minute.height:,} bars) stored and "
+             f"usable; validation found {found} ({rejected:,} rows set aside in the store's rejects: "
+             "dropped, or the losing copy of a duplicate; the rest flagged and kept)."]
+    lines += [f"Direction model: {line}" for line in verdict["lines"]]
+    lines.append(f"Pretraining: {oof_verdict.splitlines()[0]}")
+    return lines
 
 
 DESK_MEMBERS = {"lstm": ("direction_lstm", 0.35), "transformer": ("direction_transformer", 0.65)}

@@ -33,6 +33,13 @@ class DataReport:
     def paragraph(self, text: str) -> None:
         self.sections.append(f"<p>{html.escape(text)}</p>")
 
+    def verdict_box(self, lines: list[str], *, loud: bool = False) -> None:
+        """The report's first words: a framed box of bold lines, red when something is wrong."""
+        bg, edge = ("#fde2e2", "#c0392b") if loud else ("#eef5ff", "#4c72b0")
+        body = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in lines)
+        self.sections.append(f"<div class='verdict' style='border:2px solid {edge};background:{bg};"
+                             f"padding:.4em 1em'>{body}</div>")
+
     def table(self, df: pl.DataFrame, caption: str | None = None, max_rows: int = 60) -> None:
         """A table in a box that scrolls sideways when wide; an empty one says "no findings"."""
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""

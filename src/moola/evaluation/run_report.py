@@ -81,11 +81,8 @@ def write_run_report(
     notes = plain_notes(notes)
     verdict = run_verdict(metrics, table, notes, test_ci=test_ci)
     verdict["lines"] += [f"SPLIT: {w}" for w in (split or {}).get("warnings", [])]
-    loud = verdict["collapsed"] or verdict["trained_nothing"] or verdict["too_good"]
-    bg, edge = ("#fde2e2", "#c0392b") if loud else ("#eef5ff", "#4c72b0")
-    lines = "".join(f"<p style='margin:.3em 0'><b>{html.escape(t)}</b></p>" for t in verdict["lines"])
-    rep.sections.append(f"<div style='border:2px solid {edge};background:{bg};padding:.4em 1em'>"
-                        f"{lines}</div>")
+    rep.verdict_box(verdict["lines"],
+                    loud=verdict["collapsed"] or verdict["trained_nothing"] or verdict["too_good"])
     if split is not None:
         _split_section(rep, split)
     if notes:
