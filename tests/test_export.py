@@ -6,6 +6,7 @@ refuses bad formats, missing run directories and non-empty outputs, and never ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -21,12 +22,14 @@ from typer.testing import CliRunner, Result
 
 from _train_helpers import ROOT
 from moola.cli import app
+from moola.datasets.tasks import DataConfig, resolve_store
 from moola.datasets.windows import WindowSet
 from moola.inference import EXPORT_FILES, EXPORT_JSON, Predictor, export_run
 from moola.pipelines.train import RunConfig, run_train
 from moola.training.manifest import read_manifest
 
 DEMO = ROOT / "configs" / "train_demo.yaml"
+OLD_RUN = ROOT / "tests" / "fixtures" / "old_run_v1"
 FAST = ["train.epochs=1", "data.stride=20", "baselines=[majority]", "train.device=cpu",
         "train.num_threads=1", "data.symbols=[AAPL,JPM]"]
 ATOL = 1e-5
@@ -58,11 +61,11 @@ def transformer_run(tmp_path_factory) -> Path:
     return train(tmp_path_factory.mktemp("transformer"), "preset=direction_transformer")
 
 
-def served(run_dir: Path) -> tuple[dict[str, np.ndarray], pl.DataFrame]:
+def served(run_dir: Path, store: Path | None = None) -> tuple[dict[str, np.ndarray], pl.DataFrame]:
     """The raw feature windows of the run's last ``N_WINDOWS`` windows (symbol ids too) and
-    ``Predictor.predict_frame``'s rows for the same windows."""
+    ``Predictor.predict_frame``'s rows for the same windows, on the run's store by default."""
     p = Predictor.from_dir(run_dir)
-    store = Path(p.manifest_.store or "")
+    store = store or Path(p.manifest_.store or "")
     bars, tf = p.load_bars(store)
     ws = WindowSet.from_matrix(p.features(bars, tf), p.window_)
     since: datetime = ws.meta["end_ts"].sort()[-N_WINDOWS]
@@ -120,13 +123,13 @@ def assert_reproduces(got: dict[str, np.ndarray], frame: pl.DataFrame, classes: 
         np.testing.assert_allclose(got["score"][:, 0], frame["score"].to_numpy(), atol=ATOL, rtol=0)
 
 
-def round_trip(run_dir: Path, fmt: str, out: Path) -> None:
+def round_trip(run_dir: Path, fmt: str, out: Path, store: Path | None = None) -> None:
     """Export ``run_dir`` through the CLI and check a moola-free consumer reproduces it."""
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     res = cli("export", run_dir, "--format", fmt, "--out", out)
     assert res.exit_code == 0, res.output
-    inputs, frame = served(run_dir)
+    inputs, frame = served(run_dir, store)
     assert_reproduces(consume(out, inputs), frame, read_manifest(run_dir).classes)
 
 
@@ -138,6 +141,17 @@ def test_an_exported_lstm_gives_the_runs_probabilities_without_moola(lstm_run, f
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_an_exported_transformer_gives_the_runs_probabilities_without_moola(transformer_run, fmt, tmp_path):
     round_trip(transformer_run, fmt, tmp_path / "bundle")
+
+
+def test_an_old_run_directory_exports_with_its_migrated_manifest(tmp_path):
+    """A pre-manifest run (meta.json, moola 90b239b) exports too; the bundle's manifest.json is
+    the migration moola reads, export.json hashes the meta.json the directory holds."""
+    store = resolve_store(DataConfig(), tmp_path / "store")
+    round_trip(OLD_RUN, "torchscript", tmp_path / "old", store)
+    spec = json.loads((tmp_path / "old" / EXPORT_JSON).read_text())
+    assert spec["manifest_source"] == "meta.json"
+    assert spec["manifest_sha256"] == hashlib.sha256((OLD_RUN / "meta.json").read_bytes()).hexdigest()
+    assert read_manifest(tmp_path / "old") == read_manifest(OLD_RUN)
 
 
 def test_export_json_describes_inputs_outputs_and_the_runs_preprocessing(lstm_run, tmp_path):
@@ -156,6 +170,8 @@ def test_export_json_describes_inputs_outputs_and_the_runs_preprocessing(lstm_ru
     norm = json.loads((lstm_run / "normalizer.json").read_text())
     assert spec["normalizer"]["center"] == norm["mean_"] and spec["normalizer"]["scale"] == norm["scale_"]
     assert spec["check"]["max_abs_diff"] <= ATOL
+    assert spec["manifest_source"] == "manifest.json"
+    assert spec["manifest_sha256"] == hashlib.sha256((lstm_run / "manifest.json").read_bytes()).hexdigest()
 
 
 def test_the_cli_refuses_a_bad_format_a_missing_run_and_a_non_empty_out(lstm_run, tmp_path):

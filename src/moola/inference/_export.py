@@ -14,7 +14,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,7 +28,7 @@ import moola
 from moola._io import atomic_write_json
 from moola.inference._predictor import Predictor
 from moola.models import ModelConfig
-from moola.training.manifest import MANIFEST
+from moola.training.manifest import LEGACY_META, MANIFEST, read_manifest
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_JSON", "ExportError", "ServingGraph",
            "export_run", "require_onnx"]
@@ -241,7 +241,8 @@ def _describe(p: Predictor, fmt: str, names: list[str], outputs: list[str], mani
     return {
         "format": fmt, "file": EXPORT_FILES[fmt], "moola_version": moola.__version__,
         "torch_version": torch.__version__, "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,
-        "run_dir": str(p.run_dir_.resolve()), "manifest_sha256": manifest_sha, "manifest": MANIFEST,
+        "run_dir": str(p.run_dir_.resolve()), "manifest": MANIFEST, "manifest_sha256": manifest_sha,
+        "manifest_source": MANIFEST if (p.run_dir_ / MANIFEST).is_file() else LEGACY_META,
         "model": p.model_config_.name, "task": m.task, "head": _head_kind(p.model_config_),
         "inputs": inputs, "outputs": outs, "feature_set": m.feature_set,
         "feature_schema_hash": m.feature_schema_hash, "feature_names": list(m.feature_names),
@@ -274,41 +275,64 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _load(run_dir: Path) -> Predictor:
+    """The run as the Predictor serves it; refused unless it is a `moola train` run."""
+    if not any((run_dir / name).is_file() for name in (MANIFEST, LEGACY_META)):
+        what = "does not exist" if not run_dir.exists() else f"has no {MANIFEST} (nor an old {LEGACY_META})"
+        raise ExportError(f"run directory {run_dir} {what}: export takes a `moola train` run directory")
+    kind = read_manifest(run_dir).kind
+    if kind != "train_run":
+        raise ExportError(f"{run_dir}: its manifest is of kind {kind!r}; export takes a `moola train` "
+                          "run (kind 'train_run')")
+    p = Predictor.from_dir(run_dir)
+    p.model_.eval()
+    return p
+
+
+def _copy_manifest(p: Predictor, tmp: Path) -> str:
+    """``tmp/manifest.json``: the run's own file (an old run's ``meta.json`` migrated, as
+    moola reads it); returns the sha256 of the file the run directory holds."""
+    src = p.run_dir_ / MANIFEST
+    if src.is_file():
+        shutil.copyfile(src, tmp / MANIFEST)
+    else:
+        src = p.run_dir_ / LEGACY_META
+        atomic_write_json(tmp / MANIFEST, p.manifest_.model_dump(mode="json"))
+    return hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def _write_bundle(p: Predictor, fmt: str, tmp: Path) -> None:
+    """The model file, checked, then the manifest copy and ``export.json``, all into ``tmp``."""
+    norm = p.normalizer_
+    graph = ServingGraph(p.model_, p.model_config_, center=None if norm is None else norm.center,
+                         scale=None if norm is None else norm.scale_, temperature=p.temperature_).eval()
+    names, outputs = _input_names(p), _output_names(p.classes_)
+    path = tmp / EXPORT_FILES[fmt]
+    example = _example(p, _TRACE_BATCH)
+    if fmt == "onnx":
+        _write_onnx(graph, example, path, names, outputs)
+    else:
+        _write_torchscript(graph, example, path)
+    diff = _check(graph, p, fmt, path, names)
+    sha = _copy_manifest(p, tmp)
+    atomic_write_json(tmp / EXPORT_JSON, _describe(p, fmt, names, outputs, sha, diff))
+
+
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``out/model.onnx`` or ``out/model.pt``, a copy of the run's manifest and
     ``out/export.json``; the exported file is checked against the run before it is published."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / MANIFEST).is_file():
-        what = "does not exist" if not run_dir.exists() else f"has no {MANIFEST}"
-        raise ExportError(f"run directory {run_dir} {what}: export takes a `moola train` run directory")
     _prepare_out(out, overwrite)
     if fmt == "onnx":
         require_onnx()
-    p = Predictor.from_dir(run_dir)
-    if p.manifest_.kind != "train_run":
-        raise ExportError(f"{run_dir / MANIFEST}: kind {p.manifest_.kind!r}; export takes a "
-                          "`moola train` run (kind 'train_run')")
-    p.model_.eval()
-    norm = p.normalizer_
-    graph = ServingGraph(p.model_, p.model_config_, center=None if norm is None else norm.center,
-                         scale=None if norm is None else norm.scale_, temperature=p.temperature_).eval()
-    names, outputs = _input_names(p), _output_names(p.classes_)
+    p = _load(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would become the published directory's mode
     try:
-        path = tmp / EXPORT_FILES[fmt]
-        example = _example(p, _TRACE_BATCH)
-        if fmt == "onnx":
-            _write_onnx(graph, example, path, names, outputs)
-        else:
-            _write_torchscript(graph, example, path)
-        diff = _check(graph, p, fmt, path, names)
-        manifest_bytes = (run_dir / MANIFEST).read_bytes()
-        (tmp / MANIFEST).write_bytes(manifest_bytes)
-        sha = hashlib.sha256(manifest_bytes).hexdigest()
-        atomic_write_json(tmp / EXPORT_JSON, _describe(p, fmt, names, outputs, sha, diff))
+        _write_bundle(p, fmt, tmp)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
