@@ -54,6 +54,7 @@ class Runs:
     real: Recorded
     other: Recorded  # beats its baseline exactly when ``real`` does not
     pretrain: Recorded
+    oof: Recorded
 
 
 def _best(metrics: dict[str, Any], metric: str, sign: int = 1) -> tuple[str, float]:
@@ -89,7 +90,10 @@ def runs(store, train_run, tmp_path_factory) -> Runs:
         other_id = _record("train", "fabricated_other_side", root / "other", other, LONG_EXPERIMENT)
         pre = {"val_loss": 0.25, "best_epoch": 1}
         pre_id = _record("pretrain", "encoder_only", root / "pre", pre)
-    return Runs(real, Recorded(other_id, other), Recorded(pre_id, pre))
+        arms = {"scratch": 0.5625, "pretrained_finetuned": 0.625, "majority": 0.5, "logistic": 0.59375}
+        oof = {"arms": {a: {"balanced_accuracy": v} for a, v in arms.items()}, "n_labeled": 96}
+        oof_id = _record("oof", "oof_arms", root / "oof", oof)
+    return Runs(real, Recorded(other_id, other), Recorded(pre_id, pre), Recorded(oof_id, oof))
 
 
 def _expected(rec: Recorded, metric: str = "balanced_accuracy", sign: int = 1) -> dict[str, Any]:
@@ -136,7 +140,18 @@ def test_a_run_without_a_test_metric_logs_no_headline(client, runs):
     assert "moola.best_baseline" not in run.data.tags and not run.inputs.dataset_inputs
 
 
-def test_oof_headline_is_the_best_model_arm_against_the_best_baseline_arm():
+def test_an_oof_run_logs_its_best_model_arm_against_its_best_baseline_arm(client, runs):
+    run = client.get_run(runs.oof.run_id)
+    assert run.data.metrics["test_balanced_accuracy"] == 0.625  # pretrained_finetuned
+    assert run.data.metrics["best_baseline_balanced_accuracy"] == 0.59375  # logistic
+    assert run.data.metrics["vs_best_baseline_balanced_accuracy"] == 0.625 - 0.59375
+    assert run.data.tags["moola.best_baseline"] == "logistic"
+    row = _json("--experiment", "oof")[runs.oof.run_id]
+    assert (row["arm"], row["value"], row["best_baseline"], row["beats_baseline"]) == (
+        "pretrained_finetuned", 0.625, "logistic", True)
+
+
+def test_headline_rules_lower_is_better_and_ties():
     flat = flatten_metrics({"arms": {"scratch": {"balanced_accuracy": 0.55},
                                      "pretrained_finetuned": {"balanced_accuracy": 0.6},
                                      "majority": {"balanced_accuracy": 0.5},
@@ -145,6 +160,14 @@ def test_oof_headline_is_the_best_model_arm_against_the_best_baseline_arm():
     assert h is not None
     assert (h.model, h.value, h.baseline, h.baseline_value) == ("pretrained_finetuned", 0.6, "logistic", 0.62)
     assert h.difference == pytest.approx(-0.02) and h.beats is False
+    # equal to the best baseline is not beating it
+    tie = run_headline(flatten_metrics({"model": {"accuracy": 0.5},
+                                        "baseline_metrics": {"majority": {"accuracy": 0.5}}}), "accuracy")
+    assert tie is not None and tie.difference == 0 and tie.beats is False
+    # no baseline: a value, no verdict
+    alone = run_headline({"model.accuracy": 0.7}, "accuracy")
+    assert alone is not None and alone.baseline is None and alone.difference is None and alone.beats is None
+    assert run_headline({"val_loss": 0.3}) is None
     # lower is better: a smaller log loss beats
     low = run_headline(flatten_metrics({"model": {"log_loss": 0.6},
                                         "baseline_metrics": {"majority": {"log_loss": 0.69}}}), "log_loss")

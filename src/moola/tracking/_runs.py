@@ -230,10 +230,10 @@ def compare_runs(experiment: str | None = None, metric: str = DEFAULT_METRIC,
                  max_results: int = 200) -> list[ComparedRun]:
     """Runs newest first with their test ``metric``, the best baseline's and the difference;
     ValueError for an unknown experiment or metric, listing the valid ones."""
-    if _missing_sqlite_store() is not None:
+    missing = _missing_sqlite_store()
+    if missing is not None:
         if experiment is not None:
-            raise ValueError(f"no MLflow experiment {experiment!r}: the store "
-                             f"{_missing_sqlite_store()} does not exist")
+            raise ValueError(f"no MLflow experiment {experiment!r}: the store {missing} does not exist")
         _check_metric(metric, set())
         return []
     client = _client()
