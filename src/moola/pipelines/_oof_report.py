@@ -109,11 +109,10 @@ def write_oof_report(out: Path, *, cfg: OOFConfig, data_counts: dict[str, int], 
     n = sum(data_counts.values())
     title = verdict.splitlines()[0]
     rep = DataReport(out, title=f"{transductive.splitlines()[0]} | {title}" if transductive else title)
-    if transductive:  # the encoder saw the labeled periods: the verdict is not out-of-sample
-        rep.sections.append(f"<p><b>{html.escape(transductive)}</b></p>")
+    # the encoder saw the labeled periods (transductive): the verdict is not out-of-sample
+    rep.verdict_box(([transductive] if transductive else []) + verdict.splitlines(),
+                    loud=bool(transductive) or "WORSE" in verdict)
     rep.heading(f"Verdict: does pretraining help? ({cfg.name})")
-    rep.sections.append("<p><b>" + "<br>".join(html.escape(x) for x in verdict.splitlines())
-                        + "</b></p>")
     scheme = ("walk-forward (each fold trains only on earlier time blocks; the first "
               f"{cfg.min_train or 'N/(folds+1)'} windows only train)" if cfg.fold_scheme == "walk_forward"
               else "blocked (each fold trains on the time blocks on both sides of its test block)")

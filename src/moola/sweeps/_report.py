@@ -112,6 +112,33 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
     return figs
 
 
+def sweep_verdict(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunState | None
+                  ) -> list[str]:
+    """The report's first lines: which run won and by how much over the runner-up (does the choice
+    matter?), and what the winner's own report says about its baselines on test."""
+    n_fail = sum(st.status == "failed" for st in states)
+    done = f"{sum(st.finished for st in states)} of {len(states)} runs finished" + (
+        f", {n_fail} FAILED (state/NAME.error.json)" if n_fail else "")
+    if best is None:
+        return [f"NO BEST: no run finished with {sel.metric}; {done}."]
+    assert best.value is not None
+    pairs = [(st.spec.label, float(st.value)) for st in states if st.finished and st.value is not None]
+    scored = sorted(pairs, key=lambda lv: lv[1] if sel.mode == "min" else -lv[1])
+    lines = [f"Best by {sel}: {best.spec.label} with {sel.metric} = {best.value:.4f}; {done}."]
+    if len(scored) > 1:
+        label2, value2 = scored[1]
+        values = [v for _, v in scored]
+        lines.append(f"Runner-up {label2} at {value2:.4f} (the best is {abs(best.value - value2):.4f} "
+                     f"better); all finished runs span {min(values):.4f} .. {max(values):.4f}.")
+    metrics = sweep_dir / "runs" / best.spec.run_name / "metrics.json"
+    if metrics.is_file():
+        from moola._io import read_json
+
+        v = read_json(metrics).get("verdict") or {}
+        lines += [f"Best run on its test split: {line}" for line in v.get("lines", [])]
+    return lines
+
+
 def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, states: list[RunState],
                         console: Console) -> tuple[RunState | None, Path]:
     """summary.csv, best.yaml, report.html (+ PNGs), comparison.html for direction members;
@@ -144,10 +171,7 @@ def write_sweep_outputs(sweep_dir: Path, matrix: MatrixConfig, sel: Selection, s
         console.print(f"[red]no run finished with {sel.metric}; no best.yaml[/]")
     rep = DataReport(sweep_dir, title=f"sweep {matrix.name}: moola {matrix.command}, selected by {sel}")
     n_fail = sum(st.status == "failed" for st in states)
-    rep.paragraph(
-        f"{len(states)} runs; {sum(st.finished for st in states)} finished, {n_fail} failed. "
-        + (f"Best: {best.spec.label} with {sel.metric} = {best.value:.4f}." if best else "No best run.")
-    )
+    rep.verdict_box(sweep_verdict(sweep_dir, states, sel, best), loud=best is None or n_fail > 0)
     for fig, name, caption in _plots(sweep_dir, states, sel, best):
         rep.figure(fig, name, caption)
     finished = [(st.spec.label, sweep_dir / "runs" / st.spec.run_name) for st in states if st.finished]
