@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -190,6 +191,17 @@ def test_the_cli_refuses_a_bad_format_a_missing_run_and_a_non_empty_out(lstm_run
     res = cli("export", lstm_run, "--format", "torchscript", "--out", full, "--overwrite")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in full.iterdir()) == ["export.json", "manifest.json", "model.pt"]
+
+
+def test_a_run_of_another_kind_is_refused_by_name(lstm_run, tmp_path):
+    """Only `moola train` runs export (a ranking run's day panels are another contract)."""
+    other = tmp_path / "rank"
+    shutil.copytree(lstm_run, other)
+    m = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**m, "kind": "rank_run"}))
+    res = cli("export", other, "--format", "torchscript", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "kind 'rank_run'" in res.output and str(other) in res.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_failed_export_leaves_the_old_bundle_whole_and_no_temp_dir(lstm_run, tmp_path, monkeypatch):
