@@ -191,6 +191,10 @@ def test_the_cli_refuses_a_bad_format_a_missing_run_and_a_non_empty_out(lstm_run
     res = cli("export", lstm_run, "--format", "torchscript", "--out", full, "--overwrite")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in full.iterdir()) == ["export.json", "manifest.json", "model.pt"]
+    for inside in (lstm_run, lstm_run.parent):  # --overwrite there would delete the run
+        res = cli("export", lstm_run, "--format", "torchscript", "--out", inside, "--overwrite")
+        assert res.exit_code == 2 and "holds) the run directory" in res.output
+    assert (lstm_run / "weights.safetensors").is_file()
 
 
 def test_a_run_of_another_kind_is_refused_by_name(lstm_run, tmp_path):

@@ -254,8 +254,12 @@ def _describe(p: Predictor, fmt: str, names: list[str], outputs: list[str], mani
     }
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` (or a file there) unless ``overwrite``."""
+def _prepare_out(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (or a file there) unless ``overwrite``, and always the run
+    directory itself or a folder holding it (``--overwrite`` would delete the run)."""
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise ExportError(f"--out {out} is (or holds) the run directory {run_dir}; export into "
+                          "another directory")
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -268,7 +272,7 @@ def _publish(tmp: Path, out: Path) -> None:
     last, so ``out`` always holds one complete export."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
@@ -324,7 +328,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, overwrite: boo
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     run_dir, out = Path(run_dir), Path(out)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, run_dir, overwrite)
     if fmt == "onnx":
         require_onnx()
     p = _load(run_dir)
