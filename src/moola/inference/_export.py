@@ -109,8 +109,8 @@ def _input_names(p: Predictor) -> list[str]:
 
 
 def _example(p: Predictor, batch: int) -> tuple[torch.Tensor, ...]:
-    """A window batch of the run's shape: normalised values of 0.5 (the normaliser undone), so
-    every feature is in its trained range; symbol ids cycle through the run's symbols."""
+    """A seeded window batch of the run's shape: standard normal in normalised units, mapped back
+    through the normaliser so every feature is in its trained range; symbol ids cycle."""
     n = p.model_config_.n_features
     g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, p.window_, n, generator=g)
@@ -217,6 +217,7 @@ def _check(graph: ServingGraph, p: Predictor, fmt: str, path: Path, names: list[
 
 
 def _normalizer_doc(p: Predictor) -> dict[str, Any] | None:
+    """The statistics the graph applies, for a consumer to read (never to apply again)."""
     if p.normalizer_ is None:
         return None
     return {"class": type(p.normalizer_).__name__, "in_graph": True,
