@@ -306,7 +306,9 @@ def demo(
         Path | None, typer.Option("--data", help="Bundled data directory (default: the repo's).")
     ] = None,
 ) -> None:
-    """The main job on bundled real data: ingest, validate, features, windows, report."""
+    """Every journey on the bundled real data: ingest and validate, features, a direction model,
+    pattern labels, a pretraining sweep, tuning, the OOF pretraining verdict, promotion to an
+    ensemble, the dry-run runtime and cross-sectional ranking; one report per step."""
     from moola.demo import run_demo
 
     run_demo(out, data_dir=data_dir, console=console)
