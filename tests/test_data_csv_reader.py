@@ -352,3 +352,19 @@ def test_one_field_record_with_a_quoted_line_break_is_a_plain_error(tmp_path: Pa
     with pytest.raises(IngestError) as e:
         read_file(_write(tmp_path / "BTCUSD_1m.csv", text))
     assert e.value.line == (1 if text.startswith('"') else 2)
+
+
+def test_every_line_is_stored_or_a_counted_reject_end_to_end(tmp_path: Path) -> None:
+    """Through the CLI: blank and delimiter-only lines are kept as ``empty_row`` rejects with their
+    lines, and stored rows + rejects + the header account for every physical line."""
+    lines = btc_csv_lines(N)
+    lines.insert(3, "")
+    lines.insert(7, ",,,,,")
+    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", lines)
+    res = cli("data", "ingest", p, "--store", tmp_path / "store")
+    assert res.exit_code == 0, res.output
+    store = Store(tmp_path / "store")
+    bars, rejects = store.read(Timeframe.M1), store.read_rejects(Timeframe.M1)
+    _assert_bars(bars)
+    assert rejects.select("reason", "line").rows() == [("empty_row", 4), ("empty_row", 8)]
+    assert bars.height + rejects.height + 1 == len(lines)
