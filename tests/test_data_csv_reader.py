@@ -69,6 +69,16 @@ def test_unicode_line_separators_stay_inside_a_cell(tmp_path: Path, sep: str) ->
     assert df.get_column("_line").to_list() == list(range(2, N + 2))
 
 
+@pytest.mark.parametrize(("bom", "eol", "sep"), [("", "\r\n", ","), ("\ufeff", "\n", ";"),
+                                               ("\ufeff", "\r\n", "\t")])
+def test_bom_and_crlf_keep_lines_and_detection(tmp_path: Path, bom: str, eol: str, sep: str) -> None:
+    lines = [ln.replace(",", sep) for ln in btc_csv_lines(N)]
+    p = _write(tmp_path / "BTCUSD_1m.csv", bom + eol.join(lines) + eol)
+    df = read_file(p).frame
+    _assert_bars(df)
+    assert df.get_column("_line").to_list() == list(range(2, N + 2))
+
+
 def test_blank_and_delimiter_only_lines_are_empty_row_faults(tmp_path: Path) -> None:
     head, *rows = btc_csv_lines(N)
     text = "\n".join(["", head, *rows[:4], ",,,,,", "", "   ", *rows[4:10], " , ,,", ",,",
