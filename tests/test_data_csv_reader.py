@@ -378,3 +378,13 @@ def test_every_line_is_stored_or_a_counted_reject_end_to_end(tmp_path: Path) -> 
     _assert_bars(bars)
     assert rejects.select("reason", "line").rows() == [("empty_row", 4), ("empty_row", 8)]
     assert bars.height + rejects.height + 1 == len(lines)
+
+
+def test_one_column_of_an_unknown_delimiter_points_at_the_option(tmp_path: Path) -> None:
+    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", [ln.replace(",", "#") for ln in btc_csv_lines(N)])
+    with pytest.raises(IngestError, match="one column and no header") as e:
+        read_file(p)  # no candidate splits it
+    assert "--delimiter" in str(e.value)
+    res = cli("data", "ingest", p, "--store", tmp_path / "store", "--delimiter", "#")
+    assert res.exit_code == 0, res.output
+    _assert_bars(Store(tmp_path / "store").read(Timeframe.M1))

@@ -772,10 +772,13 @@ def _headerless_layout(
         return KRAKEN_OHLCVT, Format.KRAKEN
     if width == 6:
         return _disambiguate_six(path, raw, lines)
+    one = width == 1
     raise IngestError(
-        f"{width} columns and no header: not a known export "
+        f"{'one column' if one else f'{width} columns'} and no header: not a known export "
         "(Binance klines have 12, Kraken OHLCVT 7, Coinbase candles and Binance's short form 6)",
-        path=path, line=lines[0], hint="pass --format generic --columns ts=0,open=1,...",
+        path=path, line=lines[0],
+        hint="if fields are split by another character, pass --delimiter" if one
+        else "pass --format generic --columns ts=0,open=1,...",
     )
 
 
