@@ -166,6 +166,32 @@ def test_batches_give_the_same_frame_as_one_batch(tmp_path: Path, monkeypatch: p
     _assert_bars(_good(whole), 60)
 
 
+def test_batch_of_only_empty_rows_keeps_file_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    """A delimiter-only row of full width and a blank line go different ways through the loop;
+    a batch holding only them must still list them in line order."""
+    head, *rows = btc_csv_lines(6)
+    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", [head, *rows[:3], ",,,,,", "", ",,,,,", *rows[3:]])
+    whole = read_file(p).frame
+    assert whole.get_column("_line").to_list() == list(range(2, 11))
+    for batch in range(1, 8):
+        monkeypatch.setattr(readers, "CSV_BATCH_ROWS", batch)
+        assert read_file(p).frame.equals(whole), batch
+
+
+@pytest.mark.parametrize("batch", [1, 200_000])
+def test_value_error_before_a_later_width_error_is_reported_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    lines = btc_csv_lines(20)
+    lines[4] = lines[4].replace(",", ",x", 1)  # physical line 5: open is 'x23...'
+    lines[12] += ",7"  # physical line 13: seven fields
+    monkeypatch.setattr(readers, "CSV_BATCH_ROWS", batch)
+    with pytest.raises(IngestError, match="non-numeric") as e:
+        read_file(write_csv_lines(tmp_path / "BTCUSD_1m.csv", lines))
+    assert e.value.line == 5
+
+
 def test_headerless_layout_is_decided_once_for_all_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,13 +381,14 @@ def test_read_file_on_a_directory(tmp_path: Path) -> None:
         read_file(tmp_path)
 
 
-@pytest.mark.parametrize("text", ['"a\nb;c;d"\n', 'x,y\n"p\nq;r;s"\n1,2\n'])
-def test_one_field_record_with_a_quoted_line_break_is_a_plain_error(tmp_path: Path, text: str
-                                                                    ) -> None:
+@pytest.mark.parametrize(("text", "line"), [('"a\nb;c;d"\n', 1),
+                                          ("\n".join(btc_csv_lines(1)) + '\n"p\nq;r;s"\n', 3)])
+def test_one_field_record_with_a_quoted_line_break_is_a_plain_error(tmp_path: Path, text: str,
+                                                                    line: int) -> None:
     """Suggesting a delimiter re-splits the field; a line break in it must not escape as csv.Error."""
     with pytest.raises(IngestError) as e:
         read_file(_write(tmp_path / "BTCUSD_1m.csv", text))
-    assert e.value.line == (1 if text.startswith('"') else 2)
+    assert e.value.line == line
 
 
 def test_every_line_is_stored_or_a_counted_reject_end_to_end(tmp_path: Path) -> None:

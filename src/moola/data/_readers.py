@@ -374,7 +374,8 @@ def _read_csv(
                 if len(faults) < batch_rows:
                     continue
             else:
-                reader.check_repeated_header(rows, lines)
+                if rows:  # an error on an earlier line of this batch comes first
+                    reader.frame(rows, lines, [])
                 raise reader.width_error(start, rec)
             frames.append(reader.frame(rows, lines, faults))
             rows, lines, faults = [], [], []
@@ -541,16 +542,6 @@ class _CsvBatches:
             path=self.path, line=line, hint=hint,
         )
 
-    def check_repeated_header(self, rows: list[list[str]], lines: list[int]) -> None:
-        """Python-side check of pending rows, so an earlier repeated header wins over a later
-        width error as it did when the file was read whole."""
-        if self.header is None:
-            return
-        low = [h.lower() for h in self.header]
-        for rec, ln in zip(rows, lines, strict=True):
-            if [c.strip().lower() for c in rec] == low:
-                raise IngestError("repeated header row inside the data", path=self.path, line=ln)
-
     def frame(self, rows: list[list[str]], lines: list[int], faults: list[tuple[int, str]]
               ) -> pl.DataFrame:
         """One batch: good records through ``_to_frame``, blank ones as ``empty_row`` fault rows."""
@@ -570,7 +561,7 @@ class _CsvBatches:
             if cells.height:
                 parts.append(self._good(cells, line_arr))
         if faults:
-            parts.append(_empty_rows(self.path, faults))
+            parts.append(_empty_rows(self.path, sorted(faults)))
         if len(parts) == 1:
             return parts[0]
         return pl.concat(parts, how="diagonal_relaxed").sort("_line")
