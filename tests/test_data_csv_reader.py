@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import moola.data._readers as readers
 from _data_helpers import OHLCV, btc_csv_lines, btc_frame, cli, write_csv_lines
-from moola.data import IngestError, Store, Timeframe, list_input_files, read_file
+from moola.data import IngestError, MoolaDataError, Store, Timeframe, list_input_files, read_file
 from moola.data._readers import parse_delimiter
 
 N = 30
+_DEFAULT_BATCH = readers.CSV_BATCH_ROWS
 
 
 def _with_note(notes: dict[int, str], n: int = N) -> list[str]:
@@ -171,9 +174,10 @@ def test_batch_of_only_empty_rows_keeps_file_order(tmp_path: Path, monkeypatch: 
     """A delimiter-only row of full width and a blank line go different ways through the loop;
     a batch holding only them must still list them in line order."""
     head, *rows = btc_csv_lines(6)
-    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", [head, *rows[:3], ",,,,,", "", ",,,,,", *rows[3:]])
+    empty = ["", ",,,,,", ",,,,,", "", ",,,,,", "", ""]
+    p = write_csv_lines(tmp_path / "BTCUSD_1m.csv", [head, *rows[:3], *empty, *rows[3:]])
     whole = read_file(p).frame
-    assert whole.get_column("_line").to_list() == list(range(2, 11))
+    assert whole.get_column("_line").to_list() == list(range(2, 15))
     for batch in range(1, 8):
         monkeypatch.setattr(readers, "CSV_BATCH_ROWS", batch)
         assert read_file(p).frame.equals(whole), batch
@@ -190,6 +194,45 @@ def test_value_error_before_a_later_width_error_is_reported_first(
     with pytest.raises(IngestError, match="non-numeric") as e:
         read_file(write_csv_lines(tmp_path / "BTCUSD_1m.csv", lines))
     assert e.value.line == 5
+
+
+_PIECES = st.sampled_from(["", ",,,,,", "  ", '"a\nb"', "\u2028", "\x85", ";", "\t", "|", '"', "\r"])
+
+
+def _outcome(path: Path, batch: int) -> tuple[str, pl.DataFrame | int | None]:
+    readers.CSV_BATCH_ROWS = batch
+    try:
+        return "ok", read_file(path).frame
+    except MoolaDataError as e:
+        return "error", e.line
+    finally:
+        readers.CSV_BATCH_ROWS = _DEFAULT_BATCH
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 30), _PIECES, st.booleans()), max_size=6),
+       sep=st.sampled_from([",", ";", "\t", "|"]))
+def test_batched_reads_match_the_whole_file_read(tmp_path: Path, edits: list[tuple[int, str, bool]],
+                                                 sep: str) -> None:
+    """Blank, delimiter-only, multi-line and odd-character lines anywhere: batches of 1 and 3
+    records give the frame one batch gives, or both raise a located error."""
+    lines = [ln.replace(",", sep) for ln in btc_csv_lines(12)]
+    for i, text, insert in edits:
+        i %= len(lines) + 1
+        if insert or i == len(lines):
+            lines.insert(i, text)
+        else:
+            lines[i] += text
+    p = _write(tmp_path / "BTCUSD_1m.csv", "\n".join(lines) + "\n")
+    kind, whole = _outcome(p, _DEFAULT_BATCH)
+    for batch in (1, 3):
+        other_kind, other = _outcome(p, batch)
+        assert other_kind == kind, (batch, lines)
+        if isinstance(whole, pl.DataFrame):
+            assert isinstance(other, pl.DataFrame) and other.equals(whole), (batch, lines)
+        else:  # which error comes first may differ: a batch is parsed before the next is read
+            assert (other is None) == (whole is None), (batch, lines)
 
 
 def test_headerless_layout_is_decided_once_for_all_batches(
