@@ -7,7 +7,7 @@ from ``wait4``. ``--baseline-rev`` also runs the command of an older commit (its
 ``git archive``), e.g. the whole-file reader before the streaming one.
 
 Usage: python benchmarks/bench_ingest_memory.py [--mb 200 1000] [--repeats 3] [--source CSV]
-       [--rev REV] [--baseline-rev REV] [--baseline-max-mb 1000]
+       [--rev REV] [--baseline-rev REV] [--baseline-max-mb 1000] [--phases]
 """
 
 from __future__ import annotations
@@ -79,6 +79,38 @@ def run_ingest(csv_path: Path, store: Path, pythonpath: str | None) -> Run:
     return Run(wall_s=wall, peak_rss_mib=usage.ru_maxrss / 1024)
 
 
+_PHASES = """
+import resource, sys, time
+t = time.perf_counter()
+from pathlib import Path
+from moola.data import Store, Timeframe, read_file, validate_raw
+import moola.cli
+
+def step(name, t0):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  {name:<22} {time.perf_counter() - t0:6.1f} s   peak so far {peak:8,.0f} MiB")
+
+step("import moola.cli", t)
+t = time.perf_counter(); raw = read_file(Path(sys.argv[1])); step("read_file", t)
+t = time.perf_counter(); v = validate_raw(raw.frame, Timeframe.M1); step("validate_raw", t)
+del raw
+t = time.perf_counter(); Store(sys.argv[2]).write_many({Timeframe.M1: (v.bars, v.rejects)})
+step("Store.write_many", t)
+"""
+
+
+def phases(csv_path: Path, store: Path, pythonpath: str | None) -> str:
+    """The command's steps in one child process: the peak after each says which step sets it."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    shutil.rmtree(store, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", _PHASES, str(csv_path), str(store)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    shutil.rmtree(store, ignore_errors=True)
+    return out
+
+
 def baseline_tree(rev: str, dest: Path) -> str:
     """``src`` of an older commit, unpacked for PYTHONPATH."""
     data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
@@ -114,6 +146,8 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     ap.add_argument("--rev", help="measure this commit's moola instead of the working tree")
     ap.add_argument("--baseline-rev", help="also run this commit's moola (e.g. the old reader)")
+    ap.add_argument("--phases", action="store_true",
+                    help="also print each step's peak (read, validate, write) for the measured tree")
     ap.add_argument("--baseline-max-mb", type=float, default=float("inf"),
                     help="skip the baseline above this size (it may need many times the file)")
     args = ap.parse_args()
@@ -141,6 +175,9 @@ def main() -> None:
                     continue
                 runs = measure(csv_path, tmp, args.repeats, tree)
                 print(row(label, size / 1e6, rows, runs, fixed[label]), flush=True)
+            if args.phases:
+                first = next(iter(trees.values()))
+                print(f"steps at {size / 1e6:.0f} MB:\n{phases(csv_path, tmp / 'store', first)}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
