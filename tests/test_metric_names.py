@@ -13,6 +13,7 @@ from rich.console import Console
 
 from _train_helpers import ROOT
 from moola.datasets.tasks import DataConfig, resolve_store
+from moola.evaluation.ranking import RANKING_METRIC_NAMES
 from moola.pipelines.train import RunConfig, run_train, val_metric_names
 from moola.training.objectives import metric_name_matches
 
@@ -69,3 +70,23 @@ def test_declared_ranking_metrics_are_exactly_the_logged_ones(tmp_path):
     out = run_rank_train(cfg, console=Console(quiet=True), show_progress=False, report=False)
     epochs = [json.loads(line) for line in (out.run_dir / "history.jsonl").read_text().splitlines()]
     assert {k for k in epochs[-1] if k.startswith("val_")} == set(logged_metrics(cfg, "rank"))
+    val = json.loads((out.run_dir / "metrics.json").read_text())["val"]  # what a rank sweep selects on
+    for h in ("1", "5"):
+        assert {k for k, v in val[h].items() if not isinstance(v, str)} == set(RANKING_METRIC_NAMES)
+
+
+def test_declared_ranking_table_names_are_exactly_the_numbers_ranking_metrics_returns():
+    """The per-horizon table of a rank run's metrics.json, on real S&P 500 returns with noisy scores."""
+    import numpy as np
+    import polars as pl
+
+    from _real_data import load_daily
+    from moola.evaluation.ranking import LongShortConfig, ranking_metrics
+
+    bars = load_daily(None).sort("symbol", "ts")
+    ret = bars.with_columns((pl.col("close").shift(-5).over("symbol") / pl.col("close") - 1).alias("ret"))
+    frame = ret.select(pl.col("ts").dt.date().alias("date"), "symbol", "ret").drop_nulls()
+    frame = frame.with_columns((pl.col("ret") + np.random.default_rng(0).normal(0, 0.05, frame.height))
+                               .alias("score"))
+    m = ranking_metrics(frame, 5, LongShortConfig(horizon=5))
+    assert {k for k, v in m.items() if not isinstance(v, str)} == set(RANKING_METRIC_NAMES)

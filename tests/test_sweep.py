@@ -158,6 +158,14 @@ def test_a_select_metric_the_runs_do_not_record_is_refused_before_any_run(tmp_pa
     res = CliRunner().invoke(app, ["sweep", str(cli_path), "--select", "run.val.mse:min"])
     assert res.exit_code == 2 and "--select" in res.output and "'run.val.mse'" in res.output, res.output
     assert not (tmp_path / "sweeps" / "cli").exists()
+    rank = tmp_path / "rank.yaml"  # rank: val.<horizon>.<name>, both parts checked
+    rank.write_text(yaml.safe_dump({"name": "r", "command": "rank", "out_dir": str(tmp_path / "sweeps"),
+                                    "base": str(ROOT / "configs" / "rank_demo.yaml")}))
+    for select in ("val.5.rank_ic_men:max", "val.3.rank_ic_mean:max"):  # a misspelt name, no such horizon
+        res = CliRunner().invoke(app, ["sweep", str(rank), "--select", select])
+        assert res.exit_code == 2 and f"'{select[:-4]}'" in res.output, res.output
+        assert "val.5.rank_ic_mean" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "sweeps" / "r").exists()
 
 
 # ------------------------------------------------------------------------- running

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moola._io import atomic_write_text
+
+# Ceilings on sizes that multiply into memory or time: far above any run that fits a machine,
+# finite so a typo (batch_size: 1e8) is refused at validation, naming the key and the bound.
+MAX_BATCH = 65_536  # samples (or dates) per batch
+MAX_WIDTH = 16_384  # hidden sizes, d_model, feed-forward and head widths, filters, embeddings
+MAX_LAYERS = 64  # stacked layers or modules of one encoder or head
+MAX_HEADS = 256  # attention heads
+MAX_BARS = 100_000  # bars: windows, sequence lengths, strides, horizons, kernels, lookbacks
+MAX_FEATURES = 100_000  # input features per bar
+MAX_EPOCHS = 100_000
+MAX_STEPS = 100_000_000  # optimiser steps
+MAX_WORKERS = 1_024  # threads, worker processes, parallel runs
+MAX_REPEATS = 10_000  # seeds, folds, classes, views, retries: things done once each
+MAX_RUNS = 10_000  # runs of one sweep (its grid times its variants)
+MAX_SYMBOLS = 100_000  # symbols one model embeds, stocks per date
+MAX_RESAMPLES = 1_000_000  # bootstrap resamples
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Layers = Annotated[int, Field(ge=1, le=MAX_LAYERS)]
+Heads = Annotated[int, Field(ge=1, le=MAX_HEADS)]
+Bars = Annotated[int, Field(ge=1, le=MAX_BARS)]
+Features = Annotated[int, Field(ge=1, le=MAX_FEATURES)]
+Workers = Annotated[int, Field(ge=1, le=MAX_WORKERS)]
 
 
 class ConfigError(ValueError):
@@ -138,6 +161,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _bounds(metadata: list[Any]) -> str:
+    """A field's numeric limits for the docs (`` >= 1, <= 65536``), so the ceilings are listed."""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [f"{sign} {getattr(m, name)}" for m in metadata for name, sign in signs.items()
+             if getattr(m, name, None) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def schema_markdown(cls: type[BaseModel], prefix: str = "") -> str:
     """A key / type / default table of a config class and its nested sections (for docs)."""
     rows: list[str] = []
@@ -155,7 +186,7 @@ def schema_markdown(cls: type[BaseModel], prefix: str = "") -> str:
             default = "required" if f.is_required() else (
                 "(factory)" if f.default_factory is not None else repr(f.default))
             tname = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            tname = tname.replace("moola.models.config.", "").replace("|", "\\|")
+            tname = tname.replace("moola.models.config.", "").replace("|", "\\|") + _bounds(f.metadata)
             rows.append(f"| `{key}` | {tname} | {default} | {f.description or ''} |")
 
     walk(cls, prefix)

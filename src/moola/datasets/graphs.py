@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from moola.config import Config
+from moola.config import MAX_BARS, MAX_SYMBOLS, Config
 
 __all__ = [
     "EDGE_ATTR_NAMES",
@@ -49,9 +49,11 @@ class GraphConfig(Config):
     kind: GraphKind = Field("knn", description=(
         "dense: every stock to every stock; knn: each stock to its knn_k most correlated (trailing, "
         "past only); sector: stocks of the same sector; knn+sector: the union"))
-    knn_k: int = Field(10, ge=1, description="neighbours per stock in the kNN graph (directed)")
-    corr_window: int = Field(60, ge=2, description="trading days of trailing daily returns per correlation")
-    rebuild_every: int = Field(20, ge=1, description="trading days between kNN graph rebuilds")
+    knn_k: int = Field(10, ge=1, le=MAX_SYMBOLS,
+                       description="neighbours per stock in the kNN graph (directed)")
+    corr_window: int = Field(60, ge=2, le=MAX_BARS,
+                             description="trading days of trailing daily returns per correlation")
+    rebuild_every: int = Field(20, ge=1, le=MAX_BARS, description="trading days between kNN graph rebuilds")
     min_overlap: int | None = Field(None, ge=2, description=(
         "fewest common valid return days for a correlation; null: corr_window // 2"))
     sector_file: str | None = Field(None, description=(

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from moola._io import atomic_write
-from moola.config import Config
+from moola.config import MAX_BARS, Config
 from moola.data import TS_DTYPE, Store, Timeframe, mark_gaps
 from moola.datasets.labeled import LabeledWindows, _to_utc_ts
 from moola.datasets.tasks import calendar_positions
@@ -57,20 +57,21 @@ BarSource = pl.DataFrame | Store | str | Path
 class LabelerConfig(Config):
     """Every threshold of the pattern labeler, in one place (see docs/labeler.md)."""
 
-    window: int = Field(105, ge=2, description="bars per window")
-    atr_period: int = Field(14, ge=1, description="ATR = mean of this many true ranges")
+    window: int = Field(105, ge=2, le=MAX_BARS, description="bars per window")
+    atr_period: int = Field(14, ge=1, le=MAX_BARS, description="ATR = mean of this many true ranges")
     impulse_atr: float = Field(4.0, gt=0, description="impulse >= impulse_atr x ATR[a]")
-    impulse_max_bars: int = Field(15, ge=1, description="impulse: b - a <= this")
-    min_len: int = Field(10, ge=1, description="consolidation: at least this many bars")
+    impulse_max_bars: int = Field(15, ge=1, le=MAX_BARS, description="impulse: b - a <= this")
+    min_len: int = Field(10, ge=1, le=MAX_BARS, description="consolidation: at least this many bars")
     range_atr: float = Field(2.5, gt=0, description="consolidation: range <= range_atr x ATR[a]")
     hold_max: float = Field(
         0.382, gt=0, lt=1, description="consolidation: every close gives back < this x impulse"
     )
     retrace_min: float = Field(0.382, gt=0, lt=1, description="retracement: ratio >= this")
     retrace_max: float = Field(0.786, gt=0, lt=1, description="retracement: ratio <= this")
-    retrace_min_bars: int = Field(3, ge=1, description="retracement: counter-move >= this")
-    retrace_max_bars: int = Field(15, ge=1, description="retracement: counter-move <= this")
-    end_slack: int = Field(5, ge=1, description="pattern ends in the window's last end_slack bars")
+    retrace_min_bars: int = Field(3, ge=1, le=MAX_BARS, description="retracement: counter-move >= this")
+    retrace_max_bars: int = Field(15, ge=1, le=MAX_BARS, description="retracement: counter-move <= this")
+    end_slack: int = Field(5, ge=1, le=MAX_BARS,
+                           description="pattern ends in the window's last end_slack bars")
     priority: list[ClassName] = Field(
         default_factory=lambda: list(CLASS_ORDER),
         description="class order for two patterns ending on the same bar",

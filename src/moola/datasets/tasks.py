@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from moola.config import Config
+from moola.config import MAX_BARS, Config
 from moola.data import Alignment, Store, Timeframe, align_symbols, ingest, mark_gaps
 from moola.datasets.labeled import LabeledWindows, load_labels
 from moola.datasets.normalize import RobustScaler, Standardizer
@@ -160,10 +160,10 @@ class DataConfig(Config):
         "and windows, so pooled windows share one clock; late starts, missing and dropped bars "
         "are reported per symbol (RUN/alignment.json), nothing is shifted or filled"))
     feature_set: str = "ohlc4"
-    window: int = Field(105, ge=2)
-    stride: int = Field(1, ge=1)
+    window: int = Field(105, ge=2, le=MAX_BARS)
+    stride: int = Field(1, ge=1, le=MAX_BARS)
     task: Literal["direction", "regression"] = "direction"
-    horizon: int = Field(1, ge=1)  # bars ahead for the label
+    horizon: int = Field(1, ge=1, le=MAX_BARS)  # bars ahead for the label
     direction: Literal["binary", "ternary"] = Field("binary", description=(
         "binary: down/up, dropping windows with abs(r) < dead_zone_bps; ternary: down/flat/up "
         "(flat: abs(r) < dead_zone_bps; needs a dead zone > 0; presets get a 3-class head)"))
@@ -217,7 +217,7 @@ class DailyWindowsData(Config):
     bundled: Literal["sp500_daily"] = "sp500_daily"
     timeframe: str = "1d"
     feature_set: str = "ohlc4"
-    window: int = 105
+    window: int = Field(105, ge=1, le=MAX_BARS)
     labels: str | None = None  # None -> the shipped data/labels/sp500_patterns.csv
 
 

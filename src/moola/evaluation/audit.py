@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from moola.config import Config
+from moola.config import MAX_BARS, MAX_RESAMPLES, Config
 from moola.evaluation.resampling import N_BOOT, BootstrapCI, block_bootstrap_ci, class_labels
 
 __all__ = [
@@ -54,9 +54,9 @@ class AuditConfig(Config):
 
     level: float = Field(0.95, gt=0, lt=1)
     max_shift_drop: float = Field(0.02, ge=0, le=1)
-    n_boot: int = Field(N_BOOT, ge=10)
-    block_length: int | None = Field(None, ge=1)  # None -> resampling.default_block_length
-    horizon: int = Field(1, ge=1)  # the label horizon, for the default block length
+    n_boot: int = Field(N_BOOT, ge=10, le=MAX_RESAMPLES)
+    block_length: int | None = Field(None, ge=1, le=MAX_BARS)  # None -> resampling.default_block_length
+    horizon: int = Field(1, ge=1, le=MAX_BARS)  # the label horizon, for the default block length
 
 
 @dataclass(frozen=True)

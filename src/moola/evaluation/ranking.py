@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import polars as pl
 from pydantic import Field, PositiveInt
 from scipy import stats
 
-from moola.config import Config
+from moola.config import MAX_SYMBOLS, Bars, Config
 from moola.evaluation.economics import deflated_sharpe_ratio, max_drawdown
 
 __all__ = [
+    "RANKING_METRIC_NAMES",
     "SCORE_COLUMNS",
     "LongShortConfig",
     "LongShortResult",
@@ -220,9 +221,9 @@ class LongShortConfig(Config):
     """
 
     quantile: float = Field(0.2, gt=0.0, le=0.5)
-    top_k: PositiveInt | None = None
+    top_k: Annotated[int, Field(ge=1, le=MAX_SYMBOLS)] | None = None
     cost_bps: float = Field(10.0, ge=0.0)
-    horizon: PositiveInt = 1
+    horizon: Bars = 1
     trading_days: PositiveInt = 252
     min_stocks: int = Field(5, ge=2, description="dates with fewer valid stocks are not traded")
 
@@ -370,6 +371,20 @@ def long_short_backtest(scores: pl.DataFrame, cfg: LongShortConfig | None = None
 
 
 # ---------------------------------------------------------------------------- combined
+
+
+# The numeric keys of ranking_metrics' dict, declared so a rank sweep's ``val.<h>.<name>``
+# selection is checked before training; tests/test_metric_names.py keeps it exact.
+RANKING_METRIC_NAMES: tuple[str, ...] = (
+    "ic_mean", "ic_std", "icir", "ic_se", "ic_t", "ic_positive_rate", "rank_ic_mean", "rank_ic_std",
+    "rank_icir", "rank_ic_se", "rank_ic_t", "rank_ic_positive_rate", "n_days", "n_days_nan", "hac_lags",
+    "ci_level", "ic_ci_low", "ic_ci_high", "rank_ic_ci_low", "rank_ic_ci_high",
+    "ls_ann_return", "ls_cagr", "ls_total_return", "ls_sharpe", "ls_mdd", "ls_vol", "ls_turnover",
+    "ls_turnover_after_entry", "ls_costs_paid", "ls_skew", "ls_kurtosis", "ls_n_periods",
+    "ls_dsr_benchmark_sharpe", "ls_gross_ann_return", "ls_gross_cagr", "ls_gross_total_return",
+    "ls_gross_sharpe", "ls_gross_mdd", "ls_gross_hit_rate", "hit_rate", "dsr", "quantile_spread",
+    "horizon", "n_trials", "cost_bps", "n_quantiles",
+)
 
 
 def ranking_metrics(scores: pl.DataFrame, horizon: int, cfg: LongShortConfig | None = None, n_trials: int = 1,

@@ -11,14 +11,23 @@ from typing import Annotated, Literal, Self
 from pydantic import (
     Field,
     NonNegativeFloat,
-    NonNegativeInt,
-    PositiveInt,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from moola.config import Config
+from moola.config import (
+    MAX_LAYERS,
+    MAX_REPEATS,
+    MAX_SYMBOLS,
+    MAX_WIDTH,
+    Bars,
+    Config,
+    Features,
+    Heads,
+    Layers,
+    Width,
+)
 
 __all__ = [
     "CONV_ENCODER_KINDS",
@@ -69,12 +78,12 @@ class RNNEncoderConfig(Config):
     """A stacked LSTM or GRU over the time axis."""
 
     kind: Literal["lstm", "gru"] = "lstm"
-    input_size: PositiveInt
-    hidden: PositiveInt = 128  # per direction
-    layers: PositiveInt = 2
+    input_size: Features
+    hidden: Width = 128  # per direction
+    layers: Layers = 2
     bidirectional: bool = False
     dropout: Dropout = 0.0  # between stacked layers (ignored for one layer)
-    patch: PositiveInt = Field(1, description=(
+    patch: Bars = Field(1, description=(
         "bars per patch: > 1 embeds each patch of this many bars with a strided Conv1d (F -> "
         "hidden) and runs the RNN over patches; the output is repeated back to one vector per "
         "bar, (B, T, D). 1: the RNN reads every bar"))
@@ -84,15 +93,15 @@ class TransformerEncoderConfig(Config):
     """A pre-norm Transformer encoder; ``causal`` keeps every position blind to later bars."""
 
     kind: Literal["transformer"] = "transformer"
-    input_size: PositiveInt
-    d_model: PositiveInt = 64
-    heads: PositiveInt = 4
-    layers: PositiveInt = 2
-    ff: PositiveInt = 128
+    input_size: Features
+    d_model: Width = 64
+    heads: Heads = 4
+    layers: Layers = 2
+    ff: Width = 128
     dropout: Dropout = 0.1
     pos_encoding: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
     causal: bool = False
-    max_len: PositiveInt = 512
+    max_len: Bars = 512
 
     # A field (not model) validator, so it is reported alongside other field errors.
     @field_validator("heads")
@@ -107,11 +116,13 @@ class InceptionTimeEncoderConfig(Config):
     ReLU; a residual shortcut every 3 modules. Output width ``filters * (len(kernel_sizes) + 1)``."""
 
     kind: Literal["inception_time"] = "inception_time"
-    input_size: PositiveInt
-    filters: PositiveInt = 32  # per branch
-    depth: PositiveInt = 6  # inception modules
-    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [39, 19, 9], min_length=1)
-    bottleneck: NonNegativeInt = 32  # 1x1 bottleneck width; 0: none (always none for one channel)
+    input_size: Features
+    filters: Width = 32  # per branch
+    depth: Layers = 6  # inception modules
+    kernel_sizes: list[Bars] = Field(default_factory=lambda: [39, 19, 9], min_length=1,
+                                     max_length=MAX_LAYERS)
+    # 1x1 bottleneck width; 0: none (always none for one channel)
+    bottleneck: Annotated[int, Field(ge=0, le=MAX_WIDTH)] = 32
     residual: bool = True
 
 
@@ -120,9 +131,11 @@ class ResNet1DEncoderConfig(Config):
     with ``kernel_sizes`` (conv -> batch norm -> ReLU), plus a shortcut. Output width ``filters[-1]``."""
 
     kind: Literal["resnet1d"] = "resnet1d"
-    input_size: PositiveInt
-    filters: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 128], min_length=1)
-    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [8, 5, 3], min_length=1)
+    input_size: Features
+    filters: list[Width] = Field(default_factory=lambda: [64, 128, 128], min_length=1,
+                                 max_length=MAX_LAYERS)
+    kernel_sizes: list[Bars] = Field(default_factory=lambda: [8, 5, 3], min_length=1,
+                                     max_length=MAX_LAYERS)
 
 
 # The convolutional encoders (moola.models.conv): not recurrent, not causal ('same' padding).
@@ -141,9 +154,9 @@ class ClassifierHeadConfig(Config):
     """Pooling over time (attention by default; ``mean`` is global average pooling), then a
     linear layer to class logits."""
 
-    n_classes: Annotated[int, Field(ge=2)] = 2
-    hidden: PositiveInt = 128  # attention pooling width (attention only)
-    heads: PositiveInt = 8  # attention pooling heads (attention only)
+    n_classes: Annotated[int, Field(ge=2, le=MAX_REPEATS)] = 2
+    hidden: Width = 128  # attention pooling width (attention only)
+    heads: Heads = 8  # attention pooling heads (attention only)
     dropout: Dropout = 0.1
     pooling: Pooling = "attention"
 
@@ -162,7 +175,7 @@ class PointerHeadConfig(Config):
 class DirectionHeadConfig(Config):
     """Pool, then an MLP to one binary up/down logit."""
 
-    mlp: list[PositiveInt] = Field(default_factory=lambda: [128, 64])
+    mlp: list[Width] = Field(default_factory=lambda: [128, 64], max_length=MAX_LAYERS)
     dropout: Dropout = 0.1
     pooling: Pooling = "last"
 
@@ -170,7 +183,7 @@ class DirectionHeadConfig(Config):
 class RegressionHeadConfig(Config):
     """Pool, then a linear layer to one value per forecast horizon."""
 
-    horizons: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    horizons: list[Bars] = Field(default_factory=lambda: [1], min_length=1, max_length=MAX_REPEATS)
     pooling: Pooling = "last"
 
     @field_validator("horizons")
@@ -182,7 +195,7 @@ class RegressionHeadConfig(Config):
 class ReconstructionHeadConfig(Config):
     """Per-bar linear map back to input features (masked-autoencoder pretraining)."""
 
-    out_features: PositiveInt
+    out_features: Features
 
 
 # --- pooled models -----------------------------------------------------------------------------
@@ -193,8 +206,9 @@ class SymbolEmbeddingConfig(Config):
     pooled over several symbols can still tell them apart. The model then reads
     ``batch["symbol_id"]`` (B,) int64: the symbol's index in the run's sorted symbol list."""
 
-    n_symbols: PositiveInt = Field(description="symbols the model knows (ids 0 .. n_symbols - 1)")
-    dim: PositiveInt | None = Field(None, description=(
+    n_symbols: int = Field(ge=1, le=MAX_SYMBOLS,
+                           description="symbols the model knows (ids 0 .. n_symbols - 1)")
+    dim: Width | None = Field(None, description=(
         "embedding width; null: the encoder's output width D, added as it is; otherwise a "
         "dim-wide embedding mapped to D by a bias-free linear layer"))
 

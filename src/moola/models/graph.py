@@ -12,10 +12,10 @@ from typing import Annotated, Literal, Self
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 from torch import nn
 
-from moola.config import Config
+from moola.config import MAX_FEATURES, MAX_LAYERS, Bars, Config, Heads, Width
 
 __all__ = [
     "FAN",
@@ -182,12 +182,12 @@ class GATConfig(Config):
     except that a scalar ``concat`` leaves the last layer averaging its heads; a list sets each.
     """
 
-    layers: NonNegativeInt = 1
-    hidden: PositiveInt = 64
-    heads: PositiveInt | list[PositiveInt] = 4
+    layers: Annotated[int, Field(ge=0, le=MAX_LAYERS)] = 1
+    hidden: Width = 64
+    heads: Heads | list[Heads] = 4
     concat: bool | list[bool] = True
     dropout: Dropout = 0.0
-    edge_dim: NonNegativeInt = Field(0, description=(
+    edge_dim: int = Field(0, ge=0, le=MAX_FEATURES, description=(
         "edge attributes per pair (0: none; 2: corr, same_sector)"))
     graph: GraphKind = Field("dense", description=(
         "the adjacency the model expects in batch['adj']; dense attends over all present stocks"))
@@ -250,7 +250,7 @@ def build_gat_stack(cfg: GATConfig, in_dim: int) -> GATStack:
 class FANConfig(Config):
     """FAN: a learned per-feature blend of trailing rolling z-scores over several windows."""
 
-    windows: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    windows: list[Bars] = Field(default_factory=lambda: [5, 10, 20], min_length=1, max_length=MAX_LAYERS)
     eps: PositiveFloat = 1e-5
 
     @field_validator("windows")

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Literal, NamedTuple, Self
 
 import torch
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from moola.config import Config
+from moola.config import MAX_REPEATS, Bars, Config, Features, Width
 from moola.models.builders import UnknownPresetError, build_encoder, count_parameters
 from moola.models.config import EncoderConfig, RNNEncoderConfig, unique_horizons
 from moola.models.graph import FAN, FANConfig, GATConfig, GATStack, build_gat_stack
@@ -53,10 +53,11 @@ class RankingModelConfig(Config):
     input_layout: InputLayout = Field("window", description=(
         "window: x (D, S, T, F); lags: x (D, S, 1, fields * lags) in Qlib's Alpha360 order (all lags "
         "of field 0 oldest first, then field 1, ...), reshaped to (lags, fields) steps"))
-    lag_fields: PositiveInt | None = Field(None, description="fields per step of the lags layout")
+    lag_fields: Features | None = Field(None, description="fields per step of the lags layout")
     gat: GATConfig = Field(default_factory=GATConfig)
-    horizons: list[PositiveInt] = Field(min_length=1, description="one output score per horizon, in order")
-    head_hidden: PositiveInt | None = Field(None, description="MLP head width; null: a linear head")
+    horizons: list[Bars] = Field(min_length=1, max_length=MAX_REPEATS,
+                                 description="one output score per horizon, in order")
+    head_hidden: Width | None = Field(None, description="MLP head width; null: a linear head")
     dropout: Dropout = 0.0
     skip: bool = Field(True, description=(
         "concatenate the temporal embedding with the graph output before the head (HIST/GATs residual)"))

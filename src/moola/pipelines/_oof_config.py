@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moola.config import Config
+from moola.config import MAX_REPEATS, Config
 from moola.datasets.tasks import LabeledWindowsData
 from moola.models.config import ModelConfig
 from moola.training import TrainConfig
@@ -31,8 +31,8 @@ class OOFConfig(Config):
     data: OOFDataConfig = OOFDataConfig()
     preset: str = "jade_compact"
     model: ModelConfig | None = None
-    folds: int = Field(5, ge=2)
-    seeds: int = Field(5, ge=1)
+    folds: int = Field(5, ge=2, le=MAX_REPEATS)
+    seeds: int = Field(5, ge=1, le=MAX_REPEATS)
     # walk_forward: fold k tests time block k+1, trains on the blocks before it (never on later
     # data); blocked: trains on both sides of each test block (explicit opt-in)
     fold_scheme: Literal["walk_forward", "blocked"] = "walk_forward"
@@ -52,7 +52,7 @@ class OOFConfig(Config):
     allow_transductive: bool = False  # run with an encoder whose pool overlaps the labeled windows
     inner_val: float = Field(0.2, gt=0, lt=0.5)  # share of training windows in the last block
     label_fractions: list[int] = Field(default_factory=lambda: [25, 50])  # + all labels
-    efficiency_seeds: int = Field(5, ge=1)  # label subsets (and seeds) per fold and fraction
+    efficiency_seeds: int = Field(5, ge=1, le=MAX_REPEATS)  # label subsets (and seeds) per fold and fraction
     train: TrainConfig = TrainConfig(epochs=40, batch_size=32)
 
     @model_validator(mode="after")

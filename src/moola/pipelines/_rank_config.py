@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from moola.config import Config
+from moola.config import MAX_REPEATS, MAX_WORKERS, Bars, Config
 from moola.datasets.graphs import GraphConfig
 from moola.datasets.xsection import ProcessorConfig, processor_config
 from moola.evaluation.ranking import LongShortConfig
@@ -76,8 +76,9 @@ class RankDataConfig(Config):
         "a moola store of daily bars; null: the bundled 30-stock S&P subset"))
     symbols: list[str] | None = None
     feature_set: Literal["alpha158", "alpha360"] = "alpha158"
-    window: PositiveInt = Field(20, description="T, trading days per stock window")
-    horizons: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
+    window: Bars = Field(20, description="T, trading days per stock window")
+    horizons: list[Bars] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1,
+                                 max_length=MAX_REPEATS)
     entry: Literal["next_close", "close"] = Field("next_close", description=(
         "next_close: Qlib's label, ret_h = P[t+1+h] / P[t+1] - 1 (trade at the next close); "
         "close: P[t+h] / P[t] - 1"))
@@ -114,13 +115,14 @@ class RankConfig(Config):
     loss: RankingLossConfig = RankingLossConfig()
     monitor_horizon: PositiveInt | None = Field(None, description=(
         "horizon whose validation RankIC early stopping monitors (val_rank_ic); null: the first"))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description=(
-        "moola rank compare: seeds of every neural arm"))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1,
+                             max_length=MAX_REPEATS,
+                             description="moola rank compare: seeds of every neural arm")
     baselines: list[RankBaseline] = Field(default_factory=lambda: list(DEFAULT_BASELINES))
     long_short: LongShortConfig = Field(default_factory=lambda: LongShortConfig(horizon=1))
     n_trials: PositiveInt | None = Field(None, description=(
         "configurations tried, for the deflated Sharpe; null: the arms compared (x seeds)"))
-    num_workers: int = Field(0, ge=0, description=(
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS, description=(
         "batch-loading workers (spawned, never forked); 0 gathers in the training process"))
 
     @model_validator(mode="after")

@@ -33,10 +33,10 @@ from collections.abc import Iterator, Sequence
 from typing import Annotated
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat
 from torch import Tensor
 
-from moola.config import Config
+from moola.config import MAX_REPEATS, Bars, Config
 from moola.features import get_feature_set
 from moola.training.data import TensorData, num_batches
 
@@ -67,9 +67,10 @@ class AugmentConfig(Config):
     scaling_sigma: NonNegativeFloat = 0.1
     magnitude_warp_sigma: NonNegativeFloat = 0.2
     time_warp_sigma: NonNegativeFloat = 0.12
-    knots: PositiveInt = 4  # interior knots of the warp curves (knots + 2 in all)
+    knots: Bars = 4  # interior knots of the warp curves (knots + 2 in all)
     p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # per augmentation, per sample
-    views: PositiveInt = 1  # augmented views of every window per epoch (see ViewsData)
+    # augmented views of every window per epoch (see ViewsData)
+    views: Annotated[int, Field(ge=1, le=MAX_REPEATS)] = 1
     # columns 0..3 are ohlc4 log ratios, so bars are repaired after jitter; None: detected from
     # the feature names the Augmenter is given (never assumed for inputs that are not OHLC)
     ohlc: bool | None = None

@@ -35,10 +35,10 @@ from __future__ import annotations
 from typing import Annotated, Literal, Self
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from moola.config import Config
+from moola.config import Bars, Config
 
 __all__ = [
     "MaskConfig",
@@ -70,9 +70,9 @@ class MaskConfig(Config):
 
     strategy: Literal["random", "block", "patch"] = "random"
     ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    block_min: PositiveInt = 3  # block: shortest span
-    block_max: PositiveInt = 10  # block: longest span
-    patch_size: PositiveInt = 5  # patch: aligned patch length
+    block_min: Bars = 3  # block: shortest span
+    block_max: Bars = 10  # block: longest span
+    patch_size: Bars = 5  # patch: aligned patch length
     token: Literal["learned"] = "learned"
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from moola.config import Config
+from moola.config import MAX_REPEATS, Config
 
 
 class RetryConfig(Config):
@@ -17,7 +17,7 @@ class RetryConfig(Config):
     """
 
     timeout_s: float = Field(10.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0, le=MAX_REPEATS)
     backoff_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
 

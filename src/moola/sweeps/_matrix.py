@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, field_validator, model_validator
 
-from moola.config import Config, ConfigError, config_hash, read_yaml_mapping, set_dotted
+from moola.config import MAX_RUNS, Config, ConfigError, Workers, config_hash, read_yaml_mapping, set_dotted
 from moola.refs import sweeps_root
 
 __all__ = ["COMMANDS", "SELECTABLE", "MatrixConfig", "Resources", "RunSpec", "Selection", "Variant",
@@ -58,13 +59,18 @@ def selection_problem(command: str, metric: str | None) -> str | None:
 
 def recorded_metrics(command: str, config: dict[str, Any]) -> tuple[str, ...] | None:
     """The selectable metrics.json keys a run of ``config`` records, from the names its pipeline
-    declares (``{i}``: any number); None where ``SELECTABLE`` already lists them exactly or the
-    pipeline declares none (rank's per-horizon tables)."""
-    if command != "train":
-        return None
-    from moola.pipelines.train import RunConfig, val_metric_names
+    declares (``{i}``: any number); None where ``SELECTABLE`` already lists them exactly."""
+    if command == "train":
+        from moola.pipelines.train import RunConfig, val_metric_names
 
-    return ("run.val_loss", *(f"run.val.{n}" for n in val_metric_names(RunConfig.from_dict(config))))
+        return ("run.val_loss", *(f"run.val.{n}" for n in val_metric_names(RunConfig.from_dict(config))))
+    if command == "rank":
+        from moola.evaluation.ranking import RANKING_METRIC_NAMES
+        from moola.pipelines.rank import RankConfig
+
+        horizons = RankConfig.from_dict(config).data.horizons
+        return ("val_rank_ic", *(f"val.{h}.{n}" for h in horizons for n in RANKING_METRIC_NAMES))
+    return None
 
 
 def unrecorded_selection(command: str, metric: str, specs: list[RunSpec]) -> str | None:
@@ -76,8 +82,9 @@ def unrecorded_selection(command: str, metric: str, specs: list[RunSpec]) -> str
         names = recorded_metrics(command, spec.config)
         if names is not None and not metric_name_matches(metric, names):
             shown = ", ".join(n.replace("{i}", "<i>") for n in names)
-            return (f"select {metric!r}: run {spec.label} would not record it (<i> is a number); "
-                    f"its metrics.json records {shown}")
+            note = " (<i> is a number)" if "{i}" in "".join(names) else ""
+            return (f"select {metric!r}: run {spec.label} would not record it{note}; its metrics.json "
+                    f"records {shown}")
     return None
 
 
@@ -137,7 +144,7 @@ class Selection:
 class Resources(Config):
     """What one run needs: CPU threads (also its torch thread count) and a GPU fraction."""
 
-    cpus: PositiveInt = 1
+    cpus: Workers = 1
     gpus: NonNegativeFloat = 0.0
 
 
@@ -161,7 +168,7 @@ class MatrixConfig(Config):
     variants: list[Variant] = Field(default_factory=list)
     select: str | None = None  # METRIC:min|max; default per command (validation loss)
     resources: Resources = Resources()
-    parallel: PositiveInt = 1
+    parallel: Workers = 1
     out_dir: str | None = None  # default: MOOLA_SWEEPS_DIR or runs/sweeps
 
     @field_validator("grid")
@@ -178,6 +185,10 @@ class MatrixConfig(Config):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"variant names must be unique: {', '.join(dup)}")
+        n_runs = max(len(self.variants), 1) * math.prod(len(v) for v in self.grid.values())
+        if n_runs > MAX_RUNS:
+            raise ValueError(f"grid x variants make {n_runs:,} runs; a sweep may have at most {MAX_RUNS:,} "
+                             "(split it into several sweeps)")
         if self.select is not None:
             problem = selection_problem(self.command, Selection.parse(self.select).metric)
             if problem:

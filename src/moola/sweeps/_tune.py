@@ -31,7 +31,7 @@ from rich.table import Table
 from moola._io import atomic_write, atomic_write_text, redact_urls
 from moola._storage import resolve_storage_url
 from moola._storage import storage_lock as study_lock  # the claim lock: claims and study creation
-from moola.config import ConfigError, config_hash
+from moola.config import MAX_RUNS, MAX_WORKERS, ConfigError, config_hash
 from moola.sweeps._space import SearchSpace, apply_values, check_space, trial_config
 from moola.training.callbacks import Callback
 
@@ -112,10 +112,10 @@ class TuneOptions:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.trials < 1:
-            problems.append(f"--trials must be at least 1 (got {self.trials})")
-        if self.jobs < 1:
-            problems.append(f"--jobs must be at least 1 (got {self.jobs})")
+        if not 1 <= self.trials <= MAX_RUNS:
+            problems.append(f"--trials must be between 1 and {MAX_RUNS:,} (got {self.trials})")
+        if not 1 <= self.jobs <= MAX_WORKERS:
+            problems.append(f"--jobs must be between 1 and {MAX_WORKERS:,} (got {self.jobs})")
         if self.pruner not in PRUNERS:
             problems.append(f"--pruner {self.pruner!r}: choose one of {', '.join(PRUNERS)}")
         if self.sampler not in SAMPLERS:

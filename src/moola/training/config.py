@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moola.config import Config
+from moola.config import MAX_BATCH, MAX_EPOCHS, MAX_REPEATS, MAX_STEPS, MAX_WORKERS, Config
 
 
 class OptimizerConfig(Config):
@@ -21,15 +21,15 @@ class SchedulerConfig(Config):
     """``warmup_steps`` linearly ramps the LR before the chosen schedule takes over."""
 
     name: Literal["none", "cosine_warm_restarts", "one_cycle", "plateau"] = "none"
-    T_0: int = Field(10, ge=1)  # cosine: epochs of the first cycle
-    T_mult: int = Field(1, ge=1)
+    T_0: int = Field(10, ge=1, le=MAX_EPOCHS)  # cosine: epochs of the first cycle
+    T_mult: int = Field(1, ge=1, le=MAX_REPEATS)
     eta_min: float = Field(0.0, ge=0)
     max_lr: float | None = None  # one-cycle peak (default: optimizer lr)
     pct_start: float = Field(0.3, gt=0, lt=1)
     factor: float = Field(0.5, gt=0, lt=1)  # plateau
-    patience: int = Field(3, ge=0)
+    patience: int = Field(3, ge=0, le=MAX_EPOCHS)
     monitor: str = "val_loss"  # plateau
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
 
 
 class LossConfig(Config):
@@ -42,12 +42,12 @@ class LossConfig(Config):
 class EarlyStoppingConfig(Config):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=1)
+    patience: int = Field(5, ge=1, le=MAX_EPOCHS)
     min_delta: float = Field(0.0, ge=0)
     restore_best: bool = True
     # epochs before this one neither become "best" nor count against patience: a fine-tuning run
     # sets it to its freeze_epochs so the kept model is never one whose encoder was still frozen
-    start_epoch: int = Field(0, ge=0)
+    start_epoch: int = Field(0, ge=0, le=MAX_EPOCHS)
 
 
 class GuardConfig(Config):
@@ -71,17 +71,18 @@ class GuardConfig(Config):
         "trained nothing, too: the last epoch's training accuracy is at most the majority-class "
         "rate + this and its balanced accuracy at most 1 / n_classes + this (a constant guess)"))
     min_class_recall: float = 0.3
-    train_eval_samples: int = 4096  # train metrics (eval mode) on at most this many samples
+    # train metrics (eval mode) on at most this many samples
+    train_eval_samples: int = Field(4096, ge=0, le=100 * MAX_BATCH)
     fail_on_nonfinite: bool = True
 
 
 class TrainConfig(Config):
-    epochs: int = Field(20, ge=1)
-    min_steps: int = Field(0, ge=0, description=(
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
+    min_steps: int = Field(0, ge=0, le=MAX_STEPS, description=(
         "optimizer steps at least: epochs are raised to reach it (36 series in batches of 64 are "
         "one step per epoch, so 60 epochs would be 60 steps), and early stopping counts patience "
         "only from the epoch that reaches it"))
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     loss: LossConfig = LossConfig()
@@ -91,9 +92,10 @@ class TrainConfig(Config):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
-    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints; 0 = each epoch
-    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
-    eval_batch_size: int | None = Field(None, ge=1, description=(
+    # steps between resumable checkpoints; 0 = each epoch
+    checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS)
+    num_threads: int | None = Field(None, ge=1, le=MAX_WORKERS)  # torch intra-op threads (None: default)
+    eval_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description=(
         "samples per evaluation batch (None: max(batch_size, 256)); day-panel runs, whose sample "
         "is a whole day of stocks, set it small"))
 
