@@ -629,7 +629,8 @@ class _CsvBatches:
 
 
 def _ts_kind(value: str) -> tuple[str, str]:
-    """('epoch', unit), ('aware', offset) or ('naive', '') of one timestamp cell."""
+    """('epoch', unit), ('aware', '') or ('naive', '') of one timestamp cell: offsets may differ
+    from row to row (daylight saving), their presence may not."""
     if _is_number(value):
         return "epoch", epoch_unit(float(value))
     return ("aware", "") if _TS_OFFSET.search(value) else ("naive", "")
