@@ -492,3 +492,20 @@ def test_direction_run_audits_itself_by_retraining_on_permuted_and_shifted_label
     assert audit["passed"] == (perm["passed"] and shifted["passed"])
     assert audit["first_line"].startswith("audit: passed" if audit["passed"] else "audit: FAILED")
     assert audit["first_line"] in (run_dir / "report.html").read_text()
+
+
+def test_the_report_states_the_split_the_run_used(run):
+    """Rows per segment equal what the model was scored on; the purge and embargo counts are the
+    split's own; the shares asked are the config's fractions."""
+    run_dir, _ = run
+    m = _metrics(run_dir)
+    seg = {s["segment"]: s for s in m["split"]["segments"]}
+    assert [seg[k]["rows"] for k in ("train", "val", "test")] == [m["run"]["n_train"], m["run"]["n_val"],
+                                                                  m["run"]["n_test"]]
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    val, test = cfg.data.split.fractions
+    assert seg["val"]["asked"] == pytest.approx(val) and seg["test"]["asked"] == pytest.approx(test)
+    assert seg["train"]["first"] < seg["val"]["first"] < seg["test"]["first"]  # chronological
+    html = (run_dir / "report.html").read_text()
+    assert "Split used" in html
+    assert f"purge removed {m['split']['purged']:,} and the embargo {m['split']['embargoed']:,}" in html

@@ -19,7 +19,14 @@ from torch import nn
 from moola._io import atomic_write, atomic_write_json, read_json
 from moola.config import Config, config_hash
 from moola.data import REQUIRED_COLUMNS, Alignment, Store, Timeframe
-from moola.datasets.tasks import DataConfig, PreparedData, prepare_data, resolve_store, symbol_ids
+from moola.datasets.tasks import (
+    DataConfig,
+    PreparedData,
+    SplitConfig,
+    prepare_data,
+    resolve_store,
+    symbol_ids,
+)
 from moola.evaluation.audit import AuditConfig
 from moola.evaluation.economics import EconomicsConfig
 from moola.features import get_feature_set
@@ -452,6 +459,7 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
     writes metrics.json (and, for classes, report.html)."""
     from moola.evaluation import baseline_table, classification_metrics, write_run_report
     from moola.evaluation.calibration import TemperatureScaler
+    from moola.evaluation.run_report import split_summary
 
     cfg, data, run_dir = run.cfg, run.data, run.run_dir
     test_loss, test_m, test_c = trainer.evaluate(_tensors(data, "test"))
@@ -500,10 +508,20 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         + (desk["audit"]["lines"] if "audit" in desk else []) + fit.warnings + trainer.messages_,
         extra={"run": run_facts, **desk}, test_ci=desk["test_ci"],
         economics=desk.get("economics"), equity_curves=curves, test_ts=data.meta["test"]["end_ts"],
+        split=split_summary(data.meta, purged=data.split.purged, embargoed=data.split.embargoed,
+                            asked=asked_shares(cfg.data.split)),
     )
     console.print(f"report: {report}")
     metrics = read_json(run_dir / "metrics.json")
     return Evaluation(metrics, report, float(ts.temperature_))
+
+
+def asked_shares(split: SplitConfig) -> dict[str, float] | None:
+    """The segment shares a fraction split asks for (a date split asks for none)."""
+    if split.dates is not None:
+        return None
+    val, test = split.fractions
+    return {"train": 1.0 - val - test, "val": val, "test": test}
 
 
 def run_audit(run: TrainSetup, fit: FitResult, proba_test: np.ndarray, *,
