@@ -217,6 +217,19 @@ def test_best_yaml_names_the_lowest_validation_loss_and_the_report_exists(failin
         resolve_ref(f"sweep:{sweep_dir}:broken")
     html = (sweep_dir / "report.html").read_text()
     assert "ablation.png" in html and "learning_curves.png" in html and "broken" in html
+    # the page opens with its verdict: the winner, its margin, the failure in red, and the
+    # winner's own test verdict
+    box = html.split("</h1>", 1)[1].split("</div>", 1)[0]
+    other = next(k for k in vals if k != want)
+    assert "class='verdict'" in box and "#c0392b" in box  # a run failed: red
+    assert f"Best by run.val_loss:min: {want} with run.val_loss = {vals[want]:.4f}; 2 of 3 runs " \
+           "finished, 1 FAILED" in box
+    assert f"Runner-up {other} at {vals[other]:.4f} (the best is {abs(vals[want] - vals[other]):.4f} " \
+           "better)" in box
+    best_metrics = json.loads((sweep_dir / runs[want]["artifact"] / "metrics.json").read_text())
+    best_lines = best_metrics["verdict"]["lines"]
+    assert best_lines and all(f"Best run on its test split: {ln}".replace("'", "&#x27;") in box
+                              for ln in best_lines)
     for png in ("ablation.png", "learning_curves.png"):
         assert (sweep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (sweep_dir / "summary.csv").read_text().splitlines()
