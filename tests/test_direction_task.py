@@ -287,3 +287,21 @@ def test_a_walk_forward_fold_prepares_real_minutes(store):
     assert d0.meta["test"]["end_ts"].max() < d1.meta["test"]["end_ts"].min()
     assert d0.meta["val"]["end_ts"].max() < d0.meta["test"]["start_ts"].min()
     assert len(d1.y["train"]) > len(d0.y["train"])  # expanding
+
+
+def test_a_zero_return_is_down_by_default_and_up_or_dropped_when_asked(store):
+    """One-minute BTC has many unchanged closes: the key says what they are, and only they move."""
+    down = prepare_data(_cfg(horizon=1), store)
+    up = prepare_data(_cfg(horizon=1, zero_return="up"), store)
+    drop = prepare_data(_cfg(horizon=1, zero_return="drop"), store)
+    rets = _returns(down, store, _cfg(horizon=1))
+    assert sum(int((r == 0).sum()) for r in rets.values()) > 10  # the real data has flat minutes
+    for k, r in rets.items():
+        zero = r == 0
+        assert (down.y[k][zero] == 0).all() and (up.y[k][zero] == 1).all()
+        assert (down.y[k][~zero] == up.y[k][~zero]).all()
+        assert len(drop.y[k]) < len(down.y[k])
+    rd = _returns(drop, store, _cfg(horizon=1, zero_return="drop"))
+    assert all((r != 0).all() for r in rd.values())
+    with pytest.raises(ValueError, match="zero_return applies to binary direction labels without a dead"):
+        _cfg(zero_return="drop", dead_zone_bps=1.0)

@@ -169,6 +169,10 @@ class DataConfig(Config):
         "(flat: abs(r) < dead_zone_bps; needs a dead zone > 0; presets get a 3-class head)"))
     dead_zone_bps: float = Field(0.0, ge=0, description=(
         "dead zone on the horizon-bar log return r, in basis points (1e-4)"))
+    zero_return: Literal["down", "up", "drop"] = Field("down", description=(
+        "binary direction, no dead zone: the class of a window whose horizon-bar return is exactly "
+        "0 (an unchanged close, common on 1-minute bars): down (up means strictly up), up, or drop "
+        "the window; with a dead zone or ternary a zero return is inside the dead zone"))
     split: SplitConfig = SplitConfig()
     normalize: Literal["none", "standard", "robust"] = "standard"
 
@@ -177,6 +181,10 @@ class DataConfig(Config):
         if self.task != "direction" and (self.direction != "binary" or self.dead_zone_bps):
             raise ValueError("data.direction and data.dead_zone_bps apply to task: direction only "
                              f"(task is {self.task!r})")
+        if self.zero_return != "down" and (self.task != "direction" or self.direction != "binary"
+                                           or self.dead_zone_bps):
+            raise ValueError("data.zero_return applies to binary direction labels without a dead "
+                             "zone (a zero return is inside any dead zone, and flat under ternary)")
         if self.direction == "ternary" and not self.dead_zone_bps:
             raise ValueError("data.direction: ternary needs data.dead_zone_bps > 0 (flat = |r| "
                              "below it); with no dead zone use direction: binary")
@@ -199,15 +207,19 @@ class DataConfig(Config):
 def direction_labels(fwd: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(keep mask, int64 labels of the kept rows) for forward log returns ``fwd`` (N,).
 
-    binary: 1 ('up') when r > 0, else 0, dropping |r| below the dead zone; ternary: 0 down,
-    1 flat (|r| below the dead zone), 2 up.
+    binary: 1 ('up') when r > 0, else 0, dropping |r| below the dead zone; a zero return is
+    'down' unless ``zero_return`` says 'up' or 'drop'; ternary: 0 down, 1 flat (|r| below the dead
+    zone), 2 up.
     """
     dz = cfg.dead_zone_bps * 1e-4
     if cfg.direction == "ternary":
         y = np.where(np.abs(fwd) < dz, 1, np.where(fwd > 0, 2, 0)).astype(np.int64)
         return np.ones(fwd.size, dtype=bool), y
     keep = ~(np.abs(fwd) < dz)
-    return keep, (fwd[keep] > 0).astype(np.int64)
+    if cfg.zero_return == "drop":
+        keep &= fwd != 0
+    up = fwd[keep] >= 0 if cfg.zero_return == "up" else fwd[keep] > 0
+    return keep, up.astype(np.int64)
 
 
 class DailyWindowsData(Config):

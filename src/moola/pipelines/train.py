@@ -679,7 +679,11 @@ def label_definition(cfg: DataConfig) -> str:
         return f"r = the {ret}; 1 ('flat') when |r| < {dz}, else 2 ('up') when r > 0, else 0 ('down')"
     if cfg.dead_zone_bps:
         return f"1 ('up') when the {ret} is > 0, else 0 ('down'); windows with |r| < {dz} dropped"
-    return f"1 ('up') when the {ret} is > 0, else 0 ('down')"
+    if cfg.zero_return == "drop":
+        return f"1 ('up') when the {ret} is > 0, 0 ('down') when < 0; windows with r = 0 dropped"
+    if cfg.zero_return == "up":
+        return f"1 ('up') when the {ret} is >= 0, else 0 ('down')"
+    return f"1 ('up') when the {ret} is > 0, else 0 ('down'; a zero return is 'down')"
 
 
 def run_manifest(run: TrainSetup, temperature: float | None) -> Manifest:
