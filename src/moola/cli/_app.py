@@ -96,10 +96,15 @@ def _report_table(title: str, report: Any, *, max_rows: int = 40) -> Table:
     return t
 
 
-def _totals_table(title: str, report: Any) -> Table:
+def _totals_table(title: str, report: Any) -> Table | str:
+    """The reasons that found something, with what was done; a clean report says so in one line."""
     from moola.data import EXPLAIN, Reason
 
-    t = Table(title=title, title_justify="left")
+    if not report.has_findings:
+        return f"{title}: no findings ({len(Reason)} reasons checked; `moola data policies` lists them)"
+    t = Table(title=title, title_justify="left",
+              caption=f"no findings for the other reasons of the {len(Reason)} checked",
+              caption_justify="left")
     t.add_column("reason")
     t.add_column("rows", justify="right")
     t.add_column("symbols", justify="right")
@@ -109,9 +114,9 @@ def _totals_table(title: str, report: Any) -> Table:
     for reason in Reason:
         sub = frame.filter(frame["reason"] == str(reason))
         n = int(sub["count"].sum()) if sub.height else 0
-        acts = ",".join(sorted(set(sub["action"].to_list()))) if sub.height else "-"
-        t.add_row(str(reason), str(n), str(sub.height), acts, EXPLAIN[reason],
-                  style=None if n else "dim")
+        if n:
+            t.add_row(str(reason), f"{n:,}", str(sub.height), ",".join(sorted(set(sub["action"].to_list()))),
+                      EXPLAIN[reason])
     return t
 
 
