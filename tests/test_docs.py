@@ -1,5 +1,6 @@
 """Generated docs must match the code that generates them."""
 
+import re
 from pathlib import Path
 
 from moola.features import feature_table_markdown
@@ -12,6 +13,21 @@ def test_configs_doc_is_current() -> None:
     assert (ROOT / "docs" / "configs.md").read_text() == config_reference(), (
         "docs/configs.md is stale: regenerate with moola.pipelines.train.config_reference()"
     )
+
+
+def test_every_config_key_has_a_note() -> None:
+    """Every row of every table of the config reference (sections included) says what it does."""
+    rows = [ln for ln in config_reference().splitlines() if ln.startswith("| `")]
+    assert len(rows) > 50
+    missing, malformed = [], []
+    for row in rows:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]  # `\|` inside a type is escaped
+        if len(cells) != 4:
+            malformed.append(row)
+        elif not cells[3]:
+            missing.append(cells[0])
+    assert not malformed, f"rows that are not key | type | default | note (a '|' in a note?): {malformed}"
+    assert not missing, f"config keys without a note (add Field(description=...)): {missing}"
 
 
 def test_features_doc_is_current() -> None:

@@ -60,7 +60,9 @@ class WalkForwardConfig(Config):
 
     n_folds: int = Field(ge=2, description="test blocks at the end of the data")
     fold: int = Field(0, ge=0, description="which block this run tests on (0 = the earliest)")
-    mode: Literal["expanding", "rolling"] = "expanding"
+    mode: Literal["expanding", "rolling"] = Field("expanding", description=(
+        "expanding: train on everything before the fold's val block; rolling: only the train "
+        "fraction just before it"))
     train: float | None = Field(None, gt=0, lt=1, description=(
         "rolling mode: fraction of distinct end times in each fold's training segment"))
 
@@ -151,19 +153,35 @@ class DataConfig(Config):
     flat, up) and needs a dead zone > 0.
     """
 
-    store: str | None = None  # a moola store; None -> the bundled dataset below
-    bundled: Literal["sp500_daily", "btcusd_1m", "btc2_1m"] = "sp500_daily"
-    timeframe: str | None = None
-    symbols: list[str] | None = None
+    store: str | None = Field(None, description=(
+        "directory of a moola store (moola data ingest) to read bars from; when set it is used "
+        "and data.bundled is ignored; None: the data.bundled dataset"))
+    bundled: Literal["sp500_daily", "btcusd_1m", "btc2_1m"] = Field("sp500_daily", description=(
+        "shipped data (data/bundled) read when data.store is None: ingested on first use into "
+        "OUT_DIR/_bundled_NAME and reused; sp500_daily: S&P 500 subset, daily; btcusd_1m: "
+        "BTCUSD 1-minute; btc2_1m: BTCUSD and BTCUSDT 1-minute on one exchange"))
+    timeframe: str | None = Field(None, description=(
+        "bar length to read: 1m, 5m, 15m, 1h, 4h or 1d; None: the store's only timeframe (an "
+        "error if it holds several)"))
+    symbols: list[str] | None = Field(None, description=(
+        "symbols to read; None: every symbol the store holds at the timeframe; a listed symbol "
+        "the store lacks is an error"))
     align: bool = Field(False, description=(
         "keep only the timestamps every symbol has (moola.data.align_symbols) before features "
         "and windows, so pooled windows share one clock; late starts, missing and dropped bars "
         "are reported per symbol (RUN/alignment.json), nothing is shifted or filled"))
-    feature_set: str = "ohlc4"
-    window: int = Field(105, ge=2, le=MAX_BARS)
-    stride: int = Field(1, ge=1, le=MAX_BARS)
-    task: Literal["direction", "regression"] = "direction"
-    horizon: int = Field(1, ge=1, le=MAX_BARS)  # bars ahead for the label
+    feature_set: str = Field("ohlc4", description=(
+        "registered feature set (moola features list), computed by train itself from the "
+        "store's bars, one code path with serving; moola features build output is not read"))
+    window: int = Field(105, ge=2, le=MAX_BARS, description=(
+        "bars per input window (the label looks ahead from its last bar)"))
+    stride: int = Field(1, ge=1, le=MAX_BARS, description=(
+        "bars between the last bars of consecutive windows of a symbol (1: every bar ends one)"))
+    task: Literal["direction", "regression"] = Field("direction", description=(
+        "direction: classify the sign of the horizon-bar log return (see data.direction); "
+        "regression: predict that log return itself"))
+    horizon: int = Field(1, ge=1, le=MAX_BARS, description=(
+        "bars ahead of the window's last bar whose close the label's log return is taken to"))
     direction: Literal["binary", "ternary"] = Field("binary", description=(
         "binary: down/up, dropping windows with abs(r) < dead_zone_bps; ternary: down/flat/up "
         "(flat: abs(r) < dead_zone_bps; needs a dead zone > 0; presets get a 3-class head)"))
@@ -174,7 +192,10 @@ class DataConfig(Config):
         "0 (an unchanged close, common on 1-minute bars): down (up means strictly up), up, or drop "
         "the window; with a dead zone or ternary a zero return is inside the dead zone"))
     split: SplitConfig = SplitConfig()
-    normalize: Literal["none", "standard", "robust"] = "standard"
+    normalize: Literal["none", "standard", "robust"] = Field("standard", description=(
+        "per-feature scaling fitted on the training windows only: standard (mean, std), robust "
+        "(median, inter-quantile range) or none; a pretrained encoder's normalizer.json, if any, is "
+        "used instead"))
 
     @model_validator(mode="after")
     def _label_options(self) -> DataConfig:

@@ -72,8 +72,11 @@ class CostConfig(Config):
     Slippage: 1 bps, about half the spread plus impact of a small market order on BTC/ETH.
     """
 
-    fee_bps: float = Field(10.0, ge=0)
-    slippage_bps: float = Field(1.0, ge=0)
+    fee_bps: float = Field(10.0, ge=0, description=(
+        "exchange fee in basis points (1e-4) per unit of turnover; default: the Binance spot "
+        "taker fee"))
+    slippage_bps: float = Field(1.0, ge=0, description=(
+        "slippage in basis points per unit of turnover, added to the fee"))
 
     @property
     def per_turnover(self) -> float:
@@ -84,9 +87,14 @@ class EconomicsConfig(Config):
     """How the band is chosen on validation and how positions are formed."""
 
     costs: CostConfig = CostConfig()
-    mode: Mode = "long_short"
-    objective: Objective = "sharpe"
-    bands: list[float] = Field(default_factory=lambda: list(BANDS))
+    mode: Mode = Field("long_short", description=(
+        "long_flat: long when p_up > 0.5 + band, else flat; long_short: also short when "
+        "p_up < 0.5 - band"))
+    objective: Objective = Field("sharpe", description=(
+        "what the band choice maximises on validation: net_return or sharpe (annualised)"))
+    bands: list[float] = Field(default_factory=lambda: list(BANDS), description=(
+        "candidate bands around p_up = 0.5, each in [0, 0.5] (0.5 never trades); default: "
+        + ", ".join(map(str, BANDS))))
 
     @field_validator("bands")
     @classmethod

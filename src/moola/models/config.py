@@ -219,13 +219,22 @@ class SymbolEmbeddingConfig(Config):
 class ModelConfig(Config):
     """An encoder plus at least one head; everything needed to rebuild a model from a checkpoint."""
 
-    name: Annotated[str, Field(min_length=1)]
-    encoder: EncoderConfig
-    classifier: ClassifierHeadConfig | None = None
-    pointer: PointerHeadConfig | None = None
-    direction: DirectionHeadConfig | None = None
-    regression: RegressionHeadConfig | None = None
-    reconstruction: ReconstructionHeadConfig | None = None
+    name: Annotated[str, Field(min_length=1, description=(
+        "the model's name in reports, manifests and the registry (a preset's name when filled "
+        "in from one)"))]
+    encoder: EncoderConfig = Field(description=(
+        "the sequence encoder, chosen by its kind: lstm or gru, transformer, inception_time, "
+        "resnet1d; input_size is the number of features per bar"))
+    classifier: ClassifierHeadConfig | None = Field(None, description=(
+        "head: pooling then class logits (n_classes); the train objective when set"))
+    pointer: PointerHeadConfig | None = Field(None, description=(
+        "head: per-bar start/end logits locating a labeled pattern, trained beside the classifier"))
+    direction: DirectionHeadConfig | None = Field(None, description=(
+        "head: pooling then an MLP to one up/down logit (binary direction tasks)"))
+    regression: RegressionHeadConfig | None = Field(None, description=(
+        "head: pooling then one value per forecast horizon (regression tasks)"))
+    reconstruction: ReconstructionHeadConfig | None = Field(None, description=(
+        "head: per-bar map back to the input features (masked-autoencoder pretraining)"))
     symbol_embedding: SymbolEmbeddingConfig | None = Field(None, description=(
         "a learned vector per symbol added to the encoder output (pooled models; reads "
         "batch['symbol_id']); not a head"))

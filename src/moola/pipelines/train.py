@@ -75,11 +75,16 @@ ALL_BASELINES: tuple[Baseline, ...] = ("majority", "logistic", "minirocket")  # 
 class RunConfig(Config):
     """Everything a run needs; written resolved (model filled in) to RUN/config.yaml."""
 
-    name: str = "run"
-    out_dir: str = "runs"
+    name: str = Field("run", description="the run's name: its directory is OUT_DIR/NAME")
+    out_dir: str = Field("runs", description=(
+        "directory holding run directories (and the ingested bundled data, _bundled_NAME)"))
     data: DataConfig = DataConfig()
-    preset: str | None = "simple_lstm"
-    model: ModelConfig | None = None
+    preset: str | None = Field("simple_lstm", description=(
+        "named model (moola models list) sized to the data's features and classes; ignored when "
+        "model is set; null needs model"))
+    model: ModelConfig | None = Field(None, description=(
+        "the full model (ModelConfig below); when set it is used instead of preset; null: the "
+        "preset fills it in, as RUN/config.yaml records"))
     symbol_embedding: bool | int = Field(False, description=(
         "pool the run's symbols in one model with a learned vector per symbol, added to the "
         "encoder output (ids: the sorted symbols, as manifest.json lists them); true: the "
@@ -101,11 +106,19 @@ class RunConfig(Config):
         "epochs the run kept, on permuted and on one-row-shifted train labels; report and "
         "metrics.json 'audit' say whether accuracy fell to chance (costs two more trainings); "
         "null skips it, and a gate 'audit: passed' then fails as not measured"))
-    pretrained_encoder: str | None = None  # a `moola pretrain` output directory
-    transfer_mode: Literal["full", "forward-only"] = "full"
-    freeze_epochs: int = Field(0, ge=0)  # keep transferred tensors frozen this many epochs
-    encoder_lr_mult: float = Field(1.0, gt=0)  # transferred tensors train at lr x this
-    allow_transductive: bool = False  # run with an encoder whose pool overlaps val/test (report says so)
+    pretrained_encoder: str | None = Field(None, description=(
+        "a moola pretrain output directory (or sweep:NAME:best) whose RNN encoder is loaded "
+        "into the model; its feature schema must match data.feature_set; null: train from scratch"))
+    transfer_mode: Literal["full", "forward-only"] = Field("full", description=(
+        "full: same encoder architecture, every tensor must match; forward-only: a bidirectional "
+        "source into a unidirectional target, layer 0's forward tensors only"))
+    freeze_epochs: int = Field(0, ge=0, description=(
+        "epochs the transferred encoder tensors stay frozen before they train (0: never frozen)"))
+    encoder_lr_mult: float = Field(1.0, gt=0, description=(
+        "transferred encoder tensors train at train.optimizer.lr x this"))
+    allow_transductive: bool = Field(False, description=(
+        "accept a pretrained encoder whose pretraining pool or scaler fit comes within the "
+        "embargo of val/test time (otherwise refused); the report then opens with TRANSDUCTIVE"))
 
     @field_validator("symbol_embedding")
     @classmethod
@@ -798,6 +811,9 @@ def config_reference() -> str:
         "the resolved config (preset expanded into `model`) as `config.yaml`; `moola train\n"
         "--config RUN/config.yaml` reproduces the run. Example:\n"
         "[configs/train_demo.yaml](../configs/train_demo.yaml).\n\n"
+        "`moola train` computes its features itself, `data.feature_set` from the store's bars, by\n"
+        "the code path serving uses too; a `moola features build` file is for inspection and other\n"
+        "tools, and train does not read it.\n\n"
         "Generated from the config classes by `moola.pipelines.train.config_reference()`; a test\n"
         "keeps this file current.\n\n"
         "## RunConfig\n\n" + schema_markdown(RunConfig)
