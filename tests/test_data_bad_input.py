@@ -238,6 +238,8 @@ CASES: dict[str, Case] = {
     # items 4 and 5: symbols a partition directory and a report cannot hold
     "newline-in-quoted-symbol": Case(_yahoo_edit("KO_data.csv", 6, 7, '"K\nO"'), "KO_data.csv", 6,
                                      "symbol", says=("U+000A", "bad_symbol")),
+    "trailing-newline-in-quoted-symbol": Case(_yahoo_edit("KO_data.csv", 11, 7, '"KO\n"'), "KO_data.csv", 11,
+                                              "symbol", says=("U+000A",)),
     "line-separator-in-symbol": Case(_yahoo_edit("KO_data.csv", 7, 7, "K\u2028O"), "KO_data.csv", 7,
                                      "symbol", says=("U+2028",)),
     "next-line-in-symbol": Case(_yahoo_edit("KO_data.csv", 8, 7, "K\x85O"), "KO_data.csv", 8, "symbol",

@@ -316,6 +316,7 @@ def read_file(
 # ---------------------------------------------------------------------------------- CSV
 
 # Records per batch: the reader holds one batch of raw cells at a time, never the whole file.
+CELL_PADDING = " \t"  # what is trimmed from both ends of every cell
 CSV_BATCH_ROWS = 200_000
 # Delimiters tried when --delimiter is not given; on a tie the earlier one wins.
 DELIMITER_CANDIDATES = (",", ";", "\t", "|")
@@ -550,7 +551,8 @@ class _CsvBatches:
         if rows:
             cells = pl.DataFrame(
                 [pl.Series(f"c{i}", col, dtype=pl.String) for i, col in enumerate(zip(*rows, strict=True))]
-            ).with_columns(pl.all().str.strip_chars())
+            ).with_columns(pl.all().str.strip_chars(CELL_PADDING))  # not line breaks: a symbol
+            # cell ending in one is refused, not silently trimmed
             line_arr = np.asarray(lines, dtype=np.int64)
             empty = cells.select(pl.all_horizontal(pl.all() == "")).to_series()
             if empty.any():

@@ -27,8 +27,6 @@ def symbol_problem(symbol: str) -> str | None:
     """Why ``symbol`` cannot be stored, or None when it can."""
     if symbol.strip() == "":
         return "symbol is empty"
-    if symbol.strip() != symbol:
-        return f"symbol {_show(symbol)} has leading or trailing spaces"
     for ch in symbol:
         if ch.isalnum() or ch in SYMBOL_PUNCTUATION:
             continue
@@ -37,6 +35,8 @@ def symbol_problem(symbol: str) -> str | None:
                 "Cf": "an invisible format character", "Zs": "a non-ASCII space"}.get(
             unicodedata.category(ch), "a character outside the symbol alphabet")
         return f"symbol {_show(symbol)} holds {kind} U+{ord(ch):04X}{f' ({name})' if name else ''}"
+    if symbol.strip() != symbol:
+        return f"symbol {_show(symbol)} has leading or trailing spaces"
     if len(symbol) > MAX_SYMBOL_CHARS:
         return f"symbol of {len(symbol)} characters is too long (at most {MAX_SYMBOL_CHARS})"
     if len(partition_name(symbol).encode()) > MAX_SYMBOL_BYTES:
