@@ -96,6 +96,30 @@ def test_moola_predict_reproduces_what_moola_evaluate_scored_row_for_row(run, tm
     assert float((raw.argmax(1) == y).mean()) == metrics["model"]["accuracy"]
 
 
+def test_evaluate_narrows_to_symbols_and_a_timeframe_and_writes_a_report(run, tmp_path):
+    """--symbols/--timeframe pick what evaluate reads; it says what it wrote, and the HTML report
+    opens with the verdict on exactly those rows."""
+    run_dir, store = run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    res = cli("evaluate", copy, "--data", store, "--timeframe", "1d", "--symbols", "AAPL,MSFT")
+    assert res.exit_code == 0, res.output
+    scored = pl.read_parquet(copy / "evaluation_test_rows.parquet")
+    assert sorted(scored["symbol"].unique()) == ["AAPL", "MSFT"]
+    out = json.loads((copy / "evaluation_test.json").read_text())["test"]
+    assert out["metrics"]["n_samples"] == scored.height
+    report = copy / "evaluation_test" / "report.html"
+    assert out["report"] == str(report) and f"test report: {report}" in " ".join(res.output.split())
+    saved = json.loads((copy / "evaluation_test" / "metrics.json").read_text())
+    assert saved["model"]["n_samples"] == scored.height and saved["verdict"]["lines"]
+    first = report.read_text().split("</h1>", 1)[1].split("</div>", 1)[0]
+    assert "Test verdict: balanced accuracy" in first
+    # the run's own metrics.json is untouched: the evaluation writes beside it
+    assert (copy / "metrics.json").read_text() == (run_dir / "metrics.json").read_text()
+    bad = cli("evaluate", copy, "--timeframe", "7m")
+    assert bad.exit_code == 2
+
+
 def test_predictor_state_comes_from_the_run_directory(run, predictor):
     run_dir, _ = run
     m = read_manifest(run_dir)

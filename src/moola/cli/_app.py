@@ -482,10 +482,18 @@ def evaluate(
         "--ensemble", help="An ensemble file (docs/registry.md) instead of a run directory.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="With --ensemble: folder for its evaluation (default runs/ensemble_STEM).")] = None,
+    timeframe: Annotated[str | None, typer.Option(
+        "--timeframe", help="With --data: the store's timeframe to read (1m|5m|15m|1h|4h|1d).")] = None,
+    symbols: Annotated[str | None, typer.Option(
+        "--symbols", help="Comma-separated subset of symbols to evaluate on.")] = None,
 ) -> None:
-    """Re-evaluate a saved run beside the baselines; refuses a different feature schema."""
+    """Re-evaluate a saved run beside the baselines on the same rows (refuses a different feature
+    schema); writes evaluation_SPLIT.json, the scored rows and an HTML report per split."""
     if (run_dir is None) == (ensemble is None):
         raise typer.BadParameter("give a run directory or --ensemble FILE (exactly one)")
+    if (timeframe or symbols) and (ensemble is not None or (run_dir is not None and _is_rank_run(run_dir))):
+        raise typer.BadParameter("--timeframe/--symbols apply to a moola train run directory; an ensemble "
+                                 "and a ranking run read what they were built on")
     if ensemble is not None:
         from moola.pipelines.predict import run_ensemble_evaluate
 
@@ -508,7 +516,8 @@ def evaluate(
         return
     from moola.pipelines.train import run_evaluate
 
-    run_evaluate(run_dir, store=data, split=split, console=console)
+    run_evaluate(run_dir, store=data, split=split, console=console, timeframe=timeframe,
+                 symbols=[x.strip() for x in symbols.split(",") if x.strip()] if symbols else None)
 
 
 def _is_rank_run(run_dir: Path) -> bool:

@@ -731,13 +731,16 @@ def save(run: TrainSetup, result: Evaluation, tracker: Tracker) -> None:
 
 
 def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = "test",
-                 console: Console | None = None) -> dict:
-    """Re-evaluate a saved run on its data (or another store with the same feature schema).
+                 console: Console | None = None, timeframe: str | None = None,
+                 symbols: Sequence[str] | None = None) -> dict:
+    """Re-evaluate a saved run on its data (or another store with the same feature schema;
+    ``timeframe``/``symbols`` narrow what it reads).
 
     Writes ``evaluation_<split>.json`` and, per part, ``evaluation_<part>_rows.parquet``: the
     probabilities it scored, one row per window (``symbol, ts`` of its last bar, ``y``,
     ``raw_proba_<class>`` as scored, ``proba_<class>`` with the run's temperature), the same
-    columns ``moola predict`` writes.
+    columns ``moola predict`` writes; and for classes ``evaluation_<part>/report.html``, the run
+    report's layout (verdict box first) for this evaluation.
     """
     from moola.datasets import load_scaler
     from moola.evaluation import baseline_table, classification_metrics
@@ -747,8 +750,13 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     console = console or Console()
     run_dir = Path(run_dir)
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    if store is not None:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"store": store})})
+    data_update: dict[str, Any] = {"store": store} if store is not None else {}
+    if timeframe is not None:
+        data_update["timeframe"] = timeframe
+    if symbols is not None:
+        data_update["symbols"] = list(symbols)
+    if data_update:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data_update)})
     manifest = read_manifest(run_dir)
     check_feature_schema(manifest, get_feature_set(cfg.data.feature_set), run_dir)
     norm_path = run_dir / "normalizer.json"
@@ -774,18 +782,43 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
         entry: dict = {"loss": loss}
         if data.classes:
             entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
-            base = fit_baselines(cfg, data, part)
+            with console.status(f"fitting {len(cfg.baselines)} baseline(s) ({', '.join(cfg.baselines)}) "
+                                f"on the {part} split of {n:,} windows ..."):
+                base = fit_baselines(cfg, data, part)
             table = baseline_table(base, model_metrics=entry["metrics"])
             console.print(f"[bold]{part}[/]")
             console.print(frame_table(table))
             entry["baselines"] = {b.name: b.metrics for b in base}
+            entry["report"] = str(_evaluation_report(run_dir, part, cfg, data, c["proba"], entry["metrics"],
+                                                     base, console))
         else:
             entry["metrics"] = m
         out[part] = entry
     atomic_write_json(run_dir / f"evaluation_{split}.json", out)
+    console.print(f"wrote {run_dir / f'evaluation_{split}.json'} and "
+                  + ", ".join(f"evaluation_{p}_rows.parquet" for p in parts)
+                  + "".join(f"; {p} report: {out[p]['report']}" for p in parts if "report" in out[p]),
+                  highlight=False)
     if "test" in parts:
         record_test_use(run_dir, "evaluate")
     return out
+
+
+def _evaluation_report(run_dir: Path, part: str, cfg: RunConfig, data: PreparedData, proba: np.ndarray,
+                       metrics: dict[str, Any], base: Sequence[Any], console: Console) -> Path:
+    """``RUN/evaluation_<part>/report.html``: the verdict against the baselines on these rows first,
+    with the run's own learning curves; the verdict's lines are printed too."""
+    from moola.evaluation import write_run_report
+    from moola.training import read_history
+
+    out = run_dir / f"evaluation_{part}"
+    report = write_run_report(
+        out, history=read_history(run_dir), metrics=metrics, classes=data.classes, y_true=data.y[part],
+        proba=proba, baseline_table=base, title=f"{cfg.name}: evaluation on the {part} split "
+        f"({len(data.y[part]):,} windows of {cfg.data.feature_set}, {cfg.data.task})")
+    for line in read_json(out / "metrics.json")["verdict"]["lines"]:
+        console.print(line, style="bold", highlight=False, markup=False)
+    return report
 
 
 def eval_batch_size(n: int, batch_size: int) -> int:

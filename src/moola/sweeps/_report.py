@@ -18,6 +18,7 @@ from rich.markup import escape
 from moola._io import atomic_write, atomic_write_text
 from moola.pipelines import frame_table
 from moola.refs import BEST_FILE
+from moola.training import read_history
 
 if TYPE_CHECKING:
     from moola.sweeps._matrix import MatrixConfig, Selection
@@ -49,13 +50,6 @@ def summary_frame(states: list[RunState], sel: Selection) -> pl.DataFrame:
         rows.append(row)
     df = pl.DataFrame(rows, infer_schema_length=None)
     return df.sort(sel.metric, descending=sel.mode == "max", nulls_last=True)
-
-
-def _history(run_dir: Path) -> list[dict[str, float]]:
-    p = run_dir / "history.jsonl"
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunState | None) -> list[tuple]:
@@ -94,7 +88,7 @@ def _plots(sweep_dir: Path, states: list[RunState], sel: Selection, best: RunSta
     fig.tight_layout()
     figs.append((fig, "ablation", f"{sel.metric} of each run (failed runs in red)"))
 
-    curves = [(st, _history(sweep_dir / "runs" / st.spec.run_name)) for st in states if st.finished]
+    curves = [(st, read_history(sweep_dir / "runs" / st.spec.run_name)) for st in states if st.finished]
     curves = [(st, h) for st, h in curves if any("val_loss" in e for e in h)]
     if curves:
         fig, ax = plt.subplots(figsize=(8, 4))

@@ -7,6 +7,7 @@ from moola.training.checkpoint import (
     from_checkpoint,
     load_weights,
     read_config,
+    read_history,
     save_weights,
 )
 from moola.training.config import (
@@ -73,6 +74,7 @@ __all__ = [
     "masked_mse",
     "masked_pearson",
     "read_config",
+    "read_history",
     "resolve_device",
     "save_weights",
     "seed_everything",

@@ -38,6 +38,7 @@ __all__ = [
     "load_tensors",
     "load_weights",
     "read_config",
+    "read_history",
     "save_state",
     "save_weights",
 ]
@@ -163,6 +164,25 @@ def _step_dir(latest: Path, target: Any) -> Path:
 
 
 # -------------------------------------------------------------------- from_checkpoint
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of ``RUN/history.jsonl`` ([] before the first epoch); a damaged line
+    is a CheckpointError naming the file and line."""
+    import json
+
+    path = Path(run_dir) / "history.jsonl"
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise CheckpointError(f"{path}:{n}: not a JSON record ({e}); the run's history is "
+                                      "damaged") from e
+    return out
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
