@@ -52,6 +52,10 @@ def run(tmp_path_factory) -> tuple[Path, RunConfig]:
     cfg = RunConfig.from_yaml(DEMO, args)
     run_dir = out / cfg.name
     assert f"run directory: {run_dir}" in res.output.replace("\n", "")
+    # the verdict that opens the report also ends the console output
+    printed = " ".join(res.output.split())
+    for line in json.loads((run_dir / "metrics.json").read_text())["verdict"]["lines"]:
+        assert " ".join(line.split()) in printed, line
     return run_dir, cfg
 
 
