@@ -280,11 +280,12 @@ def test_an_empty_table_says_no_findings_and_columns_share_one_number_format(tmp
 
 
 def test_learning_curves_put_lr_and_timings_last_with_whole_epoch_ticks() -> None:
-    history = [{"epoch": e, "lr": 1e-3, "seconds": 1.5, "train_loss": 1.0 / e, "val_loss": 1.1 / e,
+    history = [{"epoch": e, "lr": 1e-3, "samples_per_s": 300.0, "seconds": 1.5, "train_loss": 1.0 / e,
+                "val_loss": 1.1 / e,
                 "train_accuracy": 0.5 + e / 100, "val_balanced_accuracy": 0.5} for e in range(1, 4)]
     fig = plot_learning_curves(history)
     titles = [ax.get_title() for ax in fig.axes if ax.axison]
-    assert titles == ["loss", "accuracy", "balanced_accuracy", "lr", "seconds"]
+    assert titles == ["loss", "accuracy", "balanced_accuracy", "lr", "seconds", "samples_per_s"]
     fig.canvas.draw()
     for ax in fig.axes:
         if ax.axison:

@@ -26,7 +26,7 @@ __all__ = [
 
 _SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_")
 _SKIP_KEYS = {"epoch", "step"}
-_LAST_PANELS = ("lr", "seconds", "epoch_seconds", "samples_per_second")
+_LAST_PANELS = ("lr", "seconds", "epoch_seconds", "samples_per_s", "samples_per_second")
 
 
 def _split_key(key: str) -> tuple[str, str]:
