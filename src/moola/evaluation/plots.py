@@ -174,9 +174,11 @@ def plot_baselines(table: pl.DataFrame, title: str = "model vs. baselines") -> p
     for bars in (b1, b2):
         for rect in bars:
             h = rect.get_height()
-            if np.isfinite(h):
-                ax.text(rect.get_x() + rect.get_width() / 2, h + 0.01, f"{h:.3f}", ha="center",
-                        va="bottom", fontsize=8)
+            if np.isfinite(h):  # inside the bar's top, clear of the majority line above it
+                inside = h > 0.1
+                ax.text(rect.get_x() + rect.get_width() / 2, h - 0.015 if inside else h + 0.01, f"{h:.3f}",
+                        ha="center", va="top" if inside else "bottom", fontsize=8,
+                        color="white" if inside else "black")
     if "majority" in names:
         maj = acc[names.index("majority")]
         if np.isfinite(maj):
