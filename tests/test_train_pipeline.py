@@ -396,8 +396,11 @@ def _desk_data(cfg: RunConfig):
 def test_persistence_is_refused_outside_direction_tasks_naming_the_key(override):
     with pytest.raises(ConfigError, match="baselines: persistence"):
         RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,persistence]"])
-    # the same tasks without persistence are fine, and economics: null turns the check off
-    assert RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,lightgbm]"])
+    # without persistence the only complaint left is the preset, which has no regression head
+    with pytest.raises(ConfigError) as ei:
+        RunConfig.from_yaml(DIRECTION, [*override, "baselines=[majority,lightgbm]"])
+    assert "persistence" not in str(ei.value) and "cannot learn data.task: regression" in str(ei.value)
+    # economics: null turns the check off
     assert RunConfig.from_yaml(DIRECTION, ["economics=null"]).economics is None
     # ternary direction labels the last return with the same dead zone
     assert RunConfig.from_yaml(DIRECTION, ["data.direction=ternary", "data.dead_zone_bps=1",

@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "data_fingerprint",
+    "did_you_mean",
     "dumps_json",
     "git_sha",
     "json_safe",
@@ -157,6 +158,14 @@ def read_json(path: str | Path, *, keys: Sequence[str] = ()) -> Any:
 # the password runs to the last "@" before the host, so one with a raw "@" in it is hidden whole
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s/'\"]+(?=@)")
 _DSN_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)[^\s'\"]+", re.IGNORECASE)  # libpq key=value form
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' for the closest valid name, or '' when none is close: a typo gets its fix."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def redact_urls(text: str) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moola._io import atomic_write_text
+from moola._io import atomic_write_text, did_you_mean
 
 # Ceilings on sizes that multiply into memory or time: far above any run that fits a machine,
 # finite so a typo (batch_size: 1e8) is refused at validation, naming the key and the bound.
@@ -58,13 +59,43 @@ def read_yaml_mapping(path: str | Path, expected: str = "a mapping") -> dict[str
     return data
 
 
-def _problems(err: ValidationError) -> list[str]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes an annotation can hold (``X``, ``X | None``, ``A | B``, ``list[X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section at ``loc`` (dotted path below ``model``), [] if unknown."""
+    models = [model]
+    for part in loc:
+        if isinstance(part, int):  # a list item: same classes
+            continue
+        nxt = [m for cls in models if (f := cls.model_fields.get(str(part))) is not None
+               for m in _models_in(f.annotation)]
+        if not nxt:
+            return []
+        models = nxt
+    return sorted({k for cls in models for k in cls.model_fields})
+
+
+def _problems(err: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         got = e.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        out.append(f"{key}: {e['msg']}{shown}")
+        hint = ""
+        if e["type"] == "extra_forbidden" and model is not None and e["loc"]:
+            valid = _keys_at(model, tuple(e["loc"][:-1]))
+            parent = ".".join(str(p) for p in e["loc"][:-1])
+            near = did_you_mean(str(e["loc"][-1]), valid)
+            if near:
+                near = near.replace("did you mean ", f"did you mean {parent + '.' if parent else ''}")
+            if valid:
+                hint = f"{near}; valid keys here: {', '.join(valid)}"
+        out.append(f"{key}: {e['msg']}{shown}{hint}")
     return out
 
 
@@ -78,7 +109,7 @@ class Config(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(_problems(e), source) from None
+            raise ConfigError(_problems(e, cls), source) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:

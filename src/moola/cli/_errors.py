@@ -77,7 +77,9 @@ def _known(e: BaseException) -> str | None:
                 "the model size or data.window")
     if isinstance(e, OSError):  # FileNotFoundError, PermissionError, disk full, name too long ...
         return _os_message(e)
-    if isinstance(e, KeyError):
+    if isinstance(e, KeyError):  # a subclass with its own message (unknown preset ...) says it
+        if type(e).__str__ is not KeyError.__str__:
+            return str(e)
         return str(e.args[0]) if e.args else "KeyError"
     if isinstance(e, ValueError):  # moola's own input errors (CheckpointError, JsonFileError ...)
         return str(e)

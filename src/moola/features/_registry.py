@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import polars as pl
 
+from moola._io import did_you_mean
+
 FeatureKind = Literal["per_symbol", "panel"]
 
 
@@ -170,7 +172,8 @@ class UnknownFeatureSetError(KeyError):
         self.known = known
 
     def __str__(self) -> str:
-        return f"unknown feature set {self.name!r}; known feature sets: {', '.join(self.known)}"
+        return (f"unknown feature set {self.name!r}{did_you_mean(self.name, self.known)}; known feature "
+                f"sets: {', '.join(self.known)}")
 
 
 @cache

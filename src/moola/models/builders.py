@@ -14,6 +14,7 @@ from typing import Literal
 
 from torch import nn
 
+from moola._io import did_you_mean
 from moola.models.config import (
     ClassifierHeadConfig,
     DirectionHeadConfig,
@@ -432,7 +433,8 @@ class UnknownPresetError(KeyError):
         self.known = known
 
     def __str__(self) -> str:
-        return f"unknown model preset {self.name!r}; known presets: {', '.join(self.known)}"
+        return (f"unknown model preset {self.name!r}{did_you_mean(self.name, self.known)}; known presets: "
+                f"{', '.join(self.known)}")
 
 
 def preset_config(name: str, n_features: int | None = None, n_classes: int | None = None) -> ModelConfig:

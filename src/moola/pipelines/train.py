@@ -136,6 +136,7 @@ class RunConfig(Config):
                 "baselines: persistence labels the last return like the target, a direction rule; "
                 f"this run has data.task: {self.data.task}. Drop it from baselines or use "
                 "task: direction")
+        _check_names(self)
         return self
 
     @property
@@ -145,6 +146,38 @@ class RunConfig(Config):
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+def presets_for_task(task: str) -> list[str]:
+    """The presets whose head can learn ``task``: a direction task takes a direction logit or a
+    classifier head; a regression task a regression head, which no preset has."""
+    from moola.models import PRESETS
+
+    heads = {"direction": ("direction", "classifier"), "regression": ("regression",)}[task]
+    return [n for n in PRESETS if any(getattr(preset_config(n), h) is not None for h in heads)]
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Preset, feature set and task checked before any data is read: a typo or a preset that
+    cannot learn the task is a config error listing the valid choices (and the nearest one)."""
+    from moola._io import did_you_mean
+    from moola.features import UnknownFeatureSetError
+    from moola.models import PRESETS, UnknownPresetError
+
+    try:
+        get_feature_set(cfg.data.feature_set)
+    except UnknownFeatureSetError as e:
+        raise ValueError(f"data.feature_set: {e}") from None
+    if cfg.model is not None or cfg.preset is None:
+        return
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset: {UnknownPresetError(cfg.preset, list(PRESETS))}")
+    fit = presets_for_task(cfg.data.task)
+    if cfg.preset not in fit:
+        choices = (f"presets for it: {', '.join(fit)}{did_you_mean(cfg.preset, fit)}" if fit else
+                   "no preset has a regression head: give a model: with regression: {horizons: [...]} "
+                   "(docs/configs.md, ModelConfig)")
+        raise ValueError(f"preset {cfg.preset!r} cannot learn data.task: {cfg.data.task}; {choices}")
 
 
 def resolve_model(cfg: RunConfig, n_features: int, n_classes: int,
