@@ -181,6 +181,9 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                   "and spin-offs.")
     for tf, rep in val.reports.items():
         report.heading(f"Validation findings ({tf.value})")
+        if not rep.has_findings:  # nothing to plot: say so instead of an empty chart
+            report.paragraph(f"no findings: every {tf.value} bar passed all checks")
+            continue
         report.figure(plot_findings(rep, f"findings per reason ({tf.value})"),
                       f"findings_{tf.value}", "Rows per reason (gaps: missing bars), stacked by "
                       "symbol. all_null and duplicate rows were dropped at ingest and are kept "

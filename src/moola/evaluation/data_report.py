@@ -47,7 +47,9 @@ class DataReport:
             label = f"{html.escape(caption)}: " if caption else ""
             self.sections.append(f"<p class='empty'>{label}no findings</p>")
             return
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+        # a header may wrap after _ or . (a number or a word in a cell never does: the box scrolls)
+        head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>').replace('.', '.<wbr>')}</th>"
+                       for c in df.columns)
         shown = df.head(max_rows)
         formats = {c: _column_format(shown.get_column(c)) for c in shown.columns}
         body = []
@@ -74,7 +76,7 @@ class DataReport:
         css = (
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;overflow-wrap:anywhere}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}"
             ".tbl{overflow-x:auto;max-width:100%}p.empty{color:#555;font-style:italic}"
             "th{background:#f3f3f3}caption{text-align:left;font-weight:bold;padding:4px 0}"
             "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:13px}"

@@ -125,9 +125,10 @@ def paired_verdicts(arms: Sequence[ArmResult], horizons: Sequence[int], *, model
 def _table_for_report(table: pl.DataFrame) -> pl.DataFrame:
     cols = [pl.col("horizon"), pl.col("arm"), pl.col("seeds")]
     for key, label in TABLE_METRICS:
-        mean = pl.col(key).round(4).cast(pl.String)
-        cols.append(pl.when(pl.col("seeds") > 1)
-                    .then(pl.format("{} ± {}", mean, pl.col(f"{key}_std").round(4)))
+        # one format for every cell (4 decimals), so digits line up down a column
+        mean = pl.col(key).map_elements(lambda v: f"{v:.4f}", return_dtype=pl.String)
+        std = pl.col(f"{key}_std").map_elements(lambda v: f"{v:.4f}", return_dtype=pl.String)
+        cols.append(pl.when(pl.col("seeds") > 1).then(pl.format("{} ± {}", mean, std))
                     .otherwise(mean).alias(label))
     return table.select(cols)
 
@@ -138,8 +139,7 @@ def write_compare_report(out_dir: Path, cfg: RankConfig, arms: Sequence[ArmResul
                          sectors: Sequence[str], symbols: Sequence[str]) -> Path:
     """``report.html``: verdict first, the table, then the plots a person looks at."""
     rep = DataReport(out_dir, title=f"moola rank compare: {cfg.name}")
-    for line in verdicts["lines"] or ["no verdict: the model or LightGBM is not among the arms"]:
-        rep.paragraph(line)
+    rep.verdict_box(list(verdicts["lines"]) or ["no verdict: the model or LightGBM is not among the arms"])
     rep.paragraph(str(summary["survivorship"]))
     rep.paragraph("Sectors are end-of-period GICS classifications (not point in time): sector edges "
                   "carry a little look-ahead for stocks that changed sector.")
