@@ -425,10 +425,12 @@ def train(
                                                           "train.precision": precision})
     cfg = RunConfig.from_yaml(config, extra)
     res = run_train(cfg, console=console, resume=resume, force=force)
+    from moola.evaluation.run_report import verdict_is_loud
+
     verdict = res.metrics.get("verdict") or {}
-    loud = verdict.get("collapsed") or verdict.get("trained_nothing") or verdict.get("too_good")
     for line in verdict.get("lines", []):  # the report's first words, also on the console
-        console.print(line, style="bold red" if loud else "bold", highlight=False, markup=False)
+        console.print(line, style="bold red" if verdict_is_loud(verdict) else "bold", highlight=False,
+                      markup=False)
     console.print(f"run directory: {res.run_dir}")
 
 

@@ -35,7 +35,7 @@ import polars as pl
 from moola.data._errors import IngestError
 from moola.data._schema import FAULT_EMPTY, FAULT_SYMBOL, FAULT_TIMESTAMP, Timeframe
 from moola.data._symbols import ALPHABET_TEXT, symbol_problem
-from moola.data._timestamps import epoch_unit, parse_timestamps
+from moola.data._timestamps import OFFSET_PATTERN, epoch_unit, parse_timestamps
 
 
 class Format(StrEnum):
@@ -325,7 +325,7 @@ _SAMPLE_LINES = 20  # non-empty lines read to detect the delimiter
 _SAMPLE_CHARS = 1 << 20
 _BLANK_LINE = "blank line"
 _DELIMITERS_ONLY = "row of only delimiters"
-_TS_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_TS_OFFSET = re.compile(OFFSET_PATTERN)
 
 
 def parse_delimiter(spec: str | None) -> str | None:
@@ -370,8 +370,8 @@ def _read_csv(
                 lines.append(start)
                 if len(rows) < batch_rows:
                     continue
-            elif not "".join(rec).strip():
-                faults.append((start, _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY))
+            elif (empty := _empty_kind(rec)) is not None:
+                faults.append((start, empty))
                 if len(faults) < batch_rows:
                     continue
             else:
@@ -427,10 +427,18 @@ def _first_record(
 ) -> tuple[int, list[str]] | None:
     """The first record with a non-blank cell; the blank ones before it become faults."""
     for start, rec in records:
-        if "".join(rec).strip():
+        empty = _empty_kind(rec)
+        if empty is None:
             return start, rec
-        faults.append((start, _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY))
+        faults.append((start, empty))
     return None
+
+
+def _empty_kind(rec: list[str]) -> str | None:
+    """Why a record holds no data (a blank line, or only delimiters), or None when it does."""
+    if "".join(rec).strip():
+        return None
+    return _BLANK_LINE if len(rec) <= 1 else _DELIMITERS_ONLY
 
 
 def _utf8_error(path: Path) -> IngestError:
@@ -992,14 +1000,14 @@ def _attach_symbol(
             raise IngestError("no symbol column and none in the file name", path=path, hint="pass --symbol")
         _check_given_symbol(guess, path, "the file name")
         return frame.with_columns(symbol=pl.lit(guess))
-    faulted = _faults(frame).is_not_null()
+    faulted = _optional(frame, "_fault").is_not_null()
     sym = frame.get_column("symbol")
     missing = (sym.is_null() | (sym.str.strip_chars() == "")) & ~faulted
     if missing.any():
         i = int(missing.arg_true()[0])
         raise IngestError("missing symbol", path=path, line=int(frame.get_column("_line")[i]),
                           column="symbol")
-    sym = sym.str.strip_chars(" \t")
+    sym = sym.str.strip_chars(CELL_PADDING)
     distinct = sym.filter(~faulted).unique().to_list()
     problems = {v: p for v in distinct if (p := symbol_problem(v)) is not None}
     bad = sym.is_in(list(problems)) & ~faulted if problems else pl.Series([False] * frame.height)
@@ -1008,31 +1016,25 @@ def _attach_symbol(
                           line=int(frame.get_column("_line")[int(bad.arg_true()[0])]), column="symbol",
                           hint=f"a symbol is {ALPHABET_TEXT}")
     usable = ~bad & sym.is_not_null() & (sym != "")
-    if not faulted.any() and not bad.any():
-        return frame.with_columns(symbol=sym)
     own = frame.with_columns(symbol=sym)
+    if not faulted.any() and not bad.any():
+        return own
     filed = pl.when(usable).then(pl.col("symbol")).otherwise(None).forward_fill().backward_fill()
     if not bad.any():  # rows faulted by the reader file under their own or the nearest symbol
         return own.with_columns(symbol=filed)
     detail = sym.replace_strict(problems, default=None, return_dtype=pl.String)
     return own.with_columns(
         symbol=filed,
-        _fault=pl.when(bad).then(pl.lit(FAULT_SYMBOL)).otherwise(_faults(frame)),
-        _detail=pl.when(bad).then(detail).otherwise(_details(frame)),
+        _fault=pl.when(bad).then(pl.lit(FAULT_SYMBOL)).otherwise(_optional(frame, "_fault")),
+        _detail=pl.when(bad).then(detail).otherwise(_optional(frame, "_detail")),
     )
 
 
-def _faults(frame: pl.DataFrame) -> pl.Series:
-    """The ``_fault`` column, or all-null when the reader found none."""
-    if "_fault" in frame.columns:
-        return frame.get_column("_fault")
-    return pl.Series("_fault", [None] * frame.height, dtype=pl.String)
-
-
-def _details(frame: pl.DataFrame) -> pl.Series:
-    if "_detail" in frame.columns:
-        return frame.get_column("_detail")
-    return pl.Series("_detail", [None] * frame.height, dtype=pl.String)
+def _optional(frame: pl.DataFrame, name: str) -> pl.Series:
+    """A reader's fault column (``_fault``/``_detail``), all-null when it found no fault."""
+    if name in frame.columns:
+        return frame.get_column(name)
+    return pl.Series(name, [None] * frame.height, dtype=pl.String)
 
 
 def _check_given_symbol(symbol: str, path: Path, source: str) -> None:

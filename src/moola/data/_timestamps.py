@@ -35,6 +35,7 @@ _NAIVE_FORMATS = [
     "%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M",
     "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y/%m/%d", "%m/%d/%Y",
 ]
+OFFSET_PATTERN = r"(Z|[+-]\d{2}:?\d{2})$"  # a trailing UTC offset: Z, +05:30, -0400
 _EXPECTED = "expected ISO-8601 (2023-03-01 00:00:00+00:00), a date, or unix epoch numbers"
 
 
@@ -90,7 +91,7 @@ def _from_strings(
     path: Path, s: pl.Series, missing: pl.Series, lines: np.ndarray
 ) -> tuple[pl.Series, pl.Series]:
     """ISO dates and datetimes; offsets per row, or none at all (read as UTC)."""
-    offsets = s.str.extract(r"(Z|[+-]\d{2}:?\d{2})$", 1)
+    offsets = s.str.extract(OFFSET_PATTERN, 1)
     has_off = offsets.is_not_null()
     present = ~missing
     if (has_off & present).any() and (~has_off & present).any():

@@ -15,13 +15,20 @@ import polars as pl
 from moola._io import atomic_write_json
 from moola.data._errors import ValidationFailed
 from moola.data._gaps import mark_gaps
-from moola.data._schema import PRICE_COLUMNS, Timeframe, conform
+from moola.data._schema import (
+    FAULT_EMPTY,
+    FAULT_SYMBOL,
+    FAULT_TIMESTAMP,
+    PRICE_COLUMNS,
+    Timeframe,
+    conform,
+)
 
 
 class Reason(StrEnum):
-    EMPTY_ROW = "empty_row"
-    BAD_TIMESTAMP = "bad_timestamp"
-    BAD_SYMBOL = "bad_symbol"
+    EMPTY_ROW = FAULT_EMPTY  # the reader's row faults (_schema) are reasons of the same name
+    BAD_TIMESTAMP = FAULT_TIMESTAMP
+    BAD_SYMBOL = FAULT_SYMBOL
     OFF_GRID = "off_grid"
     ALL_NULL = "all_null"
     PARTIAL_NULL = "partial_null"
@@ -399,7 +406,8 @@ def _line_faults(
                         pl.col("_on_grid").dt.strftime("%Y-%m-%d %H:%M:%S")))
         .otherwise(None),
     )
-    found = [r for r in LINE_REASONS if df.select((pl.col("_reason") == str(r)).any()).item()]
+    present = set(df.get_column("_reason").drop_nulls().unique().to_list())
+    found = [r for r in LINE_REASONS if str(r) in present]
     failing = [r for r in found if act[r] is Action.FAIL]
     if failing:
         _fail_lines(df.filter(pl.col("_reason").is_in([str(r) for r in failing])), failing)

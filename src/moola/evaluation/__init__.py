@@ -52,6 +52,7 @@ from moola.evaluation.economics import (
 from moola.evaluation.metrics import (
     COLLAPSE_RECALL,
     ECE_BINS,
+    LOWER_IS_BETTER,
     binary_metrics,
     brier_score,
     classification_metrics,
@@ -90,6 +91,7 @@ __all__ = [
     "ECE_BINS",
     "KNOWN_BASELINES",
     "LAGS",
+    "LOWER_IS_BETTER",
     "RANKING_BASELINES",
     "TABLE_METRICS",
     "AuditCheck",

@@ -47,6 +47,7 @@ from moola.evaluation.calibration import check_labels, check_proba, expected_cal
 __all__ = [
     "COLLAPSE_RECALL",
     "ECE_BINS",
+    "LOWER_IS_BETTER",
     "binary_metrics",
     "brier_score",
     "classification_metrics",
@@ -55,6 +56,7 @@ __all__ = [
 
 COLLAPSE_RECALL = 0.3
 ECE_BINS = 15
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece", "test_loss"})  # every other score: higher
 
 
 def _check_classes(classes: Sequence[object], n_cols: int | None = None) -> list[str]:

@@ -25,7 +25,8 @@ from moola.evaluation.plots import (
 )
 from moola.training.guards import COLLAPSE, ONE_CLASS, TOO_GOOD, TRAINED_NOTHING, single_predicted_class
 
-__all__ = ["plain_notes", "reliability_up", "run_verdict", "split_summary", "write_run_report"]
+__all__ = ["plain_notes", "reliability_up", "run_verdict", "split_summary", "verdict_is_loud",
+           "write_run_report"]
 
 _HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 
@@ -81,8 +82,7 @@ def write_run_report(
     notes = plain_notes(notes)
     verdict = run_verdict(metrics, table, notes, test_ci=test_ci)
     verdict["lines"] += [f"SPLIT: {w}" for w in (split or {}).get("warnings", [])]
-    rep.verdict_box(verdict["lines"],
-                    loud=verdict["collapsed"] or verdict["trained_nothing"] or verdict["too_good"])
+    rep.verdict_box(verdict["lines"], loud=verdict_is_loud(verdict))
     if split is not None:
         _split_section(rep, split)
     if notes:
@@ -238,9 +238,7 @@ def _ci_section(rep: DataReport, ci: Mapping[str, Any]) -> None:
               f"(max(ceil(n^(1/3)), label horizon of {ci['horizon_rows']} row(s)))")
     if "difference" in ci:
         d = ci["difference"]
-        word = "beats" if d["low"] > 0 else ("is beaten by" if d["high"] < 0 else "is not "
-                                             "distinguishable from")
-        rep.paragraph(f"The model {word} the best baseline ({ci['best_baseline']}) on test accuracy: "
+        rep.paragraph(f"The model {_ci_word(d)} the best baseline ({ci['best_baseline']}) on test accuracy: "
                       f"difference {d['estimate']:+.4f}, CI [{d['low']:+.4f}, {d['high']:+.4f}].")
 
 
@@ -358,15 +356,23 @@ def run_verdict(metrics: Mapping[str, Any], table: pl.DataFrame | None,
             "baselines": scores, "beats": beats, "beats_beyond_noise": clear}
 
 
+def _ci_word(d: Mapping[str, Any]) -> str:
+    """What an interval of model - baseline says: above zero, below zero, or across it."""
+    return "beats" if d["low"] > 0 else "is beaten by" if d["high"] < 0 else "is not distinguishable from"
+
+
+def verdict_is_loud(verdict: Mapping[str, Any]) -> bool:
+    """A verdict to show in red: the model collapsed, trained nothing, or is too good to be true."""
+    return bool(verdict.get("collapsed") or verdict.get("trained_nothing") or verdict.get("too_good"))
+
+
 def _best_baseline_line(ci: Mapping[str, Any] | None) -> str | None:
     """The model against the best baseline on test accuracy, with the paired block-bootstrap CI."""
     if not ci or "difference" not in ci:
         return None
     d, level = ci["difference"], ci["accuracy"]["level"]
-    word = ("beats" if d["low"] > 0 else "is beaten by" if d["high"] < 0
-            else "is not distinguishable from")
     return (f"Against the best baseline ({ci['best_baseline']}, test accuracy "
-            f"{ci['baseline_accuracy']['estimate']:.4f}): the model {word} it, accuracy difference "
+            f"{ci['baseline_accuracy']['estimate']:.4f}): the model {_ci_word(d)} it, accuracy difference "
             f"{d['estimate']:+.4f}, {level:.0%} block-bootstrap CI [{d['low']:+.4f}, {d['high']:+.4f}].")
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, model_serializer, model_validator
 
 from moola._io import read_json
 from moola.config import Config, ConfigError
+from moola.evaluation import LOWER_IS_BETTER
 from moola.evaluation.economics import DeflatedSharpe, deflated_sharpe_ratio
 from moola.training.manifest import ManifestError, read_manifest, runs_on_test_segment, segment_key
 
@@ -27,7 +28,6 @@ Op = Literal[">=", ">", "<=", "<"]
 _THRESHOLD = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 NOT_MEASURED = "not measured"
 # metrics where smaller is better: "beats" compares them the other way round
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece", "test_loss"})
 
 
 class Threshold(Config):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moola._io import read_json
+from moola.evaluation import LOWER_IS_BETTER
 
 if TYPE_CHECKING:
     from moola.tracking._mlflow import Tracker
@@ -24,8 +25,8 @@ __all__ = ["DEFAULT_METRIC", "METRIC_DIRECTIONS", "OOF_BASELINE_ARMS", "Headline
 DEFAULT_METRIC = "balanced_accuracy"  # the verdict's metric: a constant prediction scores 1 / n_classes
 # +1: higher is better, -1: lower is better; a metric "beats" only with a known direction
 METRIC_DIRECTIONS: dict[str, int] = {
-    "balanced_accuracy": 1, "accuracy": 1, "macro_f1": 1, "roc_auc": 1,
-    "log_loss": -1, "brier": -1, "ece": -1,
+    m: -1 if m in LOWER_IS_BETTER else 1
+    for m in ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc", "log_loss", "brier", "ece")
 }
 # every baseline an OOF run can have (pipelines' BASELINE_ARMS; tracking sits below pipelines)
 OOF_BASELINE_ARMS = ("majority", "logistic", "minirocket")
