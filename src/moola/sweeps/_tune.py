@@ -592,6 +592,37 @@ def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSp
 
 
 def _plot_history(trials: list[Any], metric: str, mode: Mode, name: str, path: Path) -> None:
+    """Write the history figure as a PNG (see :func:`_history_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = _history_figure(trials, metric, mode, name)
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _best_so_far(trials: list[Any], mode: Mode) -> tuple[list[int], list[float]]:
+    """Step points of the best complete value, held to the last trial of any state, so pruned or
+    failed trials after the last complete one still show the best standing through them."""
+    from optuna.trial import TrialState
+
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
+                  key=lambda t: t.number)
+    best: float | None = None
+    xs: list[int] = []
+    ys: list[float] = []
+    for t in done:
+        if best is None or (t.value < best if mode == "min" else t.value > best):
+            best = t.value
+        xs.append(t.number)
+        ys.append(best)
+    last = max(t.number for t in trials) if trials else None
+    if best is not None and last is not None and last > xs[-1]:
+        xs.append(last)
+        ys.append(best)
+    return xs, ys
+
+
+def _history_figure(trials: list[Any], metric: str, mode: Mode, name: str) -> Any:
     """Value per trial (pruned: last reported value, failed: marked on the axis) + best so far."""
     import matplotlib
 
@@ -607,12 +638,7 @@ def _plot_history(trials: list[Any], metric: str, mode: Mode, name: str, path: P
     failed = [t for t in trials if t.state == TrialState.FAIL]
     if done:
         ax.scatter([t.number for t in done], [t.value for t in done], color="C0", label="complete", zorder=3)
-        best, xs, ys = None, [], []
-        for t in done:
-            if best is None or (t.value < best if mode == "min" else t.value > best):
-                best = t.value
-            xs.append(t.number)
-            ys.append(best)
+        xs, ys = _best_so_far(trials, mode)
         ax.step(xs, ys, where="post", color="C2", label="best so far")
     if pruned:
         ax.scatter([t.number for t in pruned], [t.value for t in pruned], color="C1", marker="x",
@@ -629,5 +655,4 @@ def _plot_history(trials: list[Any], metric: str, mode: Mode, name: str, path: P
     if done or pruned or failed:
         ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return fig
