@@ -102,7 +102,7 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
     console.rule(f"[bold]4. train {run_cfg.preset or run_cfg.name} on {d.horizon}-bar direction "
                  f"({d.feature_set}, {d.timeframe} bars)")
     t3 = time.perf_counter()
-    outcome = run_train(run_cfg, console=console)
+    outcome = run_train(run_cfg, console=console, overwrite=True)  # the demo owns its directory
     verdict = outcome.metrics["verdict"]
     for line in verdict["lines"]:  # the run's plain verdict, red when the model collapsed
         console.print(f"[bold {'red' if verdict['collapsed'] else 'cyan'}]{line}[/]", highlight=False)
@@ -289,7 +289,7 @@ def _desk_step(out: Path, console: Console) -> list[tuple[str, str]]:
     for key, (preset, _) in DESK_MEMBERS.items():
         cfg = RunConfig.from_yaml(configs_dir() / "desk_demo.yaml",  # the bundled two BTC markets
                                   [f"out_dir={out / 'runs'}", f"name=desk_{key}", f"preset={preset}"])
-        run = run_train(cfg, console=console)
+        run = run_train(cfg, console=console, overwrite=True)
         name = f"demo-direction-{key}"
         refused = promote(run.run_dir, read_gates(strict), gates_file=strict, name=name)
         failed = ", ".join(f"{r.gate} ({r.measured} vs {r.required})" for r in refused.failed)
@@ -339,7 +339,7 @@ def _rank_step(out: Path, store_dir: Path, console: Console) -> list[tuple[str, 
         f"out_dir={out / 'runs'}", f"data.store={store_dir.resolve()}",
         f"data.sectors={bundled_dir() / 'sp500_sectors_subset.csv'}",
         f"data.cache_dir={out / 'cache' / 'panels'}"])
-    res = run_rank_compare(cfg, console=console)
+    res = run_rank_compare(cfg, console=console, overwrite=True)
     lines = res.metrics["verdicts"]["lines"] or ["no verdict"]
     return [("ranking verdict", "\n".join(lines)),
             ("ranking report", str(res.report))]

@@ -373,6 +373,9 @@ EncoderOpt = Annotated[
 TransferModeOpt = Annotated[str | None, typer.Option("--transfer-mode", help="full|forward-only")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32|bf16")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace a run directory that already holds a run (the old run stays until "
+    "the new one completes); without it such a directory is refused.")]
 
 
 def _with_options(overrides: list[str] | None, **options: object) -> list[str]:
@@ -401,6 +404,7 @@ def train(
         "--resume", help="Continue from the checkpoint; refused when config.yaml differs.")] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="With --resume: resume even though the stored config.yaml differs.")] = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     pretrained_encoder: EncoderOpt = None,
@@ -411,8 +415,11 @@ def train(
     if (config is None) == (arrays is None):
         raise typer.BadParameter("give exactly one of --config (a run config) or --arrays (a "
                                  "labeled-array file)")
+    if resume and overwrite:
+        raise typer.BadParameter("--resume continues the run directory and --overwrite replaces it: "
+                                 "give one of them")
     if arrays is not None:
-        _train_arrays(arrays, preset, out, overrides or [], device)
+        _train_arrays(arrays, preset, out, overrides or [], device, overwrite=overwrite)
         return
     assert config is not None
     if preset is not None or out is not None:
@@ -424,7 +431,7 @@ def train(
                           transfer_mode=transfer_mode, **{"train.device": device,
                                                           "train.precision": precision})
     cfg = RunConfig.from_yaml(config, extra)
-    res = run_train(cfg, console=console, resume=resume, force=force)
+    res = run_train(cfg, console=console, resume=resume, force=force, overwrite=overwrite)
     from moola.evaluation.run_report import verdict_is_loud
 
     verdict = res.metrics.get("verdict") or {}
@@ -435,7 +442,7 @@ def train(
 
 
 def _train_arrays(path: Path, preset: str | None, out: Path | None, overrides: list[str],
-                  device: str | None) -> None:
+                  device: str | None, *, overwrite: bool) -> None:
     """``moola train --arrays``: overrides are SequenceClassifier parameters (min_steps=3000,
     n_seeds=5, val_size=0.2) or dotted model./train. config keys."""
     from moola.config import ConfigError, parse_override
@@ -464,7 +471,7 @@ def _train_arrays(path: Path, preset: str | None, out: Path | None, overrides: l
     if cfg_over:
         params["overrides"] = cfg_over
     target = out or Path("runs") / path.stem
-    m = run_train_arrays(path, target, params)
+    m = run_train_arrays(path, target, params, overwrite=overwrite)
     if "verdict" in m:
         console.print(f"[bold]{m['verdict']}[/]")
         console.print("  " + ", ".join(f"{k} {v:.3f}" for k, v in m["baselines"].items()))
@@ -588,14 +595,19 @@ def pretrain(
     config: Annotated[Path, typer.Option("--config", help="Pretrain config YAML.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
     """Masked-autoencoder pretraining of a BiLSTM encoder on the unlabeled pool."""
     from moola.pipelines.pretrain import PretrainConfig, run_pretrain
 
+    if resume and overwrite:
+        raise typer.BadParameter("--resume continues the encoder directory and --overwrite replaces "
+                                 "it: give one of them")
     extra = _with_options(overrides, **{"train.device": device, "train.precision": precision})
-    run_pretrain(PretrainConfig.from_yaml(config, extra), console=console, resume=resume)
+    run_pretrain(PretrainConfig.from_yaml(config, extra), console=console, resume=resume,
+                 overwrite=overwrite)
 
 
 @app.command("oof")

@@ -17,6 +17,9 @@ rank_app = typer.Typer(help="Cross-sectional ranking: a temporal encoder with gr
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")]
 ConfigOpt = Annotated[Path, typer.Option("--config", help="Ranking config YAML (see docs/ranking.md).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace a run directory that already holds a run (the old one stays until "
+    "the new one completes); without it such a directory is refused.")]
 
 
 def _config(config: Path, overrides: list[str] | None, device: str | None) -> object:
@@ -30,27 +33,29 @@ def _config(config: Path, overrides: list[str] | None, device: str | None) -> ob
 
 @rank_app.command("train")
 @_friendly_errors
-def rank_train(config: ConfigOpt, overrides: Overrides = None, device: DeviceOpt = None) -> None:
+def rank_train(config: ConfigOpt, overrides: Overrides = None, device: DeviceOpt = None,
+               overwrite: OverwriteOpt = False) -> None:
     """Train one ranking model (one seed), score val and test, write the run directory and report."""
     from moola.pipelines.rank import RankConfig, run_rank_train
 
     cfg = _config(config, overrides, device)
     assert isinstance(cfg, RankConfig)
-    out = run_rank_train(cfg, console=console)
+    out = run_rank_train(cfg, console=console, overwrite=overwrite)
     console.print(f"run: {escape(str(out.run_dir))}" + (f"  report: {escape(str(out.report))}"
                                                          if out.report else ""), highlight=False)
 
 
 @rank_app.command("compare")
 @_friendly_errors
-def rank_compare(config: ConfigOpt, overrides: Overrides = None, device: DeviceOpt = None) -> None:
+def rank_compare(config: ConfigOpt, overrides: Overrides = None, device: DeviceOpt = None,
+                 overwrite: OverwriteOpt = False) -> None:
     """The model over its seeds beside the no-graph encoder, LightGBM, ridge and an MLP on the same
     rows: per-horizon table (mean +- std), paired verdict against LightGBM, HTML report."""
     from moola.pipelines.rank import RankConfig, run_rank_compare
 
     cfg = _config(config, overrides, device)
     assert isinstance(cfg, RankConfig)
-    out = run_rank_compare(cfg, console=console)
+    out = run_rank_compare(cfg, console=console, overwrite=overwrite)
     console.print(f"comparison: {escape(str(out.run_dir))}  report: {escape(str(out.report))}",
                   highlight=False)
 

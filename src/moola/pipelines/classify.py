@@ -30,7 +30,7 @@ from moola.config import ConfigError, apply_overrides
 from moola.datasets.splits import stratified_split
 from moola.evaluation.calibration import TemperatureScaler
 from moola.models import ModelConfig, build_model, count_parameters, preset_config
-from moola.training import OptimizerConfig, TrainConfig, Trainer
+from moola.training import OptimizerConfig, TrainConfig, Trainer, check_run_directory, run_directory
 from moola.training.checkpoint import CONFIG, WEIGHTS, load_weights, save_weights
 from moola.training.data import TensorData
 from moola.training.manifest import MANIFEST, Manifest, read_manifest, write_manifest
@@ -487,14 +487,25 @@ def load_labeled_arrays(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{p}: unknown labeled-array format {p.suffix!r}; valid: .npz, .parquet")
 
 
-def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any]) -> dict[str, Any]:
+def run_train_arrays(path: str | Path, out: str | Path, params: dict[str, Any], *,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Fit a SequenceClassifier on a labeled-array file, save it to ``out`` and, when the file
-    has a test part, score it beside MiniRocket, logistic regression and the majority class."""
-    from moola.evaluation.baselines import logistic_baseline, majority_baseline, minirocket_baseline
-
+    has a test part, score it beside MiniRocket, logistic regression and the majority class.
+    A directory ``out`` that already holds a run is refused (before fitting) unless ``overwrite``."""
+    final = Path(out)
+    check_run_directory(final, overwrite=overwrite)
     data = load_labeled_arrays(path)
     clf = SequenceClassifier(**params).fit(data["X"], data["y"])
-    root = clf.save(out)
+    with run_directory(final, overwrite=overwrite) as root:
+        clf.save(root)
+        return _score_arrays(path, clf, data, root)
+
+
+def _score_arrays(path: str | Path, clf: SequenceClassifier, data: dict[str, Any], root: Path
+                  ) -> dict[str, Any]:
+    """metrics.json of ``run_train_arrays``: the test part beside the baselines, when present."""
+    from moola.evaluation.baselines import logistic_baseline, majority_baseline, minirocket_baseline
+
     metrics: dict[str, Any] = {"n_train": len(data["y"]), "classes": [str(c) for c in clf.classes_],
                                "preset": clf.preset, "n_params": clf.n_params_,
                                "warnings": clf.warnings_}

@@ -58,8 +58,10 @@ from moola.training import (
     TensorData,
     TrainConfig,
     Trainer,
+    check_run_directory,
     data_fingerprint,
     masked_mse,
+    run_directory,
     seed_everything,
 )
 from moola.training.manifest import LEGACY_META, Manifest, TimeRange, merge_intervals, write_manifest
@@ -133,12 +135,22 @@ def _coverage(pool: WindowSet, idx: np.ndarray) -> list[TimeRange]:
 
 
 def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
-                 show_progress: bool = True, resume: bool = False, callbacks: Sequence[Callback] = (),
-                 tracking: TrackingOptions | None = None) -> Path:
-    """Pool -> masked-autoencoder training -> encoder directory, recorded as one MLflow run."""
-    with Tracker("pretrain", tracking, run_name=cfg.name) as tracker:
-        return _run_pretrain(cfg, tracker, console=console, show_progress=show_progress, resume=resume,
-                             extra_callbacks=callbacks)
+                 show_progress: bool = True, resume: bool = False, overwrite: bool = False,
+                 callbacks: Sequence[Callback] = (), tracking: TrackingOptions | None = None) -> Path:
+    """Pool -> masked-autoencoder training -> encoder directory, recorded as one MLflow run.
+
+    An encoder directory that already holds a run is refused unless ``resume`` or ``overwrite``
+    (replaced when this run completes)."""
+    final = Path(cfg.out_dir) / cfg.name
+    check_run_directory(final, overwrite=overwrite, resume=resume)
+    console = console or Console()
+    with Tracker("pretrain", tracking, run_name=cfg.name) as tracker, \
+            run_directory(final, overwrite=overwrite, resume=resume) as work:
+        tracker.set_tags({"moola.run_dir": str(final.resolve())})
+        spec = _run_pretrain(cfg, tracker, work, console=console, show_progress=show_progress,
+                             resume=resume, extra_callbacks=callbacks)
+    console.print(f"encoder: {final} ({spec})")
+    return final
 
 
 @dataclass
@@ -158,13 +170,11 @@ class PoolData:
     fingerprint: str
 
 
-def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | None,
-                  show_progress: bool, resume: bool, extra_callbacks: Sequence[Callback]) -> Path:
-    """setup (pool, split, normaliser) -> train -> evaluate -> save (encoder dir, report)."""
-    console = console or Console()
+def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, out: Path, *, console: Console,
+                  show_progress: bool, resume: bool, extra_callbacks: Sequence[Callback]) -> str:
+    """setup (pool, split, normaliser) -> train -> evaluate -> save (encoder dir, report) into
+    ``out``; returns the encoder's one-line description."""
     t0 = time.perf_counter()
-    out = Path(cfg.out_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
     data = _setup_pool(cfg)
     resolved = _save_config(cfg, data, out, tracker)
     model, objective, trainer, fit = _train(resolved, data, out, tracker, console=console,
@@ -177,12 +187,11 @@ def _run_pretrain(cfg: PretrainConfig, tracker: Tracker, *, console: Console | N
     _report(out, resolved, fit.history, metrics, model, objective, data.x_val)
     tracker.log_final(out / "metrics.json")
     tracker.log_artifacts(out)
-    console.print(f"encoder: {out} (val masked MSE {metrics['val_masked_mse']:.4f} vs "
-                  f"{metrics['val_masked_mse_predict_zero']:.4f} for predicting zero; "
-                  f"declares {spec.kind} {spec.layers}x{spec.hidden}, "
-                  f"{'bi' if spec.bidirectional else 'uni'}directional, input {spec.input_size}, "
-                  f"schema {spec.feature_schema_hash})")
-    return out
+    return (f"val masked MSE {metrics['val_masked_mse']:.4f} vs "
+            f"{metrics['val_masked_mse_predict_zero']:.4f} for predicting zero; "
+            f"declares {spec.kind} {spec.layers}x{spec.hidden}, "
+            f"{'bi' if spec.bidirectional else 'uni'}directional, input {spec.input_size}, "
+            f"schema {spec.feature_schema_hash}")
 
 
 def _setup_pool(cfg: PretrainConfig) -> PoolData:
@@ -228,7 +237,7 @@ def _save_config(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracke
     tracker.set_tags({"moola.feature_schema_hash": data.fm.schema_hash,
                       "moola.feature_set": cfg.data.feature_set,
                       "moola.data_fingerprint": data.fingerprint,
-                      "moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(resolved)})
+                      "moola.config_hash": config_hash(resolved)})
     return resolved
 
 

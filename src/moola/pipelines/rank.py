@@ -47,7 +47,15 @@ from moola.models.ranking import (
 from moola.pipelines._rank_config import RankConfig, RankDataConfig
 from moola.pipelines._rank_report import ArmResult
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions
-from moola.training import Callback, FitResult, Trainer, data_fingerprint, save_weights
+from moola.training import (
+    Callback,
+    FitResult,
+    Trainer,
+    check_run_directory,
+    data_fingerprint,
+    run_directory,
+    save_weights,
+)
 from moola.training.manifest import Manifest, write_manifest
 from moola.training.ranking import RankingObjective
 
@@ -460,12 +468,34 @@ class RankOutcome:
 
 def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_progress: bool = True,
                    callbacks: Sequence[Callback] = (), tracking: TrackingOptions | None = None,
-                   report: bool = True) -> RankOutcome:
-    """prepare -> model -> train -> score val and test -> evaluate -> save, one MLflow run."""
+                   report: bool = True, overwrite: bool = False) -> RankOutcome:
+    """prepare -> model -> train -> score val and test -> evaluate -> save, one MLflow run.
+
+    A run directory that already holds a run is refused unless ``overwrite`` (replaced when this
+    run completes)."""
     console = console or Console()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    final = cfg.run_dir
+    check_run_directory(final, overwrite=overwrite)
+    with run_directory(final, overwrite=overwrite) as run_dir:
+        metrics, test_scores, history = _rank_train(cfg, run_dir, console=console,
+                                                    show_progress=show_progress, callbacks=callbacks,
+                                                    tracking=tracking, final=final)
+        out_report = None
+        if report:
+            from moola.pipelines._rank_report import write_run_report
+
+            out_report = write_run_report(run_dir, cfg, test_scores, metrics, history)
+    _print_summary(console, metrics["test"], cfg.name)
+    moved = None if out_report is None else final / out_report.relative_to(run_dir)
+    return RankOutcome(final, metrics, moved)
+
+
+def _rank_train(cfg: RankConfig, run_dir: Path, *, console: Console, show_progress: bool,
+                callbacks: Sequence[Callback], tracking: TrackingOptions | None, final: Path
+                ) -> tuple[dict[str, Any], pl.DataFrame, list[dict[str, float]]]:
+    """The MLflow-recorded part of ``run_rank_train``, written into ``run_dir``."""
     with Tracker("rank", tracking, run_name=cfg.name) as tracker:
+        tracker.set_tags({"moola.run_dir": str(final.resolve())})
         t0 = time.perf_counter()
         prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
         model_cfg = resolve_model(cfg, prep.panel.n_features)
@@ -496,13 +526,7 @@ def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_prog
         write_manifest(run_dir, rank_manifest(cfg, prep, model_cfg, n_params))
         tracker.log_final(run_dir / "metrics.json")
         tracker.log_artifacts(run_dir)
-    out_report = None
-    if report:
-        from moola.pipelines._rank_report import write_run_report
-
-        out_report = write_run_report(run_dir, cfg, test_scores, metrics, fit.history)
-    _print_summary(console, test_metrics, cfg.name)
-    return RankOutcome(run_dir, metrics, out_report)
+    return metrics, test_scores, fit.history
 
 
 def _print_summary(console: Console, test: dict[str, dict[str, Any]], name: str) -> None:
@@ -535,15 +559,25 @@ def _arm_models(cfg: RankConfig, model_cfg: RankingModelConfig) -> list[tuple[st
 
 
 def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_progress: bool = True,
-                     tracking: TrackingOptions | None = None) -> RankOutcome:
+                     tracking: TrackingOptions | None = None, overwrite: bool = False) -> RankOutcome:
     """Every arm on the same panel, split and rows: neural arms over ``cfg.seeds``, LightGBM and
     ridge once (deterministic), the MLP over the seeds; a table of mean +- std per horizon, paired
-    daily-RankIC verdicts against LightGBM and against the no-graph encoder, and the report."""
+    daily-RankIC verdicts against LightGBM and against the no-graph encoder, and the report.
+    A directory that already holds a comparison is refused unless ``overwrite``."""
+    console = console or Console()
+    final = cfg.run_dir
+    check_run_directory(final, overwrite=overwrite)
+    with run_directory(final, overwrite=overwrite) as out_dir:
+        summary, report = _rank_compare(cfg, out_dir, console=console, show_progress=show_progress,
+                                        tracking=tracking)
+    return RankOutcome(final, summary, final / report.relative_to(out_dir))
+
+
+def _rank_compare(cfg: RankConfig, out_dir: Path, *, console: Console, show_progress: bool,
+                  tracking: TrackingOptions | None) -> tuple[dict[str, Any], Path]:
+    """The body of ``run_rank_compare``, written into ``out_dir``."""
     from moola.pipelines._rank_report import comparison_table, paired_verdicts, write_compare_report
 
-    console = console or Console()
-    out_dir = cfg.run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prep = prepare(cfg.data, cache_root=Path(cfg.out_dir), console=console)
     model_cfg = resolve_model(cfg, prep.panel.n_features)
@@ -616,7 +650,7 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
         tracker.log_artifacts(out_dir)
     for line in verdicts["lines"]:
         console.print(line, highlight=False)
-    return RankOutcome(out_dir, summary, report)
+    return summary, report
 
 
 def _save_cell(out_dir: Path, arm: str, seed: int, scores: pl.DataFrame, metrics: dict[str, Any],

@@ -54,7 +54,9 @@ from moola.training import (
     TrainConfig,
     Trainer,
     balanced_class_weights,
+    check_run_directory,
     data_fingerprint,
+    run_directory,
     seed_everything,
 )
 from moola.training.manifest import (
@@ -280,23 +282,31 @@ class ResumeConfigError(ValueError):
 
 
 def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: bool = True,
-              resume: bool = False, force: bool = False, callbacks: Sequence[Callback] = (),
-              tracking: TrackingOptions | None = None) -> TrainOutcome:
+              resume: bool = False, force: bool = False, overwrite: bool = False,
+              callbacks: Sequence[Callback] = (), tracking: TrackingOptions | None = None) -> TrainOutcome:
     """Setup -> train -> evaluate (with baselines) -> save, recorded as one MLflow run.
 
     ``callbacks`` join the recipe's own (sweeps report progress, tuning reports to a pruner);
     this is the one training function behind ``train``, ``sweep`` and ``tune``. ``resume``
     continues the run directory's checkpoint and refuses one whose stored config differs from
-    ``cfg`` unless ``force``.
+    ``cfg`` unless ``force``. A run directory that already holds a run is refused
+    (``RunExistsError``) unless ``resume`` or ``overwrite``, which replaces it when this run completes.
     """
     console = console or Console()
-    with Tracker("train", tracking, run_name=cfg.name) as tracker:
+    final = cfg.run_dir
+    check_run_directory(final, overwrite=overwrite, resume=resume)  # before MLflow opens a run
+    with Tracker("train", tracking, run_name=cfg.name) as tracker, \
+            run_directory(final, overwrite=overwrite, resume=resume) as work:
         t0 = time.perf_counter()
-        run = setup(cfg, tracker, console=console, callbacks=callbacks, resume=resume, force=force)
+        run = setup(cfg, tracker, console=console, callbacks=callbacks, resume=resume, force=force,
+                    run_dir=work)
         trainer, fit = train(run, console=console, show_progress=show_progress, resume=resume)
         result = evaluate(run, trainer, fit, console=console, started=t0)
         save(run, result, tracker)
-        return TrainOutcome(run.run_dir, result.metrics, result.report, fit.warnings)
+    report = None if result.report is None else final / result.report.relative_to(work)
+    if report is not None:
+        console.print(f"report: {report}")
+    return TrainOutcome(final, result.metrics, report, fit.warnings)
 
 
 # ------------------------------------------------------------------------------ setup
@@ -366,11 +376,14 @@ def bar_columns(store_dir: Path, timeframe: Timeframe, symbols: Sequence[str]) -
 
 
 def setup(cfg: RunConfig, tracker: Tracker, *, console: Console, callbacks: Sequence[Callback] = (),
-          resume: bool = False, force: bool = False) -> TrainSetup:
-    """Config -> data (features, windows, purged split, normaliser) -> model (and transfer)."""
+          resume: bool = False, force: bool = False, run_dir: Path | None = None) -> TrainSetup:
+    """Config -> data (features, windows, purged split, normaliser) -> model (and transfer).
+
+    ``run_dir`` is where the files go (a staging directory while replacing a run); the run is
+    recorded under its final place, ``cfg.run_dir``."""
     if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
         cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
-    run_dir = cfg.run_dir
+    run_dir = cfg.run_dir if run_dir is None else run_dir
     if resume and not force:
         check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +423,7 @@ def setup(cfg: RunConfig, tracker: Tracker, *, console: Console, callbacks: Sequ
         data.normalizer.save(run_dir / "normalizer.json")
     fingerprint = data_fingerprint(data.x["train"], data.y["train"])
     tracker.set_tags({"moola.data_fingerprint": fingerprint, "moola.feature_schema_hash": data.schema_hash,
-                      "moola.feature_set": cfg.data.feature_set, "moola.run_dir": str(run_dir.resolve()),
+                      "moola.feature_set": cfg.data.feature_set, "moola.run_dir": str(cfg.run_dir.resolve()),
                       "moola.config_hash": config_hash(resolved)})
     tf = run_timeframe(cfg.data, store_dir)
     return TrainSetup(cfg=cfg, resolved=resolved, run_dir=run_dir, store_dir=store_dir, timeframe=tf,
@@ -557,7 +570,6 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
         split=split_summary(data.meta, purged=data.split.purged, embargoed=data.split.embargoed,
                             asked=asked_shares(cfg.data.split)),
     )
-    console.print(f"report: {report}")
     metrics = read_json(run_dir / "metrics.json")
     return Evaluation(metrics, report, float(ts.temperature_))
 

@@ -36,6 +36,7 @@ from moola.training.ranking import (
     masked_pearson,
     soft_rank,
 )
+from moola.training.rundir import RunExistsError, check_run_directory, replace_directory, run_directory
 from moola.training.trainer import FitResult, Trainer, resolve_device, seed_everything
 
 __all__ = [
@@ -61,11 +62,13 @@ __all__ = [
     "RankingObjective",
     "ReconstructionObjective",
     "RegressionObjective",
+    "RunExistsError",
     "SchedulerConfig",
     "TensorData",
     "TrainConfig",
     "Trainer",
     "balanced_class_weights",
+    "check_run_directory",
     "daily_corr",
     "data_fingerprint",
     "epoch_order",
@@ -75,7 +78,9 @@ __all__ = [
     "masked_pearson",
     "read_config",
     "read_history",
+    "replace_directory",
     "resolve_device",
+    "run_directory",
     "save_weights",
     "seed_everything",
     "soft_rank",
