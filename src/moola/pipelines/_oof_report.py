@@ -4,7 +4,9 @@ folds, label efficiency with CIs."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -21,6 +23,8 @@ ARM_COLORS = {
     "scratch": "#4c72b0", "pretrained_frozen": "#dd8452", "pretrained_finetuned": "#55a868",
     "majority": "#999999", "logistic": "#8172b3", "minirocket": "#937860",
 }
+ARM_MARKERS = {"scratch": "o", "pretrained_frozen": "s", "pretrained_finetuned": "^", "majority": "v",
+               "logistic": "D", "minirocket": "P"}
 
 
 def plot_arm_scores(per_fold: pl.DataFrame, metric: str = "balanced_accuracy") -> plt.Figure:
@@ -64,26 +68,62 @@ def plot_differences(diffs: list[PairedDifference], metric: str = "balanced_accu
     return fig
 
 
-def plot_label_efficiency(cis: pl.DataFrame, n_total: int, metric: str = "balanced_accuracy"
-                          ) -> plt.Figure:
-    """Mean of the fold means per arm and label count, with bootstrap 95% CIs over folds."""
+def efficiency_points(per_fold: pl.DataFrame, metric: str = VERDICT_METRIC) -> pl.DataFrame:
+    """Per arm and label count: the CI over folds and ``train_windows``, the mean number of windows
+    its cells trained on, so each point sits where its models really were (not at the label count)."""
+    cis = arm_cis(per_fold, metric)
+    trained = per_fold.group_by("arm", "labels").agg(pl.col("n_train").mean().alias("train_windows"))
+    out = cis.join(trained, on=["arm", "labels"], how="left")
+    return out.select("arm", "labels", "train_windows", *[c for c in cis.columns
+                                                         if c not in ("arm", "labels")])
+
+
+def _tick_label(labels: str, xs: np.ndarray) -> str:
+    """"25", "25 (≈20-25)" or "all (≈71)": the label count and, where it is not exactly so, what the
+    arms' cells trained on."""
+    lo, hi = round(float(xs.min())), round(float(xs.max()))
+    span = f"≈{lo}" if lo == hi else f"≈{lo}-{hi}"
+    if labels == "all":
+        return f"all ({span})"
+    return labels if lo == hi == int(labels) else f"{labels} ({span})"
+
+
+def plot_label_efficiency(points: pl.DataFrame, metric: str = "balanced_accuracy") -> plt.Figure:
+    """Mean of the fold means per arm and label count with bootstrap 95% CIs over folds, each point
+    at its cells' mean training windows (:func:`efficiency_points`); an arm whose values repeat an
+    earlier arm's is drawn hollow, larger and dashed and says so in the legend, so none hides another."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    s = cis.with_columns(
-        n_labels=pl.when(pl.col("labels") == "all").then(pl.lit(str(n_total)))
-        .otherwise(pl.col("labels")).cast(pl.Int64))
-    for arm in s["arm"].unique(maintain_order=True).to_list():
-        g = s.filter(pl.col("arm") == arm).sort("n_labels")
-        m = g["mean"].to_numpy()
+    drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    repeats = 0
+    for i, arm in enumerate(points["arm"].unique(maintain_order=True).to_list()):
+        g = points.filter(pl.col("arm") == arm).sort("train_windows")
+        x, m = g["train_windows"].to_numpy(), g["mean"].to_numpy()
         err = np.vstack([m - g["ci_low"].to_numpy(), g["ci_high"].to_numpy() - m])
-        ax.errorbar(g["n_labels"].to_numpy(), m, yerr=np.maximum(err, 0), marker="o", capsize=3,
-                    label=arm, color=ARM_COLORS.get(arm))
+        same = next((a for a, (xa, ma) in drawn.items()
+                     if xa.shape == x.shape and np.allclose(xa, x) and np.allclose(ma, m)), None)
+        repeats += bool(same)  # each repeat a size larger, so stacked repeats all show
+        style: dict[str, Any] = (
+            dict(markersize=6 + 4 * repeats, markerfacecolor="none", ls="--", markeredgewidth=1.5)
+            if same else dict(markersize=6))
+        ax.errorbar(x, m, yerr=np.maximum(err, 0), capsize=3, color=ARM_COLORS.get(arm, f"C{i}"),
+                    marker=ARM_MARKERS.get(arm, "o"),
+                    label=f"{arm} (same values as {same})" if same else arm,
+                    zorder=2 if same else 3, **style)
+        drawn[arm] = (x, m)
     ax.axhline(0.5, ls="--", lw=0.8, color="grey")
     ax.set_xscale("log")
-    ticks = sorted(set(s["n_labels"].to_list()))
+    groups = points.group_by("labels").agg(pl.col("train_windows")).sort(
+        pl.col("train_windows").list.max())
+    ticks, names = [], []
+    for labels, xs in groups.iter_rows():
+        v = np.asarray(xs, dtype=float)
+        ticks.append(float(np.sqrt(v.min() * v.max())))
+        names.append(_tick_label(str(labels), v))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) if t != n_total else "all" for t in ticks])
+    ax.set_xticklabels(names, fontsize=8)
     ax.minorticks_off()
-    ax.set_xlabel("labeled training windows drawn from each fold's training part (all: every one)")
+    ax.set_xlabel("windows each arm's cells trained on (mean over folds and seeds; model arms hold "
+                  "back their early-stopping block)", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title("label efficiency (95% bootstrap CI over folds)")
     ax.legend(fontsize=8)
@@ -99,12 +139,38 @@ def _diff_table(diffs: list[PairedDifference]) -> pl.DataFrame:
         "losses": d.losses, "significant": d.significant, "family": d.family} for d in diffs])
 
 
+def smallest_fold(layout: pl.DataFrame) -> tuple[int, int]:
+    """(fold, training windows) of the fold with the fewest: the cap on a real label subset."""
+    n = layout["n_train"].to_numpy()
+    k = int(np.argmin(n)) if n.size else 0
+    return k, int(n[k]) if n.size else 0
+
+
+def _efficiency_text(points: pl.DataFrame, layout: pl.DataFrame, dropped: Sequence[int]) -> str:
+    """What each point of the curve trained on, and which configured label counts were dropped."""
+    parts = []
+    for labels in points.sort("train_windows")["labels"].unique(maintain_order=True).to_list():
+        g = points.filter(pl.col("labels") == labels)
+        per_arm = ", ".join(f"{a} {w:.1f}" for a, w in g.select("arm", "train_windows").iter_rows())
+        parts.append(f"{'all labels' if labels == 'all' else labels + ' labels'}: {per_arm}")
+    text = ("Mean training windows per point (over folds and seeds): " + "; ".join(parts) + ". "
+            "Model arms train on fewer than the labels drawn: the last time block of each subset "
+            "(purged and embargoed) is held back for early stopping.")
+    if dropped:
+        k, smallest = smallest_fold(layout)
+        many = len(dropped) > 1
+        text += (f" The configured label count{'s' if many else ''} {', '.join(map(str, dropped))} "
+                 f"{'were' if many else 'was'} dropped: not fewer than the smallest fold's training "
+                 f"part ({smallest} windows, fold {k}).")
+    return text
+
+
 def write_oof_report(out: Path, *, cfg: OOFConfig, data_counts: dict[str, int], n_params: int,
                      summary: pl.DataFrame, per_fold: pl.DataFrame, layout: pl.DataFrame,
                      diffs: list[PairedDifference], efficiency: list[PairedDifference],
                      best_baseline: str | None, verdict: str, collapse: pl.DataFrame,
                      transfer_notes: list[str], seconds: float,
-                     transductive: str | None = None) -> Path:
+                     transductive: str | None = None, dropped_counts: Sequence[int] = ()) -> Path:
     """The page's first line is the verdict's first line (after a transductive warning, if any)."""
     n = sum(data_counts.values())
     title = verdict.splitlines()[0]
@@ -152,14 +218,24 @@ def write_oof_report(out: Path, *, cfg: OOFConfig, data_counts: dict[str, int], 
     rep.figure(plot_differences(diffs), "differences", "paired differences with 95% CIs")
     if per_fold["labels"].n_unique() > 1:
         rep.heading("Label efficiency")
-        cis = arm_cis(per_fold, VERDICT_METRIC)
-        rep.table(cis.sort("arm", "labels"), caption="balanced accuracy: mean of fold means, "
-                                                     "bootstrap 95% CI over folds")
+        points = efficiency_points(per_fold, VERDICT_METRIC)
+        rep.paragraph(_efficiency_text(points, layout, dropped_counts))
+        rep.table(points.sort("arm", "train_windows"),
+                  caption="balanced accuracy: mean of fold means, bootstrap 95% CI over folds; "
+                          "train_windows: mean windows the arm's cells trained on (model arms: "
+                          "after holding back their early-stopping block)")
         if efficiency:
             rep.table(_diff_table(efficiency), caption="arm minus reference at each label count, "
                                                        "one Holm family")
-        rep.figure(plot_label_efficiency(cis, n), "label_efficiency",
-                   "the same comparison with fewer labels per fold")
+        rep.figure(plot_label_efficiency(points), "label_efficiency",
+                   "the same comparison with fewer labels per fold, each point at its mean "
+                   "training windows")
+    elif dropped_counts:
+        k, smallest = smallest_fold(layout)
+        rep.heading("Label efficiency")
+        rep.paragraph(f"No curve: every configured label count ({', '.join(map(str, dropped_counts))}) "
+                      f"is not fewer than the smallest fold's training part ({smallest} windows, "
+                      f"fold {k}).")
     rep.heading("Class-collapse alarms")
     if collapse.height:
         rep.table(collapse, caption="cells where a class had recall < 0.3")

@@ -39,7 +39,7 @@ from moola.evaluation.comparison import (
 from moola.models import build_model, check_encoder_schema, count_parameters, preset_config
 from moola.models.config import ModelConfig
 from moola.pipelines._oof_config import BASELINE_ARMS, Arm, Baseline, OOFConfig, OOFDataConfig
-from moola.pipelines._oof_report import write_oof_report
+from moola.pipelines._oof_report import smallest_fold, write_oof_report
 from moola.pipelines._progress import frame_table, progress_bar
 from moola.refs import resolve_ref
 from moola.tracking import Tracker, TrackingOptions, log_run_summary
@@ -61,6 +61,7 @@ __all__ = [
     "OOFDataConfig",
     "bar_spans",
     "compare_arms",
+    "efficiency_counts",
     "fold_layout",
     "load_labeled",
     "oof_folds",
@@ -238,6 +239,7 @@ class OOFSetup:
     n_params: int
     counts: np.ndarray
     fractions: list[int | None]
+    dropped: list[int]  # configured label counts not fewer than the smallest fold's training part
     transductive: str | None
 
 
@@ -310,8 +312,24 @@ def _setup(cfg: OOFConfig, tracker: Tracker, console: Console) -> OOFSetup:
                                                 f"test_{c}" for c in data.classes]),
                               title=f"{cfg.folds} {cfg.fold_scheme} folds, embargo "
                                     f"{cfg.embargo_bars} bars"))
-    fractions: list[int | None] = [f for f in cfg.label_fractions if f < n] + [None]
-    return OOFSetup(cfg, out, data, spans, folds, layout, n_params, counts, fractions, transductive)
+    fractions, dropped = efficiency_counts(cfg.label_fractions, layout)
+    if dropped:
+        k, smallest = smallest_fold(layout)
+        console.print(
+            f"label efficiency: dropped {', '.join(map(str, dropped))} labels: not fewer than the "
+            f"smallest fold's training part ({smallest} windows, fold {k}): that fold cannot draw "
+            "so many, and its point would silently be all its windows", highlight=False)
+    return OOFSetup(cfg, out, data, spans, folds, layout, n_params, counts, fractions, dropped,
+                    transductive)
+
+
+def efficiency_counts(label_counts: Sequence[int], layout: pl.DataFrame
+                      ) -> tuple[list[int | None], list[int]]:
+    """The label counts every fold can really subsample (fewer than the smallest fold's training
+    part) plus ``None`` (all labels), and the configured counts dropped for not being so."""
+    _, smallest = smallest_fold(layout)
+    kept: list[int | None] = [c for c in label_counts if c < smallest]
+    return [*kept, None], [c for c in label_counts if c >= smallest]
 
 
 def _train_cells(run: OOFSetup, *, show_progress: bool
@@ -362,7 +380,7 @@ def _evaluate(run: OOFSetup, pred_rows: list[pl.DataFrame], score_rows: list[dic
     preds = pl.concat(pred_rows, how="diagonal_relaxed")
     scores = pl.DataFrame(score_rows)
     metrics = [m for m in [*REPORT_METRICS, "pointer_mae", "pointer_hit3"] if m in scores.columns]
-    per_fold = fold_means(scores, metrics)
+    per_fold = fold_means(scores, [*metrics, "n_train"])  # n_train: the seeds' mean training windows
     full = per_fold.filter(pl.col("labels") == "all")
     summary = summarize_arms(full, metrics)
     console.print(frame_table(summary, title="per arm, all labels (mean, std over folds of the "
@@ -389,7 +407,7 @@ def _save(run: OOFSetup, res: OOFResults, tracker: Tracker, t0: float) -> Path:
         n_params=run.n_params, summary=res.summary, per_fold=res.per_fold, layout=run.layout,
         diffs=res.diffs, efficiency=res.efficiency, best_baseline=res.best_baseline,
         verdict=res.verdict, collapse=res.collapse, transfer_notes=res.notes,
-        seconds=time.perf_counter() - t0, transductive=run.transductive,
+        seconds=time.perf_counter() - t0, transductive=run.transductive, dropped_counts=run.dropped,
     )
     atomic_write_json(out / "folds.json", {
         "scheme": cfg.fold_scheme, "embargo_bars": cfg.embargo_bars, "min_train": cfg.min_train,
@@ -407,6 +425,7 @@ def _save(run: OOFSetup, res: OOFResults, tracker: Tracker, t0: float) -> Path:
         "differences": [_rec(d) for d in res.diffs], "efficiency": [_rec(d) for d in res.efficiency],
         "n_labeled": n, "n_tested": int(sum(len(f.test) for f in folds)), "n_params": run.n_params,
         "folds": cfg.folds, "seeds": cfg.seeds, "efficiency_seeds": cfg.efficiency_seeds,
+        "label_counts": [f for f in run.fractions if f is not None], "label_counts_dropped": run.dropped,
         "seconds": time.perf_counter() - t0,
     })
     arm_means: dict[str, dict[str, float]] = {}
