@@ -252,3 +252,20 @@ def test_rank_train_refuses_an_existing_run(tmp_path: Path) -> None:
     with pytest.raises(RunExistsError, match="rk"):
         run_rank_train(cfg, console=Console(quiet=True), show_progress=False)
     assert (run / "manifest.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("command", ["oof", "pretrain", "rank compare"])
+def test_oof_pretrain_and_rank_compare_refuse_an_existing_run(tmp_path: Path, command: str) -> None:
+    """Each refuses through the CLI with exit 2 before reading any data; the old file is kept."""
+    config = {"oof": "oof_demo.yaml", "pretrain": "pretrain_demo.yaml", "rank compare": "rank_demo.yaml"}
+    name = {"oof": "oof_demo", "pretrain": "pretrain_demo", "rank compare": "rk"}[command]
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text("old: true\n")
+    extra = ["arms=[scratch]"] if command == "oof" else []  # no pretrained encoder needed
+    res = cli(*command.split(), "--config", str(ROOT / "configs" / config[command]),
+              f"out_dir={tmp_path}", f"name={name}", *extra)
+    text = " ".join((res.stdout + res.stderr).split())
+    assert res.exit_code == 2 and "already holds an unfinished run or other files" in text, text
+    assert "--overwrite" in text and "Traceback" not in text
+    assert (run / "config.yaml").read_text() == "old: true\n"

@@ -129,7 +129,7 @@ def run_demo(out: str | Path, *, data_dir: str | Path | None = None,
                                   [f"out_dir={out / 'runs'}", f"data.store={store_dir}",
                                    f"data.labels={out / 'labels.csv'}",
                                    f"pretrained_encoder={enc_ref}"])
-    oof_dir = run_oof(oof_cfg, console=console)
+    oof_dir = run_oof(oof_cfg, console=console, overwrite=True)
     oof_verdict = read_json(oof_dir / "verdict.json", keys=("verdict",))["verdict"]
     timings["oof"] = time.perf_counter() - t6
 

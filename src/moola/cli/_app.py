@@ -617,10 +617,11 @@ def oof(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
     pretrained_encoder: EncoderOpt = None,
     transfer_mode: TransferModeOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Folds x seeds comparison of scratch vs pretrained arms and baselines, with a verdict."""
     from moola.pipelines.oof import OOFConfig, run_oof
 
     extra = _with_options(overrides, pretrained_encoder=pretrained_encoder,
                           transfer_mode=transfer_mode)
-    run_oof(OOFConfig.from_yaml(config, extra), console=console)
+    run_oof(OOFConfig.from_yaml(config, extra), console=console, overwrite=overwrite)

@@ -49,6 +49,8 @@ from moola.training import (
     TensorData,
     Trainer,
     balanced_class_weights,
+    check_run_directory,
+    run_directory,
     seed_everything,
 )
 
@@ -219,11 +221,19 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
 
 
 def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bool = True,
-            tracking: TrackingOptions | None = None) -> Path:
+            tracking: TrackingOptions | None = None, overwrite: bool = False) -> Path:
     """All arms x folds x seeds (+ label-efficiency), then the comparison report; one MLflow run
-    whose metrics are each arm's means (metrics.json)."""
-    with Tracker("oof", tracking, run_name=cfg.name) as tracker:
-        return _run_oof(cfg, tracker, console=console, show_progress=show_progress)
+    whose metrics are each arm's means (metrics.json). A directory that already holds a run is
+    refused unless ``overwrite`` (replaced when this run completes)."""
+    console = console or Console()
+    final = Path(cfg.out_dir) / cfg.name
+    check_run_directory(final, overwrite=overwrite)
+    with Tracker("oof", tracking, run_name=cfg.name) as tracker, \
+            run_directory(final, overwrite=overwrite) as work:
+        tracker.set_tags({"moola.run_dir": str(final.resolve())})
+        report = _run_oof(cfg, tracker, work, console=console, show_progress=show_progress)
+    console.print(f"report: {final / report.relative_to(work)}")
+    return final
 
 
 @dataclass
@@ -259,26 +269,23 @@ class OOFResults:
     notes: list[str]
 
 
-def _run_oof(cfg: OOFConfig, tracker: Tracker, *, console: Console | None, show_progress: bool) -> Path:
-    """setup (labels, encoder checks, folds) -> train (every cell) -> evaluate -> save."""
-    console = console or Console()
+def _run_oof(cfg: OOFConfig, tracker: Tracker, out: Path, *, console: Console, show_progress: bool
+             ) -> Path:
+    """setup (labels, encoder checks, folds) -> train (every cell) -> evaluate -> save into
+    ``out``; returns the report's path."""
     t0 = time.perf_counter()
-    run = _setup(cfg, tracker, console)
+    run = _setup(cfg, tracker, out, console)
     pred_rows, score_rows, notes = _train_cells(run, show_progress=show_progress)
     results = _evaluate(run, pred_rows, score_rows, notes, console)
-    report = _save(run, results, tracker, t0)
-    console.print(f"report: {report}")
-    return run.out
+    return _save(run, results, tracker, t0)
 
 
-def _setup(cfg: OOFConfig, tracker: Tracker, console: Console) -> OOFSetup:
+def _setup(cfg: OOFConfig, tracker: Tracker, out: Path, console: Console) -> OOFSetup:
     if cfg.pretrained_encoder is not None:  # sweep:NAME:best -> the directory, recorded as such
         cfg = cfg.model_copy(update={"pretrained_encoder": resolve_ref(cfg.pretrained_encoder)})
-    out = Path(cfg.out_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
     tracker.log_params(cfg.flat())
-    tracker.set_tags({"moola.run_dir": str(out.resolve()), "moola.config_hash": config_hash(cfg)})
+    tracker.set_tags({"moola.config_hash": config_hash(cfg)})
     data = load_labeled(cfg.data, Path(cfg.out_dir))
     transductive = None
     if cfg.pretrained_encoder is not None:
