@@ -38,9 +38,11 @@ All baselines see only ``X_train`` / ``y_train`` when fitting; ``X_test`` is onl
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,11 +64,13 @@ __all__ = [
     "baseline_table",
     "last_bar_return",
     "lightgbm_baseline",
+    "load_baseline_probabilities",
     "logistic_baseline",
     "majority_baseline",
     "minirocket_baseline",
     "persistence_baseline",
     "run_baselines",
+    "save_baseline_probabilities",
     "summary_features",
 ]
 
@@ -447,3 +451,57 @@ def baseline_table(
     schema = {"model": pl.String, "kind": pl.String, **dict.fromkeys(TABLE_METRICS, pl.Float64),
               "fit_seconds": pl.Float64}
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+# ------------------------------------------------------------------ stored probabilities
+
+
+def save_baseline_probabilities(path: Path, results: Sequence[BaselineResult], key: Mapping[str, Any]
+                                ) -> None:
+    """``path`` (parquet: baseline, row, proba_0..C-1) and ``path.json`` (the ``key`` naming the
+    data and settings that produced them, each baseline's params and fit time): what a later
+    ``moola evaluate`` of the same rows reuses instead of fitting again. No model is pickled."""
+    from moola._io import atomic_write, atomic_write_json
+
+    frames = [pl.DataFrame({"baseline": [r.name] * len(r.proba_test),
+                            "row": np.arange(len(r.proba_test), dtype=np.int64),
+                            **{f"proba_{j}": r.proba_test[:, j] for j in range(r.proba_test.shape[1])}})
+              for r in results]
+    if frames:
+        atomic_write(path, pl.concat(frames).write_parquet)
+    atomic_write_json(path.with_suffix(".json"), {
+        "key": dict(key), "baselines": [{"name": r.name, "fit_seconds": r.fit_seconds, "params": r.params}
+                                        for r in results]})
+
+
+def load_baseline_probabilities(path: Path, key: Mapping[str, Any], y: object, classes: Sequence[object]
+                                ) -> tuple[list[BaselineResult] | None, str]:
+    """The stored baselines when ``key`` (data fingerprints and settings) matches what produced
+    them, scored again on ``y``; otherwise ``None`` and the reason (a file absent, a key that
+    differs, named)."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return None, f"no stored baselines ({meta_path.name})"
+    try:
+        meta = json.loads(meta_path.read_text())
+        stored = meta["key"]
+        entries = meta["baselines"]
+    except (ValueError, KeyError, TypeError) as err:
+        return None, f"{meta_path} is unreadable ({type(err).__name__}: {err})"
+    differs = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+    if differs:
+        return None, "the stored baselines were fitted on other data or settings (" + ", ".join(
+            f"{k}: {stored.get(k)!r} then, {key.get(k)!r} now" for k in differs) + ")"
+    if entries and not path.is_file():
+        return None, f"{path.name} is missing beside {meta_path.name}"
+    yy = check_labels(y, "y", len(classes))
+    frame = pl.read_parquet(path) if entries else pl.DataFrame()
+    out = []
+    for e in entries:
+        part = frame.filter(pl.col("baseline") == e["name"]).sort("row")
+        proba = part.select([f"proba_{j}" for j in range(len(classes))]).to_numpy().astype(np.float64)
+        if proba.shape[0] != yy.shape[0]:
+            return None, f"{path}: {e['name']} holds {proba.shape[0]} rows for {yy.shape[0]} labels"
+        m = classification_metrics(yy, proba, _check_classes(classes))
+        out.append(BaselineResult(e["name"], proba, m, float(e["fit_seconds"]), dict(e["params"])))
+    return out, "reused"

@@ -39,6 +39,32 @@ def progress_bar(
         yield lambda n: prog.advance(task, n)
 
 
+@contextlib.contextmanager
+def named_steps(description: str, total: int, *, enabled: bool = True,
+                console: Console | None = None) -> Iterator[Callable[[str], None]]:
+    """Yield ``step(name)``: the bar counts finished steps and names the one running, with the
+    time elapsed, so a slow step (a baseline fitting for a minute) is visibly the one at work."""
+    if not enabled:
+        yield lambda _name: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[current]}"), TimeElapsedColumn(), transient=False,
+                  console=console) as prog:
+        task = prog.add_task(description, total=total, current="")
+        started = [False]
+
+        def step(name: str) -> None:
+            if started[0]:
+                prog.advance(task, 1)
+            started[0] = True
+            prog.update(task, current=name)
+
+        yield step
+        if started[0]:
+            prog.advance(task, 1)
+        prog.update(task, current="done")
+
+
 @dataclass
 class FrameTable:
     """A polars frame as rich tables that fit the terminal: headers wrap at their words, a number

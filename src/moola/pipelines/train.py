@@ -39,7 +39,7 @@ from moola.models import (
     preset_config,
     with_symbol_embedding,
 )
-from moola.pipelines._progress import frame_table
+from moola.pipelines._progress import frame_table, named_steps
 from moola.refs import resolve_ref
 from moola.tracking import MlflowCallback, Tracker, TrackingOptions, log_run_summary
 from moola.training import (
@@ -301,7 +301,7 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
         run = setup(cfg, tracker, console=console, callbacks=callbacks, resume=resume, force=force,
                     run_dir=work)
         trainer, fit = train(run, console=console, show_progress=show_progress, resume=resume)
-        result = evaluate(run, trainer, fit, console=console, started=t0)
+        result = evaluate(run, trainer, fit, console=console, started=t0, show_progress=show_progress)
         save(run, result, tracker)
     report = None if result.report is None else final / result.report.relative_to(work)
     if report is not None:
@@ -513,10 +513,15 @@ class Evaluation:
 
 
 def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Console,
-             started: float) -> Evaluation:
+             started: float, show_progress: bool = True) -> Evaluation:
     """Test metrics beside the baselines on the same split, temperature fitted on val only;
     writes metrics.json (and, for classes, report.html)."""
-    from moola.evaluation import baseline_table, classification_metrics, write_run_report
+    from moola.evaluation import (
+        baseline_table,
+        classification_metrics,
+        save_baseline_probabilities,
+        write_run_report,
+    )
     from moola.evaluation.calibration import TemperatureScaler
     from moola.evaluation.run_report import split_summary
 
@@ -542,7 +547,9 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
     cal = ts.transform(log_proba(test_c["proba"]))
     run_facts["test_calibrated"] = classification_metrics(data.y["test"], cal, data.classes)
     run_facts["temperature"] = float(ts.temperature_)
-    base = fit_baselines(cfg, data, "test")
+    base = fit_baselines(cfg, data, "test", console=console, show_progress=show_progress,
+                         model_seconds=fit.seconds)
+    save_baseline_probabilities(baselines_path(run_dir, "test"), base, baseline_key(cfg, data, "test"))
     console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
                               title="test split: model vs baselines"))
     test_ci, vs_baselines = accuracy_intervals(cfg, data, test_c["proba"], base)
@@ -633,17 +640,44 @@ def run_audit(run: TrainSetup, fit: FitResult, proba_test: np.ndarray, *,
                    "stopping; shifted = the label of the same symbol's next row"}
 
 
-def fit_baselines(cfg: RunConfig, data: PreparedData, part: str) -> list[Any]:
+def fit_baselines(cfg: RunConfig, data: PreparedData, part: str, *, console: Console | None = None,
+                  show_progress: bool = False, model_seconds: float | None = None) -> list[Any]:
     """``cfg.baselines`` fitted on train and scored on ``part``'s rows (persistence reads the
-    windows' raw last-bar returns)."""
+    windows' raw last-bar returns), one at a time under a bar naming the one fitting; a baseline
+    that took longer than the model's fit (``model_seconds``) says so on the console."""
     from moola.evaluation import run_baselines
 
-    persistence = "persistence" in cfg.baselines
-    return run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
-                         which=tuple(cfg.baselines), seed=cfg.train.seed, lags=cfg.baseline_lags,
-                         last_return_train=data.last_return["train"] if persistence else None,
-                         last_return_test=data.last_return[part] if persistence else None,
-                         dead_zone=cfg.data.dead_zone_bps * 1e-4)
+    out: list[Any] = []
+    with named_steps(f"baselines on {part} ({len(data.y[part]):,} windows)", len(cfg.baselines),
+                     enabled=show_progress, console=console) as step:
+        for name in cfg.baselines:
+            step(name)
+            persistence = name == "persistence"
+            out += run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
+                                 which=(name,), seed=cfg.train.seed, lags=cfg.baseline_lags,
+                                 last_return_train=data.last_return["train"] if persistence else None,
+                                 last_return_test=data.last_return[part] if persistence else None,
+                                 dead_zone=cfg.data.dead_zone_bps * 1e-4)
+    if console is not None and model_seconds is not None:
+        for b in out:
+            if b.fit_seconds > model_seconds:
+                console.print(f"baseline {b.name} took {b.fit_seconds:.1f} s to fit and score, longer "
+                              f"than the model's {model_seconds:.1f} s fit", highlight=False, markup=False)
+    return out
+
+
+def baseline_key(cfg: RunConfig, data: PreparedData, part: str) -> dict[str, Any]:
+    """What a stored baseline result depends on: the training windows, the scored rows and the
+    baseline settings (a later evaluate reuses the stored probabilities only when all match)."""
+    return {"split": part, "train": data_fingerprint(data.x["train"], data.y["train"]),
+            "rows": data_fingerprint(data.x[part], data.y[part]), "baselines": list(cfg.baselines),
+            "baseline_lags": cfg.baseline_lags, "seed": cfg.train.seed,
+            "dead_zone_bps": cfg.data.dead_zone_bps}
+
+
+def baselines_path(run_dir: Path, part: str) -> Path:
+    """``RUN/baselines_<part>.parquet`` (+ ``.json``): the baselines' probabilities on that split."""
+    return run_dir / f"baselines_{part}.parquet"
 
 
 def horizon_rows(horizon: int, stride: int) -> int:
@@ -777,7 +811,7 @@ def save(run: TrainSetup, result: Evaluation, tracker: Tracker) -> None:
 
 def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = "test",
                  console: Console | None = None, timeframe: str | None = None,
-                 symbols: Sequence[str] | None = None) -> dict:
+                 symbols: Sequence[str] | None = None, show_progress: bool = True) -> dict:
     """Re-evaluate a saved run on its data (or another store with the same feature schema;
     ``timeframe``/``symbols`` narrow what it reads).
 
@@ -827,9 +861,8 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
         entry: dict = {"loss": loss}
         if data.classes:
             entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
-            with console.status(f"fitting {len(cfg.baselines)} baseline(s) ({', '.join(cfg.baselines)}) "
-                                f"on the {part} split of {n:,} windows ..."):
-                base = fit_baselines(cfg, data, part)
+            base = _evaluation_baselines(run_dir, cfg, data, part, console=console,
+                                         show_progress=show_progress)
             table = baseline_table(base, model_metrics=entry["metrics"])
             console.print(f"[bold]{part}[/]")
             console.print(frame_table(table))
@@ -847,6 +880,29 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     if "test" in parts:
         record_test_use(run_dir, "evaluate")
     return out
+
+
+def _evaluation_baselines(run_dir: Path, cfg: RunConfig, data: PreparedData, part: str, *,
+                          console: Console, show_progress: bool) -> list[Any]:
+    """The run's stored baselines for ``part`` when the data and settings are the same (no refit),
+    else fitted now (under a progress bar) and stored for the next evaluate."""
+    from moola.evaluation import load_baseline_probabilities, save_baseline_probabilities
+
+    key = baseline_key(cfg, data, part)
+    path = baselines_path(run_dir, part)
+    base, why = load_baseline_probabilities(path, key, data.y[part], data.classes)
+    if base is not None:
+        console.print(f"baselines on {part}: reused the run's ({', '.join(b.name for b in base)}; same "
+                      f"training windows and {part} rows, fingerprints {key['train']}/{key['rows']})",
+                      highlight=False, markup=False)
+        return base
+    console.print(f"baselines on {part}: fitting ({why})", highlight=False, markup=False)
+    metrics_path = run_dir / "metrics.json"  # older runs may lack run.fit_seconds: then no comparison
+    facts = read_json(metrics_path).get("run") if metrics_path.is_file() else None
+    base = fit_baselines(cfg, data, part, console=console, show_progress=show_progress,
+                         model_seconds=facts.get("fit_seconds") if isinstance(facts, dict) else None)
+    save_baseline_probabilities(path, base, key)
+    return base
 
 
 def _evaluation_report(run_dir: Path, part: str, cfg: RunConfig, data: PreparedData, proba: np.ndarray,
