@@ -677,3 +677,23 @@ def test_cli_train_at_lr_zero_says_trained_nothing_in_the_output_and_the_report(
     banner = html.split("</h1>", 1)[1].split("</div>", 1)[0]
     assert "<b>TRAINED NOTHING: no weight differs from the start after 1 epoch(s)" in banner
     assert "#c0392b" in banner  # red
+
+
+def test_collapse_warnings_name_the_classes_the_objective_knows():
+    """With class names (every pipeline passes them) the warnings say 'up', not '1'."""
+    train, val = _dominated(20)
+    t, out = _recording_trainer(seeded_model("direction_transformer", n_features=4),
+                                DirectionObjective(class_names=["down", "up"]), epochs=2, batch_size=20)
+    with pytest.warns(GuardWarning, match=rf"{ONE_CLASS} up on validation \(recall down 0.00, up 1.00"):
+        res = t.fit(TensorData(train), TensorData(val))
+    assert "class 1" not in res.warnings[-1] and "predicts only class up" in out.getvalue()
+
+
+def test_learning_curve_panels_name_their_class():
+    from moola.evaluation.plots import plot_learning_curves
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_recall_0": 0.5, "val_recall_1": 0.4} for e in (1, 2)]
+    fig = plot_learning_curves(history, classes=["consolidation", "retracement"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["loss", "recall of consolidation (recall_0)", "recall of retracement (recall_1)"]
+    assert [ax.get_title() for ax in plot_learning_curves(history).axes][1] == "recall_0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,12 +42,22 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
 
 
-def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "learning curves") -> plt.Figure:
+def _panel_title(panel: str, classes: Sequence[str]) -> str:
+    """``recall_1`` -> ``recall of up (recall_1)`` when class 1 has a name; other panels as named."""
+    m = re.fullmatch(r"(\w+?)_(\d+)", panel)
+    if m is None or int(m.group(2)) >= len(classes):
+        return panel
+    return f"{m.group(1)} of {classes[int(m.group(2))]} ({panel})"
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "learning curves",
+                         classes: Sequence[str] = ()) -> plt.Figure:
     """One panel for the losses (``*loss``), one per other numeric metric in the records.
 
     ``history`` holds per-epoch records such as ``{"epoch": 1, "train_loss": .., "val_loss": ..,
     "train_accuracy": .., "val_accuracy": ..}``; keys prefixed ``train_`` / ``val_`` / ``test_``
     share the panel of their metric. Records may omit keys (e.g. validation every k epochs).
+    With ``classes``, a per-class panel (``recall_1``) is titled by its class ("recall of up").
     """
     records = list(history)
     if not records:
@@ -85,7 +96,7 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], title: str = "lea
             split, _ = _split_key(k)
             style = "--" if split in ("val", "valid", "test") else "-"
             ax.plot(px, py, style, marker="o" if len(px) < 30 else None, ms=3, label=k)
-        ax.set_title(panel)
+        ax.set_title(_panel_title(panel, classes))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(panel)

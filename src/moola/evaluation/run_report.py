@@ -124,7 +124,7 @@ def write_run_report(
         _economics_section(rep, economics, equity_curves or {})
 
     rep.heading("Plots")
-    rep.figure(plot_learning_curves(list(history)), "learning_curves",
+    rep.figure(plot_learning_curves(list(history), classes=[str(c) for c in classes]), "learning_curves",
                "per-epoch training / validation curves")
     cm = metrics.get("confusion_matrix")
     if cm is not None:

@@ -255,7 +255,8 @@ class SequenceClassifier:
                     raise RuntimeError(f"pretrained encoder keys absent from the model: "
                                        f"{sorted(missing)[:5]}")
                 model.load_state_dict(encoder_state, strict=False)
-            trainer = Trainer(model, ClassificationObjective(self.classes_.size, class_weights=cw), tc,
+            trainer = Trainer(model, ClassificationObjective(
+                self.classes_.size, class_weights=cw, class_names=[str(c) for c in self.classes_]), tc,
                               show_progress=self.show_progress)
             res = trainer.fit(train, val)
             self.models_.append(model.eval())

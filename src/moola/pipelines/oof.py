@@ -203,7 +203,8 @@ def _train_cell(cfg: OOFConfig, arm: str, data: LabeledSet, tr: np.ndarray, va: 
     obj = ClassificationObjective(len(data.classes), class_weights=w,
                                   focal_gamma=tcfg.loss.focal_gamma,
                                   label_smoothing=tcfg.loss.label_smoothing,
-                                  pointer_weight=tcfg.loss.pointer_weight)
+                                  pointer_weight=tcfg.loss.pointer_weight,
+                                  class_names=[str(c) for c in data.classes])
 
     def td(x: np.ndarray, i: np.ndarray) -> TensorData:
         t = {"x": x, "y": data.y[i]}

@@ -246,8 +246,9 @@ def val_metric_names(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def make_objective(model_cfg: ModelConfig, train_cfg: TrainConfig, y_train: np.ndarray,
-                   n_classes: int) -> Objective:
-    """The objective of the model's head (``objective_type``), weighted as the config says."""
+                   n_classes: int, class_names: Sequence[str] = ()) -> Objective:
+    """The objective of the model's head (``objective_type``), weighted as the config says;
+    ``class_names`` name the classes in its guards' warnings."""
     loss = train_cfg.loss
     kind = objective_type(model_cfg)
     if kind is ClassificationObjective:
@@ -259,13 +260,14 @@ def make_objective(model_cfg: ModelConfig, train_cfg: TrainConfig, y_train: np.n
             w = None
         return ClassificationObjective(n_classes, class_weights=w, focal_gamma=loss.focal_gamma,
                                        label_smoothing=loss.label_smoothing,
-                                       pointer_weight=loss.pointer_weight)
+                                       pointer_weight=loss.pointer_weight, class_names=class_names)
     if kind is DirectionObjective:
         pos_weight = None
         if loss.class_weights == "balanced":
             p = float(np.mean(y_train))
             pos_weight = (1 - p) / max(p, 1e-9)
-        return DirectionObjective(pos_weight=pos_weight, label_smoothing=loss.label_smoothing)
+        return DirectionObjective(pos_weight=pos_weight, label_smoothing=loss.label_smoothing,
+                                  class_names=class_names)
     return RegressionObjective()
 
 
@@ -485,7 +487,7 @@ def train(run: TrainSetup, *, console: Console, show_progress: bool = True,
           resume: bool = False) -> tuple[Trainer, FitResult]:
     """Fit on train, early-stop and keep the best weights on val (resumable under ckpt/)."""
     cfg, data = run.cfg, run.data
-    objective = make_objective(run.model_cfg, cfg.train, data.y["train"], len(data.classes))
+    objective = make_objective(run.model_cfg, cfg.train, data.y["train"], len(data.classes), data.classes)
     tcfg = cfg.train.stopping_after(cfg.freeze_epochs) if cfg.pretrained_encoder else cfg.train
     trainer = Trainer(run.model, objective, tcfg, run_dir=run.run_dir, show_progress=show_progress,
                       console=console, callbacks=run.callbacks, param_groups=run.param_groups)
@@ -609,7 +611,7 @@ def run_audit(run: TrainSetup, fit: FitResult, proba_test: np.ndarray, *,
         # the audit passes row indices as its "x": (N, 1) int64 rows of the run's train / test windows
         seed_everything(cfg.train.seed)
         model = build_model(run.model_cfg)
-        objective = make_objective(run.model_cfg, cfg.train, y_train, len(data.classes))
+        objective = make_objective(run.model_cfg, cfg.train, y_train, len(data.classes), data.classes)
         trainer = Trainer(model, objective, tcfg, show_progress=False, console=console)
         train_rows = full["train"].subset(torch.from_numpy(i_train[:, 0]))
         train_rows.tensors["y"] = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
@@ -843,7 +845,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     data = prepare_data(cfg.data, resolve_store(cfg.data, Path(cfg.out_dir)), normalizer=normalizer)
     model = from_checkpoint(run_dir)
     assert cfg.model is not None
-    objective = make_objective(cfg.model, cfg.train, data.y["train"], len(data.classes))
+    objective = make_objective(cfg.model, cfg.train, data.y["train"], len(data.classes), data.classes)
     trainer = Trainer(model, objective, cfg.train.model_copy(update={"early_stopping": None}),
                       show_progress=False, console=console)
     parts = ("train", "val", "test") if split == "all" else (split,)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from moola.training.callbacks import Callback
 from moola.training.config import GuardConfig
@@ -100,8 +101,18 @@ def loss_unchanged(prev: float, loss: float, converged: float = 1e-4) -> bool:
     return abs(loss) >= converged and abs(loss - prev) <= 1e-7 * abs(loss)
 
 
-def _shown(recalls: Sequence[float]) -> str:
-    return ", ".join(f"class {k} " + ("absent" if math.isnan(r) else f"{r:.2f}")
+def class_label(k: int, names: Sequence[str]) -> str:
+    """Class ``k`` as a reader knows it: its name (``up``), else ``class k``."""
+    return names[k] if k < len(names) else f"class {k}"
+
+
+def _one_name(k: int, names: Sequence[str]) -> str:
+    """After "predicts only class": the name, or the bare index."""
+    return names[k] if k < len(names) else str(k)
+
+
+def _shown(recalls: Sequence[float], names: Sequence[str] = ()) -> str:
+    return ", ".join(f"{class_label(k, names)} " + ("absent" if math.isnan(r) else f"{r:.2f}")
                      for k, r in enumerate(recalls))
 
 
@@ -218,10 +229,12 @@ class HealthGuard(Callback):
         recalls = _val_recalls(logs)
         one = single_predicted_class(recalls)
         if one is not None:  # said at once, in red; the warning judges the kept model at the end
+            names = trainer.objective.class_names
             (trainer.console or Console(stderr=True)).print(
-                f"[bold red]COLLAPSE epoch {epoch + 1}: the model {ONE_CLASS} {one} on "
-                f"validation (balanced accuracy {logs['val_balanced_accuracy']:.3f}, recalls "
-                + _shown(recalls) + ")[/]", highlight=False)
+                f"[bold red]COLLAPSE epoch {epoch + 1}: the model {ONE_CLASS} "
+                + escape(f"{_one_name(one, names)} on validation (balanced accuracy "
+                         f"{logs['val_balanced_accuracy']:.3f}, recalls {_shown(recalls, names)})")
+                + "[/]", highlight=False)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Judge the model the run ends with: early stopping restores its best epoch's weights
@@ -240,10 +253,12 @@ class HealthGuard(Callback):
         which = f"the kept model (epoch {int(kept['epoch'])} of {len(history)} run)"
         one = single_predicted_class(recalls)
         n_one = sum(single_predicted_class(_val_recalls(h)) is not None for h in history)
-        shown = _shown(recalls)
+        names = trainer.objective.class_names
+        shown = _shown(recalls, names)
         if one is not None:
             self.warn(trainer, (
-                f"{COLLAPSE}: {which} {ONE_CLASS} {one} on validation (recall {shown}; "
+                f"{COLLAPSE}: {which} {ONE_CLASS} {_one_name(one, names)} on "
+                f"validation (recall {shown}; "
                 f"balanced accuracy {kept['val_balanced_accuracy']:.3f}, what a constant "
                 f"prediction scores); {n_one} of {len(history)} epochs predicted a single "
                 "class. It has learned nothing beyond the majority class: try class weights "
@@ -255,8 +270,8 @@ class HealthGuard(Callback):
         low = [(k, r) for k, r in enumerate(recalls) if r < self.config.min_class_recall]
         if low:
             self.warn(trainer, (
-                f"{COLLAPSE}: validation recall below {self.config.min_class_recall} for class(es) "
-                + ", ".join(f"{k} ({r:.2f})" for k, r in low)
+                f"{COLLAPSE}: validation recall below {self.config.min_class_recall} for "
+                + ", ".join(f"{class_label(k, names)} ({r:.2f})" for k, r in low)
                 + f" in {which}. The model mostly predicts the other class(es); try class "
                 "weights (loss.class_weights=balanced), focal loss, or more data."
             ))

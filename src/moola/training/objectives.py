@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ class Objective(ABC):
     # every key ``metrics`` may record, declared so sweeps and tuning can check a metric name
     # before training; ``{i}`` is a number (a class index, a horizon index or value)
     metric_names: tuple[str, ...] = ()
+    # what the guards call class k in their warnings (its index when the objective has no names)
+    class_names: tuple[str, ...] = ()
 
     def prepare(self, batch: Batch, training: bool) -> Batch:
         """Per-batch input transform (masking, augmentation); identity by default."""
@@ -106,8 +108,9 @@ class ClassificationObjective(Objective):
 
     def __init__(self, n_classes: int, *, class_weights: Tensor | None = None,
                  focal_gamma: float = 0.0, label_smoothing: float = 0.0,
-                 pointer_weight: float = 0.5) -> None:
+                 pointer_weight: float = 0.5, class_names: Sequence[str] = ()) -> None:
         self.n_classes = n_classes
+        self.class_names = tuple(class_names)
         self.class_weights = class_weights
         self.focal_gamma = focal_gamma
         self.label_smoothing = label_smoothing
@@ -181,8 +184,10 @@ class DirectionObjective(Objective):
     has_accuracy = True
     metric_names = ("accuracy", "balanced_accuracy", "min_recall", "recall_{i}")
 
-    def __init__(self, *, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, *, pos_weight: float | None = None, label_smoothing: float = 0.0,
+                 class_names: Sequence[str] = ()) -> None:
         self.pos_weight = pos_weight
+        self.class_names = tuple(class_names)
         self.label_smoothing = label_smoothing
 
     def loss(self, out: Outputs, batch: Batch) -> Tensor:
