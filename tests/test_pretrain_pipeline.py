@@ -378,3 +378,20 @@ def test_oof_accepts_the_time_separated_encoder(jade_encoder, root):
     assert "TRANSDUCTIVE" not in res.output
     assert json.loads((root / "oof_clean" / "verdict.json").read_text())["transductive"] is None
     assert not _first_line((root / "oof_clean" / "report.html").read_text()).startswith("TRANSDUCTIVE")
+
+
+def test_the_pretraining_report_opens_with_its_verdict_against_predicting_zero(jade_encoder):
+    """The verdict box states the masked MSE beside predicting zero with a block-bootstrap CI of
+    the per-window difference; red ('NOT SHOWN') when the CI does not exclude zero."""
+    enc, _ = jade_encoder
+    metrics = json.loads((enc / "metrics.json").read_text())
+    ci = metrics["val_improvement_ci"]
+    assert ci["windows"] == metrics["val_windows"] and ci["low"] <= ci["mean"] <= ci["high"]
+    assert ci["mean"] == pytest.approx(metrics["val_masked_mse_predict_zero"] - metrics["val_masked_mse"],
+                                       abs=0.05)  # mean of per-window differences vs the pooled one
+    text = (enc / "report.html").read_text()
+    body = text[text.index("<body>"):]
+    box = body[body.index("class='verdict'"):body.index("</div>", body.index("class='verdict'"))]
+    assert body.index("class='verdict'") < body.index("pretraining summary")
+    assert ("The encoder reconstructs" in box) == (ci["low"] > 0)
+    assert ("#c0392b" in box) == (ci["low"] <= 0) and "95% CI" in box

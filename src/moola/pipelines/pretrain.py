@@ -274,9 +274,31 @@ def _evaluate(trainer: Trainer, objective: MaskedReconstructionObjective, data: 
     zero = float(masked_mse(torch.zeros_like(vb["target"]), vb["target"], vb["mask"]))
     return {"val_masked_mse": val_m.get("masked_mse"), "val_loss": val_loss,
             "val_masked_mse_predict_zero": zero,  # the trivial reconstruction to beat
+            "val_improvement_ci": _improvement_ci(trainer.model, vb),
             "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
             "epochs_run": len(fit.history), "train_windows": len(data.train_idx),
             "val_windows": len(data.val_idx), "views": views, "warnings": fit.warnings}
+
+
+def _improvement_ci(model: torch.nn.Module, vb: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Per validation window (time order): predicting zero's masked MSE minus the model's; the
+    mean with a moving-block bootstrap 95% CI (overlapping windows are not independent)."""
+    from moola.evaluation.resampling import block_bootstrap_ci
+
+    model.eval()
+    diffs: list[float] = []
+    with torch.no_grad():
+        for i in range(0, vb["x"].shape[0], 256):
+            part = {k: v[i:i + 256] for k, v in vb.items()}
+            rec = model(part)["reconstruction"].float()  # (B, T, F)
+            tgt, mask = part["target"], part["mask"]
+            for j in range(rec.shape[0]):
+                t, m = tgt[j:j + 1], mask[j:j + 1]
+                diffs.append(float(masked_mse(torch.zeros_like(t), t, m) - masked_mse(rec[j:j + 1], t, m)))
+    d = np.asarray(diffs)
+    ci = block_bootstrap_ci(d)
+    return {"mean": float(d.mean()), "low": ci.low, "high": ci.high, "windows": int(d.size),
+            "block_length": ci.block_length, "method": "moving-block bootstrap, percentile interval"}
 
 
 def _save_encoder(cfg: PretrainConfig, data: PoolData, model: MaskedAutoencoder, out: Path) -> EncoderSpec:
@@ -314,7 +336,18 @@ def _report(out: Path, cfg: PretrainConfig, history: list[dict], metrics: dict,
     import matplotlib.pyplot as plt
 
     rep = DataReport(out, title=f"pretraining: {cfg.name}")
-    rep.table(pl.DataFrame([{k: v for k, v in metrics.items() if not isinstance(v, list)}]),
+    ci, mse = metrics["val_improvement_ci"], metrics["val_masked_mse"]
+    zero = metrics["val_masked_mse_predict_zero"]
+    better, pct = ci["low"] > 0, 100 * (zero - mse) / zero
+    rep.verdict_box([
+        f"{'The encoder reconstructs' if better else 'NOT SHOWN: the encoder does not reconstruct'} masked "
+        f"steps {'better than' if better else 'beyond noise better than'} predicting zero on "
+        f"{ci['windows']:,} validation windows: masked MSE {mse:.4f} vs {zero:.4f} "
+        f"({abs(pct):.1f}% {'lower' if pct >= 0 else 'higher'}; per-window difference {ci['mean']:+.4f}, 95% CI "
+        f"[{ci['low']:+.4f}, {ci['high']:+.4f}], {ci['block_length']}-window blocks).",
+        "Whether it helps a classifier is the OOF comparison's question (moola oof), not this page's."],
+        loud=not better)
+    rep.table(pl.DataFrame([{k: v for k, v in metrics.items() if not isinstance(v, list | dict)}]),
               caption="pretraining summary")
     rep.figure(plot_learning_curves(history), "learning_curves",
                "masked reconstruction loss (masked positions only) per epoch")
