@@ -193,9 +193,9 @@ def test_the_first_line_says_how_the_period_went(ledger, tmp_path):
 
     out = write_runtime_report(led, RT, tmp_path / "report.html", bars=bars)
     text = out.read_text()
-    first = re.search(r"<div id='headline'[^>]*><p><b>(.*?)</b>", text)
+    first = re.search(r"<div class='verdict'[^>]*><p[^>]*><b>(.*?)</b>", text)
     assert first is not None and first.group(1) == line.replace("&", "&amp;")
-    assert text.index("id='headline'") < text.index("<h2>")  # the first thing under the title
+    assert text.index("class='verdict'") < text.index("<h2>")  # the first thing under the title
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["report_equity.png", "report_events.png", "report_hit_rate.png",
                     "report_price_BTCUSD.png", "report_price_BTCUSD_B.png", "report_reliability.png"]

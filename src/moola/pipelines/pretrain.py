@@ -343,7 +343,8 @@ def _report(out: Path, cfg: PretrainConfig, history: list[dict], metrics: dict,
         f"{'The encoder reconstructs' if better else 'NOT SHOWN: the encoder does not reconstruct'} masked "
         f"steps {'better than' if better else 'beyond noise better than'} predicting zero on "
         f"{ci['windows']:,} validation windows: masked MSE {mse:.4f} vs {zero:.4f} "
-        f"({abs(pct):.1f}% {'lower' if pct >= 0 else 'higher'}; per-window difference {ci['mean']:+.4f}, 95% CI "
+        f"({abs(pct):.1f}% {'lower' if pct >= 0 else 'higher'}; per-window difference "
+        f"{ci['mean']:+.4f}, 95% CI "
         f"[{ci['low']:+.4f}, {ci['high']:+.4f}], {ci['block_length']}-window blocks).",
         "Whether it helps a classifier is the OOF comparison's question (moola oof), not this page's."],
         loud=not better)

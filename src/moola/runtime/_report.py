@@ -26,7 +26,6 @@ where a number would be, instead of failing.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -396,9 +395,7 @@ def write_runtime_report(ledger: Ledger, runtime: str | None, out: Path | str, *
     pre = _slug(out.stem)
     headline = summary.headline()
     bad = summary.hit.measured and summary.hit.verdict() == "below 0.5"
-    bg, edge = ("#fde2e2", "#c0392b") if bad else ("#eef5ff", "#4c72b0")
-    rep.sections.append(f"<div id='headline' style='border:2px solid {edge};background:{bg};"
-                        f"padding:.4em 1em'><p><b>{html.escape(headline)}</b></p></div>")
+    rep.verdict_box([headline], loud=bad)  # the same box every moola report opens with
     rep.paragraph(
         f"Ledger {ledger.masked_url}; bar length {summary.step or 'unknown'}; dry-run only (paper "
         "fills at the next bar's open after fees and slippage, no order placed). Realised outcome "
