@@ -92,7 +92,7 @@ def plot_label_efficiency(points: pl.DataFrame, metric: str = "balanced_accuracy
     """Mean of the fold means per arm and label count with bootstrap 95% CIs over folds, each point
     at its cells' mean training windows (:func:`efficiency_points`); an arm whose values repeat an
     earlier arm's is drawn hollow, larger and dashed and says so in the legend, so none hides another."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     repeats = 0
     for i, arm in enumerate(points["arm"].unique(maintain_order=True).to_list()):
@@ -126,7 +126,7 @@ def plot_label_efficiency(points: pl.DataFrame, metric: str = "balanced_accuracy
                   "back their early-stopping block)", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title("label efficiency (95% bootstrap CI over folds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # off the data
     ax.grid(alpha=0.3)
     return fig
 
