@@ -139,9 +139,8 @@ def test_the_helper_refuses_replaces_or_keeps_whatever_the_directory_holds(
         (final / f).parent.mkdir(parents=True, exist_ok=True)
         (final / f).write_text(f"old {f}")
     before = _digest(final)
-    with pytest.raises(RunExistsError, match="already holds"):
-        with run_directory(final):
-            raise AssertionError("the block ran")
+    with pytest.raises(RunExistsError, match="already holds"), run_directory(final):
+        raise AssertionError("the block ran")
     assert _digest(final) == before
 
     class Boom(Exception):
