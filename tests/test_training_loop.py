@@ -67,7 +67,7 @@ class StopWhenFit(Callback):
         self.target = target
 
     def on_epoch_end(self, trainer, epoch, logs):
-        if logs["train_accuracy"] >= self.target:
+        if trainer.train_eval_metrics()["accuracy"] >= self.target:
             trainer.stop_training = True
 
 

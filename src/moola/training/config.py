@@ -104,10 +104,11 @@ class GuardConfig(Config):
         "rate + this and its balanced accuracy at most 1 / n_classes + this (a constant guess)"))
     min_class_recall: float = Field(0.3, description=(
         "class collapse: warn when a class's validation recall of the final model is below this"))
-    # train metrics (eval mode) on at most this many samples
+    # the guards' eval-mode check of the training set, on at most this many samples
     train_eval_samples: int = Field(4096, ge=0, le=100 * MAX_BATCH, description=(
-        "training metrics (eval mode) are measured on a fixed random subset of at most this "
-        "many training samples"))
+        "the guards' eval-mode training accuracy (confirming a too-good-to-be-true alarm, "
+        "judging trained-nothing at the end) uses a fixed random subset of at most this many "
+        "training samples; the per-epoch train_ metrics come from the training pass itself"))
     fail_on_nonfinite: bool = Field(True, description=(
         "not read: a non-finite input batch or training loss always stops the run with an error"))
 

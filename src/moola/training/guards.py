@@ -213,8 +213,12 @@ class HealthGuard(Callback):
                 ))
         self.prev_loss, self.digest = loss, digest
         tr, va = logs.get("train_accuracy"), logs.get("val_accuracy")
-        n_va, n_tr = trainer.n_val_, trainer.n_train_eval_
-        if tr is not None and va is not None and \
+        n_va, n_tr = trainer.n_val_, trainer.n_train_
+        suspicious = tr is not None and va is not None and \
+            val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap)
+        if suspicious:  # the training pass's numbers (dropout on, weights moving): confirm in eval mode
+            tr, n_tr = trainer.train_eval_metrics().get("accuracy"), trainer.n_train_eval_
+        if suspicious and tr is not None and va is not None and \
                 val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap):
             lo, hi = wilson_interval(va, n_va, cfg.interval_confidence)[0], \
                 wilson_interval(tr, n_tr, cfg.interval_confidence)[1]
@@ -285,8 +289,10 @@ class HealthGuard(Callback):
         if self.start_digest is not None and _weights_digest(trainer.model) == self.start_digest:
             reasons.append(f"no weight differs from the start after {len(history)} epoch(s)")
         counts = trainer.train_label_counts_
-        loss, acc = last.get("train_loss"), last.get("train_accuracy")
-        bal = last.get("train_balanced_accuracy")
+        # accuracy in eval mode on the fixed training subset, the final weights (one pass per fit)
+        evaluated = trainer.train_eval_metrics() if trainer.objective.has_accuracy else {}
+        loss, acc = last.get("train_loss"), evaluated.get("accuracy")
+        bal = evaluated.get("balanced_accuracy")
         if counts is not None and counts.sum() > 0 and acc is not None and bal is not None:
             shares = "/".join(f"{c / counts.sum():.0%}" for c in counts)
             majority, chance = counts.max() / counts.sum(), 1 / max(int((counts > 0).sum()), 1)

@@ -110,7 +110,9 @@ class Trainer:
     ``early_stopping_``, ``history_``, ``warnings_``, ``messages_``, ``global_step_``,
     ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
     ``batches_per_epoch_``, ``epochs_`` (``epochs`` raised to reach ``min_steps``), ``n_val_``
-    and ``n_train_eval_`` (the samples behind the val_ and train_ metrics),
+    (the samples behind the val_ metrics) and ``n_train_eval_`` (the fixed training subset behind
+    ``train_eval_metrics``, the eval-mode numbers the guards confirm with; the per-epoch train_
+    metrics come from the training pass itself, at no extra forward pass),
     ``train_label_counts_`` (labels per class of the training set, None without integer ``y``).
     Callbacks may set ``stop_training`` to end the run after an epoch.
     Data is any ``BatchSource`` (``moola.training.data``).
@@ -181,6 +183,10 @@ class Trainer:
         self.n_train_ = 0
         self.n_val_ = 0
         self.n_train_eval_ = 0
+        self._train_eval_idx = torch.zeros(0, dtype=torch.long)
+        self._train_eval_cache: tuple[int, dict[str, float]] | None = None
+        self._train_d: BatchSource | None = None
+        self._pass: dict[str, list[np.ndarray]] = {}  # what the training pass collected this epoch
         self.train_label_counts_: np.ndarray | None = None
         self.batches_per_epoch_ = 0
         self.epochs_ = cfg.epochs
@@ -242,7 +248,8 @@ class Trainer:
         # eval-mode train metrics use a fixed subset so they are comparable across epochs
         gen = torch.Generator().manual_seed(cfg.seed + 7)
         k = min(self.n_train_, cfg.guards.train_eval_samples)
-        train_eval_idx = torch.randperm(self.n_train_, generator=gen)[:k].sort().values
+        self._train_eval_idx = torch.randperm(self.n_train_, generator=gen)[:k].sort().values
+        self._train_d = train_d
         self.n_train_eval_, self.n_val_ = k, len(val_d) if val_d is not None else 0
         self.train_label_counts_ = _label_counts(train_d)
 
@@ -252,6 +259,8 @@ class Trainer:
             for epoch in range(self.start_epoch_, self.epochs_):
                 first = epoch == self.start_epoch_
                 start_b = self.resume_batch_ if first else 0
+                if not first or not start_b:  # a resumed epoch keeps what its first part collected
+                    self._pass = {}
                 if not first:
                     run_sum, run_n = 0.0, 0
                     self.steps_in_epoch_ = 0
@@ -271,7 +280,7 @@ class Trainer:
                     if cfg.checkpoint_every and self.global_step_ % cfg.checkpoint_every == 0 \
                             and b + 1 < self.batches_per_epoch_:
                         self._checkpoint(opt, sched, epoch, b + 1, run_sum, run_n)
-                logs = self._epoch_logs(epoch, run_sum, run_n, opt, train_d, train_eval_idx, val_d)
+                logs = self._epoch_logs(epoch, run_sum, run_n, opt, val_d)
                 if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     sched.step(self._plateau_value(logs))
                 self.history_.append(logs)
@@ -329,6 +338,9 @@ class Trainer:
                 f"non-finite loss {loss.item()} at epoch {epoch + 1}, batch {b}: lower the "
                 "learning rate, enable grad_clip, or check the targets"
             )
+        if self.objective.has_accuracy:  # training-set metrics from this very pass: no second one
+            for key, arr in self.objective.collect(out, batch).items():
+                self._pass.setdefault(key, []).append(arr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -343,7 +355,6 @@ class Trainer:
         return float(loss.detach())
 
     def _epoch_logs(self, epoch: int, run_sum: float, run_n: int, opt: torch.optim.Optimizer,
-                    train_d: BatchSource, train_eval_idx: torch.Tensor,
                     val_d: BatchSource | None) -> dict[str, float]:
         secs = self.epoch_seconds()
         logs: dict[str, float] = {
@@ -354,14 +365,26 @@ class Trainer:
             "epoch_seconds": secs,
             "samples_per_s": run_n / secs if secs > 0 else math.nan,
         }
-        if self.objective.has_accuracy:
-            _, m, _ = self.evaluate(train_d, order=train_eval_idx)
+        if self.objective.has_accuracy and self._pass:
+            m = self.objective.metrics({k: np.concatenate(v) for k, v in self._pass.items()})
             logs.update({f"train_{k}": v for k, v in m.items()})
         if val_d is not None:
             vloss, vm, _ = self.evaluate(val_d)
             logs["val_loss"] = vloss
             logs.update({f"val_{k}": v for k, v in vm.items()})
         return logs
+
+    def train_eval_metrics(self) -> dict[str, float]:
+        """Eval-mode metrics of the current weights on the fixed training subset
+        (``n_train_eval_`` samples), computed once per optimizer step at most: what the guards
+        compare validation with when the training pass's numbers (dropout on, weights moving)
+        raise a question."""
+        if self._train_d is None or not self.n_train_eval_:
+            return {}
+        if self._train_eval_cache is None or self._train_eval_cache[0] != self.global_step_:
+            _, m, _ = self.evaluate(self._train_d, order=self._train_eval_idx)
+            self._train_eval_cache = (self.global_step_, m)
+        return self._train_eval_cache[1]
 
     # ------------------------------------------------------------------- evaluate
     @torch.no_grad()
@@ -406,6 +429,9 @@ class Trainer:
         }
         if torch.cuda.is_available():
             torch_state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if batch and self._pass:  # mid-epoch: the epoch's training-pass metrics need its first part
+            torch_state["train_pass"] = {k: torch.from_numpy(np.concatenate(v))
+                                         for k, v in self._pass.items()}
         state = {
             "torch_state": torch_state,
             "epoch": epoch,
@@ -432,6 +458,7 @@ class Trainer:
         if sched is not None and ts["scheduler"]:
             sched.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["rng_cpu"])
+        self._pass = {k: [v.numpy()] for k, v in ts.get("train_pass", {}).items()}
         if "rng_cuda" in ts and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ts["rng_cuda"])
         self.start_epoch_ = int(state["epoch"])
