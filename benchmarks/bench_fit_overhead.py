@@ -14,12 +14,17 @@ Timed, per preset and precision (fp32, bf16), ``--repeats`` times, alternately i
 * fit: constructing ``moola.training.Trainer(model, objective, config, show_progress=False)`` and
   calling ``fit(train, val)`` with the default TrainConfig apart from epochs, batch size,
   precision, threads and seed: health guard, early stopping (restore best) and everything else
-  on, set-up included. Besides the training epochs, fit evaluates every epoch, in eval mode, a
-  fixed subset of ``guards.train_eval_samples`` (default 4,096) training windows and the whole
-  validation set; the per-epoch ``epoch_seconds`` of its history time the training batches only,
-  so ``fit wall - sum(epoch_seconds)`` is what set-up, those evaluation passes and the callbacks
-  cost; the table splits it into the evaluation passes (``Trainer.evaluate``, timed by a
-  perf_counter wrapper on the instance) and the rest.
+  on, set-up included. Besides the training epochs, fit evaluates the whole validation set every
+  epoch in eval mode; its training-set metrics come from the training pass itself (before commit
+  6f3ef37 it also ran an eval-mode pass over a fixed subset of ``guards.train_eval_samples``,
+  default 4,096, training windows every epoch, most of the gap; the guards now run that pass only
+  to confirm an alarm and once at the end). The per-epoch ``epoch_seconds`` of its history time
+  the training batches only, so ``fit wall - sum(epoch_seconds)`` is what set-up, the evaluation
+  passes and the callbacks cost; the table splits it into the evaluation passes
+  (``Trainer.evaluate``, timed by a perf_counter wrapper on the instance) and the rest.
+
+To measure an older revision against its own bare loop, run this script with that revision's
+source first on the path (``git worktree add /tmp/old REV`` then ``PYTHONPATH=/tmp/old/src``).
 
 Models are built outside every timer, a fresh one for each call from the same seed, so all three
 start from the same weights (with early stopping off, the fp32 bare loop ends with bitwise the
@@ -68,6 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import moola
 from moola.models import PRESETS, build_model, preset_config
 from moola.models.config import RNNEncoderConfig
 from moola.training import ClassificationObjective, TensorData, TrainConfig, Trainer
@@ -258,9 +264,10 @@ def main() -> None:
           f"grad clip {base.grad_clip}.\n")
     print(f"bare = plain PyTorch loop, NO validation (optimizer construction + epochs over the same "
           f"shuffled batches). bare+val = bare + one eval-mode forward over the {n_val:,} validation "
-          f"windows per epoch. fit = Trainer(...) + fit(train, val) with default guards and callbacks, "
-          f"which per epoch also evaluates {k_train_eval:,} training windows (guards.train_eval_samples) "
-          f"besides the {n_val:,} validation windows (eval batch {eval_bs}). ratio = bare / fit "
+          f"windows per epoch. fit = Trainer(...) + fit(train, val) with default guards and callbacks "
+          f"(moola from {moola.__file__.rsplit('/src/', 1)[0]}), which per epoch evaluates the "
+          f"{n_val:,} validation windows (eval batch {eval_bs}) and, in versions before 6f3ef37, "
+          f"{k_train_eval:,} training windows (guards.train_eval_samples). ratio = bare / fit "
           f"(goal >= 0.95). Of fit's wall time (medians): loop = sum of its epoch_seconds (training "
           f"batches only), eval = its Trainer.evaluate calls (training subset + validation, every "
           f"epoch), other = the rest (set-up, guards' weight digests, early stopping's weight copies "
