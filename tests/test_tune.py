@@ -489,6 +489,12 @@ def test_best_yaml_is_the_base_plus_the_best_values(tmp_path, store):
     csv = (out / study / "trials.csv").read_text().splitlines()
     assert len(csv) == 1 + 3 and "params_model.direction.mlp.depth" in csv[0]
     assert (out / study / "tuning.png").read_bytes()[:8] == PNG_MAGIC
+    page = (out / study / "report.html").read_text()  # the report opens with its verdict
+    box = page[page.index("class='verdict'"):page.index("</div>", page.index("class='verdict'"))]
+    assert ("Best of 3 complete trial(s) (3 complete) by validation val_loss (min): trial "
+            f"{best.number}") in box
+    assert "The best trial's test verdict: " in box and "one draw" in box
+    assert all(f"trial-{n:04d}" in page for n in range(3))
     assert f"optuna-dashboard sqlite:///{out}/optuna.db" in " ".join(res.output.split())
     # rerunning with the same total trains nothing more: --trials is the study's total
     again = cli("tune", TUNE_DEMO, "--space", space, "--trials", "3", "--out", out, *overrides)

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from moola.sweeps._tune import _best_so_far, _history_figure, _plot_history
+from moola.sweeps._tune import _best_so_far, _history_figure, _plot_history, tuning_verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,3 +86,21 @@ def test_the_png_is_still_written(tmp_path: Path):
     trials = _study("maximize", [(TrialState.COMPLETE, 0.5), (TrialState.PRUNED, 0.3)])
     _plot_history(trials, "val_accuracy", "max", "s", tmp_path / "tuning.png")
     assert (tmp_path / "tuning.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_tuning_verdict_weighs_the_best_against_the_first_and_the_median_trial():
+    trials = _study("minimize", [(TrialState.COMPLETE, 0.70), (TrialState.COMPLETE, 0.64),
+                                 (TrialState.PRUNED, 0.9), (TrialState.COMPLETE, 0.68)])
+    lines, loud = tuning_verdict(trials, "val_loss", "min")
+    assert lines[0] == ("Best of 3 complete trial(s) (3 complete, 1 pruned) by validation val_loss (min): "
+                        "trial 1 with 0.64, against 0.7 for the first complete trial (-0.06) and 0.68 "
+                        "for the median one (-0.04).")
+    assert not loud
+
+
+def test_a_study_with_one_or_no_complete_trial_says_nothing_was_tuned():
+    lines, loud = tuning_verdict(_study("minimize", [(TrialState.COMPLETE, 0.7), (TrialState.FAIL, None)]),
+                                 "val_loss", "min")
+    assert loud and "ONE COMPLETE TRIAL" in lines[1]
+    lines, loud = tuning_verdict(_study("maximize", [(TrialState.FAIL, None)]), "val_acc", "max")
+    assert loud and lines == ["NOTHING TUNED: no trial completed (1 fail); no best configuration."]

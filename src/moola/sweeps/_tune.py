@@ -151,6 +151,7 @@ class TuneResult:
     best_yaml: Path | None = None
     trials_csv: Path | None = None
     plot: Path | None = None
+    report: Path | None = None
 
 
 # --- Optuna pieces --------------------------------------------------------------------------------
@@ -355,7 +356,9 @@ class _Worker:
                 tracking = TrackingOptions(experiment=f"tune/{self.study_name}",
                                            run_name=f"{self.study_name}/trial-{n:04d}",
                                            tags={"moola.study": self.study_name, "moola.trial": str(n)})
-                run(cfg, console=Console(quiet=True), show_progress=False, callbacks=[cb], tracking=tracking)
+                # the study owns its trial directories: a trial number is never reused within it
+                run(cfg, console=Console(quiet=True), show_progress=False, callbacks=[cb], tracking=tracking,
+                    overwrite=True)
                 if cb.best is None:
                     note = f"no finite {self.metric} in any epoch"
                     trial.set_user_attr("moola.error", note)
@@ -542,7 +545,7 @@ def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSp
 
     console = console or Console()
     metric, mode = parse_metric(options.metric)
-    command = "moola rank train" if options.command == "rank" else "moola train"
+    command = _COMMANDS[options.command]
     study = optuna.load_study(study_name=name, storage=url)
     trials = study.get_trials(deepcopy=False)
     study_dir = Path(options.out) / name
@@ -586,9 +589,77 @@ def summarize(name: str, url: str, base: RunConfig | RankConfig, space: SearchSp
         console.print(f"best config: {best_yaml}  ({command} --config {best_yaml})", highlight=False)
     else:
         console.print(f"[yellow]no complete trial in study {name}: no best.yaml[/]")
-    console.print(f"trials: {csv}   history plot: {plot}", highlight=False)
+    result.report = _write_report(study_dir, name, metric, mode, trials, space, options.command)
+    console.print(f"trials: {csv}   history plot: {plot}   report: {result.report}", highlight=False)
     console.print(f"dashboard: optuna-dashboard {escape(redact_urls(url))}", highlight=False)
     return result
+
+
+_COMMANDS = {"rank": "moola rank train", "train": "moola train"}
+
+
+def tuning_verdict(trials: list[Any], metric: str, mode: Mode) -> tuple[list[str], bool]:
+    """The tuning report's first lines and whether they are bad news: the best trial against the
+    first and the median complete trial (what tuning bought on validation), and the best trial's
+    own test verdict, which is one draw of many and favoured by the choice."""
+    import statistics
+
+    from optuna.trial import TrialState
+
+    from moola._io import read_json
+
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
+                  key=lambda t: t.number)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(Counter(t.state.name for t in trials).items()))
+    if not done:
+        return [f"NOTHING TUNED: no trial completed ({counts}); no best configuration."], True
+    best = (min if mode == "min" else max)(done, key=lambda t: t.value)
+    med = statistics.median(t.value for t in done)
+    first = done[0]
+    lines = [f"Best of {len(done)} complete trial(s) ({counts}) by validation {metric} ({mode}): trial "
+             f"{best.number} with {best.value:.5g}, against {first.value:.5g} for the first complete "
+             f"trial ({best.value - first.value:+.5g}) and {med:.5g} for the median one "
+             f"({best.value - med:+.5g})."]
+    loud = len(done) < 2
+    if loud:
+        lines.append("ONE COMPLETE TRIAL: nothing was compared, so nothing was tuned.")
+    run_dir = best.user_attrs.get("moola.run_dir")
+    metrics = Path(run_dir) / "metrics.json" if run_dir else None
+    if metrics is not None and metrics.is_file():
+        verdict = read_json(metrics).get("verdict") or {}
+        if verdict.get("lines"):
+            from moola.evaluation.run_report import verdict_is_loud
+
+            lines.append(f"The best trial's test verdict: {verdict['lines'][0]}")
+            loud = loud or verdict_is_loud(verdict)
+        lines.append(f"It was chosen as the best of {len(done)} on validation: its test score is one "
+                     "draw, favoured by the choice (moola promote deflates the economic check for "
+                     "the number of configurations that saw the test segment).")
+    return lines, loud
+
+
+def _write_report(study_dir: Path, name: str, metric: str, mode: Mode, trials: list[Any],
+                  space: SearchSpace, command: str) -> Path:
+    """``STUDY_DIR/report.html``: the verdict first, then the history plot and every trial."""
+    import polars as pl
+
+    from moola.evaluation.data_report import DataReport
+
+    lines, loud = tuning_verdict(trials, metric, mode)
+    rep = DataReport(study_dir, title=f"moola tune: {name}")
+    rep.verdict_box(lines, loud=loud)
+    rep.figure(_history_figure(trials, metric, mode, name), "tuning_history",
+               f"{metric} per trial (pruned: the last value reported before pruning) and the best so "
+               "far, held through the last trial")
+    rows = [{"trial": t.number, "state": t.state.name, metric: t.value,
+             "seconds": None if t.duration is None else t.duration.total_seconds(),
+             "values": _values_text(t.user_attrs.get("moola.values") or space.decode(t.params)),
+             "run": t.user_attrs.get("moola.run_dir") or ""} for t in _sorted_trials(trials, mode)]
+    rep.table(pl.DataFrame(rows, schema={"trial": pl.Int64, "state": pl.String, metric: pl.Float64,
+                                         "seconds": pl.Float64, "values": pl.String, "run": pl.String}),
+              caption=f"every trial, best first ({_COMMANDS[command]} runs; the values each sampled)",
+              max_rows=500)
+    return rep.write("report.html")
 
 
 def _plot_history(trials: list[Any], metric: str, mode: Mode, name: str, path: Path) -> None:

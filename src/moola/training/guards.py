@@ -284,15 +284,35 @@ class HealthGuard(Callback):
         """One warning when the run ends no better than it began or than a constant guess of the
         class prior (the last epoch is judged: whether training moved at all, not which epoch
         early stopping keeps)."""
-        cfg, last = self.config, history[-1]
+        last = history[-1]
         reasons: list[str] = []
         if self.start_digest is not None and _weights_digest(trainer.model) == self.start_digest:
             reasons.append(f"no weight differs from the start after {len(history)} epoch(s)")
+        # judged on the last epoch's training pass first; only when that looks like a constant
+        # guess is it confirmed in eval mode on the fixed training subset (the pass runs dropout
+        # while the weights move, so it understates what was learned)
+        last_pass = (last.get("train_accuracy"), last.get("train_balanced_accuracy"), trainer.n_train_)
+        found = self._constant_guess(trainer, last.get("train_loss"), *last_pass)
+        if found and trainer.objective.has_accuracy:
+            ev = trainer.train_eval_metrics()
+            found = self._constant_guess(trainer, last.get("train_loss"), ev.get("accuracy"),
+                                         ev.get("balanced_accuracy"), trainer.n_train_eval_)
+        reasons += found
+        if reasons:
+            self.warn(trainer, (
+                f"{TRAINED_NOTHING}: " + "; ".join(reasons) + ". The model is no better than a "
+                "constant guess. Check the learning rate (0 is only for smoke runs), frozen "
+                "parameters and the labels (constant, shuffled, misaligned); if they are right, "
+                "these inputs may not predict this target: train longer or with less "
+                "regularisation to be sure, or change the features or horizon."
+            ))
+
+    def _constant_guess(self, trainer: Trainer, loss: float | None, acc: float | None,
+                        bal: float | None, n_eval: int) -> list[str]:
+        """The trained-nothing reasons that read accuracy (``acc``/``bal`` measured on ``n_eval``
+        training samples): a loss at the class prior's and accuracy within noise of a constant."""
+        cfg, reasons = self.config, []
         counts = trainer.train_label_counts_
-        # accuracy in eval mode on the fixed training subset, the final weights (one pass per fit)
-        evaluated = trainer.train_eval_metrics() if trainer.objective.has_accuracy else {}
-        loss, acc = last.get("train_loss"), evaluated.get("accuracy")
-        bal = evaluated.get("balanced_accuracy")
         if counts is not None and counts.sum() > 0 and acc is not None and bal is not None:
             shares = "/".join(f"{c / counts.sum():.0%}" for c in counts)
             majority, chance = counts.max() / counts.sum(), 1 / max(int((counts > 0).sum()), 1)
@@ -300,7 +320,7 @@ class HealthGuard(Callback):
             model_cfg = getattr(trainer.model, "config", None)
             with_pointer = getattr(model_cfg, "pointer", None) is not None \
                 and getattr(trainer.objective, "pointer_weight", 0) > 0  # its loss adds to train_loss
-            n_eval, conf = trainer.n_train_eval_, cfg.interval_confidence
+            conf = cfg.interval_confidence
             learned = wilson_interval(acc, n_eval, conf)[0] > majority \
                 or wilson_interval(bal, n_eval, conf)[0] > chance  # beyond noise, if under-confident
             if prior is not None and math.isfinite(prior) and not with_pointer and not learned \
@@ -316,14 +336,7 @@ class HealthGuard(Callback):
                 reasons.append(
                     f"training accuracy {acc:.3f} is the majority-class rate {majority:.3f} and "
                     f"balanced accuracy {bal:.3f} is chance ({chance:.3f})")
-        if reasons:
-            self.warn(trainer, (
-                f"{TRAINED_NOTHING}: " + "; ".join(reasons) + ". The model is no better than a "
-                "constant guess. Check the learning rate (0 is only for smoke runs), frozen "
-                "parameters and the labels (constant, shuffled, misaligned); if they are right, "
-                "these inputs may not predict this target: train longer or with less "
-                "regularisation to be sure, or change the features or horizon."
-            ))
+        return reasons
 
     def state_dict(self) -> dict[str, Any]:
         return {"prev_loss": self.prev_loss, "digest": self.digest, "start_digest": self.start_digest}
