@@ -6,6 +6,7 @@ learning rate built to fail, a killed worker's trial failed by heartbeat and rep
 
 from __future__ import annotations
 
+import html
 import os
 import signal
 import subprocess
@@ -490,7 +491,8 @@ def test_best_yaml_is_the_base_plus_the_best_values(tmp_path, store):
     assert len(csv) == 1 + 3 and "params_model.direction.mlp.depth" in csv[0]
     assert (out / study / "tuning.png").read_bytes()[:8] == PNG_MAGIC
     page = (out / study / "report.html").read_text()  # the report opens with its verdict
-    box = page[page.index("class='verdict'"):page.index("</div>", page.index("class='verdict'"))]
+    at = page.index("class='verdict'")
+    box = html.unescape(page[at:page.index("</div>", at)])
     assert ("Best of 3 complete trial(s) (3 complete) by validation val_loss (min): trial "
             f"{best.number}") in box
     assert "The best trial's test verdict: " in box and "one draw" in box
