@@ -40,6 +40,24 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread_quiet() -> Iterator[None]:
+    """A whole module of tiny training sets: one intra-op thread and no GuardWarning (their
+    guards fire by design), both restored after the module."""
+    import warnings
+
+    import torch
+
+    from moola.training import GuardWarning
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuardWarning)
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store (tracking and registry) in tmp_path; the cwd is an empty

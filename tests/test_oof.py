@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import warnings
-from collections.abc import Iterator
 from functools import lru_cache
 from html import unescape
 from pathlib import Path
@@ -20,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from _real_data import load_daily
 from _train_helpers import ROOT
@@ -49,7 +46,6 @@ from moola.pipelines.oof import (
     run_oof,
 )
 from moola.pipelines.pretrain import PretrainConfig, run_pretrain
-from moola.training import GuardWarning
 
 OOF_DEMO = ROOT / "configs" / "oof_demo.yaml"
 PRETRAIN_DEMO = ROOT / "configs" / "pretrain_demo.yaml"
@@ -59,17 +55,8 @@ H = 16  # encoder width of both the tiny model and the tiny pretrained encoder
 MODEL_ARMS = ("scratch", "pretrained_frozen", "pretrained_finetuned")
 BASELINES = ("majority", "logistic")
 CLASSES = ("consolidation", "retracement")
-pytestmark = pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")  # tiny sets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)
-        yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning"),  # tiny sets
+              pytest.mark.usefixtures("one_torch_thread_quiet")]
 
 
 @pytest.fixture(scope="module")

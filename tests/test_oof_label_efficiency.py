@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import warnings
-from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from matplotlib.container import ErrorbarContainer
 from rich.console import Console
 
@@ -26,21 +23,11 @@ from _train_helpers import ROOT
 from moola.models import lstm_classifier
 from moola.pipelines._oof_report import efficiency_points, plot_label_efficiency, write_oof_report
 from moola.pipelines.oof import OOFConfig, efficiency_counts, run_oof
-from moola.training import GuardWarning
 
 OOF_DEMO = ROOT / "configs" / "oof_demo.yaml"
 BASELINES = ("majority", "logistic")
-pytestmark = pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning")  # tiny sets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GuardWarning)
-        yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::moola.training.guards.GuardWarning"),  # tiny sets
+              pytest.mark.usefixtures("one_torch_thread_quiet")]
 
 
 @pytest.fixture(scope="module")
