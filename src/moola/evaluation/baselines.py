@@ -389,11 +389,13 @@ def run_baselines(
     last_return_train: object = None,
     last_return_test: object = None,
     dead_zone: float = 0.0,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[BaselineResult]:
     """Fit each baseline in ``which`` on the train split and score it on the test split.
 
     ``persistence`` needs ``last_return_train`` / ``last_return_test`` (raw returns, see the module
-    doc); ``lags`` selects the features of ``logistic`` and ``lightgbm`` alike.
+    doc); ``lags`` selects the features of ``logistic`` and ``lightgbm`` alike; ``on_start(name)``
+    is called as each baseline begins (a progress bar names the one fitting).
     """
     which = tuple(which)
     unknown = [w for w in which if w not in KNOWN_BASELINES]
@@ -405,6 +407,8 @@ def run_baselines(
     _check_inputs(X_train, y_train, X_test, y_test, classes)
     out: list[BaselineResult] = []
     for w in which:
+        if on_start is not None:
+            on_start(w)
         if w == "majority":
             out.append(majority_baseline(X_train, y_train, X_test, y_test, classes))
         elif w == "persistence":

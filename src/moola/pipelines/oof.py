@@ -49,7 +49,6 @@ from moola.training import (
     TensorData,
     Trainer,
     balanced_class_weights,
-    check_run_directory,
     run_directory,
     seed_everything,
 )
@@ -228,9 +227,8 @@ def run_oof(cfg: OOFConfig, *, console: Console | None = None, show_progress: bo
     refused unless ``overwrite`` (replaced when this run completes)."""
     console = console or Console()
     final = Path(cfg.out_dir) / cfg.name
-    check_run_directory(final, overwrite=overwrite)
-    with Tracker("oof", tracking, run_name=cfg.name) as tracker, \
-            run_directory(final, overwrite=overwrite) as work:
+    with run_directory(final, overwrite=overwrite) as work, \
+            Tracker("oof", tracking, run_name=cfg.name) as tracker:
         tracker.set_tags({"moola.run_dir": str(final.resolve())})
         report = _run_oof(cfg, tracker, work, console=console, show_progress=show_progress)
     console.print(f"report: {final / report.relative_to(work)}")

@@ -58,7 +58,6 @@ from moola.training import (
     TensorData,
     TrainConfig,
     Trainer,
-    check_run_directory,
     data_fingerprint,
     masked_mse,
     run_directory,
@@ -142,10 +141,9 @@ def run_pretrain(cfg: PretrainConfig, *, console: Console | None = None,
     An encoder directory that already holds a run is refused unless ``resume`` or ``overwrite``
     (replaced when this run completes)."""
     final = Path(cfg.out_dir) / cfg.name
-    check_run_directory(final, overwrite=overwrite, resume=resume)
     console = console or Console()
-    with Tracker("pretrain", tracking, run_name=cfg.name) as tracker, \
-            run_directory(final, overwrite=overwrite, resume=resume) as work:
+    with run_directory(final, overwrite=overwrite, resume=resume) as work, \
+            Tracker("pretrain", tracking, run_name=cfg.name) as tracker:
         tracker.set_tags({"moola.run_dir": str(final.resolve())})
         spec = _run_pretrain(cfg, tracker, work, console=console, show_progress=show_progress,
                              resume=resume, extra_callbacks=callbacks)

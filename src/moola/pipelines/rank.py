@@ -51,7 +51,6 @@ from moola.training import (
     Callback,
     FitResult,
     Trainer,
-    check_run_directory,
     data_fingerprint,
     run_directory,
     save_weights,
@@ -475,7 +474,6 @@ def run_rank_train(cfg: RankConfig, *, console: Console | None = None, show_prog
     run completes)."""
     console = console or Console()
     final = cfg.run_dir
-    check_run_directory(final, overwrite=overwrite)
     with run_directory(final, overwrite=overwrite) as run_dir:
         metrics, test_scores, history = _rank_train(cfg, run_dir, console=console,
                                                     show_progress=show_progress, callbacks=callbacks,
@@ -566,7 +564,6 @@ def run_rank_compare(cfg: RankConfig, *, console: Console | None = None, show_pr
     A directory that already holds a comparison is refused unless ``overwrite``."""
     console = console or Console()
     final = cfg.run_dir
-    check_run_directory(final, overwrite=overwrite)
     with run_directory(final, overwrite=overwrite) as out_dir:
         summary, report = _rank_compare(cfg, out_dir, console=console, show_progress=show_progress,
                                         tracking=tracking)

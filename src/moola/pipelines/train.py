@@ -54,7 +54,6 @@ from moola.training import (
     TrainConfig,
     Trainer,
     balanced_class_weights,
-    check_run_directory,
     data_fingerprint,
     run_directory,
     seed_everything,
@@ -296,9 +295,9 @@ def run_train(cfg: RunConfig, *, console: Console | None = None, show_progress: 
     """
     console = console or Console()
     final = cfg.run_dir
-    check_run_directory(final, overwrite=overwrite, resume=resume)  # before MLflow opens a run
-    with Tracker("train", tracking, run_name=cfg.name) as tracker, \
-            run_directory(final, overwrite=overwrite, resume=resume) as work:
+    # the directory first: a refusal comes before MLflow opens a run
+    with run_directory(final, overwrite=overwrite, resume=resume) as work, \
+            Tracker("train", tracking, run_name=cfg.name) as tracker:
         t0 = time.perf_counter()
         run = setup(cfg, tracker, console=console, callbacks=callbacks, resume=resume, force=force,
                     run_dir=work)
@@ -551,7 +550,8 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
     run_facts["temperature"] = float(ts.temperature_)
     base = fit_baselines(cfg, data, "test", console=console, show_progress=show_progress,
                          model_seconds=fit.seconds)
-    save_baseline_probabilities(baselines_path(run_dir, "test"), base, baseline_key(cfg, data, "test"))
+    save_baseline_probabilities(baselines_path(run_dir, "test"), base,
+                                baseline_key(cfg, data, "test", run.fingerprint))
     console.print(frame_table(baseline_table(base, model_metrics=test_metrics),
                               title="test split: model vs baselines"))
     test_ci, vs_baselines = accuracy_intervals(cfg, data, test_c["proba"], base)
@@ -649,17 +649,14 @@ def fit_baselines(cfg: RunConfig, data: PreparedData, part: str, *, console: Con
     that took longer than the model's fit (``model_seconds``) says so on the console."""
     from moola.evaluation import run_baselines
 
-    out: list[Any] = []
+    persistence = "persistence" in cfg.baselines
     with named_steps(f"baselines on {part} ({len(data.y[part]):,} windows)", len(cfg.baselines),
                      enabled=show_progress, console=console) as step:
-        for name in cfg.baselines:
-            step(name)
-            persistence = name == "persistence"
-            out += run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
-                                 which=(name,), seed=cfg.train.seed, lags=cfg.baseline_lags,
-                                 last_return_train=data.last_return["train"] if persistence else None,
-                                 last_return_test=data.last_return[part] if persistence else None,
-                                 dead_zone=cfg.data.dead_zone_bps * 1e-4)
+        out = run_baselines(data.x["train"], data.y["train"], data.x[part], data.y[part], data.classes,
+                            which=tuple(cfg.baselines), seed=cfg.train.seed, lags=cfg.baseline_lags,
+                            last_return_train=data.last_return["train"] if persistence else None,
+                            last_return_test=data.last_return[part] if persistence else None,
+                            dead_zone=cfg.data.dead_zone_bps * 1e-4, on_start=step)
     if console is not None and model_seconds is not None:
         for b in out:
             if b.fit_seconds > model_seconds:
@@ -668,11 +665,12 @@ def fit_baselines(cfg: RunConfig, data: PreparedData, part: str, *, console: Con
     return out
 
 
-def baseline_key(cfg: RunConfig, data: PreparedData, part: str) -> dict[str, Any]:
-    """What a stored baseline result depends on: the training windows, the scored rows and the
-    baseline settings (a later evaluate reuses the stored probabilities only when all match)."""
-    return {"split": part, "train": data_fingerprint(data.x["train"], data.y["train"]),
-            "rows": data_fingerprint(data.x[part], data.y[part]), "baselines": list(cfg.baselines),
+def baseline_key(cfg: RunConfig, data: PreparedData, part: str, train_fingerprint: str) -> dict[str, Any]:
+    """What a stored baseline result depends on: the training windows (``train_fingerprint``,
+    hashed once per run), the scored rows and the baseline settings (a later evaluate reuses the
+    stored probabilities only when all match)."""
+    rows = train_fingerprint if part == "train" else data_fingerprint(data.x[part], data.y[part])
+    return {"split": part, "train": train_fingerprint, "rows": rows, "baselines": list(cfg.baselines),
             "baseline_lags": cfg.baseline_lags, "seed": cfg.train.seed,
             "dead_zone_bps": cfg.data.dead_zone_bps}
 
@@ -849,6 +847,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     trainer = Trainer(model, objective, cfg.train.model_copy(update={"early_stopping": None}),
                       show_progress=False, console=console)
     parts = ("train", "val", "test") if split == "all" else (split,)
+    train_fp = data_fingerprint(data.x["train"], data.y["train"]) if data.classes else ""  # once
     out: dict = {}
     for part in parts:
         n = len(data.y[part])
@@ -863,7 +862,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
         entry: dict = {"loss": loss}
         if data.classes:
             entry["metrics"] = classification_metrics(data.y[part], c["proba"], data.classes)
-            base = _evaluation_baselines(run_dir, cfg, data, part, console=console,
+            base = _evaluation_baselines(run_dir, cfg, data, part, train_fp, console=console,
                                          show_progress=show_progress)
             table = baseline_table(base, model_metrics=entry["metrics"])
             console.print(f"[bold]{part}[/]")
@@ -884,13 +883,13 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     return out
 
 
-def _evaluation_baselines(run_dir: Path, cfg: RunConfig, data: PreparedData, part: str, *,
-                          console: Console, show_progress: bool) -> list[Any]:
+def _evaluation_baselines(run_dir: Path, cfg: RunConfig, data: PreparedData, part: str,
+                          train_fingerprint: str, *, console: Console, show_progress: bool) -> list[Any]:
     """The run's stored baselines for ``part`` when the data and settings are the same (no refit),
     else fitted now (under a progress bar) and stored for the next evaluate."""
     from moola.evaluation import load_baseline_probabilities, save_baseline_probabilities
 
-    key = baseline_key(cfg, data, part)
+    key = baseline_key(cfg, data, part, train_fingerprint)
     path = baselines_path(run_dir, part)
     base, why = load_baseline_probabilities(path, key, data.y[part], data.classes)
     if base is not None:
