@@ -31,9 +31,12 @@ start from the same weights (with early stopping off, the fp32 bare loop ends wi
 weights fit ends with on CPU: same batches, dropout stream, optimizer and clipping). The
 ``TensorData`` wrappers (whose construction checks every value for NaN/inf) are built once per
 preset, outside the timers, like the bare loop's tensors.
-Data: synthetic (B, 105, F) windows (F: 4 for the OHLC presets, 31 for the direction presets),
-label = sign of the last 10 bars of feature 0 (learnable; the few steps of ``--quick`` still trip
-the trained-nothing / collapse guards, whose messages fit prints on stderr);
+Data: synthetic (B, 105, F) windows (F: 4 for the OHLC presets, 31 for the direction presets);
+by default feature 0's level says the class (learned in the first epoch by every preset, so the
+guards stay quiet, as in a run that trains); ``--unlearnable`` makes the label the sign of the last
+10 bars of feature 0, which these few steps do not learn: the trained-nothing / collapse guards
+fire (fit prints them on stderr) and the trained-nothing guard's eval-mode confirmation pass over
+up to ``guards.train_eval_samples`` training windows runs once at the end;
 validation ``--val-frac`` (default 20%) of the training size. Classification presets use
 ``ClassificationObjective(2)`` (no "pointers" in the batch, so a pointer head's loss term is
 off, as the objective only adds it when the batch has them), direction presets
@@ -62,6 +65,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -86,11 +90,17 @@ QUICK_PRESETS = ("jade_compact", "direction_lstm")
 
 
 # --------------------------------------------------------------------------------------- data
-def make_data(n: int, f: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n: int, f: int, seed: int, *, learnable: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Noise windows; learnable: feature 0's level says the class (+-0.5 sd, every preset learns it
+    in the first epoch, so no guard fires); else the label is the sign of the last 10 bars of
+    feature 0, which 48 steps do not learn (the trained-nothing / collapse guards fire)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, T, f)).astype(np.float32)
-    y = (x[:, -10:, 0].sum(1) > 0).astype(np.int64)
-    return x, y
+    if not learnable:
+        return x, (x[:, -10:, 0].sum(1) > 0).astype(np.int64)
+    y = rng.integers(0, 2, n)
+    x[:, :, 0] += (2 * y[:, None] - 1) * 0.5
+    return x, y.astype(np.int64)
 
 
 def is_direction(name: str) -> bool:
@@ -211,6 +221,13 @@ def warm_up(name: str, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, direc
 
 
 # --------------------------------------------------------------------------------------- main
+def _fired(messages: list[str]) -> str:
+    """The guards' warnings of one fit, by the words each kind starts with."""
+    kinds = [k for k in ("trained nothing", "class collapse", "too good to be true", "parameters for")
+             if any(m.startswith(k) or k in m[:40] for m in messages)]
+    return " + ".join(kinds) or "none"
+
+
 def _stats(v: list[float]) -> tuple[float, float]:
     return min(v), statistics.median(v)
 
@@ -229,6 +246,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, metavar="OUT", help="write every raw timing here")
+    ap.add_argument("--unlearnable", action="store_true",
+                    help="labels these steps cannot learn: the guards fire and confirm (see doc)")
     args = ap.parse_args()
 
     repeats = args.repeats or (1 if args.quick else 3)
@@ -261,7 +280,8 @@ def main() -> None:
           f"{n_train:,} training windows of {T}xF, {n_val:,} validation windows, batch {args.batch_size}, "
           f"{epochs} epochs ({steps} optimizer steps per call), {repeats} repeat(s), alternating "
           f"bare / bare+val / fit; optimizer {oc.name} lr {oc.lr:g} weight decay {oc.weight_decay:g}, "
-          f"grad clip {base.grad_clip}.\n")
+          f"grad clip {base.grad_clip}; data {'unlearnable' if args.unlearnable else 'learnable'}; "
+          f"load average before {', '.join(f'{v:.2f}' for v in os.getloadavg())}.\n")
     print(f"bare = plain PyTorch loop, NO validation (optimizer construction + epochs over the same "
           f"shuffled batches). bare+val = bare + one eval-mode forward over the {n_val:,} validation "
           f"windows per epoch. fit = Trainer(...) + fit(train, val) with default guards and callbacks "
@@ -273,8 +293,9 @@ def main() -> None:
           f"epoch), other = the rest (set-up, guards' weight digests, early stopping's weight copies "
           f"and restore, messages). Seconds, min / median.\n")
     print("| preset | F | precision | steps | bare s | bare+val s | fit s | ratio bare/fit min / median "
-          "| ratio (bare+val)/fit median | fit loop s | fit eval s | fit other s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ratio (bare+val)/fit min / median | fit loop s | fit eval s | fit other s | evaluate calls "
+          "| guards that fired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     raw: dict[str, Any] = {
         "command": cmd, "date": now, "torch": torch.__version__, "device": str(device),
@@ -285,8 +306,8 @@ def main() -> None:
     for name in presets:
         f = n_features_of(name)
         direction = is_direction(name)
-        x_np, y_np = make_data(n_train, f, args.seed)
-        xv_np, yv_np = make_data(n_val, f, args.seed + 1)
+        x_np, y_np = make_data(n_train, f, args.seed, learnable=not args.unlearnable)
+        xv_np, yv_np = make_data(n_val, f, args.seed + 1, learnable=not args.unlearnable)
         x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
         xv, yv = torch.from_numpy(xv_np).to(device), torch.from_numpy(yv_np).to(device)
         train_d, val_d = TensorData({"x": x_np, "y": y_np}), TensorData({"x": xv_np, "y": yv_np})
@@ -314,9 +335,12 @@ def main() -> None:
             (b0, b1), (v0, v1), (f0, f1) = _stats(bare), _stats(bare_val), _stats(fit)
             print(f"| {name} | {f} | {prec} | {steps}{step_note} | {b0:.2f} / {b1:.2f} | "
                   f"{v0:.2f} / {v1:.2f} | {f0:.2f} / {f1:.2f} | {min(ratios):.3f} / "
-                  f"{statistics.median(ratios):.3f} | {statistics.median(ratios_val):.3f} | "
+                  f"{statistics.median(ratios):.3f} | {min(ratios_val):.3f} / "
+                  f"{statistics.median(ratios_val):.3f} | "
                   f"{statistics.median(loop):.2f} | {statistics.median(evals):.2f} | "
-                  f"{statistics.median(other):.2f} |", flush=True)
+                  f"{statistics.median(other):.2f} | "
+                  f"{'/'.join(sorted({str(len(i['evaluate_seconds'])) for i in infos}))} | "
+                  f"{_fired(infos[-1]['warnings'])} |", flush=True)
             raw["results"].append({
                 "preset": name, "n_features": f, "precision": prec,
                 "objective": type(objective_for(name)).__name__,

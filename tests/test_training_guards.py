@@ -714,3 +714,87 @@ def test_learning_curve_panels_name_their_class():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["loss", "recall of consolidation (recall_0)", "recall of retracement (recall_1)"]
     assert [ax.get_title() for ax in plot_learning_curves(history).axes][1] == "recall_0"
+
+
+# ------------------------------------------- what the leakage alarm's confirmation pass costs
+
+
+def _count_confirmations(t: Trainer) -> list[int]:
+    """Wrap ``train_eval_metrics`` (the eval-mode pass over training windows) to count its calls."""
+    calls: list[int] = []
+    real = t.train_eval_metrics
+
+    def counted() -> dict[str, float]:
+        calls.append(t.global_step_)
+        return real()
+
+    t.train_eval_metrics = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_constant_guess_on_splits_with_other_class_shares_spends_no_confirmation_pass():
+    """A constant 'up' model scores each split's 'up' share: 0.857 on validation against 0.657 on
+    2,000 training windows is a 20-point gap beyond binomial noise, but both balanced accuracies
+    are 0.5, so the class shares explain it: no eval-mode pass, no alarm. The same gap with a
+    balanced accuracy that rises too is still confirmed (and then warned) as before."""
+    t = _trainer(seeded_model("direction_lstm", n_features=1), DirectionObjective())
+    t._setup()
+    t.n_val_, t.n_train_, t.n_train_eval_, t.steps_in_epoch_ = 2000, 2000, 2000, 1
+    asked: list[int] = []
+
+    def eval_mode() -> dict[str, float]:
+        asked.append(1)
+        return {"accuracy": 0.657}
+
+    t.train_eval_metrics = eval_mode  # type: ignore[method-assign]
+    logs = {"train_loss": 0.6, "train_accuracy": 0.657, "val_accuracy": 0.857,
+            "train_balanced_accuracy": 0.5, "val_balanced_accuracy": 0.5}
+    t.callbacks_[0].on_epoch_end(t, 0, logs)
+    assert asked == [] and "gap" not in _kinds(t.warnings_)
+    t.callbacks_[0].on_epoch_end(t, 1, {**logs, "train_loss": 0.5, "val_balanced_accuracy": 0.8})
+    assert asked == [1] and "gap" in _kinds(t.warnings_)
+
+
+def _offset_windows(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Noise windows whose level says the class (+-0.4 sd): learned within one epoch."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.standard_normal((n, 30, 1)).astype(np.float32)
+    x[:, :, 0] += (2 * y[:, None] - 1) * 0.4
+    return {"x": x, "y": y.astype(np.int64)}
+
+
+def test_the_first_epoch_is_judged_on_the_last_quarter_of_its_pass():
+    """Learned within the first epoch: validation (end-of-epoch weights) is above the whole
+    pass's accuracy, which averages from random weights on, beyond binomial noise. The pass's
+    last quarter is already near validation, so the run spends no eval-mode pass over training
+    windows and warns of nothing; its logged train_ metrics are still the whole pass's."""
+    t = _trainer(seeded_model("direction_lstm", n_features=1), DirectionObjective(),
+                 epochs=2, batch_size=16, optimizer={"lr": 3e-3})
+    calls = _count_confirmations(t)
+    res = t.fit(TensorData(_offset_windows(512, 0)), TensorData(_offset_windows(256, 1)))
+    first = res.history[0]
+    assert val_above_train(first["val_accuracy"], 256, first["train_accuracy"], 512, min_gap=0.05)
+    assert calls == [] and res.warnings == []
+    late, n_late = t.late_pass_metrics()
+    assert n_late == 128 and late["accuracy"] > res.history[-1]["train_accuracy"] - 0.1
+
+
+def test_trained_nothing_is_not_confirmed_when_validation_shows_learning():
+    """The last pass looks like a constant guess (its numbers are handed in), but validation's
+    balanced accuracy, 0.9 on 100 windows per class, is above chance beyond noise: the guard
+    neither spends the eval-mode pass nor warns. At 0.52 it confirms in eval mode (and warns)."""
+    t = _trainer(seeded_model("direction_lstm", n_features=1), DirectionObjective())
+    t._setup()
+    t.train_label_counts_, t.val_label_counts_ = np.array([500, 500]), np.array([100, 100])
+    t.n_train_, t.n_train_eval_, t.n_val_ = 1000, 1000, 200
+    calls = _count_confirmations(t)
+    t._train_d = None  # the pass itself is not what is tested: it answers {} when asked
+    guard = t.callbacks_[0]
+    guard.start_digest = None
+    last = {"epoch": 3, "train_loss": 0.6932, "train_accuracy": 0.5, "train_balanced_accuracy": 0.5,
+            "val_balanced_accuracy": 0.9}
+    guard._trained_nothing(t, [last])
+    assert calls == [] and t.warnings_ == []
+    guard._trained_nothing(t, [{**last, "val_balanced_accuracy": 0.52}])
+    assert calls == [0]

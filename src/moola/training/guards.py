@@ -14,7 +14,9 @@
   constant guess);
 - validation accuracy above training accuracy on the same distribution (leakage or an
   evaluation bug): the Wilson intervals at ``interval_confidence`` (given n_val and the n of the
-  training-eval subset) do not overlap, and the gap exceeds ``overfit_gap``;
+  training-eval subset) do not overlap, and the gap exceeds ``overfit_gap``. It is screened for
+  free on the last quarter of the epoch's training pass (a gap the balanced accuracies do not
+  show comes from the splits' class shares and is dropped) and only then confirmed in eval mode;
 - class collapse, judged on the model the run ends with (the restored best epoch under early
   stopping, else the last): it predicts a single class on validation (every other class has
   recall <= ``SINGLE_CLASS_RECALL``; balanced accuracy ~= 1 / n_classes, no better than the
@@ -37,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -159,6 +162,27 @@ def _val_recalls(logs: Mapping[str, float]) -> list[float]:
     return out
 
 
+def _explained_by_class_shares(tr: float | None, va: float | None, min_gap: float) -> bool:
+    """Validation accuracy above training accuracy while balanced accuracy (``tr``, ``va``) is
+    not: the gap comes from the splits' class shares (a constant guess scores each split's
+    majority share), not from leakage, so no eval-mode confirmation pass is spent on it."""
+    if tr is None or va is None or math.isnan(tr) or math.isnan(va):
+        return False
+    return va - tr <= min_gap
+
+
+def _val_learned(logs: Mapping[str, float], val_counts: np.ndarray | None, confidence: float) -> bool:
+    """The epoch's validation balanced accuracy (eval mode, held-out windows) is above chance
+    beyond noise: the model learned something, whatever the training pass's numbers say. The
+    interval counts C x the rarest class's windows (a mean of C recalls is no surer than that)."""
+    bal = logs.get("val_balanced_accuracy")
+    present = val_counts[val_counts > 0] if val_counts is not None else np.zeros(0)
+    if bal is None or math.isnan(bal) or len(present) < 2:
+        return False
+    n_eff = int(len(present) * present.min())
+    return wilson_interval(bal, n_eff, confidence)[0] > 1 / len(present)
+
+
 def _weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for p in model.parameters():
@@ -212,10 +236,14 @@ class HealthGuard(Callback):
                     "frozen parameters, a detached graph, or a constant target."
                 ))
         self.prev_loss, self.digest = loss, digest
-        tr, va = logs.get("train_accuracy"), logs.get("val_accuracy")
-        n_va, n_tr = trainer.n_val_, trainer.n_train_
+        # first against the training pass's last quarter (free, but dropout on and weights moving)
+        late, n_late = trainer.late_pass_metrics()
+        tr, va = late.get("accuracy", logs.get("train_accuracy")), logs.get("val_accuracy")
+        n_va, n_tr = trainer.n_val_, n_late if "accuracy" in late else trainer.n_train_
+        tr_bal = late.get("balanced_accuracy", logs.get("train_balanced_accuracy"))
         suspicious = tr is not None and va is not None and \
-            val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap)
+            val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap) \
+            and not _explained_by_class_shares(tr_bal, logs.get("val_balanced_accuracy"), cfg.overfit_gap)
         if suspicious:  # the training pass's numbers (dropout on, weights moving): confirm in eval mode
             tr, n_tr = trainer.train_eval_metrics().get("accuracy"), trainer.n_train_eval_
         if suspicious and tr is not None and va is not None and \
@@ -288,11 +316,14 @@ class HealthGuard(Callback):
         reasons: list[str] = []
         if self.start_digest is not None and _weights_digest(trainer.model) == self.start_digest:
             reasons.append(f"no weight differs from the start after {len(history)} epoch(s)")
-        # judged on the last epoch's training pass first; only when that looks like a constant
-        # guess is it confirmed in eval mode on the fixed training subset (the pass runs dropout
-        # while the weights move, so it understates what was learned)
+        # judged on the last epoch's training pass first; when that looks like a constant guess
+        # and validation (eval mode) does not show learning, it is confirmed in eval mode on the
+        # fixed training subset (the pass runs dropout while the weights move, so it understates
+        # what was learned)
         last_pass = (last.get("train_accuracy"), last.get("train_balanced_accuracy"), trainer.n_train_)
         found = self._constant_guess(trainer, last.get("train_loss"), *last_pass)
+        if found and _val_learned(last, trainer.val_label_counts_, self.config.interval_confidence):
+            found = []  # held-out windows, in eval mode, show it learned: no confirmation pass needed
         if found and trainer.objective.has_accuracy:
             ev = trainer.train_eval_metrics()
             found = self._constant_guess(trainer, last.get("train_loss"), ev.get("accuracy"),

@@ -113,7 +113,8 @@ class Trainer:
     (the samples behind the val_ metrics) and ``n_train_eval_`` (the fixed training subset behind
     ``train_eval_metrics``, the eval-mode numbers the guards confirm with; the per-epoch train_
     metrics come from the training pass itself, at no extra forward pass),
-    ``train_label_counts_`` (labels per class of the training set, None without integer ``y``).
+    ``train_label_counts_`` / ``val_label_counts_`` (labels per class of the training /
+    validation set, None without integer ``y``).
     Callbacks may set ``stop_training`` to end the run after an epoch.
     Data is any ``BatchSource`` (``moola.training.data``).
     """
@@ -188,6 +189,7 @@ class Trainer:
         self._train_d: BatchSource | None = None
         self._pass: dict[str, list[np.ndarray]] = {}  # what the training pass collected this epoch
         self.train_label_counts_: np.ndarray | None = None
+        self.val_label_counts_: np.ndarray | None = None
         self.batches_per_epoch_ = 0
         self.epochs_ = cfg.epochs
         self._epoch_t0 = time.perf_counter()
@@ -252,6 +254,7 @@ class Trainer:
         self._train_d = train_d
         self.n_train_eval_, self.n_val_ = k, len(val_d) if val_d is not None else 0
         self.train_label_counts_ = _label_counts(train_d)
+        self.val_label_counts_ = _label_counts(val_d) if val_d is not None else None
 
         for cb in self.callbacks_:
             cb.on_fit_start(self)
@@ -373,6 +376,17 @@ class Trainer:
             logs["val_loss"] = vloss
             logs.update({f"val_{k}": v for k, v in vm.items()})
         return logs
+
+    def late_pass_metrics(self) -> tuple[dict[str, float], int]:
+        """Metrics of this epoch's training pass over its last quarter of batches, and their
+        sample count: nearer the weights validation then sees than the whole pass, which begins
+        where the epoch began (after one epoch from random weights the whole pass lags far behind)."""
+        chunks = next(iter(self._pass.values()), [])
+        if not self.objective.has_accuracy or not chunks:
+            return {}, 0
+        k = len(chunks) - max(1, len(chunks) // 4)
+        late = {key: np.concatenate(v[k:]) for key, v in self._pass.items()}
+        return self.objective.metrics(late), len(next(iter(late.values())))
 
     def train_eval_metrics(self) -> dict[str, float]:
         """Eval-mode metrics of the current weights on the fixed training subset
