@@ -1,0 +1,196 @@
+"""Benchmark: the whole ``moola features build --set alpha158`` command against pyqlib's Alpha158.
+
+Usage: python benchmarks/bench_alpha158_qlib.py [PATH.parquet] [--repeat N] [--qlib-python PY]
+       [--tile K] [--keep DIR]
+
+Both sides read the same panel (default ../shared/data/sp500_daily_2012_2017.parquet). Untimed
+setup: moola's own ingest makes the store; our converter writes Qlib's binary layout (adjusted
+prices, ``factor``, ``vwap`` := (high+low+close)/3 as moola's VWAP0) in a temp directory. Timed,
+each in its own child process, interleaved, ``--repeat`` times: (a) Qlib: ``qlib.init`` on that
+directory, ``Alpha158`` handler with default settings over the whole period, ``fetch`` of the
+features; (b) moola: the whole CLI command. Wall time from fork to reap; peak RSS and CPU from
+``os.wait4``'s rusage (ru_maxrss is the largest single process of the child's tree, so Qlib's
+worker processes are not summed). ``--tile K`` repeats the panel K times under renamed symbols.
+
+pyqlib needs its own environment (it pins old NumPy/pandas): ``python3.11 -m venv /tmp/qlibenv &&
+/tmp/qlibenv/bin/pip install pyqlib==0.9.7``, then pass ``--qlib-python /tmp/qlibenv/bin/python``
+(or set $QLIB_PYTHON). Without it only moola is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bench_alpha158 import DEFAULT_PATH, load_panel
+
+QLIB_FIELDS = ("open", "high", "low", "close", "volume", "factor", "vwap")
+QLIB_CHILD = """
+import sys
+import qlib
+from qlib.constant import REG_US
+from qlib.contrib.data.handler import Alpha158
+qlib.init(provider_uri=sys.argv[1], region=REG_US)
+h = Alpha158(instruments="all", start_time=sys.argv[2], end_time=sys.argv[3])
+df = h.fetch(col_set="feature")
+print("qlib alpha158", df.shape)
+"""
+
+
+def tile_panel(df: pl.DataFrame, k: int) -> pl.DataFrame:
+    """The panel k times, copy i's symbols suffixed ``_T{i}`` (copy 0 keeps the real names)."""
+    if k <= 1:
+        return df
+    copies = [df] + [df.with_columns(pl.col("symbol") + f"_T{i}") for i in range(1, k)]
+    return pl.concat(copies).sort("symbol", "ts")
+
+
+def qlib_fields(df: pl.DataFrame) -> pl.DataFrame:
+    """Qlib's stored fields: prices x factor, volume / factor (factor = adj_close / close)."""
+    factor = pl.col("adj_close") / pl.col("close")
+    adj = [(pl.col(c) * factor).alias(c) for c in ("open", "high", "low", "close")]
+    return (
+        df.select("symbol", pl.col("ts").dt.date().alias("date"), *adj,
+                  (pl.col("volume") / factor).alias("volume"), factor.alias("factor"))
+        .with_columns(((pl.col("high") + pl.col("low") + pl.col("close")) / 3).alias("vwap"))
+    )
+
+
+def write_qlib_dir(df: pl.DataFrame, root: Path) -> tuple[str, str]:
+    """Qlib's binary layout: calendars/day.txt, instruments/all.txt, features/<sym>/<f>.day.bin.
+
+    A .bin file is little-endian float32: the calendar index of the symbol's first day, then
+    one value per calendar day up to its last; days a symbol lacks inside that span are NaN.
+    Returns the first and last calendar day.
+    """
+    bars = qlib_fields(df)
+    cal = bars.get_column("date").unique().sort()
+    days = [d.isoformat() for d in cal.to_list()]
+    (root / "calendars").mkdir(parents=True)
+    (root / "instruments").mkdir()
+    (root / "calendars" / "day.txt").write_text("\n".join(days) + "\n")
+    index = {d: i for i, d in enumerate(cal.to_list())}
+    spans = []
+    for (sym,), part in bars.group_by("symbol", maintain_order=True):
+        idx = np.fromiter((index[d] for d in part.get_column("date").to_list()), dtype=np.int64)
+        first, last = int(idx[0]), int(idx[-1])
+        spans.append(f"{sym}\t{days[first]}\t{days[last]}")
+        out = root / "features" / str(sym).lower()
+        out.mkdir(parents=True)
+        for f in QLIB_FIELDS:
+            col = np.full(last - first + 1, np.nan, dtype="<f4")
+            col[idx - first] = part.get_column(f).to_numpy().astype("<f4")
+            np.concatenate((np.array([first], dtype="<f4"), col)).tofile(out / f"{f}.day.bin")
+    (root / "instruments" / "all.txt").write_text("\n".join(spans) + "\n")
+    return days[0], days[-1]
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def timed_child(cmd: list[str]) -> Run:
+    """Run cmd to completion; wall clock, CPU (user+sys) and peak RSS of its process tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{out.decode()[-3000:]}")
+    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0)
+
+
+def moola_store(df: pl.DataFrame, tmp: Path) -> Path:
+    """moola's own ingest of the (possibly tiled) panel into a store, untimed."""
+    from moola.data import Store, ingest
+
+    src = tmp / "panel.parquet"
+    df.with_columns(pl.col("ts").dt.date().alias("date")).drop("ts").write_parquet(src)
+    ingest([src], Store(tmp / "store"))
+    return tmp / "store"
+
+
+def qlib_python(arg: str | None) -> str | None:
+    """The interpreter with pyqlib installed, or None (with how to install it) when there is none."""
+    py = arg or os.environ.get("QLIB_PYTHON") or "/tmp/qlibenv/bin/python"
+    ok = Path(py).exists() and subprocess.run(
+        [py, "-c", "import qlib"], capture_output=True).returncode == 0
+    if not ok:
+        print(f"pyqlib not importable with {py}: install it with `python3.11 -m venv /tmp/qlibenv && "
+              "/tmp/qlibenv/bin/pip install pyqlib==0.9.7` and pass --qlib-python; timing moola only")
+        return None
+    return py
+
+
+def _row(name: str, runs: list[Run]) -> str:
+    w, r, c = [x.wall for x in runs], [x.rss_mib for x in runs], [x.cpu for x in runs]
+    return (f"| {name} | {min(w):.2f} | {statistics.median(w):.2f} | {statistics.median(c):.1f} | "
+            f"{min(r):.0f} | {max(r):.0f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert once, then time Qlib and moola children interleaved; print a Markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--qlib-python", default=None)
+    ap.add_argument("--tile", type=int, default=1, help="repeat the panel K times (renamed symbols)")
+    ap.add_argument("--no-qlib", action="store_true", help="time moola only")
+    args = ap.parse_args(argv)
+
+    py = None if args.no_qlib else qlib_python(args.qlib_python)
+    df = tile_panel(load_panel(args.path), args.tile)
+    moola = str(Path(sys.executable).parent / "moola")
+    with tempfile.TemporaryDirectory(prefix="bench_a158_") as t:
+        tmp = Path(t)
+        store = moola_store(df, tmp)
+        print(f"panel: {df.height:,} rows, {df['symbol'].n_unique()} symbols (tile {args.tile}) "
+              f"from {args.path}")
+        if py is not None:
+            t0 = time.perf_counter()
+            start, end = write_qlib_dir(df, tmp / "qlib")
+            print(f"qlib binary layout written in {time.perf_counter() - t0:.1f} s ({start}..{end})")
+        del df
+        runs: dict[str, list[Run]] = {"qlib": [], "moola": []}
+        for i in range(args.repeat):
+            load = os.getloadavg()
+            if py is not None:
+                runs["qlib"].append(timed_child([py, "-c", QLIB_CHILD, str(tmp / "qlib"), start, end]))
+                print(f"repeat {i + 1}: qlib {runs['qlib'][-1]}")
+            runs["moola"].append(timed_child([moola, "features", "build", "--set", "alpha158",
+                                              "--store", str(store), "--out", str(tmp / "out.parquet")]))
+            print(f"repeat {i + 1}: moola {runs['moola'][-1]} (load before {load})")
+    print(f"\ncpus: {os.cpu_count()}, load average after: {os.getloadavg()}\n")
+    print("| command | wall min s | wall median s | CPU median s | peak RSS min MiB | peak RSS max MiB |")
+    print("|---|---|---|---|---|---|")
+    if runs["qlib"]:
+        print(_row("pyqlib 0.9.7 Alpha158 handler + fetch", runs["qlib"]))
+    print(_row("moola features build --set alpha158", runs["moola"]))
+    if runs["qlib"]:
+        q, m = runs["qlib"], runs["moola"]
+        speed_min = min(x.wall for x in q) / min(x.wall for x in m)
+        speed_med = statistics.median(x.wall for x in q) / statistics.median(x.wall for x in m)
+        rss = statistics.median(x.rss_mib for x in m) / statistics.median(x.rss_mib for x in q)
+        print(f"\nspeed-up (qlib / moola wall): min {speed_min:.1f}x, median {speed_med:.1f}x; "
+              f"moola peak RSS = {rss:.2f} of Qlib's (medians)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
