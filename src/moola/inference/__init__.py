@@ -16,7 +16,6 @@ from moola.inference._export import (
     EXPORT_FORMATS,
     EXPORT_JSON,
     ExportError,
-    ServingGraph,
     export_run,
     require_onnx,
 )
@@ -30,12 +29,24 @@ from moola.inference._predictor import (
     log_proba,
     prediction_frame,
 )
+from moola.inference._serving import (
+    ENGINE_ATOL,
+    ENGINES,
+    SMALL_BATCH,
+    Engine,
+    ServingGraph,
+    build_engine,
+)
 
 __all__ = [
+    "ENGINES",
+    "ENGINE_ATOL",
     "EXPORT_FILES",
     "EXPORT_FORMATS",
     "EXPORT_JSON",
     "MIN_BATCH",
+    "SMALL_BATCH",
+    "Engine",
     "Ensemble",
     "EnsembleConfig",
     "EnsembleMember",
@@ -45,6 +56,7 @@ __all__ = [
     "Predictor",
     "ServingGraph",
     "Stacker",
+    "build_engine",
     "calibrated",
     "check_feature_schema",
     "export_run",

@@ -9,24 +9,23 @@ consumer computes the run's feature set (``export.json`` lists its names in orde
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 import moola
 from moola._io import atomic_write_json
 from moola.inference._predictor import Predictor
+from moola.inference._serving import ONNX_OPSET, ServingGraph, exporting, head_kind, write_onnx
 from moola.models import ModelConfig
 from moola.training.manifest import LEGACY_META, MANIFEST, read_manifest
 
@@ -36,7 +35,6 @@ __all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_JSON", "ExportError", "Serv
 EXPORT_FORMATS = ("onnx", "torchscript")
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 EXPORT_JSON = "export.json"
-ONNX_OPSET = 17
 # the exported file must give the eager module's numbers on these batch sizes (1 and a size it
 # was not traced with: the batch axis really is dynamic) to this tolerance, or nothing is written
 CHECK_BATCHES = (1, 7)
@@ -48,54 +46,12 @@ class ExportError(ValueError):
     """A run that cannot be exported, or an output directory that may not be written."""
 
 
-class ServingGraph(nn.Module):
-    """Raw feature windows -> the run's probabilities: the module that is exported. Outputs
-    ``(proba, raw_proba)`` (B, C) for a classifier or direction run, ``(score,)`` (B, H) for a
-    regression run; ``symbol_id`` (B,) int64 only for a model with a symbol embedding."""
-
-    center: torch.Tensor  # (F,) float32 buffers: in the exported file as constants
-    scale: torch.Tensor
-
-    def __init__(self, model: nn.Module, model_cfg: ModelConfig, *, center: np.ndarray | None,
-                 scale: np.ndarray | None, temperature: float | None) -> None:
-        super().__init__()
-        self.model = model
-        self.head = _head_kind(model_cfg)
-        n = model_cfg.n_features
-        self.register_buffer("center", _affine(center, n, 0.0))
-        self.register_buffer("scale", _affine(scale, n, 1.0))
-        self.temperature = temperature
-
-    def forward(self, x: torch.Tensor, symbol_id: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        batch = {"x": (x - self.center) / self.scale}  # float32, as the Predictor's transform
-        if symbol_id is not None:
-            batch["symbol_id"] = symbol_id
-        out = self.model(batch)
-        if self.head == "regression":
-            return (out["regression"].float(),)
-        if self.head == "classifier":
-            raw = torch.softmax(out["logits"].float(), -1)
-        else:
-            p = torch.sigmoid(out["direction"].float())
-            raw = torch.stack([1 - p, p], 1)
-        if self.temperature is None:
-            return raw, raw
-        return torch.softmax(torch.log(raw.clamp(1e-12, 1.0)) / self.temperature, -1), raw
-
-
 def _head_kind(cfg: ModelConfig) -> str:
-    """The head the Predictor serves, in its order: classifier, else direction, else regression."""
-    for kind in ("classifier", "direction", "regression"):
-        if getattr(cfg, kind) is not None:
-            return kind
-    raise ExportError(f"model {cfg.name!r} has no classifier, direction or regression head to export")
-
-
-def _affine(values: np.ndarray | None, n: int, default: float) -> torch.Tensor:
-    """(F,) float32 statistics (``default`` everywhere without a normaliser)."""
-    if values is None:
-        return torch.full((n,), default, dtype=torch.float32)
-    return torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
+    """The head the Predictor serves (classifier, else direction, else regression)."""
+    try:
+        return head_kind(cfg)
+    except ValueError as e:
+        raise ExportError(str(e).replace("to serve", "to export")) from e
 
 
 def _output_names(classes: Sequence[str]) -> list[str]:
@@ -123,39 +79,12 @@ def _example(p: Predictor, batch: int) -> tuple[torch.Tensor, ...]:
     return x, torch.arange(batch, dtype=torch.int64) % n_sym
 
 
-@contextlib.contextmanager
-def _exporting() -> Iterator[None]:
-    """No grad; transformer layers without their fused inference kernel
-    (``_transformer_encoder_layer_fwd``, which ONNX has no operator for), so both formats record
-    the plain attention ops; the tracer's warnings (shape checks frozen, ``torch.jit``
-    deprecated, LSTM batch sizes) silenced, because :func:`_check` runs the file on other batches."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
-
-
 def _write_torchscript(graph: ServingGraph, example: tuple[torch.Tensor, ...], path: Path) -> None:
     """``torch.jit.trace``: ``torch.jit.script`` cannot compile SequenceModel (dict batches,
     f-string errors), a trace records the same kernels for every preset."""
-    with _exporting():
+    with exporting():
         traced = torch.jit.trace(graph, example, check_trace=False)
         torch.jit.save(traced, str(path))
-
-
-def _write_onnx(graph: ServingGraph, example: tuple[torch.Tensor, ...], path: Path,
-                names: list[str], outputs: list[str]) -> None:
-    """The legacy (TorchScript) ONNX exporter: it needs only ``onnx``, and handles LSTM/GRU."""
-    axes = {name: {0: "batch"} for name in [*names, *outputs]}
-    with _exporting():
-        torch.onnx.export(graph, example, str(path), input_names=names, output_names=outputs,
-                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
 
 
 def require_onnx() -> None:
@@ -308,6 +237,7 @@ def _copy_manifest(p: Predictor, tmp: Path) -> str:
 
 def _write_bundle(p: Predictor, fmt: str, tmp: Path) -> None:
     """The model file, checked, then the manifest copy and ``export.json``, all into ``tmp``."""
+    _head_kind(p.model_config_)  # a model without a head to serve: an ExportError naming it
     norm = p.normalizer_
     graph = ServingGraph(p.model_, p.model_config_, center=None if norm is None else norm.center,
                          scale=None if norm is None else norm.scale_, temperature=p.temperature_).eval()
@@ -315,7 +245,7 @@ def _write_bundle(p: Predictor, fmt: str, tmp: Path) -> None:
     path = tmp / EXPORT_FILES[fmt]
     example = _example(p, _TRACE_BATCH)
     if fmt == "onnx":
-        _write_onnx(graph, example, path, names, outputs)
+        write_onnx(graph, example, str(path), names, outputs)
     else:
         _write_torchscript(graph, example, path)
     diff = _check(graph, p, fmt, path, names)

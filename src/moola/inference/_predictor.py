@@ -19,6 +19,7 @@ from moola.datasets.normalize import scaler_from_dict
 from moola.datasets.tasks import symbol_ids
 from moola.datasets.windows import WindowSet
 from moola.features import FeatureMatrix, FeatureSet, compute_features, get_feature_set, serve_features
+from moola.inference._serving import ENGINES, SMALL_BATCH, Engine, build_engine
 from moola.models import ModelConfig
 from moola.training.checkpoint import from_checkpoint, read_config
 from moola.training.manifest import Manifest, read_manifest
@@ -107,6 +108,9 @@ class Predictor:
     scikit-learn style: ``__init__`` stores options; :meth:`from_dir` (a classmethod) loads the
     learned state, whose attributes end in ``_``. ``required_bars`` is how many bars per symbol
     one prediction needs (the feature set's look-back plus the window): a stream keeps that many.
+    ``engine``: the fastest engine single windows may be served by (``onnxruntime``,
+    ``torchscript``, ``eager``); one that fails to build or to match the eager model is passed
+    over with a warning on the ``moola.inference`` logger.
     """
 
     run_dir_: Path
@@ -119,15 +123,21 @@ class Predictor:
     classes_: list[str]
     window_: int
     timeframe_: Timeframe | None
+    serving_engine_: Engine | None  # built on the first small call (serving_engine)
 
-    def __init__(self, *, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, *, device: str = "cpu", batch_size: int = 256, engine: str = "onnxruntime") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown serving engine {engine!r}; valid engines: {', '.join(ENGINES)}")
         self.device = device
         self.batch_size = batch_size
+        self.engine = engine
 
     @classmethod
-    def from_dir(cls, run_dir: str | Path, *, device: str = "cpu", batch_size: int = 256) -> Predictor:
-        """Rebuild a ``moola train`` run directory (``manifest.json``, or an old ``meta.json``)."""
-        self = cls(device=device, batch_size=batch_size)
+    def from_dir(cls, run_dir: str | Path, *, device: str = "cpu", batch_size: int = 256,
+                 engine: str = "onnxruntime") -> Predictor:
+        """Rebuild a ``moola train`` run directory (``manifest.json``, or an old ``meta.json``).
+        ``engine``: the fastest single-window engine to try (``eager``: the eager model only)."""
+        self = cls(device=device, batch_size=batch_size, engine=engine)
         run_dir = Path(run_dir)
         m = read_manifest(run_dir)
         if m.window is None:
@@ -148,6 +158,7 @@ class Predictor:
         self.classes_ = list(m.classes)
         self.window_ = int(m.window)
         self.timeframe_ = None if m.timeframe is None else Timeframe(m.timeframe)
+        self.serving_engine_ = None
         return self
 
     @property
@@ -208,31 +219,65 @@ class Predictor:
     def predict_windows(self, ws: WindowSet, idx: np.ndarray | None = None) -> np.ndarray:
         """(N, C) raw probabilities or (N, H) scores of the windows ``idx`` (all when None).
         A model with a symbol embedding also reads each window's symbol, as its index in the
-        run's symbols (a symbol the run was not trained on is an error naming it)."""
+        run's symbols (a symbol the run was not trained on is an error naming it).
+
+        Up to :data:`SMALL_BATCH` windows (a serving tick) go one at a time through the serving
+        engine (:meth:`serving_engine`), equal to the eager model to ``ENGINE_ATOL`` but not bit
+        for bit; more go through the eager model in batches padded to ``MIN_BATCH``, bit for
+        bit what evaluation computes whatever else shares their batch."""
         idx = np.arange(len(ws)) if idx is None else np.asarray(idx, dtype=np.int64)
         ids = None
         if self.model_config_.symbol_embedding is not None:  # (len(ws),) int64
             ids = symbol_ids(ws.meta["symbol"], list(self.manifest_.symbols))
-        parts: list[np.ndarray] = []
         if self.model_.training:  # eval() walks every submodule: not once per serving tick
             self.model_.eval()
-        for a in range(0, len(idx), self.batch_size):
-            chunk = idx[a:a + self.batch_size]
-            n = len(chunk)
-            if n < MIN_BATCH:  # pad with the last window (outputs dropped): same kernels as a big batch
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], MIN_BATCH - n)])
-            x = ws.batch(chunk)  # (B, T, F) float32
-            if self.normalizer_ is not None:
-                x = np.ascontiguousarray(self.normalizer_.transform(x), dtype=np.float32)
-            batch = {"x": torch.from_numpy(x).to(self.device)}
-            if ids is not None:
-                batch["symbol_id"] = torch.from_numpy(ids[chunk]).to(self.device)  # (B,)
-            with torch.no_grad():
-                out = self.model_(batch)
-            parts.append(head_values(out, self.model_config_)[:n])
+        if 0 < len(idx) <= SMALL_BATCH and self.engine != "eager" and self.device == "cpu":
+            x, sid = self._inputs(ws, idx, ids)
+            engine = self.serving_engine((x, sid))
+            if engine.name != "eager":
+                return np.concatenate([engine.run(x[i:i + 1], None if sid is None else sid[i:i + 1])
+                                       for i in range(len(x))])
+        parts = [self._eager(*self._inputs(ws, idx[a:a + self.batch_size], ids))
+                 for a in range(0, len(idx), self.batch_size)]
         width = len(self.classes_) or len(self.model_config_.regression.horizons
                                           if self.model_config_.regression else [1])
         return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
+
+    def serving_engine(self, windows: tuple[np.ndarray, np.ndarray | None] | None = None) -> Engine:
+        """The engine single windows are served by, built on first use from ``engine`` on and
+        checked against the eager model on ``windows`` (normalised (N, T, F) windows and their
+        symbol ids: the first call's own) and on seeded ones; see :func:`build_engine`."""
+        if self.serving_engine_ is None:
+            n_sym = len(self.manifest_.symbols)
+            if windows is None:
+                windows = (np.zeros((0, self.window_, self.model_config_.n_features), np.float32),
+                           None if self.model_config_.symbol_embedding is None else np.zeros(0, np.int64))
+            self.serving_engine_ = build_engine(
+                self.model_, self.model_config_, window=self.window_, n_symbols=n_sym, eager=self._eager,
+                windows=windows, prefer=self.engine, source=str(self.run_dir_))
+        return self.serving_engine_
+
+    def _inputs(self, ws: WindowSet, chunk: np.ndarray, ids: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The windows ``chunk`` normalised, (B, T, F) float32 contiguous, and their symbol ids."""
+        x = ws.batch(chunk)  # (B, T, F) float32
+        if self.normalizer_ is not None:
+            x = self.normalizer_.transform(x)
+        return np.ascontiguousarray(x, dtype=np.float32), None if ids is None else ids[chunk]
+
+    def _eager(self, x: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        """(B, C) head values of normalised windows through the eager model in one batch, padded
+        with copies of the last window to ``MIN_BATCH`` rows (outputs dropped): a big batch's kernels."""
+        n = len(x)
+        if n < MIN_BATCH:
+            x = np.concatenate([x, np.repeat(x[-1:], MIN_BATCH - n, axis=0)])
+            ids = None if ids is None else np.concatenate([ids, np.repeat(ids[-1:], MIN_BATCH - n)])
+        batch = {"x": torch.from_numpy(x).to(self.device)}
+        if ids is not None:
+            batch["symbol_id"] = torch.from_numpy(ids).to(self.device)  # (B,)
+        with torch.no_grad():
+            out = self.model_(batch)
+        return head_values(out, self.model_config_)[:n]
 
     def predict_frame(self, bars: BarsSource, *, symbols: Sequence[str] | None = None,
                       since: datetime | None = None) -> pl.DataFrame:

@@ -13,7 +13,8 @@ when full, so appending a bar is amortised O(1).
 Model: a unidirectional LSTM/GRU whose served head pools the ``last`` step is advanced by one
 batched step per layer per bar over a ring of ``window`` staggered states (below); any other
 model (Transformer, bidirectional, attention or mean pooling) reads the whole window through
-``Predictor.predict_windows`` each tick, batched over the tick's symbols and bars.
+``Predictor.predict_windows`` each tick: a tick's few windows through the Predictor's
+single-window engine (ONNX Runtime where installed), a larger backfill in one eager batch.
 
 Why a ring: the full-window forward starts from a zero state at the window's first bar, so one
 state carried along the stream has seen every bar since the start and is not the window's
@@ -376,9 +377,10 @@ class StreamingMember:
 
     def _full_windows(self, fm: FeatureMatrix, rows: Sequence[tuple[int, int]],
                       out: list[MemberStep]) -> None:
-        """The windows ending at ``rows`` through ``Predictor.predict_windows``, in one batch
-        (padded to ``MIN_BATCH`` as predict pads: the same bars give the same bits whichever
-        other windows share the tick, which a resumed run relies on)."""
+        """The windows ending at ``rows`` through ``Predictor.predict_windows``: a tick's few
+        windows one at a time through its single-window engine (equal to the eager model to
+        ``ENGINE_ATOL``; a window's result does not depend on the others in the tick), a
+        backfill of more than ``SMALL_BATCH`` in one eager batch padded to ``MIN_BATCH``."""
         ends = np.asarray([r for _, r in rows], dtype=np.int64)
         ws = WindowSet(fm, ends - (self.window - 1), self.window)
         values = self.predictor.predict_windows(ws)
