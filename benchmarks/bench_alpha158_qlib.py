@@ -44,7 +44,14 @@ qlib.init(provider_uri=sys.argv[1], region=REG_US)
 h = Alpha158(instruments="all", start_time=sys.argv[2], end_time=sys.argv[3])
 df = h.fetch(col_set="feature")
 print("qlib alpha158", df.shape)
+if len(sys.argv) > 4:  # --make-fixture: keep the values
+    df.reset_index().to_parquet(sys.argv[4])
 """
+# --make-fixture: symbols with missing days inside their span (BHF 531, UA 5, ESS 1, MMC 1),
+# late starters (FTV, CSRA, HPE, KHC) and complete large caps; the union calendar is the full one.
+FIXTURE_SYMBOLS = ("AAPL", "BHF", "CSRA", "ESS", "FTV", "GE", "HPE", "JPM", "KHC", "MMC", "MSFT",
+                   "UA", "XOM")
+FIXTURE_EVERY = 5  # stored rows: every 5th calendar day, plus the 70 days after a missing day
 
 
 def tile_panel(df: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -138,6 +145,52 @@ def qlib_python(arg: str | None) -> str | None:
     return py
 
 
+def make_fixture(path: Path, py: str, out: Path) -> None:
+    """Qlib's Alpha158 on FIXTURE_SYMBOLS, stored with the input bars and their provenance."""
+    import json
+    import platform
+
+    df = load_panel(path).filter(pl.col("symbol").is_in(FIXTURE_SYMBOLS))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="qlib_fixture_") as t:
+        start, end = write_qlib_dir(df, Path(t) / "qlib")
+        raw = Path(t) / "qlib_alpha158.parquet"
+        timed_child([py, "-c", QLIB_CHILD, str(Path(t) / "qlib"), start, end, str(raw)])
+        q = pl.read_parquet(raw).rename({"datetime": "date", "instrument": "symbol"})
+    q = q.with_columns(pl.col("date").cast(pl.Date), pl.exclude("date", "symbol").cast(pl.Float32))
+    cal = df.get_column("ts").dt.date().unique().sort().to_frame("date").with_row_index("ci")
+    q = q.join(cal, on="date", how="left")
+    real = df.select("symbol", pl.col("ts").dt.date().alias("date"), pl.lit(True).alias("real"))
+    q = q.join(real, on=["symbol", "date"], how="left").with_columns(pl.col("real").fill_null(False))
+    after_gap = (~pl.col("real")).cast(pl.Int32).rolling_max(70, min_samples=1).over("symbol") > 0
+    keep = q.filter(pl.col("real") & ((pl.col("ci") % FIXTURE_EVERY == 0) | after_gap))
+    keep = keep.drop("ci", "real").sort("symbol", "date")
+    keep.write_parquet(out / "qlib_alpha158.parquet", compression="zstd")
+    df.with_columns(pl.col("ts").dt.date().alias("date")).drop("ts").write_parquet(
+        out / "bars.parquet", compression="zstd")
+    version = subprocess.run([py, "-c", "import qlib; print(qlib.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    meta = {
+        "pyqlib": version,
+        "python": subprocess.run([py, "-c", "import platform; print(platform.python_version())"],
+                                 capture_output=True, text=True, check=True).stdout.strip(),
+        "made_on": platform.platform(),
+        "command": "python benchmarks/bench_alpha158_qlib.py --make-fixture tests/fixtures/qlib_alpha158 "
+                   "--qlib-python /tmp/qlibenv/bin/python",
+        "input": "../shared/data/sp500_daily_2012_2017.parquet (all-null rows dropped, duplicate "
+                 "keys keep the last), symbols " + ", ".join(FIXTURE_SYMBOLS) + " -> bars.parquet",
+        "qlib_data": "benchmarks/bench_alpha158_qlib.py write_qlib_dir: adjusted prices (x factor), "
+                     "volume / factor, factor = adj_close / close, vwap = (high+low+close)/3",
+        "handler": f"Alpha158(instruments='all', start_time='{start}', end_time='{end}'), "
+                   "default settings, fetch(col_set='feature')",
+        "rows": f"real bars on every {FIXTURE_EVERY}th calendar day, plus every real bar within 70 "
+                "calendar days after a missing day; values float32",
+        "shape": list(keep.shape),
+    }
+    (out / "provenance.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"fixture: {keep.shape} -> {out}")
+
+
 def _row(name: str, runs: list[Run]) -> str:
     w, r, c = [x.wall for x in runs], [x.rss_mib for x in runs], [x.cpu for x in runs]
     return (f"| {name} | {min(w):.2f} | {statistics.median(w):.2f} | {statistics.median(c):.1f} | "
@@ -152,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qlib-python", default=None)
     ap.add_argument("--tile", type=int, default=1, help="repeat the panel K times (renamed symbols)")
     ap.add_argument("--no-qlib", action="store_true", help="time moola only")
+    ap.add_argument("--make-fixture", type=Path, default=None, metavar="DIR",
+                    help="store Qlib's values on a few symbols (the parity test's reference)")
     args = ap.parse_args(argv)
 
     py = None if args.no_qlib else qlib_python(args.qlib_python)
+    if args.make_fixture is not None:
+        if py is None:
+            return 1
+        make_fixture(args.path, py, args.make_fixture)
+        return 0
     df = tile_panel(load_panel(args.path), args.tile)
     moola = str(Path(sys.executable).parent / "moola")
     with tempfile.TemporaryDirectory(prefix="bench_a158_") as t:

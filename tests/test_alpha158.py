@@ -192,7 +192,7 @@ def test_names_match_qlib() -> None:
     assert len(fs.specs) == 158
     assert list(fs.names) == QLIB_NAMES
     assert len(QLIB_ROLLING) == 29
-    assert fs.params == {"windows": list(WINDOWS)}
+    assert fs.params == {"windows": list(WINDOWS), "align": "bars"}
 
 
 @pytest.mark.parametrize("kind", ["daily", "crypto"])

@@ -284,6 +284,9 @@ def features_build(
     symbols: Annotated[
         str | None, typer.Option("--symbols", help="Comma-separated subset.")
     ] = None,
+    align: Annotated[
+        str | None, typer.Option("--align", help="alpha158: bars (default) or calendar (Qlib's).")
+    ] = None,
 ) -> None:
     """Compute a feature set over the store: float32 Parquet + schema hash sidecar."""
     import time
@@ -293,7 +296,7 @@ def features_build(
     t0 = time.perf_counter()
     with console.status(f"building {set_name}"):
         fm = run_features_build(store, set_name, out, timeframe=timeframe,
-                                symbols=symbols.split(",") if symbols else None)
+                                symbols=symbols.split(",") if symbols else None, align=align)
     console.print(
         f"{set_name}: {fm.values.shape[0]} rows x {fm.values.shape[1]} features "
         f"(float32) in {time.perf_counter() - t0:.1f}s -> {out}; schema hash {fm.schema_hash}"

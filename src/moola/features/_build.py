@@ -104,20 +104,8 @@ def _output_expr(spec: FeatureSpec) -> pl.Expr:
     return spec.expr.cast(pl.Float32).alias(spec.name)
 
 
-def compute_features(
-    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
-) -> FeatureMatrix:
-    """Evaluate a feature set on canonical bars (see ``build_features``).
-
-    The whole sorted panel is evaluated in one pass per batch of features (vectorised across
-    symbols, no Python loop over symbols), then the first ``lookback`` rows of every symbol are
-    set to NaN: those are the only rows whose window could reach into the previous symbol, so a
-    symbol's values equal those of the symbol computed alone (up to the last bits of Polars'
-    running std). ``fs.kind`` does not change the evaluation; it tells consumers whether one
-    symbol can be served alone.
-    """
-    _check_input(df)
-    keys = _keys(df, timeframe)
+def _bar_values(df: pl.DataFrame, fs: FeatureSet, keys: pl.DataFrame) -> np.ndarray:
+    """(N, F) float32 of an ``align="bars"`` set: whole-panel batches, then warm-up rows NaN."""
     bars = adjusted_bars(df)
     if fs.aux:
         bars = bars.with_columns(*[expr.alias(name) for name, expr in fs.aux])
@@ -134,6 +122,60 @@ def compute_features(
         rows = np.flatnonzero(pos < lb)
         if rows.size:
             values[np.ix_(rows, np.flatnonzero(lookbacks == lb))] = np.nan
+    return values
+
+
+def calendar_frame(bars: pl.DataFrame, pad: int) -> pl.DataFrame:
+    """Every symbol laid on the frame's calendar (the union of its dates), from ``pad`` slots
+    before its first bar to its last: a day the symbol lacks is a row of nulls, and the padding
+    rows (``_pad`` True, null ``ts``) keep any window from reaching the previous symbol."""
+    cal = bars.select(pl.col("ts").unique().sort()).with_row_index("_ci")
+    b = bars.join(cal, on="ts", how="left", maintain_order="left").with_columns(
+        pl.col("_ci").cast(pl.Int64))
+    spans = b.group_by("symbol", maintain_order=True).agg(
+        pl.col("_ci").min().alias("_first"), pl.col("_ci").max().alias("_last"))
+    grid = spans.select(
+        "symbol", "_first", pl.int_ranges(pl.col("_first") - pad, pl.col("_last") + 1).alias("_ci"),
+    ).explode("_ci")
+    frame = grid.join(b, on=["symbol", "_ci"], how="left", maintain_order="left")
+    return frame.with_columns((pl.col("_ci") < pl.col("_first")).alias("_pad")).drop("_first")
+
+
+def _calendar_values(df: pl.DataFrame, fs: FeatureSet) -> np.ndarray:
+    """(N, F) float32 of an ``align="calendar"`` set: evaluated on ``calendar_frame``, kept for
+    the real bars only; no warm-up NaN (Qlib's partial windows, min_periods=1). The adjusted
+    bars are rounded to float32 first, as Qlib stores them: equal highs then tie as in Qlib, and
+    high - low on a near-flat bar cancels the same way."""
+    bars = adjusted_bars(df).with_columns(pl.col(BAR_COLUMNS).cast(pl.Float32).cast(pl.Float64))
+    frame = calendar_frame(bars, fs.max_lookback + 1)
+    if fs.aux:
+        frame = frame.with_columns(*[expr.alias(name) for name, expr in fs.aux])
+    real = frame.get_column("ts").is_not_null().to_numpy()
+    values = np.empty((df.height, len(fs.specs)), dtype=np.float32)
+    for cols in _batches(fs):
+        block = frame.lazy().select([_output_expr(fs.specs[j]) for j in cols]).collect().to_numpy()
+        block = block[real]
+        np.copyto(block, np.float32(np.nan), where=np.isinf(block))
+        values[:, cols] = block
+    return values
+
+
+def compute_features(
+    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
+) -> FeatureMatrix:
+    """Evaluate a feature set on canonical bars (see ``build_features``).
+
+    ``align="bars"``: the whole sorted panel is evaluated in one pass per batch of features
+    (vectorised across symbols, no Python loop over symbols), then the first ``lookback`` rows of
+    every symbol are set to NaN: those are the only rows whose window could reach into the
+    previous symbol, so a symbol's values equal those of the symbol computed alone (up to the
+    last bits of Polars' running std). ``align="calendar"``: the same batches over
+    ``calendar_frame``. ``fs.kind`` does not change the evaluation; it tells consumers whether
+    one symbol can be served alone.
+    """
+    _check_input(df)
+    keys = _keys(df, timeframe)
+    values = _calendar_values(df, fs) if fs.align == "calendar" else _bar_values(df, fs, keys)
     return FeatureMatrix(
         keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params),
         code_hash=fs.code_hash,
@@ -152,6 +194,8 @@ def serve_features(
     hash: changing how it evaluates would refuse every model trained before. Its warm-up and
     inf -> NaN rules are therefore restated here, and the parity test holds the two together.
     """
+    if fs.align == "calendar":  # the calendar comes from the frame: same code path as training
+        return compute_features(df, fs, timeframe=timeframe)
     _check_input(df)
     keys = _keys(df, timeframe)
     bars = adjusted_bars(df)

@@ -27,6 +27,7 @@ import polars as pl
 from moola._io import did_you_mean
 
 FeatureKind = Literal["per_symbol", "panel"]
+Alignment = Literal["bars", "calendar"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class FeatureSet:
     columns (e.g. the previous close) computed once before the specs, which may refer to them.
     ``kind``: ``per_symbol`` features depend only on the symbol's own last ``lookback + 1`` bars,
     so one symbol can be served alone; ``panel`` features may also read other symbols' bars
-    (cross-sectional ranks), and their expressions do their own grouping.
+    (cross-sectional ranks), and their expressions do their own grouping. ``align``: ``bars``
+    evaluates on the bars as given; ``calendar`` lays every symbol on the frame's calendar first
+    (missing days as empty slots, ``_pad`` padding rows before each symbol; see the builder).
     """
 
     name: str
@@ -70,6 +73,7 @@ class FeatureSet:
     kind: FeatureKind
     make: Callable[..., FeatureSet] = field(repr=False, compare=False)
     aux: tuple[tuple[str, pl.Expr], ...] = field(default=(), repr=False, compare=False)
+    align: Alignment = "bars"
 
     def __post_init__(self) -> None:
         names = self.names
@@ -78,6 +82,9 @@ class FeatureSet:
             raise ValueError(f"feature set {self.name!r} has duplicate feature names: {dup}")
         if self.kind not in ("per_symbol", "panel"):
             raise ValueError(f"feature set {self.name!r}: unknown kind {self.kind!r}")
+        if self.align not in ("bars", "calendar"):
+            raise ValueError(f"feature set {self.name!r}: unknown align {self.align!r}; "
+                             "valid: bars, calendar")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -154,7 +161,9 @@ def _code_hash(modules: tuple[str, ...]) -> str:
 
     parts = [_normalised_source(sys.modules[m]) for m in modules]
     # the builder's price adjustment, inf -> NaN and warm-up rules change every value too
-    parts += [_normalised_source(f) for f in (_build.adjusted_bars, _build.compute_features)]
+    parts += [_normalised_source(f) for f in (
+        _build.adjusted_bars, _build.compute_features, _build._bar_values, _build.calendar_frame,
+        _build._calendar_values)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -88,13 +88,22 @@ def load_bars(store_dir: str | Path, timeframe: str | None = None,
 
 def run_features_build(
     store_dir: str | Path, set_name: str, out: str | Path, *,
-    timeframe: str | None = None, symbols: list[str] | None = None,
+    timeframe: str | None = None, symbols: list[str] | None = None, align: str | None = None,
 ) -> FeatureMatrix:
-    """Compute a feature set over the store and save it with its schema hash beside it."""
-    from moola.features import build_features
+    """Compute a feature set over the store and save it with its schema hash beside it.
 
+    ``align`` (sets with that parameter, alpha158): ``bars`` or ``calendar``; None keeps the
+    set's default."""
+    from moola.features import build_features, get_feature_set
+
+    params = {}
+    if align is not None:
+        if "align" not in get_feature_set(set_name).params:
+            raise ValueError(f"feature set {set_name!r} has no align parameter (alpha158 has); "
+                             f"its parameters: {sorted(get_feature_set(set_name).params) or 'none'}")
+        params["align"] = align
     bars, _ = load_bars(store_dir, timeframe, symbols)
-    fm = build_features(bars, set_name)
+    fm = build_features(bars, set_name, **params)
     fm.save(out)
     return fm
 
