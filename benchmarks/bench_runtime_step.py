@@ -8,8 +8,11 @@ Per bar:
 * ring step: what ``StreamingMember`` runs per bar on the recurrent path: one batched LSTM step
   per layer over the 60 staggered states, the emitted state through the head's MLP, sigmoid;
 * full window, batch 1: ``model({"x": window})`` on the (1, 60, 39) window;
-* full window as predict pads it: the same window padded to ``MIN_BATCH`` rows, as
-  ``Predictor.predict_windows`` (the non-recurrent path) runs it;
+* full window, the Predictor's single-window engine: what ``Predictor.predict_windows`` runs
+  for a tick's few windows now (``build_engine``: ONNX Runtime where installed);
+* full window padded to ``MIN_BATCH`` rows: the eager batched path, which
+  ``Predictor.predict_windows`` ran for one window before issue 16 and still runs for more
+  than ``SMALL_BATCH`` windows;
 * features: crypto39 on the bars one tick reads (look-back + 1 bars for the ring, look-back +
   window for the full window), which the runtime pays once per tick for all its symbols.
 Each repeat times every bar; the table gives p50/p99 per repeat, min and median over repeats.
@@ -29,7 +32,7 @@ import torch
 
 from moola.data import Timeframe, mark_gaps
 from moola.features import compute_features, get_feature_set
-from moola.inference import MIN_BATCH
+from moola.inference import MIN_BATCH, build_engine, head_values
 from moola.models import build_model, preset_config
 from moola.runtime._streaming import _Ring
 
@@ -93,6 +96,19 @@ def main() -> None:
         xb = x[t:t + WINDOW][None].expand(MIN_BATCH, -1, -1).contiguous()
         return float(torch.sigmoid(model({"x": xb})["direction"][0]).item())
 
+    cfg = preset_config("direction_lstm", n_features=39)
+
+    def eager(xw: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        with torch.no_grad():
+            return head_values(model({"x": torch.from_numpy(xw)}), cfg)
+
+    xn = x.numpy()
+    engine = build_engine(model, cfg, window=WINDOW, n_symbols=1, eager=eager,
+                          windows=(np.stack([xn[t:t + WINDOW] for t in range(4)]), None))
+
+    def window_engine(t: int) -> float:
+        return float(engine.run(xn[t:t + WINDOW][None], None)[0, 1])
+
     tail_ring, tail_full = fs.max_lookback + 1, fs.max_lookback + WINDOW
 
     def features(rows: int) -> Callable[[int], object]:
@@ -101,7 +117,8 @@ def main() -> None:
     cases: list[tuple[str, Callable[[int], object], int]] = [
         ("ring step (streaming, model only)", ring_step, n),
         ("full-window forward, batch 1", window_one, n),
-        (f"full-window forward, padded to {MIN_BATCH} (predict's path)", window_padded, n),
+        (f"full-window forward, the Predictor's single-window engine ({engine.name})", window_engine, n),
+        (f"full-window forward, padded to {MIN_BATCH} (eager batched path)", window_padded, n),
         (f"crypto39 features on {tail_ring} bars (ring tick)", features(tail_ring), max(n // 20, 20)),
         (f"crypto39 features on {tail_full} bars (full-window tick)", features(tail_full), max(n // 20, 20)),
     ]

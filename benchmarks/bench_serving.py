@@ -153,6 +153,25 @@ def paths(p_ref: Predictor, p_new: Predictor, ws: WindowSet, idx: np.ndarray, x:
     return out
 
 
+def batch_rows(p: Predictor, ws: WindowSet, idx: np.ndarray, x: np.ndarray, batch: int = 256,
+               repeats: int = 3) -> dict[str, list[float]]:
+    """Rows/s of one large batch: the Predictor's path (eager, as evaluation computes it)
+    against ONNX Runtime on the same normalised windows, interleaved."""
+    graph = ServingGraph(p.model_, p.model_config_, center=None, scale=None, temperature=None).eval()
+    ort = _ort_runner(graph, p.model_config_, p.window_, len(p.manifest_.symbols))
+    sel, xb = idx[:batch], x[:batch]
+    fns: dict[str, Callable[[], object]] = {
+        f"Predictor.predict_windows, {batch} windows (eager batch)": lambda: p.predict_windows(ws, sel),
+        f"ONNX Runtime CPU, batch {batch}": lambda: ort(xb, None)}
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(len(sel) / (time.perf_counter() - t0))
+    return {name: v[1:] for name, v in out.items()}
+
+
 def timed(fn: Call, n: int) -> tuple[list[float], np.ndarray]:
     got, times = [], []
     with torch.no_grad():
@@ -171,6 +190,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
+    batch_rates: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         for preset in RUNS:
             run_dir, store = trained(Path(tmp_s), preset)
@@ -195,6 +215,7 @@ def main() -> None:
                     if r == 0:
                         diffs[name] = (float(np.abs(got.astype(np.float64) - ref).max()),
                                        float(np.mean(got.argmax(1) == ref.argmax(1))))
+            batch_rates[preset] = batch_rows(p_new, ws, idx, x)
             T, F = x.shape[1:]
             for name, s in stats.items():
                 p50, p99 = [a for a, _ in s], [b for _, b in s]
@@ -209,6 +230,12 @@ def main() -> None:
     for preset, shape, name, a, b, c, d, diff, same in rows:
         print(f"| {preset} | {shape} | {name} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {diff:.2g} | "
               f"{same:.1%} |")
+    print()
+    print("| preset | large batch | rows/s (min) | rows/s (median) |")
+    print("|---|---|---|---|")
+    for preset, rates in batch_rates.items():
+        for name, v in rates.items():
+            print(f"| {preset} | {name} | {min(v):,.0f} | {statistics.median(v):,.0f} |")
 
 
 if __name__ == "__main__":

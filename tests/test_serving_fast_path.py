@@ -45,7 +45,7 @@ SLOW_RUNS: dict[str, dict[str, Any]] = {
     "resnet1d": {"preset": "resnet1d", "data": DAILY},
     "symbol_embedding": {"preset": "direction_lstm", "symbol_embedding": True, "data": DAILY},
     "regression": {"preset": None, "data": {**DAILY, "task": "regression", "window": 30},
-                   "model": {"name": "tiny_reg", "regression": {"horizons": [1, 5]},
+                   "model": {"name": "tiny_reg", "regression": {"horizons": [1]},
                              "encoder": {"kind": "gru", "input_size": 4, "hidden": 8, "layers": 1}}},
 }
 
