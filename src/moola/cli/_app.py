@@ -298,7 +298,7 @@ def features_build(
         fm = run_features_build(store, set_name, out, timeframe=timeframe,
                                 symbols=symbols.split(",") if symbols else None, align=align)
     console.print(
-        f"{set_name}: {fm.values.shape[0]} rows x {fm.values.shape[1]} features "
+        f"{set_name}: {fm.rows} rows x {fm.features} features "
         f"(float32) in {time.perf_counter() - t0:.1f}s -> {out}; schema hash {fm.schema_hash}"
     )
 

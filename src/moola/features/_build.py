@@ -125,11 +125,13 @@ def _bar_values(df: pl.DataFrame, fs: FeatureSet, keys: pl.DataFrame) -> np.ndar
     return values
 
 
-def calendar_frame(bars: pl.DataFrame, pad: int) -> pl.DataFrame:
-    """Every symbol laid on the frame's calendar (the union of its dates), from ``pad`` slots
-    before its first bar to its last: a day the symbol lacks is a row of nulls, and the padding
-    rows (``_pad`` True, null ``ts``) keep any window from reaching the previous symbol."""
-    cal = bars.select(pl.col("ts").unique().sort()).with_row_index("_ci")
+def calendar_frame(bars: pl.DataFrame, pad: int, calendar: pl.Series | None = None) -> pl.DataFrame:
+    """Every symbol laid on the calendar (``calendar``, else the union of the frame's dates),
+    from ``pad`` slots before its first bar to its last: a day the symbol lacks is a row of
+    nulls, and the padding rows (``_pad`` True, null ``ts``) keep any window from reaching the
+    previous symbol."""
+    days = bars.get_column("ts") if calendar is None else calendar.cast(bars.schema["ts"])
+    cal = days.unique().sort().to_frame("ts").with_row_index("_ci")
     b = bars.join(cal, on="ts", how="left", maintain_order="left").with_columns(
         pl.col("_ci").cast(pl.Int64))
     spans = b.group_by("symbol", maintain_order=True).agg(
@@ -141,13 +143,13 @@ def calendar_frame(bars: pl.DataFrame, pad: int) -> pl.DataFrame:
     return frame.with_columns((pl.col("_ci") < pl.col("_first")).alias("_pad")).drop("_first")
 
 
-def _calendar_values(df: pl.DataFrame, fs: FeatureSet) -> np.ndarray:
+def _calendar_values(df: pl.DataFrame, fs: FeatureSet, calendar: pl.Series | None) -> np.ndarray:
     """(N, F) float32 of an ``align="calendar"`` set: evaluated on ``calendar_frame``, kept for
     the real bars only; no warm-up NaN (Qlib's partial windows, min_periods=1). The adjusted
     bars are rounded to float32 first, as Qlib stores them: equal highs then tie as in Qlib, and
     high - low on a near-flat bar cancels the same way."""
     bars = adjusted_bars(df).with_columns(pl.col(BAR_COLUMNS).cast(pl.Float32).cast(pl.Float64))
-    frame = calendar_frame(bars, fs.max_lookback + 1)
+    frame = calendar_frame(bars, fs.max_lookback + 1, calendar)
     if fs.aux:
         frame = frame.with_columns(*[expr.alias(name) for name, expr in fs.aux])
     real = frame.get_column("ts").is_not_null().to_numpy()
@@ -161,7 +163,8 @@ def _calendar_values(df: pl.DataFrame, fs: FeatureSet) -> np.ndarray:
 
 
 def compute_features(
-    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None
+    df: pl.DataFrame, fs: FeatureSet, *, timeframe: Timeframe | str | None = None,
+    calendar: pl.Series | None = None,
 ) -> FeatureMatrix:
     """Evaluate a feature set on canonical bars (see ``build_features``).
 
@@ -170,12 +173,14 @@ def compute_features(
     every symbol are set to NaN: those are the only rows whose window could reach into the
     previous symbol, so a symbol's values equal those of the symbol computed alone (up to the
     last bits of Polars' running std). ``align="calendar"``: the same batches over
-    ``calendar_frame``. ``fs.kind`` does not change the evaluation; it tells consumers whether
-    one symbol can be served alone.
+    ``calendar_frame`` (``calendar``: the panel's days when ``df`` is a group of its symbols;
+    default the frame's own). ``fs.kind`` does not change the evaluation; it tells consumers
+    whether one symbol can be served alone.
     """
     _check_input(df)
     keys = _keys(df, timeframe)
-    values = _calendar_values(df, fs) if fs.align == "calendar" else _bar_values(df, fs, keys)
+    calendar_aligned = fs.align == "calendar"
+    values = _calendar_values(df, fs, calendar) if calendar_aligned else _bar_values(df, fs, keys)
     return FeatureMatrix(
         keys=keys, values=values, names=fs.names, set_name=fs.name, params=dict(fs.params),
         code_hash=fs.code_hash,
@@ -228,3 +233,4 @@ def build_features(
     to build ``gap_before`` when it is absent and the step cannot be inferred.
     """
     return compute_features(df, get_feature_set(set_name, **params), timeframe=timeframe)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from moola._io import atomic_write, atomic_write_json, read_json
+from moola._io import atomic_write, atomic_write_json, read_json, temp_path
 
 
 def schema_hash(set_name: str, names: tuple[str, ...], params: dict[str, Any],
@@ -66,22 +67,21 @@ class FeatureMatrix:
             start += int(n)
         return out
 
+    def to_frame(self) -> pl.DataFrame:
+        """Keys plus one float32 column per feature: the saved table."""
+        return self.keys.hstack(pl.DataFrame({n: self.values[:, i] for i, n in enumerate(self.names)}))
+
     def save(self, path: str | Path) -> Path:
         """Parquet with keys + one column per feature, and ``<path>.schema.json`` beside it."""
         path = Path(path)
-        cols = {n: self.values[:, i] for i, n in enumerate(self.names)}
-        df = self.keys.hstack(pl.DataFrame(cols))
-        atomic_write(path, df.write_parquet)
-        meta = {
-            "set": self.set_name,
-            "names": list(self.names),
-            "params": self.params,
-            "code_hash": self.code_hash,
-            "schema_hash": self.schema_hash,
-            "rows": self.keys.height,
-        }
-        atomic_write_json(schema_path(path), meta)
+        atomic_write(path, self.to_frame().write_parquet)
+        write_sidecar(path, self.set_name, self.names, self.params, self.code_hash, self.keys.height)
         return path
+
+    @staticmethod
+    def writer(path: str | Path) -> FeatureFileWriter:
+        """A writer that appends matrices (groups of symbols) to one file as they are computed."""
+        return FeatureFileWriter(Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureMatrix:
@@ -99,6 +99,71 @@ class FeatureMatrix:
                 f"{path}: stored schema hash {meta['schema_hash']} != recomputed {fm.schema_hash}"
             )
         return fm
+
+
+class FeatureFileWriter:
+    """Appends FeatureMatrix parts, in key order, to one Parquet file as row groups, so a build
+    holds one part in memory; on a clean exit the file is renamed into place and gets the
+    sidecar ``FeatureMatrix.save`` writes (same file, same ``load``). Use as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._tmp = temp_path(path)
+        self._writer: Any = None
+        self._first: FeatureMatrix | None = None
+
+    def append(self, fm: FeatureMatrix) -> None:
+        """Write one part; every part must carry the first one's schema hash."""
+        import pyarrow.parquet as pq
+
+        if self._first is None:
+            self._first = fm
+        elif fm.schema_hash != self._first.schema_hash:
+            raise ValueError(f"{self.path}: part with schema hash {fm.schema_hash} appended to a "
+                             f"file of {self._first.schema_hash}")
+        table = fm.to_frame().to_arrow()
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # float features almost never repeat: dictionary encoding them costs ~5x the write
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd",
+                                            use_dictionary=["symbol"])
+        self._writer.write_table(table)
+        self.rows += fm.keys.height
+
+    def __enter__(self) -> FeatureFileWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if exc_type is not None or self._first is None:
+            self._tmp.unlink(missing_ok=True)
+            if exc_type is None:
+                raise ValueError(f"{self.path}: no feature rows were written")
+            return
+        fd = os.open(self._tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.path)
+        f = self._first
+        write_sidecar(self.path, f.set_name, f.names, f.params, f.code_hash, self.rows)
+
+
+def write_sidecar(path: Path, set_name: str, names: tuple[str, ...], params: dict[str, Any],
+                  code_hash: str | None, rows: int) -> None:
+    """``<path>.schema.json``: what ``FeatureMatrix.load`` checks the Parquet against."""
+    meta = {
+        "set": set_name,
+        "names": list(names),
+        "params": params,
+        "code_hash": code_hash,
+        "schema_hash": schema_hash(set_name, names, params, code=code_hash),
+        "rows": rows,
+    }
+    atomic_write_json(schema_path(path), meta)
 
 
 def schema_path(path: Path) -> Path:

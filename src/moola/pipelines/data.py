@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -27,9 +26,6 @@ from moola.data import (
     validate_bars,
 )
 from moola.pipelines._progress import progress_bar
-
-if TYPE_CHECKING:
-    from moola.features import FeatureMatrix
 
 
 def run_ingest(
@@ -86,15 +82,35 @@ def load_bars(store_dir: str | Path, timeframe: str | None = None,
     return mark_gaps(bars, tf), tf
 
 
+# Bars per feature-build group (whole symbols; a longer symbol is a group alone): memory holds
+# one group, not the panel. ~20 daily S&P symbols; the build's speed is flat from here up.
+GROUP_ROWS = 25_000
+
+
+@dataclass(frozen=True)
+class FeatureBuild:
+    """What ``run_features_build`` wrote: the file, its shape and schema hash."""
+
+    path: Path
+    rows: int
+    features: int
+    schema_hash: str
+
+
 def run_features_build(
     store_dir: str | Path, set_name: str, out: str | Path, *,
     timeframe: str | None = None, symbols: list[str] | None = None, align: str | None = None,
-) -> FeatureMatrix:
+    group_rows: int = GROUP_ROWS,
+) -> FeatureBuild:
     """Compute a feature set over the store and save it with its schema hash beside it.
 
-    ``align`` (sets with that parameter, alpha158): ``bars`` or ``calendar``; None keeps the
-    set's default."""
-    from moola.features import build_features, get_feature_set
+    ``per_symbol`` sets are built in groups of whole symbols of about ``group_rows`` bars, each
+    written as it is done (``group_rows=0``: the whole panel at once), so memory stays flat as
+    the store grows; gaps and calendar alignment use the calendar of all the selected symbols,
+    so the file equals a one-shot build. ``align`` (sets
+    with that parameter, alpha158): ``bars`` or ``calendar``; None keeps the set's default.
+    """
+    from moola.features import FeatureMatrix, compute_features, get_feature_set
 
     params = {}
     if align is not None:
@@ -102,10 +118,47 @@ def run_features_build(
             raise ValueError(f"feature set {set_name!r} has no align parameter (alpha158 has); "
                              f"its parameters: {sorted(get_feature_set(set_name).params) or 'none'}")
         params["align"] = align
-    bars, _ = load_bars(store_dir, timeframe, symbols)
-    fm = build_features(bars, set_name, **params)
-    fm.save(out)
-    return fm
+    fs = get_feature_set(set_name, **params)
+    if fs.kind != "per_symbol" or group_rows < 1:
+        bars, _ = load_bars(store_dir, timeframe, symbols)
+        fm = compute_features(bars, fs)
+        fm.save(out)
+        return FeatureBuild(Path(out), fm.keys.height, len(fs.names), fm.schema_hash)
+    store = Store(store_dir)
+    tf = Timeframe(timeframe) if timeframe else store.resolve_timeframe(None)
+    names = sorted(set(symbols)) if symbols is not None else store.symbols(tf)
+    if not names:
+        raise ValueError(f"no symbols to build {set_name!r} from in the store at {store_dir} ({tf})")
+    calendar = _store_calendar(store, tf, names)
+    with FeatureMatrix.writer(out) as writer:
+        for names_in_group in _symbol_groups(store, tf, names, group_rows):
+            group = mark_gaps(store.read(tf, names_in_group), tf, calendar=calendar)
+            writer.append(compute_features(group, fs, calendar=calendar))
+    return FeatureBuild(Path(out), writer.rows, len(fs.names), fs.schema_hash)
+
+
+def _symbol_groups(store: Store, tf: Timeframe, symbols: list[str], rows: int) -> list[list[str]]:
+    """Consecutive runs of ``symbols`` (sorted) holding about ``rows`` stored bars each."""
+    count = {p["symbol"]: int(p["rows"]) for p in store.partitions(tf)}
+    groups: list[list[str]] = [[]]
+    held = 0
+    for sym in symbols:
+        if groups[-1] and held + count[sym] > rows:
+            groups.append([])
+            held = 0
+        groups[-1].append(sym)
+        held += count[sym]
+    return groups
+
+
+def _store_calendar(store: Store, tf: Timeframe, symbols: list[str]) -> pl.Series:
+    """Every distinct bar time of ``symbols`` (the panel calendar), read from the ts column only."""
+    wanted = set(symbols)
+    files = [store.root / p["file"] for p in store.partitions(tf) if p["symbol"] in wanted]
+    missing = sorted(wanted - {p["symbol"] for p in store.partitions(tf)})
+    if missing:
+        store.read(tf, missing)  # raises the store's own error naming them
+    return pl.scan_parquet(files).select(pl.col("ts").unique().sort()).collect().get_column("ts")
 
 
 def run_fetch(
