@@ -23,6 +23,7 @@ the share of windows whose argmax class equals the reference's. ``repeats`` roun
 every path; each times ``calls`` windows; p50/p99 per round, min and median over rounds.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_serving.py [--calls 1000] [--repeats 3]
+       [--presets simple_lstm direction_lstm | all (also jade, jade_compact, direction_transformer)]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from moola.datasets import WindowSet
 from moola.inference import MIN_BATCH, Predictor, head_values
 from moola.inference._serving import ServingGraph, _ort_runner, _torchscript_runner
 from moola.pipelines.train import RunConfig, run_train
+from moola.runtime import ring_refusal
 from moola.runtime._streaming import _Ring
 from moola.training.manifest import read_manifest
 
@@ -54,6 +56,10 @@ RUNS = {
     "direction_lstm": {"bundled": "btcusd_1m", "timeframe": "1m", "feature_set": "crypto39", "window": 60,
                        "stride": 20, "task": "direction", "horizon": 5},
 }
+# the other presets of BENCHMARKS.md's old single-window table (--presets all)
+RUNS["jade"] = RUNS["jade_compact"] = RUNS["simple_lstm"]
+RUNS["direction_transformer"] = RUNS["direction_lstm"]
+DEFAULT = ("simple_lstm", "direction_lstm")
 Call = Callable[[int], np.ndarray]  # window number -> (C,) probabilities
 
 
@@ -146,10 +152,12 @@ def paths(p_ref: Predictor, p_new: Predictor, ws: WindowSet, idx: np.ndarray, x:
         "bf16 autocast, batch 1": bf16,
     }
     out: dict[str, Callable[[], Call]] = {name: (lambda f=f: f) for name, f in fixed.items()}
-    if preset == "direction_lstm":
+    if ring_refusal(cfg) is None:
         out[f"carried state: runtime ring ({p_new.window_} staggered states), per bar"] = (
             lambda: carried(p_new, x, ring=True))
-    out["carried state: one (h, c) over all history, per bar"] = lambda: carried(p_new, x, ring=False)
+    rnn = getattr(model.encoder, "rnn", None)
+    if isinstance(rnn, torch.nn.LSTM) and not rnn.bidirectional:
+        out["carried state: one (h, c) over all history, per bar"] = lambda: carried(p_new, x, ring=False)
     return out
 
 
@@ -187,12 +195,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", nargs="+", default=list(DEFAULT), choices=[*RUNS, "all"])
     args = ap.parse_args()
+    presets = list(RUNS) if "all" in args.presets else args.presets
     torch.set_num_threads(1)
     rows = []
     batch_rates: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
-        for preset in RUNS:
+        for preset in presets:
             run_dir, store = trained(Path(tmp_s), preset)
             p_ref = Predictor.from_dir(run_dir, engine="eager")
             p_new = Predictor.from_dir(run_dir)

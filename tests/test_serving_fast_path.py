@@ -168,12 +168,15 @@ def minute_run(tmp_path_factory) -> Path:
 
 
 def test_the_runtime_serves_full_windows_by_the_engine_and_its_ring_equals_them(minute_run):
-    """A full-window member (recurrent=False) is served by ONNX Runtime; the recurrent ring
+    """A full-window member (recurrent=False) is served by ONNX Runtime, built when the member
+    is; the recurrent ring
     member (window staggered states carried bar by bar) gives the same raw P(up): both equal
     the eager batched forward of the windows ending at each bar to 1e-5."""
     ring = StreamingMember(Predictor.from_dir(minute_run))
     full = StreamingMember(Predictor.from_dir(minute_run), recurrent=False)
     assert ring.recurrent and not full.recurrent
+    assert ring.predictor.serving_engine_ is None  # the ring needs none
+    assert full.predictor.serving_engine_ is not None  # built at start-up, not in the first tick
     p = Predictor.from_dir(minute_run, engine="eager")
     bars, tf = p.load_bars(p.manifest_.store or "")
     one = bars.filter(pl.col("symbol") == "BTCUSD").tail(p.required_bars - 1 + 30)

@@ -237,6 +237,8 @@ class StreamingMember:
                 raise NotStreamableError(f"{src}: heads['direction'] is {type(head).__name__}")
             self._ring = _Ring(rnn, self.window)
             self._mlp = head.mlp
+        else:
+            predictor.serving_engine()  # built and checked now, not in the first tick
         self._symbols: dict[str, _Symbol] = {}
         self.shared: FeatureStream | None = None  # set by FeatureStream(members)
         self.feature_passes = 0  # feature computations on its own buffer (shared ones not counted)
