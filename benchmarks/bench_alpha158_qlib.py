@@ -133,6 +133,20 @@ def moola_store(df: pl.DataFrame, tmp: Path) -> Path:
     return tmp / "store"
 
 
+def prepare(path: Path, tile: int, out: Path, *, qlib: bool) -> None:
+    """The untimed inputs in ``out``: moola's store and (``qlib``) Qlib's binary layout."""
+    df = tile_panel(load_panel(path), tile)
+    print(f"panel: {df.height:,} rows, {df['symbol'].n_unique()} symbols (tile {tile}) from {path}")
+    moola_store(df, out)
+    start, end = df.get_column("ts").min(), df.get_column("ts").max()
+    span = f"{start:%Y-%m-%d} {end:%Y-%m-%d}"
+    if qlib:
+        t0 = time.perf_counter()
+        span = " ".join(write_qlib_dir(df, out / "qlib"))
+        print(f"qlib binary layout written in {time.perf_counter() - t0:.1f} s ({span})")
+    (out / "span.txt").write_text(span)
+
+
 def qlib_python(arg: str | None) -> str | None:
     """The interpreter with pyqlib installed, or None (with how to install it) when there is none."""
     py = arg or os.environ.get("QLIB_PYTHON") or "/tmp/qlibenv/bin/python"
@@ -205,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qlib-python", default=None)
     ap.add_argument("--tile", type=int, default=1, help="repeat the panel K times (renamed symbols)")
     ap.add_argument("--no-qlib", action="store_true", help="time moola only")
+    ap.add_argument("--prepare", type=Path, default=None, metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--make-fixture", type=Path, default=None, metavar="DIR",
                     help="store Qlib's values on a few symbols (the parity test's reference)")
     args = ap.parse_args(argv)
@@ -215,26 +230,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         make_fixture(args.path, py, args.make_fixture)
         return 0
-    df = tile_panel(load_panel(args.path), args.tile)
+    if args.prepare is not None:
+        prepare(args.path, args.tile, args.prepare, qlib=py is not None)
+        return 0
     moola = str(Path(sys.executable).parent / "moola")
+    runs: dict[str, list[Run]] = {"qlib": [], "moola": []}
     with tempfile.TemporaryDirectory(prefix="bench_a158_") as t:
         tmp = Path(t)
-        store = moola_store(df, tmp)
-        print(f"panel: {df.height:,} rows, {df['symbol'].n_unique()} symbols (tile {args.tile}) "
-              f"from {args.path}")
-        if py is not None:
-            t0 = time.perf_counter()
-            start, end = write_qlib_dir(df, tmp / "qlib")
-            print(f"qlib binary layout written in {time.perf_counter() - t0:.1f} s ({start}..{end})")
-        del df
-        runs: dict[str, list[Run]] = {"qlib": [], "moola": []}
+        # the inputs are made in a child: a forked child starts with its parent's pages, so a
+        # parent holding the panel would inflate every timed child's peak RSS
+        cmd = [sys.executable, __file__, str(args.path), "--tile", str(args.tile), "--prepare", t]
+        subprocess.run(cmd + (["--no-qlib"] if py is None else ["--qlib-python", py]), check=True)
+        start, end = (tmp / "span.txt").read_text().split()
         for i in range(args.repeat):
             load = os.getloadavg()
             if py is not None:
                 runs["qlib"].append(timed_child([py, "-c", QLIB_CHILD, str(tmp / "qlib"), start, end]))
                 print(f"repeat {i + 1}: qlib {runs['qlib'][-1]}")
             runs["moola"].append(timed_child([moola, "features", "build", "--set", "alpha158",
-                                              "--store", str(store), "--out", str(tmp / "out.parquet")]))
+                                              "--store", str(tmp / "store"),
+                                              "--out", str(tmp / "out.parquet")]))
             print(f"repeat {i + 1}: moola {runs['moola'][-1]} (load before {load})")
     print(f"\ncpus: {os.cpu_count()}, load average after: {os.getloadavg()}\n")
     print("| command | wall min s | wall median s | CPU median s | peak RSS min MiB | peak RSS max MiB |")

@@ -19,9 +19,11 @@ from moola.features import FeatureMatrix, build_features, get_feature_set
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qlib_alpha158"
 TOL = 1e-5  # |moola - qlib| <= TOL * max(|qlib|, 1): relative, absolute below 1
-# Qlib computes $close/Ref($close,1)-1 in float32 and multiplies by volume before a rolling
-# std / mean; one UA row near its missing days differs by 1.4e-5 relative.
-LOOSER = {f"WVMA{d}": 1e-4 for d in (5, 10, 20, 30, 60)}
+# Where Qlib's float32 arithmetic loses digits before a rolling std / corr: WVMA multiplies
+# $close/Ref($close,1)-1 (float32) by volume, CORR correlates with Log($volume+1) (float32).
+# Checked once on the whole panel (all 607,620 shared rows x 158): only WVMA5 (1 row, 1.4e-5)
+# and CORR5 (27 rows, <= 2.3e-5) exceed 1e-5; every other feature is within it everywhere.
+LOOSER = {f"{op}{d}": 1e-4 for op in ("WVMA", "CORR") for d in (5, 10, 20, 30, 60)}
 
 
 def _bars() -> pl.DataFrame:
