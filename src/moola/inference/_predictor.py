@@ -123,7 +123,7 @@ class Predictor:
     classes_: list[str]
     window_: int
     timeframe_: Timeframe | None
-    serving_engine_: Engine | None  # built on the first small call (serving_engine)
+    serving_engine_: Engine | None = None  # built on the first small call (serving_engine)
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 256, engine: str = "onnxruntime") -> None:
         if engine not in ENGINES:
