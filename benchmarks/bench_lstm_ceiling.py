@@ -10,10 +10,13 @@ one process:
   (B, H) x (H, 4H) per step and its backward; the preset's ceiling is their total FLOPs over
   their total time (each GEMM at its measured rate), best of two measurements (start, end);
 * training throughput of the encoder (forward + MSE-to-zero of its output + backward + clip +
-  AdamW step at batch ``--batch``; whole step) for nn.LSTM fp32, nn.LSTM bf16 autocast, FusedLSTM
-  fp32/bf16 (one input-projection GEMM over all steps + a hidden-GEMM-only recurrence) and, with
-  ``--compile``, FusedLSTM with its cell under torch.compile (jade only; compile time reported).
-  Variants are interleaved, min and median of ``--repeats`` timed runs of ``--steps`` steps;
+  AdamW step at batch ``--batch``; whole step) for nn.LSTM fp32, nn.LSTM bf16 autocast and the
+  candidate FusedLSTM fp32/bf16 defined here (nn.LSTM's parameters under nn.LSTM's names; one
+  input-projection GEMM over all steps + a Python-loop recurrence doing only the hidden GEMM and
+  the gates; checked equal to nn.LSTM in float64 before timing) and, with ``--compile``,
+  FusedLSTM with its cell under torch.compile (jade only; compile time reported). For jade,
+  ``--batches`` adds batch sizes to the same interleaved group. Variants are interleaved, min
+  and median time of ``--repeats`` timed runs of ``--steps`` steps;
 * achieved GFLOP/s = analytic FLOPs (bench_training.rnn_train_flops: 3 x 2 x 4H(in + H) per step
   and direction) x samples/s, as a share of the matching (fp32 or bf16) ceiling.
 
@@ -31,14 +34,69 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from moola.models import preset_config
 from moola.models.config import RNNEncoderConfig
-from moola.models.encoders import RNNEncoder
-from moola.models.fused_lstm import FusedLSTM, lstm_cell
 
 T = 105
 FEATURES = {"simple_lstm": 4, "jade": 4, "jade_compact": 4, "direction_lstm": 31}
+
+
+Cell = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def lstm_cell(gi_t: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_t: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: input gates (B, 4H) + h (B, H) @ W_hh^T (H, 4H), then nn.LSTM's i, f, g, o gates."""
+    g = torch.addmm(gi_t, h, w_t)  # (B, 4H)
+    i, f, z, o = g.chunk(4, dim=1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+    return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+
+class FusedLSTM(nn.Module):
+    """The candidate: batch-first stacked (bi)LSTM with nn.LSTM's parameter names and shapes."""
+
+    def __init__(self, ref: nn.LSTM, cell: Cell = lstm_cell) -> None:
+        super().__init__()
+        self.cell, self.layers, self.bidirectional = cell, ref.num_layers, ref.bidirectional
+        for name, p in ref.named_parameters():  # weight_ih_l{k}{_reverse}, weight_hh_.., bias_..
+            self.register_parameter(name, nn.Parameter(p.detach().clone()))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        z = x  # (B, T, in)
+        for k in range(self.layers):
+            outs = []
+            for sfx in ("", "_reverse")[: 2 if self.bidirectional else 1]:
+                bias = getattr(self, f"bias_ih_l{k}{sfx}") + getattr(self, f"bias_hh_l{k}{sfx}")
+                gi = F.linear(z, getattr(self, f"weight_ih_l{k}{sfx}"), bias)  # (B, T, 4H), one GEMM
+                steps = gi.unbind(1)  # T x (B, 4H): one backward stack, not a zero-fill per step
+                w_t = getattr(self, f"weight_hh_l{k}{sfx}").t()  # (H, 4H)
+                h = c = gi.new_zeros(gi.shape[0], gi.shape[2] // 4)  # (B, H)
+                out: list[torch.Tensor] = [h] * len(steps)
+                for t in (range(len(steps) - 1, -1, -1) if sfx else range(len(steps))):
+                    h, c = self.cell(steps[t], h, c, w_t)
+                    out[t] = h
+                outs.append(torch.stack(out, dim=1))  # (B, T, H)
+            z = torch.cat(outs, dim=2)  # (B, T, H * directions)
+        return z, None
+
+
+def check_equal(enc: RNNEncoderConfig) -> float:
+    """Max |difference| of output and gradients, FusedLSTM vs nn.LSTM, float64, same weights."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(enc.input_size, enc.hidden, enc.layers, batch_first=True,
+                  bidirectional=enc.bidirectional).double()
+    fused = FusedLSTM(ref)
+    x = torch.randn(3, 20, enc.input_size, dtype=torch.float64) * 3
+    res = []
+    for rnn in (ref, fused):
+        out = rnn(x)[0]
+        out.pow(2).sum().backward()
+        res.append([out.detach()] + [p.grad for _, p in sorted(rnn.named_parameters())])
+    return max((a - b).abs().max().item() for a, b in zip(*res, strict=True))
 
 
 def onednn_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.15) -> float:
@@ -94,24 +152,20 @@ def rnn_train_flops(enc: RNNEncoderConfig, t: int = T) -> float:
     return 3 * flops
 
 
-def build(enc: RNNEncoderConfig, impl: str, cell: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-          ) -> RNNEncoder:
+def build(enc: RNNEncoderConfig, impl: str, cell: Cell) -> nn.Module:
     torch.manual_seed(0)
-    model = RNNEncoder(enc.input_size, enc.hidden, enc.layers, enc.bidirectional, enc.dropout,
-                       impl="fused" if impl == "fused" else "torch")
-    if isinstance(model.rnn, FusedLSTM):
-        model.rnn.cell = cell
-    return model
+    ref = nn.LSTM(enc.input_size, enc.hidden, enc.layers, batch_first=True, bidirectional=enc.bidirectional)
+    return FusedLSTM(ref, cell) if impl == "fused" else ref
 
 
-def train_rate(model: RNNEncoder, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool,
+def train_rate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool,
                steps: int) -> float:
     """Samples/s of ``steps`` whole training steps (forward, loss, backward, clip, AdamW)."""
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
     t = time.perf_counter()
     for _ in range(steps):
         with ctx():
-            loss = model(x).float().pow(2).mean()  # (B, T, D) -> scalar
+            loss = model(x)[0].float().pow(2).mean()  # (B, T, D) -> scalar
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -139,43 +193,44 @@ def main() -> None:
     print(f"reference: fp32 torch.mm (MKL) 512^3 {20 * 2 * 512**3 / (time.perf_counter() - t0) / 1e9:.0f} "
           f"GFLOP/s; oneDNN 512^3 fp32 {onednn_gflops(512, 512, 512, torch.float32):.0f}, "
           f"bf16 {onednn_gflops(512, 512, 512, torch.bfloat16):.0f} GFLOP/s\n")
-    runs: list[tuple[str, RNNEncoderConfig, int]] = []
-    for name in args.presets.split(","):
-        enc = preset_config(name, n_features=FEATURES[name]).encoder
-        assert isinstance(enc, RNNEncoderConfig), name
-        runs.append((name, enc, args.batch))
-        if name == "jade":
-            runs += [(name, enc, int(b)) for b in args.batches.split(",") if b]
     print("| preset | batch | variant | samples/s best / median (min / median time) | train GFLOP/sample "
           "| achieved GFLOP/s (median) | oneDNN gate-GEMM ceiling GFLOP/s | share of ceiling |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, enc, batch in runs:
-        ceil = {dt: ceiling(enc, batch, dt) for dt in (torch.float32, torch.bfloat16)}
-        variants: list[tuple[str, str, bool, Callable[..., tuple[torch.Tensor, torch.Tensor]]]] = [
-            ("nn.LSTM fp32", "torch", False, lstm_cell), ("nn.LSTM bf16", "torch", True, lstm_cell),
-            ("FusedLSTM fp32", "fused", False, lstm_cell), ("FusedLSTM bf16", "fused", True, lstm_cell)]
-        if args.compile and name == "jade" and batch == args.batch:
+    for name in args.presets.split(","):
+        enc = preset_config(name, n_features=FEATURES[name]).encoder
+        assert isinstance(enc, RNNEncoderConfig), name
+        if (err := check_equal(enc)) > 1e-10:
+            raise SystemExit(f"{name}: FusedLSTM differs from nn.LSTM by {err:.3g} in float64")
+        batches = [args.batch] + ([int(b) for b in args.batches.split(",") if b] if name == "jade" else [])
+        variants: list[tuple[str, str, bool, Cell, int]] = []
+        for b in batches:
+            variants += [("nn.LSTM fp32", "torch", False, lstm_cell, b),
+                         ("nn.LSTM bf16", "torch", True, lstm_cell, b),
+                         ("FusedLSTM fp32", "fused", False, lstm_cell, b),
+                         ("FusedLSTM bf16", "fused", True, lstm_cell, b)]
+        if args.compile and name == "jade":
             compiled = torch.compile(lstm_cell, dynamic=False)
-            variants += [("FusedLSTM compiled fp32", "fused", False, compiled),
-                         ("FusedLSTM compiled bf16", "fused", True, compiled)]
-        x = torch.randn(batch, T, enc.input_size)
-        models = [build(enc, impl, cell) for _, impl, _, cell in variants]
+            variants += [("FusedLSTM compiled fp32", "fused", False, compiled, args.batch),
+                         ("FusedLSTM compiled bf16", "fused", True, compiled, args.batch)]
+        ceil = {(b, dt): ceiling(enc, b, dt) for b in batches for dt in (torch.float32, torch.bfloat16)}
+        xs = {b: torch.randn(b, T, enc.input_size) for b in batches}
+        models = [build(enc, impl, cell) for _, impl, _, cell, _ in variants]
         opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
-        for (label, _, bf16, _), m, o in zip(variants, models, opts, strict=True):
+        for (label, _, bf16, _, b), m, o in zip(variants, models, opts, strict=True):
             t = time.perf_counter()
-            train_rate(m, o, x, bf16, 1)  # warm-up (and compilation)
+            train_rate(m, o, xs[b], bf16, 1)  # warm-up (and compilation)
             if "compiled" in label:
                 print(f"<!-- {label}: first step incl. compilation {time.perf_counter() - t:.1f} s -->")
         rates: list[list[float]] = [[] for _ in variants]
         for _ in range(args.repeats):  # interleaved: machine noise is shared
-            for i, ((_, _, bf16, _), m, o) in enumerate(zip(variants, models, opts, strict=True)):
-                rates[i].append(train_rate(m, o, x, bf16, args.steps))
-        ceil = {dt: max(c, ceiling(enc, batch, dt)) for dt, c in ceil.items()}  # best of start, end
+            for i, ((_, _, bf16, _, b), m, o) in enumerate(zip(variants, models, opts, strict=True)):
+                rates[i].append(train_rate(m, o, xs[b], bf16, args.steps))
+        ceil = {k: max(c, ceiling(enc, k[0], k[1])) for k, c in ceil.items()}  # best of start, end
         flops = rnn_train_flops(enc)
-        for (label, _, bf16, _), r in zip(variants, rates, strict=True):
+        for (label, _, bf16, _, b), r in zip(variants, rates, strict=True):
             med = statistics.median(r)
-            c = ceil[torch.bfloat16 if bf16 else torch.float32]
-            print(f"| {name} | {batch} | {label} | {max(r):,.0f} / {med:,.0f} | {flops / 1e9:.3f} | "
+            c = ceil[b, torch.bfloat16 if bf16 else torch.float32]
+            print(f"| {name} | {b} | {label} | {max(r):,.0f} / {med:,.0f} | {flops / 1e9:.3f} | "
                   f"{flops * med / 1e9:.0f} | {c:.0f} | {100 * flops * med / 1e9 / c:.0f}% |", flush=True)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
