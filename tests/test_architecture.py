@@ -7,7 +7,8 @@ functions and under ``TYPE_CHECKING``):
   module (private helpers such as ``moola.pipelines._progress`` are shared);
 * a package's private modules (``moola.x._y``) and private names are its own: from outside
   ``moola.x`` they are reached through ``moola.x``'s public names. The one exception is the
-  root-private ``moola._io`` (durable writes and provenance, used everywhere) and ``moola._storage``
+  root-private ``moola._io`` (durable writes and provenance, used everywhere), ``moola._warnings``
+  (warning classes the CLI filters without importing torch) and ``moola._storage``
   (database URLs and the one cross-process lock that tuning studies and the MLflow store share).
 """
 
@@ -21,7 +22,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "moola"
 
-# Lowest first. ``_io``, ``refs`` and ``config`` import no other part of moola (``_storage``
+# Lowest first. ``_io``, ``_warnings``, ``refs`` and ``config`` import no other part of moola (``_storage``
 # only ``_io``). The base
 # packages: bars (data) -> features -> windows and splits (datasets) -> networks (models) ->
 # the training loop (training) -> masked pretraining (pretraining, uses the Trainer) ->
@@ -30,11 +31,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "moola"
 # manifests and metrics, stores versions in MLflow) -> the dry-run runtime (runtime: serves
 # registry members on a feed into a ledger). Above them the applications: pipelines (one job each),
 # sweeps and tuning (run pipelines), the demo (runs everything) and the CLI.
-BASE_ORDER = ("_io", "_storage", "refs", "config", "data", "features", "datasets", "models", "training",
+BASE_ORDER = ("_io", "_warnings", "_storage", "refs", "config", "data", "features", "datasets", "models", "training",
               "pretraining", "evaluation", "inference", "tracking", "registry", "runtime")
 APP_ORDER = ("pipelines", "sweeps", "demo", "cli")
 ORDER = BASE_ORDER + APP_ORDER
-ROOT_PRIVATE_OK = frozenset({"moola._io", "moola._storage"})
+ROOT_PRIVATE_OK = frozenset({"moola._io", "moola._warnings", "moola._storage"})
 
 
 def _module_name(path: Path, src: Path = SRC) -> str:

@@ -126,3 +126,28 @@ def test_ingest_with_policy_and_timeframe_options(tmp_path: Path) -> None:
     res = cli("data", "validate", "--store", store, "--policy", "duplicate_conflicting=drop")
     assert res.exit_code == 0
     assert "duplicate keys: 2 (1 conflicting)" in res.stdout
+
+
+def test_data_and_features_commands_do_not_load_torch(tmp_path: Path) -> None:
+    """``moola data ingest`` and ``moola features build`` never import torch: it would add about
+    300 MB and seconds to commands that only read bars (a fresh interpreter, as a user runs them)."""
+    import subprocess
+    import sys
+
+    store, out = tmp_path / "store", tmp_path / "alpha158.parquet"
+    script = (
+        "import sys\n"
+        "from moola.cli import app\n"
+        "for argv in (['data', 'ingest', sys.argv[1], '--store', sys.argv[2]],\n"
+        "             ['features', 'build', '--set', 'alpha158', '--store', sys.argv[2],\n"
+        "              '--out', sys.argv[3], '--symbols', 'AAPL,BHF']):\n"
+        "    try:\n"
+        "        app(argv, standalone_mode=False)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, str(SP500_SUBSET), str(store), str(out)],
+                         capture_output=True, text=True, check=True)
+    assert out.is_file(), res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "no torch", res.stdout

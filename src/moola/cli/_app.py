@@ -75,7 +75,7 @@ def main(
     """moola: market data -> features -> windows -> models, without look-ahead."""
     import warnings
 
-    from moola.training.guards import GuardWarning
+    from moola._warnings import GuardWarning
 
     # the trainer prints guard warnings itself, in red; don't print them twice
     warnings.simplefilter("ignore", GuardWarning)

@@ -405,7 +405,7 @@ def _worker_main(payload: dict[str, Any]) -> None:
 
     import torch
 
-    from moola.training.guards import GuardWarning
+    from moola._warnings import GuardWarning
 
     warnings.simplefilter("ignore", GuardWarning)
     torch.set_num_threads(payload["threads"])

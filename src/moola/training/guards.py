@@ -44,15 +44,12 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from moola._warnings import GuardWarning
 from moola.training.callbacks import Callback
 from moola.training.config import GuardConfig
 
 if TYPE_CHECKING:
     from moola.training.trainer import Trainer
-
-
-class GuardWarning(UserWarning):
-    """A training run looks wrong; the message says why and what to check."""
 
 
 COLLAPSE = "class collapse"  # every collapse warning starts with this (the run report finds them)
