@@ -171,3 +171,29 @@ def test_walk_forward_retrains_per_fold_and_scores_each_block_once(tmp_path) -> 
     assert m["5"]["rank_ic_mean"] == pytest.approx(out.metrics["test"]["5"]["rank_ic_mean"], abs=1e-12)
     with pytest.raises(ConfigError, match="first_test"):
         RankConfig.from_dict({"data": {"split": {"walk_forward": {"first_test": "2015-06-01"}}}})
+
+
+def test_data_align_calendar_is_qlibs_alignment_recorded_in_the_panel(tmp_path) -> None:
+    """``data.align: calendar`` prepares alpha158 with Qlib's calendar-aligned windows: the
+    panel's features are that set's (its schema hash in the meta and a cache key of its own), and
+    on the bundled stocks with missing days they differ from the bar-count default. alpha360 has
+    no calendar mode: asking for one is a config error naming the key."""
+    from moola.data import Store
+    from moola.datasets.tasks import DataConfig, resolve_store
+    from moola.features import get_feature_set
+    from moola.pipelines.rank import _panel_key, _processed
+
+    with pytest.raises(ConfigError, match="align"):
+        RankConfig.from_dict({"data": {"feature_set": "alpha360", "align": "calendar"}})
+    cfg = _cfg(tmp_path)
+    cal = cfg.data.model_copy(update={"align": "calendar"})
+    assert cal.features().schema_hash == get_feature_set("alpha158", align="calendar").schema_hash
+    assert cal.features().schema_hash != cfg.data.features().schema_hash
+    store = Store(resolve_store(DataConfig(store=None, bundled="sp500_daily"), tmp_path))
+    assert _panel_key(cal, store) != _panel_key(cfg.data, store)
+    bars = store.read("1d", ["BHF", "AAPL", "ESS"])
+    p_bars, p_cal = _processed(cfg.data, bars), _processed(cal, bars)
+    assert p_cal.meta["feature_params"]["align"] == "calendar"
+    assert p_cal.meta["feature_schema_hash"] == cal.features().schema_hash
+    assert p_bars.features.shape == p_cal.features.shape
+    assert not np.allclose(p_bars.features, p_cal.features, equal_nan=True)

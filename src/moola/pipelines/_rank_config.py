@@ -12,6 +12,7 @@ from moola.config import MAX_REPEATS, MAX_WORKERS, Bars, Config
 from moola.datasets.graphs import GraphConfig
 from moola.datasets.xsection import ProcessorConfig, processor_config
 from moola.evaluation.ranking import LongShortConfig
+from moola.features import FeatureSet, get_feature_set
 from moola.models.config import unique_horizons
 from moola.models.ranking import RankingModelConfig
 from moola.training import EarlyStoppingConfig, TrainConfig
@@ -76,6 +77,10 @@ class RankDataConfig(Config):
         "a moola store of daily bars; null: the bundled 30-stock S&P subset"))
     symbols: list[str] | None = None
     feature_set: Literal["alpha158", "alpha360"] = "alpha158"
+    align: Literal["bars", "calendar"] = Field("bars", description=(
+        "alpha158's windows: bars counts each stock's own bars (a missing day is skipped); "
+        "calendar is Qlib's: windows count the panel's trading days, a missing day is an empty "
+        "slot (min_periods 1); alpha360 has no such choice (bars only)"))
     window: Bars = Field(20, description="T, trading days per stock window")
     horizons: list[Bars] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1,
                                  max_length=MAX_REPEATS)
@@ -91,6 +96,18 @@ class RankDataConfig(Config):
         "sector file (symbol,sector,...); null: the bundled one for the bundled data, else "
         "../shared/data/sp500_sectors.csv"))
     cache_dir: str | None = Field("cache/panels", description="prepared-panel cache; null: no cache")
+
+    @model_validator(mode="after")
+    def _align_exists(self) -> RankDataConfig:
+        if self.align != "bars" and self.feature_set != "alpha158":
+            raise ValueError(f"data.align={self.align!r} needs data.feature_set alpha158 (only it "
+                             f"has a calendar mode); {self.feature_set} takes align 'bars'")
+        return self
+
+    def features(self) -> FeatureSet:
+        """The configured set with its alignment: one place for training, the cache key and predict."""
+        return get_feature_set(self.feature_set, align=self.align) if self.feature_set == "alpha158" \
+            else get_feature_set(self.feature_set)
 
     @field_validator("horizons")
     @classmethod

@@ -36,7 +36,7 @@ from moola.datasets.tasks import DataConfig, bundled_dir, resolve_store
 from moola.datasets.xsection import Processors, forward_returns, label_horizon_bars
 from moola.evaluation.ranking import ranking_metrics
 from moola.evaluation.ranking_baselines import FlatRows, fit_ranking_baseline
-from moola.features import compute_features, get_feature_set
+from moola.features import compute_features
 from moola.models import count_parameters
 from moola.models.ranking import (
     RankingModel,
@@ -169,7 +169,7 @@ def process_panel(keys: pl.DataFrame, values: np.ndarray, names: Sequence[str], 
 
 def _processed(cfg: RankDataConfig, bars: pl.DataFrame) -> RankPanel:
     """The configured feature set and forward returns of ``bars``, through ``process_panel``."""
-    fs = get_feature_set(cfg.feature_set)
+    fs = cfg.features()
     fm = compute_features(bars, fs, timeframe="1d")
     rets = forward_returns(bars, cfg.horizons, entry=cfg.entry)
     if not rets.select("symbol", "ts").equals(fm.keys.select("symbol", "ts")):
@@ -189,7 +189,7 @@ def _processed(cfg: RankDataConfig, bars: pl.DataFrame) -> RankPanel:
 def _panel_key(cfg: RankDataConfig, store: Store) -> str:
     return cache_key({
         "store": _store_fingerprint(store), "symbols": cfg.symbols,
-        "features": get_feature_set(cfg.feature_set).schema_hash, "window": cfg.window,
+        "features": cfg.features().schema_hash, "window": cfg.window,
         "horizons": cfg.horizons, "entry": cfg.entry,
         "fproc": [p.model_dump() for p in cfg.feature_processors],
         "lproc": [p.model_dump() for p in cfg.label_processors],
@@ -740,7 +740,7 @@ def run_rank_predict(run_dir: str | Path, out: str | Path, *, store: str | None 
     store_dir = resolve_store(DataConfig(store=data.store, bundled="sp500_daily"), Path(cfg.out_dir))
     manifest = read_json(run_dir / "manifest.json")
     bars = Store(store_dir).read("1d", data.symbols)
-    fs = get_feature_set(data.feature_set)
+    fs = data.features()
     if fs.schema_hash != manifest["feature_schema_hash"]:
         raise ValueError(f"{run_dir}: trained on feature schema {manifest['feature_schema_hash']}, this "
                          f"code computes {data.feature_set} as {fs.schema_hash}; retrain the run")
