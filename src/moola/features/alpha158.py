@@ -118,6 +118,20 @@ def quantile(x: pl.Expr, d: int, q: float) -> pl.Expr:
     return x.rolling_quantile(q, interpolation="linear", window_size=d)
 
 
+def _rank_counts(x: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each window's last value and how many of the d - 1 values before it are below / equal
+    (d - 1 vectorised shifted comparisons; NaN compares false). Needs len(x) >= d."""
+    n = len(x)
+    last = x[d - 1 :]
+    below = np.zeros(n - d + 1)
+    ties = np.zeros(n - d + 1)
+    for k in range(1, d):
+        prev = x[d - 1 - k : n - k]
+        below += prev < last
+        ties += prev == last
+    return last, below, ties
+
+
 def rolling_pct_rank(x: np.ndarray, d: int) -> np.ndarray:
     """Percentile rank of each value among the last d values (average ties), NaN-aware.
 
@@ -128,13 +142,7 @@ def rolling_pct_rank(x: np.ndarray, d: int) -> np.ndarray:
     out = np.full(n, np.nan)
     if n < d:
         return out
-    last = x[d - 1 :]
-    below = np.zeros(n - d + 1)
-    ties = np.zeros(n - d + 1)
-    for k in range(1, d):
-        prev = x[d - 1 - k : n - k]
-        below += prev < last
-        ties += prev == last
+    _, below, ties = _rank_counts(x, d)
     bad = np.concatenate(([0], np.cumsum(np.isnan(x))))
     has_nan = (bad[d:] - bad[:-d]) > 0
     out[d - 1 :] = np.where(has_nan, np.nan, (below + 1.0 + 0.5 * ties) / d)
@@ -301,13 +309,7 @@ def cal_pct_rank(x: np.ndarray, d: int) -> np.ndarray:
     out = np.full(n, np.nan)
     if n < d:
         return out
-    last = x[d - 1 :]
-    below = np.zeros(n - d + 1)
-    ties = np.zeros(n - d + 1)
-    for k in range(1, d):
-        prev = x[d - 1 - k : n - k]
-        below += prev < last
-        ties += prev == last
+    last, below, ties = _rank_counts(x, d)
     count = window_dot(_valid(x), np.ones(d))[d - 1 :]
     with np.errstate(invalid="ignore", divide="ignore"):
         out[d - 1 :] = np.where(np.isnan(last), np.nan, (below + 1.0 + 0.5 * ties) / count)
