@@ -31,8 +31,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "moola"
 # manifests and metrics, stores versions in MLflow) -> the dry-run runtime (runtime: serves
 # registry members on a feed into a ledger). Above them the applications: pipelines (one job each),
 # sweeps and tuning (run pipelines), the demo (runs everything) and the CLI.
-BASE_ORDER = ("_io", "_warnings", "_storage", "refs", "config", "data", "features", "datasets", "models", "training",
-              "pretraining", "evaluation", "inference", "tracking", "registry", "runtime")
+BASE_ORDER = ("_io", "_warnings", "_storage", "refs", "config", "data", "features", "datasets", "models",
+              "training", "pretraining", "evaluation", "inference", "tracking", "registry", "runtime")
 APP_ORDER = ("pipelines", "sweeps", "demo", "cli")
 ORDER = BASE_ORDER + APP_ORDER
 ROOT_PRIVATE_OK = frozenset({"moola._io", "moola._warnings", "moola._storage"})
