@@ -245,6 +245,9 @@ def main() -> None:
     ap.add_argument("--val-frac", type=float, default=0.2, help="validation size / training size")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-seconds", type=float, default=0.0, metavar="S",
+                    help="per preset, --n-train (and validation) times the whole k that makes the "
+                         "fp32 bare loop take >= S seconds (from one untimed epoch): noise below the effect")
     ap.add_argument("--json", default=None, metavar="OUT", help="write every raw timing here")
     ap.add_argument("--unlearnable", action="store_true",
                     help="labels these steps cannot learn: the guards fire and confirm (see doc)")
@@ -268,7 +271,7 @@ def main() -> None:
     device = resolve_device(TrainConfig().device)  # what fit's default device "auto" resolves to
     base = TrainConfig(epochs=epochs, batch_size=args.batch_size, num_threads=args.threads,
                        seed=args.seed)
-    steps = epochs * num_batches(n_train, args.batch_size)
+    steps = epochs * num_batches(n_train, args.batch_size)  # per preset with --min-seconds
     eval_bs = base.eval_batch_size or max(base.batch_size, 256)
     k_train_eval = min(n_train, base.guards.train_eval_samples)
     cmd = shlex.join(["python", "benchmarks/bench_fit_overhead.py", *sys.argv[1:]])
@@ -306,8 +309,17 @@ def main() -> None:
     for name in presets:
         f = n_features_of(name)
         direction = is_direction(name)
-        x_np, y_np = make_data(n_train, f, args.seed, learnable=not args.unlearnable)
-        xv_np, yv_np = make_data(n_val, f, args.seed + 1, learnable=not args.unlearnable)
+        n_tr, n_va = n_train, n_val
+        if args.min_seconds > 0:  # more windows (not epochs: early stopping) until bare >= S s
+            x_np, y_np = make_data(n_train, f, args.seed, learnable=not args.unlearnable)
+            xe, ye = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
+            one_cfg = base.model_copy(update={"epochs": 1})
+            warm_up(name, xe, ye, one_cfg, direction, device)
+            one = bare_loop(fresh_model(name, args.seed).to(device), xe, ye, one_cfg, direction, device)
+            k = max(1, math.ceil(args.min_seconds / (epochs * one)))
+            n_tr, n_va = n_train * k, n_val * k
+        x_np, y_np = make_data(n_tr, f, args.seed, learnable=not args.unlearnable)
+        xv_np, yv_np = make_data(n_va, f, args.seed + 1, learnable=not args.unlearnable)
         x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
         xv, yv = torch.from_numpy(xv_np).to(device), torch.from_numpy(yv_np).to(device)
         train_d, val_d = TensorData({"x": x_np, "y": y_np}), TensorData({"x": xv_np, "y": yv_np})
@@ -315,6 +327,7 @@ def main() -> None:
         for prec in precisions:
             cfg = base.model_copy(update={"precision": prec})
             warm_up(name, x, y, cfg, direction, device)
+            steps = epochs * num_batches(len(x), args.batch_size)
             bare, bare_val, fit, infos = [], [], [], []
             for _ in range(repeats):
                 bare.append(bare_loop(fresh_model(name, args.seed).to(device), x, y, cfg, direction,
@@ -333,7 +346,8 @@ def main() -> None:
             fit_steps = {i["steps"] for i in infos}
             step_note = "" if fit_steps == {steps} else f" (fit: {sorted(fit_steps)})"
             (b0, b1), (v0, v1), (f0, f1) = _stats(bare), _stats(bare_val), _stats(fit)
-            print(f"| {name} | {f} | {prec} | {steps}{step_note} | {b0:.2f} / {b1:.2f} | "
+            scaled = f" ({n_tr:,} windows)" if n_tr != n_train else ""
+            print(f"| {name} | {f} | {prec} | {steps}{scaled}{step_note} | {b0:.2f} / {b1:.2f} | "
                   f"{v0:.2f} / {v1:.2f} | {f0:.2f} / {f1:.2f} | {min(ratios):.3f} / "
                   f"{statistics.median(ratios):.3f} | {min(ratios_val):.3f} / "
                   f"{statistics.median(ratios_val):.3f} | "
@@ -344,7 +358,8 @@ def main() -> None:
             raw["results"].append({
                 "preset": name, "n_features": f, "precision": prec,
                 "objective": type(objective_for(name)).__name__,
-                "rnn": rnn, "steps": steps, "bare_s": bare, "bare_val_s": bare_val, "fit_wall_s": fit,
+                "rnn": rnn, "steps": steps, "n_train": n_tr, "n_val": n_va,
+                "bare_s": bare, "bare_val_s": bare_val, "fit_wall_s": fit,
                 "ratio_bare_fit": ratios, "ratio_bare_val_fit": ratios_val, "fit_loop_s": loop,
                 "fit_evaluate_s": evals, "fit_other_s": other, "fit": infos,
             })

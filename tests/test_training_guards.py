@@ -646,7 +646,7 @@ def test_validation_above_training_is_judged_against_binomial_noise(n_val, fires
     asked: list[int] = []
 
     def eval_mode(acc: float):
-        def metrics() -> dict[str, float]:
+        def metrics(limit: int | None = None) -> dict[str, float]:
             asked.append(1)
             return {"accuracy": acc}
         return metrics
@@ -724,9 +724,9 @@ def _count_confirmations(t: Trainer) -> list[int]:
     calls: list[int] = []
     real = t.train_eval_metrics
 
-    def counted() -> dict[str, float]:
+    def counted(limit: int | None = None) -> dict[str, float]:
         calls.append(t.global_step_)
-        return real()
+        return real(limit)
 
     t.train_eval_metrics = counted  # type: ignore[method-assign]
     return calls
@@ -742,7 +742,7 @@ def test_a_constant_guess_on_splits_with_other_class_shares_spends_no_confirmati
     t.n_val_, t.n_train_, t.n_train_eval_, t.steps_in_epoch_ = 2000, 2000, 2000, 1
     asked: list[int] = []
 
-    def eval_mode() -> dict[str, float]:
+    def eval_mode(limit: int | None = None) -> dict[str, float]:
         asked.append(1)
         return {"accuracy": 0.657}
 
@@ -798,3 +798,44 @@ def test_trained_nothing_is_not_confirmed_when_validation_shows_learning():
     assert calls == [] and t.warnings_ == []
     guard._trained_nothing(t, [{**last, "val_balanced_accuracy": 0.52}])
     assert calls == [0]
+
+
+def test_the_leakage_alarm_looks_at_a_validation_sized_sample_before_the_whole_subset():
+    """Validation 300 windows at 0.857 against a training pass at 0.657: suspicious. Eval mode
+    on a 300-window random share of the 2,000-window subset scores 0.78: 7.7 points lower, but
+    within the share's noise (its 95% upper bound 0.823 > validation's lower bound 0.813), so the
+    whole subset is never evaluated and nothing is said. Where the share still alarms (0.657),
+    the whole subset is evaluated, and the warning quotes its size."""
+    t = _trainer(seeded_model("direction_lstm", n_features=1), DirectionObjective())
+    t._setup()
+    t.n_val_, t.n_train_, t.n_train_eval_, t.steps_in_epoch_ = 300, 2000, 2000, 1
+    asked: list[int | None] = []
+
+    def eval_mode(acc: float):
+        def metrics(limit: int | None = None) -> dict[str, float]:
+            asked.append(limit)
+            return {"accuracy": acc}
+        return metrics
+
+    logs = {"train_loss": 0.6, "train_accuracy": 0.657, "val_accuracy": 0.857}
+    t.train_eval_metrics = eval_mode(0.78)  # type: ignore[method-assign]
+    t.callbacks_[0].on_epoch_end(t, 0, logs)
+    assert asked == [300] and "gap" not in _kinds(t.warnings_)
+    asked.clear()
+    t.train_eval_metrics = eval_mode(0.657)  # type: ignore[method-assign]
+    t.callbacks_[0].on_epoch_end(t, 1, {**logs, "train_loss": 0.5})
+    assert asked == [300, None] and "gap" in _kinds(t.warnings_)
+    assert "(n=2000, both in eval mode)" in " ".join(t.warnings_)
+
+
+def test_train_eval_metrics_on_a_prefix_is_a_random_sample_of_the_fixed_subset():
+    """The first k of the fixed subset are a random draw over the whole training set (not its
+    first windows in time), and their metrics are cached per step and size."""
+    t = _trainer(seeded_model("direction_lstm", n_features=1), DirectionObjective(), epochs=1,
+                 batch_size=64)
+    data = _offset_windows(1024, 3)
+    t.fit(TensorData(data), TensorData(_offset_windows(128, 4)))
+    head = t._train_eval_perm[:256]
+    assert head.max() > 768 and head.min() < 256  # spread over the set
+    full, part = t.train_eval_metrics(), t.train_eval_metrics(limit=256)
+    assert set(full) == set(part) and t.train_eval_metrics(limit=256) is part

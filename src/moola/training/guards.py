@@ -58,6 +58,8 @@ TRAINED_NOTHING = "trained nothing"  # every trained-nothing warning starts with
 TOO_GOOD = "too good to be true"  # the validation-above-training warning starts with this
 # a class the model recalls at most this often is one it (almost) never predicts: 1 in 50
 SINGLE_CLASS_RECALL = 0.02
+# the leakage alarm's first eval-mode look covers max(validation size, this) training windows
+CONFIRM_FIRST = 256
 
 
 def single_predicted_class(recalls: Sequence[float]) -> int | None:
@@ -241,8 +243,15 @@ class HealthGuard(Callback):
         suspicious = tr is not None and va is not None and \
             val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap) \
             and not _explained_by_class_shares(tr_bal, logs.get("val_balanced_accuracy"), cfg.overfit_gap)
-        if suspicious:  # the training pass's numbers (dropout on, weights moving): confirm in eval mode
-            tr, n_tr = trainer.train_eval_metrics().get("accuracy"), trainer.n_train_eval_
+        if suspicious and va is not None:  # the pass's numbers (dropout on, weights moving): eval mode
+            # first on a random share of the fixed subset at least validation's size (validation's
+            # own interval is then the wider one); only where the share still alarms is the whole
+            # subset evaluated, and judged
+            n_tr = min(trainer.n_train_eval_, max(n_va, CONFIRM_FIRST))
+            tr = trainer.train_eval_metrics(limit=n_tr).get("accuracy")
+            if tr is not None and n_tr < trainer.n_train_eval_ and \
+                    val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap):
+                tr, n_tr = trainer.train_eval_metrics().get("accuracy"), trainer.n_train_eval_
         if suspicious and tr is not None and va is not None and \
                 val_above_train(va, n_va, tr, n_tr, cfg.interval_confidence, cfg.overfit_gap):
             lo, hi = wilson_interval(va, n_va, cfg.interval_confidence)[0], \

@@ -184,8 +184,8 @@ class Trainer:
         self.n_train_ = 0
         self.n_val_ = 0
         self.n_train_eval_ = 0
-        self._train_eval_idx = torch.zeros(0, dtype=torch.long)
-        self._train_eval_cache: tuple[int, dict[str, float]] | None = None
+        self._train_eval_perm = torch.zeros(0, dtype=torch.long)  # random order: any prefix is a sample
+        self._train_eval_cache: tuple[tuple[int, int], dict[str, float]] | None = None
         self._train_d: BatchSource | None = None
         self._pass: dict[str, list[np.ndarray]] = {}  # what the training pass collected this epoch
         self.train_label_counts_: np.ndarray | None = None
@@ -250,7 +250,7 @@ class Trainer:
         # eval-mode train metrics use a fixed subset so they are comparable across epochs
         gen = torch.Generator().manual_seed(cfg.seed + 7)
         k = min(self.n_train_, cfg.guards.train_eval_samples)
-        self._train_eval_idx = torch.randperm(self.n_train_, generator=gen)[:k].sort().values
+        self._train_eval_perm = torch.randperm(self.n_train_, generator=gen)[:k]
         self._train_d = train_d
         self.n_train_eval_, self.n_val_ = k, len(val_d) if val_d is not None else 0
         self.train_label_counts_ = _label_counts(train_d)
@@ -388,16 +388,17 @@ class Trainer:
         late = {key: np.concatenate(v[k:]) for key, v in self._pass.items()}
         return self.objective.metrics(late), len(next(iter(late.values())))
 
-    def train_eval_metrics(self) -> dict[str, float]:
+    def train_eval_metrics(self, limit: int | None = None) -> dict[str, float]:
         """Eval-mode metrics of the current weights on the fixed training subset
-        (``n_train_eval_`` samples), computed once per optimizer step at most: what the guards
-        compare validation with when the training pass's numbers (dropout on, weights moving)
-        raise a question."""
+        (``n_train_eval_`` samples; ``limit``: its first ``limit``, a random sample of it),
+        computed once per optimizer step and size at most: what the guards compare validation
+        with when the training pass's numbers (dropout on, weights moving) raise a question."""
         if self._train_d is None or not self.n_train_eval_:
             return {}
-        if self._train_eval_cache is None or self._train_eval_cache[0] != self.global_step_:
-            _, m, _ = self.evaluate(self._train_d, order=self._train_eval_idx)
-            self._train_eval_cache = (self.global_step_, m)
+        n = self.n_train_eval_ if limit is None else max(1, min(limit, self.n_train_eval_))
+        if self._train_eval_cache is None or self._train_eval_cache[0] != (self.global_step_, n):
+            _, m, _ = self.evaluate(self._train_d, order=self._train_eval_perm[:n].sort().values)
+            self._train_eval_cache = ((self.global_step_, n), m)
         return self._train_eval_cache[1]
 
     # ------------------------------------------------------------------- evaluate
