@@ -2,9 +2,10 @@
 window after features, per engine, against the Predictor's previous path measured in the same run.
 
 Two runs are trained for one epoch through the public API (``run_train``): ``simple_lstm`` on
-105-bar ohlc4 windows of the bundled S&P stocks (train_demo) and ``direction_lstm`` on 60-bar
-crypto39 windows of the bundled BTC/USD minutes. Each is loaded with ``Predictor.from_dir``; the
-windows are the run's store's last windows, cut and normalised once (features are not timed).
+105-bar ohlc4 windows and ``direction_lstm`` on 60-bar crypto39 windows, both of the bundled
+BTC/USD minutes (minutes, so the runtime's ``StreamingMember`` can serve them). Each is loaded
+with ``Predictor.from_dir``; the windows are the run's store's last windows, cut and normalised
+once (features are not timed).
 Per call, one window (a different one each call):
 
 * reference: ``Predictor.predict_windows`` with ``engine="eager"``, the path before issue 16 (the
@@ -13,10 +14,11 @@ Per call, one window (a different one each call):
 * eager, ``inference_mode``, batch 1 (no padding), head probabilities included;
 * TorchScript: the same graph traced and frozen; ONNX Runtime (CPU, 1 intra-op thread);
 * bf16: eager under CPU bf16 autocast, batch 1;
-* carried state, per new bar: direction_lstm's runtime ring (``window`` staggered states, equal to
-  the window by construction) and, for both, one (h, c) carried over the whole history (the
-  attention-pooled simple_lstm keeps its last ``window`` top-layer outputs for its head): cheap,
-  but not the window's function; its difference is printed.
+* carried state, per new bar: the runtime ring (``window`` staggered states, equal to the window
+  by construction; for the attention-pooled simple_lstm each slot also keeps its top-layer
+  outputs for the head) and one (h, c) carried over the whole history (simple_lstm keeps its
+  last ``window`` top-layer outputs for its head): cheap, but not the window's function; its
+  difference is printed.
 
 "max |diff|" is the largest |probability - reference| over every timed window; "decisions" is
 the share of windows whose argmax class equals the reference's. ``repeats`` rounds interleave
@@ -45,14 +47,13 @@ from moola.datasets import WindowSet
 from moola.inference import MIN_BATCH, Predictor, head_values
 from moola.inference._serving import ServingGraph, _ort_runner, _torchscript_runner
 from moola.pipelines.train import RunConfig, run_train
-from moola.runtime import ring_refusal
-from moola.runtime._streaming import _Ring
+from moola.runtime import StreamingMember, ring_refusal
 from moola.training.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
-    "simple_lstm": {"bundled": "sp500_daily", "feature_set": "ohlc4", "window": 105, "stride": 10,
-                    "task": "direction", "horizon": 1, "symbols": ["AAPL", "JPM"]},
+    "simple_lstm": {"bundled": "btcusd_1m", "timeframe": "1m", "feature_set": "ohlc4", "window": 105,
+                    "stride": 20, "task": "direction", "horizon": 5},
     "direction_lstm": {"bundled": "btcusd_1m", "timeframe": "1m", "feature_set": "crypto39", "window": 60,
                        "stride": 20, "task": "direction", "horizon": 5},
 }
@@ -90,20 +91,21 @@ def last_windows(p: Predictor, store: Path, n: int) -> tuple[WindowSet, np.ndarr
 
 
 def carried(p: Predictor, x: np.ndarray, ring: bool) -> Call:
-    """Per new bar: the ring (``ring``; direction_lstm) or one carried (h, c) state, then the head.
-    Bars are the windows' last rows, after a warm-up over the first window's bars."""
+    """Per new bar: the runtime's ring step (``ring``: ``StreamingMember``'s own, one batched
+    step per layer over ``window`` staggered states, then the head on the completed slot: its
+    last state, or its kept outputs for an attention-pooled head) or one carried (h, c) state,
+    then the head. Bars are the windows' last rows, after a warm-up over the first window's bars."""
     model, cfg, W = p.model_, p.model_config_, p.window_
     rnn = model.encoder.rnn  # type: ignore[union-attr]
     bars = torch.from_numpy(np.concatenate([x[0, :-1], x[:, -1]]))  # (W - 1 + n, F)
     if ring:
-        r, mlp = _Ring(rnn, W), model.heads["direction"].mlp  # type: ignore[index, union-attr]
-        state = r.zeros()
+        member = StreamingMember(p, recurrent=True)
+        sym = p.manifest_.symbols[0]
+        s = member._state(sym)
 
         def ring_step(t: int) -> np.ndarray:
-            top = r.advance(state, bars[t:t + 1])
-            slot = (t + 1) % W
-            out = head_values({"direction": mlp(top[slot:slot + 1]).squeeze(-1)}, cfg)[0]
-            r.restart(state, slot)
+            out = member._ring_step(sym, s, t, bars[t:t + 1], True)
+            assert out is not None
             return out
         return _walk(ring_step, W)
     hc: list[tuple[torch.Tensor, torch.Tensor] | None] = [None]

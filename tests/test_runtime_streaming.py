@@ -78,6 +78,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     cfgs = {
         "lstm": {"name": "lstm", "preset": "direction_lstm", "symbol_embedding": True,
                  "data": {**data, "feature_set": "crypto39", "window": 60}},
+        # simple_lstm: a unidirectional 2x128 LSTM whose classifier pools by attention over
+        # every step (the ring keeps each slot's outputs for it)
+        "attention": {"name": "attention", "preset": "simple_lstm", "symbol_embedding": True,
+                      "data": {**data, "feature_set": "ohlc4", "window": 40}},
         "transformer": {
             "name": "transformer", "preset": None,
             "data": {**data, "feature_set": "ohlc4", "window": 32},
@@ -219,6 +223,33 @@ def test_the_ring_member_counts_its_window_exactly_on_a_model_that_remembers(run
     with torch.no_grad():
         short = torch.sigmoid(p.model_({"x": x, "symbol_id": ids})["direction"]).numpy()
     assert np.abs(short - want["raw_proba_up"].to_numpy()).max() > 1e-4
+
+
+def test_an_attention_pooled_lstm_streams_through_the_ring_and_equals_predict(runs):
+    """simple_lstm's classifier attends over all 40 steps: the ring files each slot's top-layer
+    outputs by position, and the completed slot's sequence through the head gives predict's
+    probabilities to 1e-5 on every bar of a minute-by-minute replay (with a backfill every 40
+    ticks), symbol embedding included; its forget gates then biased open (a model that
+    remembers), still equal."""
+    p = Predictor.from_dir(runs["attention"])
+    with torch.no_grad():  # a 1-epoch model barely moves with its input: spread its outputs
+        gen = torch.Generator().manual_seed(0)
+        for param in p.model_.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * (0.5 * param.std().item() + 0.05))
+    member = StreamingMember(p)
+    assert member.recurrent and member.why_full_window is None
+    bars = _replay_bars(p).filter(pl.col("symbol") == "BTCUSD_B").head(p.required_bars + 80)
+    for remembers in (False, True):
+        if remembers:
+            with torch.no_grad():
+                for k in range(2):
+                    getattr(p.model_.encoder.rnn, f"bias_hh_l{k}")[128:256] += 3.0  # type: ignore[union-attr]
+            member = StreamingMember(p)
+        got = _frame([s for tick in _ticks(bars) for s in member.step_bars(tick)])
+        want = p.predict_frame(bars).join(got, on=["symbol", "ts"], how="left", suffix="_streamed")
+        assert want.height == 81 and want["raw_proba_up_streamed"].null_count() == 0
+        assert (want["raw_proba_up"] - want["raw_proba_up_streamed"]).abs().max() <= 1e-5
+        assert want["raw_proba_up"].std() > 1e-4  # the windows differ: a constant would pass
 
 
 def test_the_member_picks_its_path_and_refuses_what_it_cannot_stream(runs):

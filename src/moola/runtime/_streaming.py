@@ -10,11 +10,14 @@ on the bundled BTC minutes for every registered set. No margin beyond ``max_look
 is therefore needed for exactness; the arrays hold up to twice that and are trimmed in one copy
 when full, so appending a bar is amortised O(1).
 
-Model: a unidirectional LSTM/GRU whose served head pools the ``last`` step is advanced by one
-batched step per layer per bar over a ring of ``window`` staggered states (below); any other
-model (Transformer, bidirectional, attention or mean pooling) reads the whole window through
-``Predictor.predict_windows`` each tick: a tick's few windows through the Predictor's
-single-window engine (ONNX Runtime where installed), a larger backfill in one eager batch.
+Model: a unidirectional LSTM/GRU (no patching) is advanced by one batched step per layer per
+bar over a ring of ``window`` staggered states (below). A served head that pools the ``last``
+step reads the completed slot's state; one that pools over every step (the classifier's
+attention, mean pooling) reads that slot's top-layer outputs, which the ring keeps per slot (a
+(window, window, H) history per symbol). Any other model (Transformer, bidirectional, patched)
+reads the whole window through ``Predictor.predict_windows`` each tick: a tick's few windows
+through the Predictor's single-window engine (ONNX Runtime where installed), a larger backfill
+in one eager batch.
 
 Why a ring: the full-window forward starts from a zero state at the window's first bar, so one
 state carried along the stream has seen every bar since the start and is not the window's
@@ -88,13 +91,14 @@ def ring_refusal(cfg: ModelConfig) -> str | None:
         return "the encoder is bidirectional (its backward half reads the window from its end)"
     if enc.patch != 1:
         return f"the encoder reads patches of {enc.patch} bars (a patch sees bars after its first)"
-    if cfg.classifier is not None:
-        return "the served head is the classifier, which pools by attention over every step"
-    if cfg.direction is None:
-        return "the model has no direction head to serve a probability"
-    if cfg.direction.pooling != "last":
-        return f"the direction head pools by {cfg.direction.pooling!r}, not 'last'"
+    if cfg.classifier is None and cfg.direction is None:
+        return "the model has no classifier or direction head to serve a probability"
     return None
+
+
+def pools_last(cfg: ModelConfig) -> bool:
+    """The served head reads the last step only (the ring's completed state), not every step."""
+    return cfg.classifier is None and cfg.direction is not None and cfg.direction.pooling == "last"
 
 
 class _Ring:
@@ -171,6 +175,9 @@ class _Symbol:
     valid_from: int = 0  # earliest bar a valid window may start at
     why: Reason = "warmup"  # what set valid_from last
     state: torch.Tensor | None = None  # ring states (layers, 2|1, window, H)
+    # per slot, its top-layer outputs by position since its start (window, window, H): the
+    # sequence a head pooling over every step reads when the slot completes
+    history: torch.Tensor | None = None
 
 
 class StreamingMember:
@@ -224,6 +231,8 @@ class StreamingMember:
         self.why_full_window: str | None = None if self.recurrent else (why or "recurrent=False")
         self._ring: _Ring | None = None
         self._mlp: nn.Module | None = None  # the direction head's MLP, after its 'last' pooling
+        self._head: nn.Module | None = None  # else the served head, over the slot's history
+        self._slots = torch.arange(self.window)  # (W,) slot numbers, to file a bar's outputs
         self._embed: dict[str, torch.Tensor] = {}  # symbol -> (1, D) embedding (pooled runs)
         if self.recurrent:
             model = predictor.model_.eval()
@@ -232,11 +241,18 @@ class StreamingMember:
             if not isinstance(rnn, nn.LSTM | nn.GRU) or not isinstance(heads, nn.ModuleDict):
                 raise NotStreamableError(f"{src}: {type(model).__name__} has no encoder.rnn "
                                          "LSTM/GRU and heads to stream")
-            head = heads["direction"]
-            if not isinstance(head, DirectionHead):
-                raise NotStreamableError(f"{src}: heads['direction'] is {type(head).__name__}")
+            served = "classifier" if cfg.classifier is not None else "direction"
+            if served not in heads:
+                raise NotStreamableError(f"{src}: the model has no heads[{served!r}]; it has "
+                                         f"{', '.join(heads) or 'none'}")
+            head = heads[served]
+            if pools_last(cfg):
+                if not isinstance(head, DirectionHead):
+                    raise NotStreamableError(f"{src}: heads['direction'] is {type(head).__name__}")
+                self._mlp = head.mlp
+            else:
+                self._head = head
             self._ring = _Ring(rnn, self.window)
-            self._mlp = head.mlp
         else:
             predictor.serving_engine()  # built and checked now, not in the first tick
         self._symbols: dict[str, _Symbol] = {}
@@ -285,6 +301,8 @@ class StreamingMember:
             s = _Symbol(ts=np.zeros(cap, np.int64), values=np.zeros((cap, len(self.columns))))
             if self._ring is not None:
                 s.state = self._ring.zeros()
+                if self._head is not None:
+                    s.history = torch.zeros(self.window, self.window, self._ring.hidden)
             self._symbols[symbol] = s
         return s
 
@@ -359,23 +377,41 @@ class StreamingMember:
     def _advance(self, sym: str, s: _Symbol, rows: np.ndarray, out: list[MemberStep], at: int) -> None:
         """Feed the new (k, F) feature rows through the ring; fill P(up) into ``out[at:at + k]``
         where a window is valid."""
-        assert self._ring is not None and self._mlp is not None and s.state is not None
+        assert self._ring is not None and s.state is not None
         x = rows if self.predictor.normalizer_ is None else self.predictor.normalizer_.transform(rows)
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        W = self.window
         with torch.no_grad():
             for j in range(len(rows)):
-                t = s.seen + j
-                top = self._ring.advance(s.state, xt[j:j + 1])  # (W, H)
-                slot = (t + 1) % W  # the state started at bar t - W + 1: it has seen W bars
-                if out[at + j].reason is None:
-                    h = top[slot:slot + 1]
-                    if sym in self._embed:
-                        h = h + self._embed[sym]
-                    values = head_values({"direction": self._mlp(h).squeeze(-1)},
-                                         self.predictor.model_config_)
-                    out[at + j] = self._with_proba(out[at + j], values[0])
-                self._ring.restart(s.state, slot)
+                values = self._ring_step(sym, s, s.seen + j, xt[j:j + 1], out[at + j].reason is None)
+                if values is not None:
+                    out[at + j] = self._with_proba(out[at + j], values)
+
+    def _ring_step(self, sym: str, s: _Symbol, t: int, x: torch.Tensor, serve: bool) -> np.ndarray | None:
+        """Advance ``s``'s ring by its bar ``t`` (normalised, (1, F)); with ``serve`` the (C,)
+        raw probabilities of the window that ends there (the slot that has seen ``window`` bars)."""
+        assert self._ring is not None and s.state is not None
+        W = self.window
+        top = self._ring.advance(s.state, x)  # (W, H)
+        slot = (t + 1) % W  # the state started at bar t - W + 1: it has seen W bars
+        if s.history is not None:  # slot q is at position (t - q) % W of its window
+            s.history[self._slots, (t - self._slots) % W] = top
+        values = self._served(sym, s, top, slot) if serve else None
+        self._ring.restart(s.state, slot)
+        return values
+
+    def _served(self, sym: str, s: _Symbol, top: torch.Tensor, slot: int) -> np.ndarray:
+        """(C,) raw probabilities of the window the completed ``slot`` has seen."""
+        cfg = self.predictor.model_config_
+        if self._mlp is not None:  # 'last' pooling: the slot's state is all the head reads
+            h = top[slot:slot + 1]  # (1, H)
+            if sym in self._embed:
+                h = h + self._embed[sym]
+            return head_values({"direction": self._mlp(h).squeeze(-1)}, cfg)[0]
+        assert self._head is not None and s.history is not None
+        seq = s.history[slot][None]  # (1, W, H), oldest bar first: the encoder's output
+        if sym in self._embed:  # added to every step, as the model's symbol embedding does
+            seq = seq + self._embed[sym][:, None]
+        return head_values(self._head(seq), cfg)[0]
 
     def _full_windows(self, fm: FeatureMatrix, rows: Sequence[tuple[int, int]],
                       out: list[MemberStep]) -> None:

@@ -108,7 +108,8 @@ class GuardConfig(Config):
     train_eval_samples: int = Field(4096, ge=0, le=100 * MAX_BATCH, description=(
         "the guards' eval-mode training accuracy (confirming a too-good-to-be-true alarm, "
         "judging trained-nothing at the end) uses a fixed random subset of at most this many "
-        "training samples; the per-epoch train_ metrics come from the training pass itself"))
+        "training samples (an alarm looks at a share of validation's size, >= 256, first); the "
+        "per-epoch train_ metrics come from the training pass itself"))
     fail_on_nonfinite: bool = Field(True, description=(
         "not read: a non-finite input batch or training loss always stops the run with an error"))
 
