@@ -13,8 +13,9 @@ when full, so appending a bar is amortised O(1).
 Model: a unidirectional LSTM/GRU (no patching) is advanced by one batched step per layer per
 bar over a ring of ``window`` staggered states (below). A served head that pools the ``last``
 step reads the completed slot's state; one that pools over every step (the classifier's
-attention, mean pooling) reads that slot's top-layer outputs, which the ring keeps per slot (a
-(window, window, H) history per symbol). Any other model (Transformer, bidirectional, patched)
+attention, mean pooling) reads that slot's top-layer outputs of its window's bars, which the
+ring keeps by bar (the last ``window`` bars' outputs of every slot, (window, window, H) per
+symbol). Any other model (Transformer, bidirectional, patched)
 reads the whole window through ``Predictor.predict_windows`` each tick: a tick's few windows
 through the Predictor's single-window engine (ONNX Runtime where installed), a larger backfill
 in one eager batch.
@@ -175,8 +176,8 @@ class _Symbol:
     valid_from: int = 0  # earliest bar a valid window may start at
     why: Reason = "warmup"  # what set valid_from last
     state: torch.Tensor | None = None  # ring states (layers, 2|1, window, H)
-    # per slot, its top-layer outputs by position since its start (window, window, H): the
-    # sequence a head pooling over every step reads when the slot completes
+    # the last ``window`` bars' top-layer outputs of every slot, row ``t % window`` for bar t
+    # (window bars, window slots, H): a completed slot's sequence, for a head pooling every step
     history: torch.Tensor | None = None
 
 
@@ -232,7 +233,6 @@ class StreamingMember:
         self._ring: _Ring | None = None
         self._mlp: nn.Module | None = None  # the direction head's MLP, after its 'last' pooling
         self._head: nn.Module | None = None  # else the served head, over the slot's history
-        self._slots = torch.arange(self.window)  # (W,) slot numbers, to file a bar's outputs
         self._embed: dict[str, torch.Tensor] = {}  # symbol -> (1, D) embedding (pooled runs)
         if self.recurrent:
             model = predictor.model_.eval()
@@ -393,8 +393,8 @@ class StreamingMember:
         W = self.window
         top = self._ring.advance(s.state, x)  # (W, H)
         slot = (t + 1) % W  # the state started at bar t - W + 1: it has seen W bars
-        if s.history is not None:  # slot q is at position (t - q) % W of its window
-            s.history[self._slots, (t - self._slots) % W] = top
+        if s.history is not None:  # one contiguous row per bar (filing by slot position is 10x dearer)
+            s.history[t % W] = top
         values = self._served(sym, s, top, slot) if serve else None
         self._ring.restart(s.state, slot)
         return values
@@ -408,7 +408,8 @@ class StreamingMember:
                 h = h + self._embed[sym]
             return head_values({"direction": self._mlp(h).squeeze(-1)}, cfg)[0]
         assert self._head is not None and s.history is not None
-        seq = s.history[slot][None]  # (1, W, H), oldest bar first: the encoder's output
+        seq = s.history[:, slot]  # (W, H): rows are bars mod W, the oldest (slot's first) at row slot
+        seq = torch.cat([seq[slot:], seq[:slot]])[None]  # (1, W, H), oldest first: the encoder's output
         if sym in self._embed:  # added to every step, as the model's symbol embedding does
             seq = seq + self._embed[sym][:, None]
         return head_values(self._head(seq), cfg)[0]
