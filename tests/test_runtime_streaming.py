@@ -26,10 +26,10 @@ from moola.data import TS_DTYPE, Store, Timeframe, mark_gaps
 from moola.datasets.windows import WindowSet
 from moola.features import compute_features, list_feature_sets
 from moola.inference import Predictor
-from moola.models import AttentionPooling, RNNEncoder
+from moola.models import AttentionPooling, FoldedAttentionPooling, RNNEncoder, fold_attention
 from moola.pipelines.train import RunConfig, run_train
 from moola.runtime import BarOrderError, MemberStep, NotStreamableError, StreamingMember
-from moola.runtime._streaming import _FoldedAttention, _Ring  # below the member
+from moola.runtime._streaming import _Ring  # the ring itself, below the member
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -254,26 +254,29 @@ def test_an_attention_pooled_lstm_streams_through_the_ring_and_equals_predict(ru
 
 @pytest.mark.parametrize(("dim", "hidden", "heads", "steps"),
                          [(128, 128, 8, 105), (64, 32, 4, 7), (16, 16, 1, 1)])
-def test_folded_attention_pools_one_sequence_as_the_module_does(dim, hidden, heads, steps):
-    """The ring's served attention (query folded into the keys, values after pooling) equals
-    AttentionPooling on one sequence, trained-looking weights and outlying steps included, and
-    refuses a batch or a mask rather than pooling them wrongly."""
+def test_folded_attention_pools_as_the_module_does(dim, hidden, heads, steps):
+    """The serving engines' and the ring's attention (query folded into the keys, values after
+    pooling) equals AttentionPooling on whole sequences, sharp weights and an outlying step
+    included, one sequence or a batch; it refuses a padding mask rather than ignore it, and
+    fold_attention leaves the trained model as it was."""
     torch.manual_seed(dim + steps)
     pool = AttentionPooling(dim, hidden, heads).eval()
     with torch.no_grad():
         for param in pool.parameters():
             param.mul_(3.0)  # sharper attention than at initialisation
-    h = torch.randn(1, steps, dim)
-    h[0, steps // 2] *= 20.0  # one step dominates some heads
-    folded = _FoldedAttention(pool)
+    h = torch.randn(5, steps, dim)
+    h[:, steps // 2] *= 20.0  # one step dominates some heads
+    folded = FoldedAttentionPooling(pool)
     with torch.no_grad():
-        want, got = pool(h), folded(h)
-    assert isinstance(want, torch.Tensor) and got.shape == want.shape == (1, hidden)
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
-    with pytest.raises(ValueError, match="one whole sequence"):
-        folded(h.expand(2, -1, -1))
-    with pytest.raises(ValueError, match="mask"):
-        folded(h, torch.ones(1, steps, dtype=torch.bool))
+        for x in (h[:1], h):
+            want, got = pool(x), folded(x)
+            assert isinstance(want, torch.Tensor) and got.shape == want.shape == (len(x), hidden)
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="padding mask"):
+        folded(h, torch.ones(5, steps, dtype=torch.bool))
+    wrapper = torch.nn.Sequential(pool)
+    copy = fold_attention(wrapper)
+    assert isinstance(copy[0], FoldedAttentionPooling) and isinstance(wrapper[0], AttentionPooling)
 
 
 def test_the_member_picks_its_path_and_refuses_what_it_cannot_stream(runs):

@@ -56,9 +56,11 @@ from moola.models.heads import (
     AttentionPooling,
     ClassifierHead,
     DirectionHead,
+    FoldedAttentionPooling,
     PointerHead,
     ReconstructionHead,
     RegressionHead,
+    fold_attention,
 )
 from moola.models.model import SequenceModel, SymbolEmbedding
 from moola.models.padding import check_valid, padded_valid, valid_lengths
@@ -112,6 +114,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderSpec",
     "FANConfig",
+    "FoldedAttentionPooling",
     "GATConfig",
     "GATLayer",
     "GATStack",
@@ -159,6 +162,7 @@ __all__ = [
     "direction_transformer",
     "encoder_param_names",
     "expected_rnn_shapes",
+    "fold_attention",
     "freeze",
     "gats_like",
     "inception_compact",

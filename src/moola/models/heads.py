@@ -11,6 +11,7 @@ puts its position prior at each row's own last real bar and gives padded bars no
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -26,11 +27,13 @@ __all__ = [
     "AttentionPooling",
     "ClassifierHead",
     "DirectionHead",
+    "FoldedAttentionPooling",
     "LastPooling",
     "MeanPooling",
     "PointerHead",
     "ReconstructionHead",
     "RegressionHead",
+    "fold_attention",
     "make_pooling",
 ]
 
@@ -71,6 +74,49 @@ class AttentionPooling(nn.Module):
         if return_weights:
             return pooled, att.mean(dim=1)  # (B, hidden), (B, T)
         return pooled
+
+
+class FoldedAttentionPooling(nn.Module):
+    """``AttentionPooling`` rewritten for serving whole (unmasked) sequences: the query folded
+    into the key weights, the value projection applied after pooling (the weights sum to 1).
+    Equal to the module to float rounding at ~1/15 of its multiply-adds for T = 105, D = 128."""
+
+    w_score: torch.Tensor  # (D, nh) buffers: constants in an exported graph
+    w_value: torch.Tensor  # (nh, hs, D)
+    b_value: torch.Tensor  # (nh, hs)
+
+    def __init__(self, pool: AttentionPooling) -> None:
+        super().__init__()
+        nh, hs = pool.heads, pool.head_dim
+        self.out_dim = pool.out_dim
+        with torch.no_grad():
+            wk = pool.key.weight.detach().view(nh, hs, -1)  # (nh, hs, D)
+            self.register_buffer("w_score", (torch.einsum("nsd,ns->dn", wk, pool.query.detach())
+                                             / math.sqrt(hs)).contiguous())
+            self.register_buffer("w_value", pool.value.weight.detach().view(nh, hs, -1).clone())
+            self.register_buffer("b_value", pool.value.bias.detach().view(nh, hs).clone())
+        self.proj = pool.proj
+
+    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled (B, hidden) of (B, T, D); a padding mask is refused (serve it unfolded)."""
+        if valid is not None:
+            raise ValueError("FoldedAttentionPooling pools whole sequences: a padding mask needs "
+                             "AttentionPooling")
+        att = torch.softmax(h @ self.w_score, dim=1)  # (B, T, nh), over time per head
+        mixed = att.transpose(1, 2) @ h  # (B, nh, D): each head's weighted mean of the steps
+        pooled = torch.einsum("bnd,nsd->bns", mixed, self.w_value) + self.b_value  # (B, nh, hs)
+        return self.proj(pooled.reshape(h.shape[0], -1))  # (B, hidden)
+
+
+def fold_attention(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (eval mode) with every AttentionPooling replaced by its
+    FoldedAttentionPooling: the serving engines' model; the trained one is left as it is."""
+    folded = copy.deepcopy(model).eval()
+    for module in list(folded.modules()):
+        for child, sub in list(module.named_children()):
+            if isinstance(sub, AttentionPooling):
+                setattr(module, child, FoldedAttentionPooling(sub))
+    return folded
 
 
 class LastPooling(nn.Module):

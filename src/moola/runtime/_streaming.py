@@ -35,8 +35,6 @@ from there whenever they equal what its own buffer would give, and computes its 
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,7 +50,7 @@ from moola.datasets.tasks import symbol_ids
 from moola.datasets.windows import WindowSet, nan_rows
 from moola.features import FeatureMatrix
 from moola.inference import IncompatibleBarsError, Predictor, calibrated, head_values
-from moola.models import AttentionPooling, DirectionHead, ModelConfig, RNNEncoderConfig, SymbolEmbedding
+from moola.models import DirectionHead, ModelConfig, RNNEncoderConfig, SymbolEmbedding, fold_attention
 
 __all__ = ["BarOrderError", "FeatureStream", "MemberStep", "NotStreamableError", "SharedFeatures",
            "StreamingMember", "ring_refusal", "share_features"]
@@ -167,32 +165,6 @@ class _Ring:
         return inp
 
 
-class _FoldedAttention(nn.Module):
-    """``AttentionPooling`` of one sequence with its query folded into the key weights and the
-    value projection applied after pooling (the weights sum to 1): (1, T, D) -> (1, hidden),
-    equal to the module to float rounding at ~1/15 of its multiply-adds."""
-
-    def __init__(self, pool: AttentionPooling) -> None:
-        super().__init__()
-        nh, hs = pool.heads, pool.head_dim
-        with torch.no_grad():
-            wk = pool.key.weight.detach().float().view(nh, hs, -1)  # (nh, hs, D)
-            q = pool.query.detach().float()  # (nh, hs)
-            self.w_score = (torch.einsum("nsd,ns->dn", wk, q) / math.sqrt(hs)).contiguous()  # (D, nh)
-            self.w_value = pool.value.weight.detach().float().view(nh, hs, -1).clone()  # (nh, hs, D)
-            self.b_value = pool.value.bias.detach().float().view(nh, hs).clone()  # (nh, hs)
-        self.proj = pool.proj
-
-    def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if h.shape[0] != 1 or valid is not None:
-            raise ValueError(f"folded attention pools one whole sequence, got {tuple(h.shape)} "
-                             f"{'with' if valid is not None else 'without'} a mask")
-        att = torch.softmax(h[0] @ self.w_score, dim=0)  # (T, nh), over time per head
-        mixed = att.t() @ h[0]  # (nh, D): each head's weighted mean of the steps
-        pooled = torch.einsum("nd,nsd->ns", mixed, self.w_value) + self.b_value  # (nh, hs)
-        return self.proj(pooled.reshape(1, -1))  # (1, hidden)
-
-
 @dataclass
 class _Symbol:
     """One symbol's stream: its bar buffer, bar count since reset, and (ring) states."""
@@ -278,11 +250,8 @@ class StreamingMember:
                 if not isinstance(head, DirectionHead):
                     raise NotStreamableError(f"{src}: heads['direction'] is {type(head).__name__}")
                 self._mlp = head.mlp
-            else:  # a copy, its attention folded for one sequence (the model stays as trained)
-                self._head = copy.deepcopy(head)
-                pool = getattr(head, "pool", None)
-                if isinstance(pool, AttentionPooling):
-                    self._head.pool = _FoldedAttention(pool)
+            else:  # a copy whose attention pooling is folded (one whole sequence a bar)
+                self._head = fold_attention(head)
             self._ring = _Ring(rnn, self.window)
         else:
             predictor.serving_engine()  # built and checked now, not in the first tick
