@@ -12,7 +12,9 @@ Per call, one window (a different one each call):
   eager model on the window padded to ``MIN_BATCH`` rows);
 * Predictor default: ``Predictor.predict_windows`` as it now serves one window (its engine);
 * eager, ``inference_mode``, batch 1 (no padding), head probabilities included;
-* TorchScript: the same graph traced and frozen; ONNX Runtime (CPU, 1 intra-op thread);
+* TorchScript: the serving graph traced and frozen; ONNX Runtime (CPU, 1 intra-op thread): both
+  with the model's attention pooling folded (``fold_attention``), as the Predictor's engines
+  export it, and ONNX Runtime also without (the export before) for a model that has one;
 * bf16: eager under CPU bf16 autocast, batch 1;
 * carried state, per new bar: the runtime ring (``window`` staggered states, equal to the window
   by construction; for the attention-pooled simple_lstm each slot also keeps its top-layer
@@ -46,6 +48,7 @@ from rich.console import Console
 from moola.datasets import WindowSet
 from moola.inference import MIN_BATCH, Predictor, head_values
 from moola.inference._serving import ServingGraph, _ort_runner, _torchscript_runner
+from moola.models import AttentionPooling, fold_attention
 from moola.pipelines.train import RunConfig, run_train
 from moola.runtime import StreamingMember, ring_refusal
 from moola.training.manifest import read_manifest
@@ -130,9 +133,11 @@ def paths(p_ref: Predictor, p_new: Predictor, ws: WindowSet, idx: np.ndarray, x:
           preset: str) -> dict[str, Callable[[], Call]]:
     """Per path, a maker of its call (a fresh one starts a carried state's walk again)."""
     model, cfg = p_new.model_.eval(), p_new.model_config_
-    graph = ServingGraph(model, cfg, center=None, scale=None, temperature=None).eval()
-    ts = _torchscript_runner(graph, cfg, p_new.window_, len(p_new.manifest_.symbols))
-    ort = _ort_runner(graph, cfg, p_new.window_, len(p_new.manifest_.symbols))
+    n_sym = len(p_new.manifest_.symbols)
+    folded = fold_attention(model)  # what the Predictor's engines export
+    graph = ServingGraph(folded, cfg, center=None, scale=None, temperature=None).eval()
+    ts = _torchscript_runner(graph, cfg, p_new.window_, n_sym)
+    ort = _ort_runner(graph, cfg, p_new.window_, n_sym)
     xt = torch.from_numpy(x)
 
     def eager(k: int) -> np.ndarray:
@@ -153,6 +158,10 @@ def paths(p_ref: Predictor, p_new: Predictor, ws: WindowSet, idx: np.ndarray, x:
         "ONNX Runtime CPU, batch 1": lambda k: ort(x[k:k + 1], None)[0],
         "bf16 autocast, batch 1": bf16,
     }
+    if any(isinstance(m, AttentionPooling) for m in model.modules()):
+        plain = ServingGraph(model, cfg, center=None, scale=None, temperature=None).eval()
+        ort_plain = _ort_runner(plain, cfg, p_new.window_, n_sym)
+        fixed["ONNX Runtime CPU, batch 1, attention not folded"] = lambda k: ort_plain(x[k:k + 1], None)[0]
     out: dict[str, Callable[[], Call]] = {name: (lambda f=f: f) for name, f in fixed.items()}
     if ring_refusal(cfg) is None:
         out[f"carried state: runtime ring ({p_new.window_} staggered states), per bar"] = (
@@ -167,7 +176,8 @@ def batch_rows(p: Predictor, ws: WindowSet, idx: np.ndarray, x: np.ndarray, batc
                repeats: int = 3) -> dict[str, list[float]]:
     """Rows/s of one large batch: the Predictor's path (eager, as evaluation computes it)
     against ONNX Runtime on the same normalised windows, interleaved."""
-    graph = ServingGraph(p.model_, p.model_config_, center=None, scale=None, temperature=None).eval()
+    graph = ServingGraph(fold_attention(p.model_), p.model_config_, center=None, scale=None,
+                         temperature=None).eval()
     ort = _ort_runner(graph, p.model_config_, p.window_, len(p.manifest_.symbols))
     sel, xb = idx[:batch], x[:batch]
     fns: dict[str, Callable[[], object]] = {
