@@ -30,7 +30,7 @@ from moola.datasets.windows import WindowSet
 from moola.features import build_features
 from moola.models.transfer import ENCODER_META, ENCODER_WEIGHTS, expected_rnn_shapes, read_encoder_dir
 from moola.pipelines.pretrain import PretrainConfig, run_pretrain
-from moola.training import GuardWarning
+from moola.training import GuardWarning, resolve_precision
 from moola.training.manifest import read_manifest
 
 PRETRAIN_DEMO = ROOT / "configs" / "pretrain_demo.yaml"
@@ -146,6 +146,8 @@ def test_pretrain_writes_an_encoder_dir_that_declares_its_architecture(jade_enco
     # the resolved config names the real input size; the metrics are finite numbers
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["encoder"]["input_size"] == 4 and cfg["encoder"]["hidden"] == 56
+    # the demo config names no precision: auto, recorded as what this machine ran
+    assert cfg["train"]["precision"] == resolve_precision("auto", torch.device("cpu"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1
     for k in ("val_masked_mse", "val_masked_mse_predict_zero"):

@@ -352,6 +352,45 @@ def test_bf16_precision_runs_under_autocast_and_keeps_fp32_weights():
     np.testing.assert_allclose(c["proba"].sum(1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("flags", "want"), [("fpu sse avx512f avx512_bf16 avx512vl", "bf16"),
+                                            ("fpu sse amx_tile amx_bf16 amx_int8", "bf16"),
+                                            ("fpu sse avx2 avx512f avx512bw", "fp32")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, tmp_path, flags, want):
+    """auto reads the CPU's flags: bf16 with AVX512-BF16 or AMX, fp32 where bf16 would be emulated
+    (slower than fp32); the trainer runs what it resolved and says so in ``precision_``."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(
+        cpuinfo if str(f) == "/proc/cpuinfo" else f, *a, **k))
+    assert trainer_mod.resolve_precision("auto", torch.device("cpu")) == want
+    assert trainer_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert trainer_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    d = TensorData(direction_windows(16))
+    dtypes: list[torch.dtype] = []
+    m = _small_transformer()
+    lin = next(mod for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    lin.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype))
+    t, _ = _fit(m, DirectionObjective(), d, epochs=1, batch_size=8, precision="auto")
+    assert t.precision_ == want
+    assert set(dtypes) == {torch.bfloat16 if want == "bf16" else torch.float32}
+    with pytest.raises(ValueError, match="valid: auto, fp32, bf16"):
+        trainer_mod.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_pretraining_defaults_to_auto_precision_unless_the_config_says():
+    """Pretraining runs bf16 where the CPU has it (its validation loss is equal in bf16); a
+    config that names a precision keeps it, and the choice survives a YAML round trip."""
+    from moola.pipelines.pretrain import PretrainConfig
+
+    assert PretrainConfig().train.precision == "auto"
+    assert PretrainConfig.model_validate({"train": {"epochs": 3}}).train.precision == "auto"
+    fp32 = PretrainConfig.model_validate({"train": {"epochs": 3, "precision": "fp32"}})
+    assert fp32.train.precision == "fp32" and fp32.train.epochs == 3
+    assert PretrainConfig.model_validate(fp32.model_dump()).train.precision == "fp32"
+    assert quiet_config().precision == "fp32"  # supervised training stays fp32 by default
+
+
 # ---------------------------------------------------------------------- early stopping
 
 

@@ -375,7 +375,8 @@ EncoderOpt = Annotated[
 ]
 TransferModeOpt = Annotated[str | None, typer.Option("--transfer-mode", help="full|forward-only")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32|bf16")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="auto|fp32|bf16 (auto: bf16 where the device computes it natively)")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace a run directory that already holds a run (the old run stays until "
     "the new one completes); without it such a directory is refused.")]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from safetensors.torch import save_file
 
@@ -60,6 +60,8 @@ from moola.training import (
     Trainer,
     data_fingerprint,
     masked_mse,
+    resolve_device,
+    resolve_precision,
     run_directory,
     seed_everything,
 )
@@ -89,7 +91,15 @@ class PretrainConfig(Config):
                                                  bidirectional=True, dropout=0.1)
     mask: MaskConfig = MaskConfig()
     augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig(epochs=20, batch_size=256)
+    # precision auto unless given: the masked autoencoder's validation loss is equal in bf16
+    # (BENCHMARKS.md, "bf16 by default") and bf16 is 1.4-2.1x faster where the CPU has it
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=256, precision="auto")
+
+    @model_validator(mode="after")
+    def _precision_auto_unless_given(self) -> PretrainConfig:
+        if "precision" not in self.train.model_fields_set:
+            self.train = self.train.model_copy(update={"precision": "auto"})
+        return self
 
     @field_validator("encoder")
     @classmethod
@@ -226,9 +236,12 @@ def _setup_pool(cfg: PretrainConfig) -> PoolData:
 
 
 def _save_config(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracker) -> PretrainConfig:
-    """The resolved config (encoder width = the feature count) and the normaliser, logged."""
+    """The resolved config (encoder width = the feature count, precision auto -> what this
+    device runs) and the normaliser, logged."""
     enc_cfg = cfg.encoder.model_copy(update={"input_size": data.fm.values.shape[1]})
-    resolved = cfg.model_copy(update={"encoder": enc_cfg})
+    precision = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    train = cfg.train.model_copy(update={"precision": precision})
+    resolved = cfg.model_copy(update={"encoder": enc_cfg, "train": train})
     data.scaler.save(out / "normalizer.json")
     resolved.to_yaml(out / "config.yaml")
     tracker.log_params(resolved.flat())
@@ -250,7 +263,8 @@ def _train(cfg: PretrainConfig, data: PoolData, out: Path, tracker: Tracker, *, 
         f"[bold]{cfg.name}[/]: masked autoencoder ({enc_cfg.kind} {enc_cfg.layers}x{enc_cfg.hidden}"
         f"{' bidirectional' if enc_cfg.bidirectional else ''}, {n_params:,} parameters) on "
         f"{len(data.train_idx):,} pool windows x {cfg.augment.views} view(s) per epoch, "
-        f"{len(data.val_idx):,} validation windows; mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; "
+        f"{len(data.val_idx):,} validation windows; {cfg.train.precision}; "
+        f"mask {cfg.mask.strategy} {cfg.mask.ratio:.0%}; "
         f"pool excludes every window within {d.embargo_bars} bars of the {data.n_labels} labeled "
         f"windows of {data.labels_path.name} "
         + ("on any symbol" if d.exclusion == "time" else "on the same symbol (TRANSDUCTIVE)")

@@ -37,7 +37,14 @@ from moola.training.ranking import (
     soft_rank,
 )
 from moola.training.rundir import RunExistsError, check_run_directory, replace_directory, run_directory
-from moola.training.trainer import FitResult, Trainer, resolve_device, seed_everything
+from moola.training.trainer import (
+    FitResult,
+    Trainer,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 __all__ = [
     "Batch",
@@ -76,10 +83,12 @@ __all__ = [
     "load_weights",
     "masked_mse",
     "masked_pearson",
+    "native_bf16",
     "read_config",
     "read_history",
     "replace_directory",
     "resolve_device",
+    "resolve_precision",
     "run_directory",
     "save_weights",
     "seed_everything",

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,6 +45,33 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """The device computes bf16 in hardware: CUDA with bf16, or a CPU with AVX512-BF16 or AMX
+    (elsewhere bf16 autocast is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:  # not Linux: no flags to read, no claim
+        pass
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> Literal["fp32", "bf16"]:
+    """``auto`` is bf16 where :func:`native_bf16`, else fp32; fp32 and bf16 are taken as given."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {name!r}; valid: auto, fp32, bf16")
+    return "bf16" if name == "bf16" else "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -106,7 +133,8 @@ class Trainer:
 
     The constructor only stores what it is given (scikit-learn style). ``fit`` resolves the
     device, assembles the callbacks (health guard, early stopping, the given ones, progress bar)
-    and leaves its learned state in attributes ending in ``_``: ``device_``, ``callbacks_``,
+    and leaves its learned state in attributes ending in ``_``: ``device_``, ``precision_`` (fp32
+    or bf16, ``auto`` resolved), ``callbacks_``,
     ``early_stopping_``, ``history_``, ``warnings_``, ``messages_``, ``global_step_``,
     ``steps_in_epoch_``, ``start_epoch_``, ``resume_batch_``, ``n_train_``,
     ``batches_per_epoch_``, ``epochs_`` (``epochs`` raised to reach ``min_steps``), ``n_val_``
@@ -163,6 +191,7 @@ class Trainer:
         """Device, callbacks and fresh loop state, once per ``fit``."""
         cfg = self.config
         self.device_ = resolve_device(cfg.device)
+        self.precision_ = resolve_precision(cfg.precision, self.device_)
         self.callbacks_: list[Callback] = [HealthGuard(cfg.guards)]
         self.early_stopping_: EarlyStopping | None = None
         if cfg.early_stopping is not None:
@@ -195,7 +224,9 @@ class Trainer:
         self._epoch_t0 = time.perf_counter()
 
     def _autocast(self) -> Any:
-        if self.config.precision == "bf16":
+        if not hasattr(self, "precision_"):
+            self.precision_ = resolve_precision(self.config.precision, self._device())
+        if self.precision_ == "bf16":
             return torch.autocast(self._device().type, dtype=torch.bfloat16)
         return nullcontext()
 
