@@ -355,7 +355,8 @@ def test_bf16_precision_runs_under_autocast_and_keeps_fp32_weights():
 @pytest.mark.parametrize(("flags", "want"), [("fpu sse avx512f avx512_bf16 avx512vl", "bf16"),
                                             ("fpu sse amx_tile amx_bf16 amx_int8", "bf16"),
                                             ("fpu sse avx2 avx512f avx512bw", "fp32")])
-def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, tmp_path, flags, want):
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, request, tmp_path, flags,
+                                                               want):
     """auto reads the CPU's flags: bf16 with AVX512-BF16 or AMX, fp32 where bf16 would be emulated
     (slower than fp32); the trainer runs what it resolved and says so in ``precision_``."""
     cpuinfo = tmp_path / "cpuinfo"
@@ -363,6 +364,8 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, tmp_
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(
         cpuinfo if str(f) == "/proc/cpuinfo" else f, *a, **k))
+    trainer_mod._cpu_flags.cache_clear()  # read once a process: this test's file, then the real one
+    request.addfinalizer(trainer_mod._cpu_flags.cache_clear)
     assert trainer_mod.resolve_precision("auto", torch.device("cpu")) == want
     assert trainer_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert trainer_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16"

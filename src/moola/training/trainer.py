@@ -9,6 +9,7 @@ bitwise the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -47,22 +48,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags from /proc/cpuinfo, read once a process (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "flags:")
+    except OSError:  # not Linux: no flags to read, no claim
+        return frozenset()
+    return frozenset(line.split(":", 1)[1].split())
+
+
 def native_bf16(device: torch.device) -> bool:
     """The device computes bf16 in hardware: CUDA with bf16, or a CPU with AVX512-BF16 or AMX
     (elsewhere bf16 autocast is emulated and slower than fp32)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:  # not Linux: no flags to read, no claim
-        pass
-    return False
+    return device.type == "cpu" and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(name: str, device: torch.device) -> Literal["fp32", "bf16"]:
