@@ -2,9 +2,10 @@
 
 A set's schema hash covers its names, order and parameters AND its code: the normalised source
 (comments and docstrings dropped) of the module that builds it, of every public
-``moola.features`` module that module draws helpers from, and of the builder's adjustment and
-warm-up code. So a changed formula changes the hash and a model trained on the old formula is
-refused, while a reworded comment does not. The alternative, a ``version`` bumped by hand, is
+``moola.features`` module that module draws helpers from, of the compiled kernels those modules
+name in ``KERNEL_MODULES``, and of the builder's adjustment and warm-up code. So a changed
+formula changes the hash and a model trained on the old formula is refused, while a reworded
+comment does not. The alternative, a ``version`` bumped by hand, is
 forgotten exactly when it matters; hashing the Polars expressions instead would miss the NumPy
 kernels some features run through ``map_batches`` (their printed form is just ``python_udf()``).
 """
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import inspect
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from moola._io import did_you_mean
@@ -64,6 +68,10 @@ class FeatureSet:
     (cross-sectional ranks), and their expressions do their own grouping. ``align``: ``bars``
     evaluates on the bars as given; ``calendar`` lays every symbol on the frame's calendar first
     (missing days as empty slots, ``_pad`` padding rows before each symbol; see the builder).
+    ``kernel``: a compiled evaluation of a ``bars`` set, adjusted bars -> (N, F) float32 in the
+    specs' order with inf already NaN, which the builder and ``serve_features`` run instead of
+    the expressions (these stay the definition, and a test holds the two equal); its module is
+    named in the defining module's ``KERNEL_MODULES`` so its source is part of the code hash.
     """
 
     name: str
@@ -74,6 +82,8 @@ class FeatureSet:
     make: Callable[..., FeatureSet] = field(repr=False, compare=False)
     aux: tuple[tuple[str, pl.Expr], ...] = field(default=(), repr=False, compare=False)
     align: Alignment = "bars"
+    kernel: Callable[[pl.DataFrame], np.ndarray] | None = field(default=None, repr=False,
+                                                                compare=False)
 
     def __post_init__(self) -> None:
         names = self.names
@@ -85,6 +95,9 @@ class FeatureSet:
         if self.align not in ("bars", "calendar"):
             raise ValueError(f"feature set {self.name!r}: unknown align {self.align!r}; "
                              "valid: bars, calendar")
+        if self.kernel is not None and self.align != "bars":
+            raise ValueError(f"feature set {self.name!r}: a kernel evaluates bar-count windows "
+                             f"only, not align={self.align!r}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -121,10 +134,11 @@ class FeatureSet:
         return self.make(**{**self.params, **params})
 
 
-def _normalised_source(obj: ModuleType | Callable[..., Any]) -> str:
-    """Source without comments, docstrings or layout: only a change in code changes it."""
+def _normalised_source(obj: ModuleType | Callable[..., Any] | Path) -> str:
+    """Source without comments, docstrings or layout: only a change in code changes it. A path
+    is read as a file (a kernel module, hashed without importing its compiler)."""
     try:
-        src = inspect.getsource(obj)
+        src = obj.read_text() if isinstance(obj, Path) else inspect.getsource(obj)
     except (OSError, TypeError) as e:
         raise RuntimeError(f"cannot read the source of {obj!r} to hash its formulas: {e}") from e
     tree = ast.parse(textwrap.dedent(src))
@@ -160,10 +174,16 @@ def _code_hash(modules: tuple[str, ...]) -> str:
     from moola.features import _build
 
     parts = [_normalised_source(sys.modules[m]) for m in modules]
+    for m in modules:  # the compiled kernels a module runs, read from their files
+        for kernel in getattr(sys.modules[m], "KERNEL_MODULES", ()):
+            spec = importlib.util.find_spec(kernel)
+            if spec is None or spec.origin is None:
+                raise RuntimeError(f"{m}.KERNEL_MODULES names {kernel!r}, which has no source file")
+            parts.append(_normalised_source(Path(spec.origin)))
     # the builder's price adjustment, inf -> NaN and warm-up rules change every value too
     parts += [_normalised_source(f) for f in (
-        _build.adjusted_bars, _build.compute_features, _build._bar_values, _build.calendar_frame,
-        _build._calendar_values)]
+        _build.adjusted_bars, _build.compute_features, _build._bar_values, _build._kernel_values,
+        _build.calendar_frame, _build._calendar_values)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

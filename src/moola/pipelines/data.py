@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -141,19 +141,21 @@ def run_features_build(
         raise ValueError(f"no symbols to build {set_name!r} from in the store at {store_dir} ({tf})")
     calendar = _store_calendar(store, tf, names)
 
-    def group_features(group: list[str]) -> FeatureMatrix:
+    def group_features(group: list[str]) -> tuple[FeatureMatrix, Any]:
+        """One group's features and the Arrow table the writer appends (made here, in parallel)."""
         bars = mark_gaps(store.read(tf, group), tf, calendar=calendar)
-        return compute_features(bars, fs, calendar=calendar)
+        fm = compute_features(bars, fs, calendar=calendar)
+        return fm, fm.to_frame().to_arrow()
 
     workers = max(1, min(GROUP_THREADS, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool, FeatureMatrix.writer(out) as writer:
-        pending: deque[Future[FeatureMatrix]] = deque()  # in symbol order: the file's order
+        pending: deque[Future[tuple[FeatureMatrix, Any]]] = deque()  # symbol order: the file's
         for group in _symbol_groups(store, tf, names, group_rows):
             pending.append(pool.submit(group_features, group))
             if len(pending) > workers:
-                writer.append(pending.popleft().result())
+                writer.append(*pending.popleft().result())
         while pending:
-            writer.append(pending.popleft().result())
+            writer.append(*pending.popleft().result())
     return FeatureBuild(Path(out), writer.rows, len(fs.names), fs.schema_hash)
 
 
