@@ -3,6 +3,7 @@ lets one symbol's bars into another's windows (real S&P bars with missing days a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,27 @@ def test_writer_refuses_mixed_schemas_and_leaves_no_file(store: Path, tmp_path: 
     assert not out.exists() and list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="no feature rows"), FeatureMatrix.writer(out):
         pass
+
+
+def test_writer_takes_a_workers_table_beside_a_row_less_matrix(store: Path, tmp_path: Path) -> None:
+    """The build's workers hand the writer their Arrow table and a matrix without rows: the file
+    equals the one written from the matrices; a table of another set's columns is refused."""
+    tf = Timeframe("1d")
+    fs = get_feature_set("alpha158")
+    parts = [compute_features(mark_gaps(Store(store).read(tf, [s]), tf), fs) for s in ("ESS", "UA")]
+    direct, queued = tmp_path / "direct.parquet", tmp_path / "queued.parquet"
+    with FeatureMatrix.writer(direct) as w:
+        for fm in parts:
+            w.append(fm)
+    with FeatureMatrix.writer(queued) as w:
+        for fm in parts:
+            w.append(replace(fm, keys=fm.keys.head(0), values=fm.values[:0]),
+                     fm.to_frame().to_arrow())
+    assert w.rows == sum(fm.keys.height for fm in parts)
+    a, b = FeatureMatrix.load(direct), FeatureMatrix.load(queued)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.keys.equals(b.keys)
+    other = compute_features(mark_gaps(Store(store).read(tf, ["ESS"]), tf), get_feature_set("ohlc4"))
+    with pytest.raises(ValueError, match="not the keys and features of 'alpha158'"), \
+            FeatureMatrix.writer(tmp_path / "bad.parquet") as w:
+        w.append(parts[0], other.to_frame().to_arrow())

@@ -117,8 +117,9 @@ class FeatureFileWriter:
 
     def append(self, fm: FeatureMatrix, table: Any = None) -> None:
         """Write one part; every part must carry the first one's schema hash. ``table``: the
-        part's ``to_frame().to_arrow()`` when a worker thread already made it (the transpose
-        then runs beside the other groups' compute, not in the writing thread)."""
+        part as ``to_frame().to_arrow()``, made by a worker thread (the transpose then runs
+        beside the other groups' compute); ``fm`` then only names the set and may hold no rows,
+        so a queued part does not keep its values twice."""
         import pyarrow.parquet as pq
 
         if self._first is None:
@@ -128,9 +129,9 @@ class FeatureFileWriter:
                              f"file of {self._first.schema_hash}")
         if table is None:
             table = fm.to_frame().to_arrow()
-        elif table.num_rows != fm.keys.height:
-            raise ValueError(f"{self.path}: a part of {fm.keys.height} rows came with a table of "
-                             f"{table.num_rows}")
+        elif table.column_names != [*fm.keys.columns, *fm.names]:
+            raise ValueError(f"{self.path}: a part's table has columns {table.column_names[:6]}..., "
+                             f"not the keys and features of {fm.set_name!r}")
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # float features almost never repeat: dictionary encoding them costs ~5x the write;
@@ -141,7 +142,7 @@ class FeatureFileWriter:
             self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="snappy",
                                             use_dictionary=["symbol"], write_statistics=keys)
         self._writer.write_table(table)
-        self.rows += fm.keys.height
+        self.rows += table.num_rows
 
     def __enter__(self) -> FeatureFileWriter:
         return self

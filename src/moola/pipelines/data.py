@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,10 +148,12 @@ def run_features_build(
     calendar = _store_calendar(store, tf, names)
 
     def group_features(group: list[str]) -> tuple[FeatureMatrix, Any]:
-        """One group's features and the Arrow table the writer appends (made here, in parallel)."""
+        """One group's Arrow table for the writer (made here, in parallel) and a row-less
+        FeatureMatrix naming its set: the values are not held twice while the part queues."""
         bars = mark_gaps(store.read(tf, group), tf, calendar=calendar)
         fm = compute_features(bars, fs, calendar=calendar)
-        return fm, fm.to_frame().to_arrow()
+        table = fm.to_frame().to_arrow()
+        return replace(fm, keys=fm.keys.head(0), values=fm.values[:0]), table
 
     workers = max(1, min(GROUP_THREADS, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool, FeatureMatrix.writer(out) as writer:
