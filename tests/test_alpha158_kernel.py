@@ -63,17 +63,19 @@ def test_kernel_equals_the_expressions_on_one_minute_crypto() -> None:
 
 
 def test_kernel_equals_the_expressions_on_bad_bars() -> None:
-    """Missing values, a zero open, zero volume, flat prices and a symbol shorter than the
-    longest window: the same NaN and the same values as the expressions, and no inf."""
+    """Missing closes, highs and opens (KUP2 then takes the close, as Polars' max_horizontal), a
+    zero open, zero volume, flat prices and a symbol shorter than the longest window: the same
+    NaN and the same values as the expressions, and no inf."""
     df = _daily_sample().filter(pl.col("symbol").is_in(["AAPL", "XOM"]))
     rows = df.height
     rng = np.random.default_rng(7)
-    holes = rng.choice(rows, size=40, replace=False)
+    holes = rng.choice(rows, size=48, replace=False)
     idx = pl.int_range(pl.len())
     df = df.with_columns(
         pl.when(idx.is_in(holes[:10])).then(None).otherwise(pl.col("close")).alias("close"),
         pl.when(idx.is_in(holes[10:20])).then(None).otherwise(pl.col("high")).alias("high"),
-        pl.when(idx.is_in(holes[20:25])).then(0.0).otherwise(pl.col("open")).alias("open"),
+        pl.when(idx.is_in(holes[20:25])).then(0.0)
+        .when(idx.is_in(holes[40:48])).then(None).otherwise(pl.col("open")).alias("open"),
         pl.when(idx.is_in(holes[25:40]) | ((idx > 300) & (idx < 330)))
         .then(0.0).otherwise(pl.col("volume")).alias("volume"),
     )

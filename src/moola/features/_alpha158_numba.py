@@ -47,22 +47,13 @@ def _fin(x: float) -> float:
 
 
 @njit(**_JIT)
-def _nanmax2(a: float, b: float) -> float:
-    """Polars' max_horizontal: the larger of the values present."""
+def _present_max_min(a: float, b: float) -> tuple[float, float]:
+    """Polars' max_horizontal and min_horizontal: over the values present (NaN if neither)."""
     if a != a:
-        return b
+        return b, b
     if b != b:
-        return a
-    return a if a > b else b
-
-
-@njit(**_JIT)
-def _nanmin2(a: float, b: float) -> float:
-    if a != a:
-        return b
-    if b != b:
-        return a
-    return a if a < b else b
+        return a, a
+    return (a, b) if a > b else (b, a)
 
 
 @njit(**_JIT)
@@ -160,7 +151,7 @@ def alpha158_bars(o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, 
     for i in range(n):
         oi, hi, li, ci = o[i], h[i], low[i], c[i]
         rng = hi - li + EPS
-        top, bot = _nanmax2(oi, ci), _nanmin2(oi, ci)
+        top, bot = _present_max_min(oi, ci)
         out[i, 0] = _fin((ci - oi) / oi)
         out[i, 1] = _fin((hi - li) / oi)
         out[i, 2] = _fin((ci - oi) / rng)
