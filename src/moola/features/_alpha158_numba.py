@@ -1,10 +1,12 @@
 """alpha158 over bar-count windows in one compiled pass (Numba): the fast path of ``align="bars"``.
 
-The Polars expressions in ``alpha158.py`` stay the definition; tests/test_alpha158.py holds this
-kernel equal to them on the real panel. One kernel, not one per operator, because most of the
-set's cost in Polars was moving 158 columns through casts, null masks and ``map_batches``
-round trips. Every window is computed afresh (no running totals), as the expressions do: a
-window of zeros sums to exactly 0, so Qlib's ``+1e-12`` denominators see no rounding residue.
+The Polars expressions in ``alpha158.py`` stay the definition; tests/test_alpha158_kernel.py
+holds this kernel equal to them on real and broken bars. One kernel, not one per operator,
+because the expressions' cost was spread over all 29 operators (rolling quantiles and
+correlations most), each column also paying Polars casts, null masks and ``map_batches`` round
+trips; one pass per row shares the window loop between them. Every window is computed afresh
+(no running totals), as the expressions do: a window of zeros sums to exactly 0, so Qlib's
+``+1e-12`` denominators see no rounding residue.
 
 Row i's windows end at i and may reach into the previous symbol; the builder NaNs those rows
 (the first ``lookback`` of every symbol), as it does for the expressions. A window holding a
