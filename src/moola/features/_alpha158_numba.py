@@ -145,7 +145,7 @@ def alpha158_bars(o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, 
         vad[i] = abs(y)
     nan_c, nan_h, nan_l, nan_v = _last_nan(c), _last_nan(h), _last_nan(low), _last_nan(v)
     nan_dc, nan_dv = _last_nan(dc), _last_nan(dv)
-    nan_cl = np.maximum(_last_nan(c), _last_nan(lv))
+    nan_cl = np.maximum(nan_c, _last_nan(lv))
     nan_rl = np.maximum(_last_nan(ret), _last_nan(lvr))
     nan_wv = _last_nan(wv)
 

@@ -208,9 +208,9 @@ def serve_features(
 ) -> FeatureMatrix:
     """``compute_features`` for the few hundred rows a serving tick reads: the same kernel, or
     the same expressions and rules in one eager (in-memory engine) query, 2-4 times faster on
-    small frames. Equal bit
-    for bit on one Polars thread; with more, ``compute_features``' streaming engine can differ in
-    the last bits at a cancellation point (tests/test_features_serving.py, every set).
+    small frames. Equal bit for bit on one Polars thread; with more, ``compute_features``'
+    streaming engine can differ in the last bits at a cancellation point
+    (tests/test_features_serving.py, every set).
 
     It is a separate function because ``compute_features``' source is part of every set's code
     hash: changing how it evaluates would refuse every model trained before. Its warm-up and
@@ -230,7 +230,7 @@ def serve_features(
         if (not values.flags.writeable or values.dtype != np.float32
                 or not values.flags.c_contiguous):
             values = np.ascontiguousarray(values, dtype=np.float32)
-    np.copyto(values, np.float32(np.nan), where=np.isinf(values))
+        np.copyto(values, np.float32(np.nan), where=np.isinf(values))  # the kernel's is NaN
     pos = _position_in_symbol(keys.get_column("symbol"))
     lookbacks = np.array([s.lookback for s in fs.specs], dtype=np.int64)
     for lb in np.unique(lookbacks[lookbacks > 0]):

@@ -127,13 +127,6 @@ class FeatureSet:
 
         return schema_hash(self.name, self.names, dict(self.params))
 
-    def warm_up(self) -> None:
-        """Load (or compile) the set's kernel now, on two bars, so that a thread can do it while
-        data is read; a no-op without a kernel."""
-        if self.kernel is not None:
-            one = [1.0, 1.0]
-            self.kernel(pl.DataFrame({c: one for c in ("open", "high", "low", "close", "volume")}))
-
     def with_params(self, **params: Any) -> FeatureSet:
         """The same set rebuilt with some parameters overridden."""
         if not params:

@@ -14,8 +14,8 @@ schema hash):
   Rows are output for the real bars only.
 
 ``bars`` is evaluated by a compiled kernel (``_alpha158_numba``, the same formulas in one Numba
-pass, 5-10x faster than these expressions on the full panel); the expressions below are the
-definition, which tests/test_alpha158.py holds the kernel to, and they evaluate ``calendar``.
+pass, 6.8x these expressions on the full panel); the expressions below are the definition,
+which tests/test_alpha158_kernel.py holds the kernel to, and they evaluate ``calendar``.
 
 Deviations, in both: ``$vwap`` does not exist in our bars, VWAP0 uses the typical price
 (high + low + close) / 3; inf becomes NaN. Prices are split/dividend adjusted by the builder
@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from moola.features._build import BAR_COLUMNS
 from moola.features._registry import FeatureSet, FeatureSpec
 
 OP, H, L, C, V = (pl.col(c) for c in ("open", "high", "low", "close", "volume"))
@@ -589,7 +590,6 @@ ROLLING_OPERATORS: tuple[str, ...] = tuple(_rolling_ops())
 
 Align = Literal["bars", "calendar"]
 ALIGNMENTS: tuple[str, ...] = ("bars", "calendar")
-_KERNEL_COLUMNS = ("open", "high", "low", "close", "volume")
 
 
 def _bars_kernel(windows: tuple[int, ...]) -> Callable[[pl.DataFrame], np.ndarray]:
@@ -600,8 +600,8 @@ def _bars_kernel(windows: tuple[int, ...]) -> Callable[[pl.DataFrame], np.ndarra
     def kernel(bars: pl.DataFrame) -> np.ndarray:
         from moola.features._alpha158_numba import alpha158_bars
 
-        cols = [np.array(bars.get_column(c).cast(pl.Float64).to_numpy(), dtype=np.float64)
-                for c in _KERNEL_COLUMNS]  # writable, contiguous; null -> NaN
+        # adjusted bars are float64 already; a copy is writable and contiguous, null -> NaN
+        cols = [np.array(bars.get_column(c).to_numpy(), dtype=np.float64) for c in BAR_COLUMNS]
         return alpha158_bars(*cols, wins)
 
     return kernel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -135,11 +134,6 @@ def run_features_build(
         fm = compute_features(bars, fs)
         fm.save(out)
         return FeatureBuild(Path(out), fm.keys.height, len(fs.names), fm.schema_hash)
-    # a compiled kernel loads (~0.9 s: Numba's import and cache) while the calendar and the
-    # first groups are read
-    warm = threading.Thread(target=fs.warm_up, daemon=True) if fs.kernel is not None else None
-    if warm is not None:
-        warm.start()
     store = Store(store_dir)
     tf = Timeframe(timeframe) if timeframe else store.resolve_timeframe(None)
     names = sorted(set(symbols)) if symbols is not None else store.symbols(tf)
