@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint install clean
+.PHONY: demo test test-slow lint install kernels clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,9 +14,14 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev]'
+	$(VENV)/bin/moola features compile || echo "note: no ahead-of-time feature kernels (a C compiler is needed); builds use Numba's JIT"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the feature kernels ahead of time again, after editing one (make install runs it once)
+kernels: $(STAMP)
+	$(VENV)/bin/moola features compile
 
 demo: $(STAMP)
 	$(VENV)/bin/moola demo --out demo_out

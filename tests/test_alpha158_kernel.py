@@ -142,3 +142,11 @@ def test_a_kernel_returning_the_wrong_shape_is_named() -> None:
     df = _daily_sample().filter(pl.col("symbol") == "AAPL").head(100)
     with pytest.raises(RuntimeError, match=r"alpha158.*\(100, 3\).*\(100, 158\)"):
         compute_features(df, bad, timeframe="1d")
+
+
+def test_the_kernel_checks_the_shape_of_its_output() -> None:
+    from moola.features._alpha158_numba import alpha158_bars
+
+    x = np.ones(10)
+    with pytest.raises(ValueError, match="out must be"):
+        alpha158_bars(x, x, x, x, x, np.array([5], np.int64), np.empty((10, 40), np.float32))

@@ -113,25 +113,27 @@ def test_writer_refuses_mixed_schemas_and_leaves_no_file(store: Path, tmp_path: 
         pass
 
 
-def test_writer_takes_a_workers_table_beside_a_row_less_matrix(store: Path, tmp_path: Path) -> None:
-    """The build's workers hand the writer their Arrow table and a matrix without rows: the file
-    equals the one written from the matrices; a table of another set's columns is refused."""
+def test_a_workers_table_writes_the_same_file(store: Path, tmp_path: Path) -> None:
+    """The build's workers hand the writer each group's Arrow table: the file equals the one
+    written from the matrices, for the kernel, the expressions and the calendar; a table of
+    another set's columns is refused."""
     tf = Timeframe("1d")
-    fs = get_feature_set("alpha158")
-    parts = [compute_features(mark_gaps(Store(store).read(tf, [s]), tf), fs) for s in ("ESS", "UA")]
-    direct, queued = tmp_path / "direct.parquet", tmp_path / "queued.parquet"
-    with FeatureMatrix.writer(direct) as w:
-        for fm in parts:
-            w.append(fm)
-    with FeatureMatrix.writer(queued) as w:
-        for fm in parts:
-            w.append(replace(fm, keys=fm.keys.head(0), values=fm.values[:0]),
-                     fm.to_frame().to_arrow())
-    assert w.rows == sum(fm.keys.height for fm in parts)
-    a, b = FeatureMatrix.load(direct), FeatureMatrix.load(queued)
-    np.testing.assert_array_equal(a.values, b.values)
-    assert a.keys.equals(b.keys)
-    other = compute_features(mark_gaps(Store(store).read(tf, ["ESS"]), tf), get_feature_set("ohlc4"))
-    with pytest.raises(ValueError, match="not the keys and features of 'alpha158'"), \
+    for fs in (get_feature_set("alpha158"), replace(get_feature_set("alpha158"), kernel=None),
+               get_feature_set("alpha158", align="calendar"), get_feature_set("crypto39")):
+        groups = [mark_gaps(Store(store).read(tf, [s]), tf) for s in ("ESS", "UA")]
+        direct, columns = tmp_path / "direct.parquet", tmp_path / "columns.parquet"
+        with FeatureMatrix.writer(direct) as w:
+            for bars in groups:
+                w.append(compute_features(bars, fs))
+        with FeatureMatrix.writer(columns) as w:
+            for bars in groups:
+                w.append_table(compute_features(bars, fs).to_arrow(), fs)
+        assert w.rows == sum(g.height for g in groups)
+        a, b = FeatureMatrix.load(direct), FeatureMatrix.load(columns)
+        np.testing.assert_array_equal(a.values, b.values, err_msg=f"{fs.name} {fs.align}")
+        assert a.keys.equals(b.keys) and a.schema_hash == b.schema_hash
+    bars = mark_gaps(Store(store).read(tf, ["ESS"]), tf)
+    other = compute_features(bars, get_feature_set("ohlc4")).to_arrow()
+    with pytest.raises(ValueError, match="not the features of 'alpha158'"), \
             FeatureMatrix.writer(tmp_path / "bad.parquet") as w:
-        w.append(parts[0], other.to_frame().to_arrow())
+        w.append_table(other, get_feature_set("alpha158"))

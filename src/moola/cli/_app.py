@@ -303,6 +303,22 @@ def features_build(
     )
 
 
+@features_app.command("compile")
+@_friendly_errors
+def features_compile() -> None:
+    """Build the feature kernels ahead of time (C compiler needed; ``make install`` runs it):
+    a build then skips Numba's ~0.8 s start and 170 MB. Without it they run through the JIT."""
+    import time
+
+    from moola.features import compile_kernels
+
+    t0 = time.perf_counter()
+    for built in compile_kernels():
+        state = "built" if built.built else "up to date"
+        console.print(f"{built.module}: {state} -> {built.path}")
+    console.print(f"in {time.perf_counter() - t0:.1f}s")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

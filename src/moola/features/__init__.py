@@ -1,5 +1,6 @@
 """Feature sets: canonical bars in, float32 FeatureMatrix (keys + schema hash) out."""
 
+from moola.features._aot import CompiledKernel, compile_kernels
 from moola.features._build import adjusted_bars, build_features, compute_features, serve_features
 from moola.features._matrix import FeatureMatrix, schema_hash
 from moola.features._registry import (
@@ -12,12 +13,14 @@ from moola.features._registry import (
 )
 
 __all__ = [
+    "CompiledKernel",
     "FeatureMatrix",
     "FeatureSet",
     "FeatureSpec",
     "UnknownFeatureSetError",
     "adjusted_bars",
     "build_features",
+    "compile_kernels",
     "compute_features",
     "feature_table_markdown",
     "get_feature_set",

@@ -5,14 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from moola._io import atomic_write, atomic_write_json, read_json, temp_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from moola.features._registry import FeatureSet
 
 
 def schema_hash(set_name: str, names: tuple[str, ...], params: dict[str, Any],
@@ -68,10 +74,15 @@ class FeatureMatrix:
         return out
 
     def to_frame(self) -> pl.DataFrame:
-        """Keys plus one float32 column per feature: the saved table (transposed once first:
-        copying contiguous rows is ~5x cheaper than gathering strided columns)."""
-        columns = np.ascontiguousarray(self.values.T)  # (F, N)
-        return self.keys.hstack(pl.DataFrame({n: columns[i] for i, n in enumerate(self.names)}))
+        """Keys plus one float32 column per feature: the saved table."""
+        frame = pl.from_arrow(self.to_arrow())
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def to_arrow(self) -> pa.Table:
+        """The saved table as Arrow (transposed once first: copying contiguous rows is ~5x
+        cheaper than gathering strided columns)."""
+        return feature_table(self.keys, self.names, np.ascontiguousarray(self.values.T))
 
     def save(self, path: str | Path) -> Path:
         """Parquet with keys + one column per feature, and ``<path>.schema.json`` beside it."""
@@ -113,56 +124,108 @@ class FeatureFileWriter:
         self.rows = 0
         self._tmp = temp_path(path)
         self._writer: Any = None
-        self._first: FeatureMatrix | None = None
+        # the parts already written go to disk while later ones are computed: the closing
+        # fsync then waits for the last part only (0.2 s of alpha158's full-panel build before)
+        self._fd: int | None = None
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushing: Future[None] | None = None
+        self._first: _Schema | None = None
 
-    def append(self, fm: FeatureMatrix, table: Any = None) -> None:
-        """Write one part; every part must carry the first one's schema hash. ``table``: the
-        part as ``to_frame().to_arrow()``, made by a worker thread (the transpose then runs
-        beside the other groups' compute); ``fm`` then only names the set and may hold no rows,
-        so a queued part does not keep its values twice."""
+    def append(self, fm: FeatureMatrix) -> None:
+        """Write one part; every part must carry the first one's schema hash."""
+        self._write(fm.to_arrow(), _Schema(fm.set_name, fm.names, dict(fm.params), fm.code_hash))
+
+    def append_table(self, table: pa.Table, fs: FeatureSet) -> None:
+        """Write one part that is already a table (``FeatureMatrix.to_arrow``) of the set ``fs``:
+        the build's workers make it, so the writer's thread only writes."""
+        self._write(table, _Schema(fs.name, fs.names, dict(fs.params), fs.code_hash))
+
+    def _write(self, table: pa.Table, schema: _Schema) -> None:
         import pyarrow.parquet as pq
 
         if self._first is None:
-            self._first = fm
-        elif fm.schema_hash != self._first.schema_hash:
-            raise ValueError(f"{self.path}: part with schema hash {fm.schema_hash} appended to a "
-                             f"file of {self._first.schema_hash}")
-        if table is None:
-            table = fm.to_frame().to_arrow()
-        elif table.column_names != [*fm.keys.columns, *fm.names]:
-            raise ValueError(f"{self.path}: a part's table has columns {table.column_names[:6]}..., "
-                             f"not the keys and features of {fm.set_name!r}")
+            self._first = schema
+        elif schema.hash != self._first.hash:
+            raise ValueError(f"{self.path}: part with schema hash {schema.hash} appended to a "
+                             f"file of {self._first.hash}")
+        features = table.column_names[-len(schema.names):]
+        if tuple(features) != schema.names:
+            raise ValueError(f"{self.path}: a part's table ends in columns {features[:6]}..., "
+                             f"not the features of {schema.set_name!r}")
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # float features almost never repeat: dictionary encoding them costs ~5x the write;
             # snappy: 0.6x zstd's write time for a file 1.2x the size (alpha158, full panel)
             # statistics (min/max per row group, for filtered reads) on the keys, not on 158
             # float columns nobody filters by: 15% of the write
-            keys = [c for c in fm.keys.columns if c in table.column_names]
+            keys = table.column_names[:-len(schema.names)]
             self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="snappy",
                                             use_dictionary=["symbol"], write_statistics=keys)
         self._writer.write_table(table)
         self.rows += table.num_rows
+        if self._fd is None:
+            self._fd = os.open(self._tmp, os.O_RDONLY)
+            self._flusher = ThreadPoolExecutor(1, thread_name_prefix="feature-file-sync")
+        if self._flushing is None or self._flushing.done():
+            assert self._flusher is not None
+            self._flushing = self._flusher.submit(os.fdatasync, self._fd)
 
     def __enter__(self) -> FeatureFileWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if self._flusher is not None:
+                self._flusher.shutdown(wait=True)
+            if exc_type is None and self._fd is not None:
+                os.fsync(self._fd)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
         if exc_type is not None or self._first is None:
             self._tmp.unlink(missing_ok=True)
             if exc_type is None:
                 raise ValueError(f"{self.path}: no feature rows were written")
             return
-        fd = os.open(self._tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(self._tmp, self.path)
         f = self._first
         write_sidecar(self.path, f.set_name, f.names, f.params, f.code_hash, self.rows)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """What the sidecar records of a file's parts; every part must have the same hash."""
+
+    set_name: str
+    names: tuple[str, ...]
+    params: dict[str, Any]
+    code_hash: str | None
+
+    @property
+    def hash(self) -> str:
+        return schema_hash(self.set_name, self.names, self.params, code=self.code_hash)
+
+
+def feature_table(keys: pl.DataFrame, names: tuple[str, ...], columns: np.ndarray) -> pa.Table:
+    """Keys, then one float32 column per feature from ``columns`` (F, N), rows C-contiguous (no
+    copy); features are non-nullable (a missing value is NaN), so Parquet writes no null levels
+    for them (a sixth of the write)."""
+    import pyarrow as pa
+
+    if (columns.shape != (len(names), keys.height) or columns.dtype != np.float32
+            or not columns.flags.c_contiguous):
+        raise ValueError(f"feature columns {columns.dtype} {columns.shape} != C-contiguous float32 "
+                         f"(features={len(names)}, rows={keys.height})")
+    key_table = keys.to_arrow()
+    fields = [*key_table.schema, *(pa.field(n, pa.float32(), nullable=False) for n in names)]
+    # from_buffers, not pa.array: that one checks for pandas objects and so imports pandas
+    # (0.3 s, a tenth of a whole alpha158 build)
+    rows = keys.height
+    arrays = [*key_table.columns, *(pa.FloatArray.from_buffers(pa.float32(), rows, [None, pa.py_buffer(c)])
+                                    for c in columns)]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def write_sidecar(path: Path, set_name: str, names: tuple[str, ...], params: dict[str, Any],
