@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -96,6 +98,37 @@ def test_the_build_loads_without_numba(built: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_the_build_releases_the_gil(built: Path) -> None:
+    """A build's worker threads run the kernel side by side: while a call runs, a Python thread
+    keeps ticking. Were the GIL held, its ticks would stop for the whole call, so the longest
+    pause between them would be at least one call's duration."""
+    df = load_crypto(100_000)
+    cols = _columns(df)
+    out = np.empty((df.height, 158), np.float32)
+    ext = _ext(built)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    calls = []
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            ext.alpha158_bars(*cols, WINDOWS, out)
+            calls.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        ticker.join()
+    longest_pause = float(np.diff(ticks).max())
+    assert longest_pause < 0.5 * min(calls), (
+        f"the other thread stood still for {longest_pause:.3f} s during calls of {min(calls):.3f} s")
 
 
 def test_a_stale_build_is_never_loaded(built: Path, tmp_path: Path,
