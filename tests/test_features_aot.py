@@ -30,10 +30,14 @@ WINDOWS = np.array([5, 10, 20, 30, 60], dtype=np.int64)
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One build for the module (~8 s: Numba's compile plus the C compiler's link)."""
+    """One build for the module (~4-8 s: Numba's compile plus the C compiler's link); a build
+    of an older key beside it is removed."""
     directory = tmp_path_factory.mktemp("aot")
+    old = directory / "_alpha158_numba_aot_0123456789abcdef.so"
+    old.write_bytes(b"an older build")
     [kernel] = _aot.compile_kernels(directory)
     assert kernel.built and kernel.module == MODULE and kernel.path.exists()
+    assert not old.exists() and [p.name for p in directory.iterdir()] == [kernel.path.name]
     return directory
 
 

@@ -137,3 +137,24 @@ def test_a_workers_table_writes_the_same_file(store: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="not the features of 'alpha158'"), \
             FeatureMatrix.writer(tmp_path / "bad.parquet") as w:
         w.append_table(other, get_feature_set("alpha158"))
+
+
+def test_the_cli_says_when_a_kernel_ran_through_the_jit(store: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an ahead-of-time build (``moola features compile``) every build pays Numba's
+    start-up: the command says so and how to fix it; with one it says nothing."""
+    from typer.testing import CliRunner
+
+    import moola.features
+    from moola.cli import app
+
+    args = ["features", "build", "--store", str(store), "--set", "alpha158", "--symbols", "ESS"]
+    monkeypatch.setattr(moola.features, "compiled_kernels",
+                        lambda fs=None: {"moola.features._alpha158_numba": None})
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "ran through Numba's JIT" in res.output and "moola features compile" in res.output
+    monkeypatch.setattr(moola.features, "compiled_kernels",
+                        lambda fs=None: {"moola.features._alpha158_numba": tmp_path / "x.so"})
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b.parquet")])
+    assert res.exit_code == 0 and "JIT" not in res.output, res.output

@@ -1,6 +1,6 @@
 """Feature sets: canonical bars in, float32 FeatureMatrix (keys + schema hash) out."""
 
-from moola.features._aot import CompiledKernel, compile_kernels
+from moola.features._aot import CompiledKernel, compile_kernels, compiled_kernels
 from moola.features._build import adjusted_bars, build_features, compute_features, serve_features
 from moola.features._matrix import FeatureMatrix, schema_hash
 from moola.features._registry import (
@@ -21,6 +21,7 @@ __all__ = [
     "adjusted_bars",
     "build_features",
     "compile_kernels",
+    "compiled_kernels",
     "compute_features",
     "feature_table_markdown",
     "get_feature_set",

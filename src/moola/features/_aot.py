@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from moola.features._registry import FeatureSet
 
 
 def _source(module: str) -> Path:
@@ -118,6 +121,9 @@ def compile_kernel(module: str, directory: Path | None = None) -> Path:
         cc.output_file = path.name
         cc.compile()
         os.replace(Path(tmp) / path.name, path)
+    for stale in path.parent.glob(f"{module.rsplit('.', 1)[1]}_aot_*"):  # older keys' builds
+        if stale != path:
+            stale.unlink(missing_ok=True)
     return path
 
 
@@ -142,14 +148,21 @@ def _releasing_the_gil() -> Iterator[None]:
         compiler.Flags = Flags
 
 
-def kernel_modules() -> list[str]:
-    """Every compiled kernel module the registered feature sets run (their ``KERNEL_MODULES``)."""
+def kernel_modules(fs: FeatureSet | None = None) -> list[str]:
+    """The compiled kernel modules ``fs`` runs (its module's ``KERNEL_MODULES``), or every
+    registered set's."""
     from moola.features._registry import list_feature_sets
 
     found: dict[str, None] = {}
-    for fs in list_feature_sets():
-        found.update(dict.fromkeys(getattr(sys.modules[fs.make.__module__], "KERNEL_MODULES", ())))
+    for one in [fs] if fs is not None else list_feature_sets():
+        found.update(dict.fromkeys(getattr(sys.modules[one.make.__module__], "KERNEL_MODULES", ())))
     return list(found)
+
+
+def compiled_kernels(fs: FeatureSet | None = None) -> dict[str, Path | None]:
+    """Each kernel module ``fs`` (default: every set) runs -> its up-to-date ahead-of-time
+    build, or None where it runs through the JIT (``moola features compile`` makes one)."""
+    return {m: (p if (p := artefact_path(m)).exists() else None) for m in kernel_modules(fs)}
 
 
 @dataclass(frozen=True)
