@@ -20,8 +20,13 @@ one process:
 * achieved GFLOP/s = analytic FLOPs (bench_training.rnn_train_flops: 3 x 2 x 4H(in + H) per step
   and direction) x samples/s, as a share of the matching (fp32 or bf16) ceiling.
 
-Usage: python benchmarks/bench_lstm_ceiling.py [--threads 2] [--batch 256] [--repeats 3]
-       [--steps 3] [--presets jade,...] [--compile] [--batches 64,256,512]
+With ``--patches 5,7`` it adds nn.LSTM on patched sequences (p bars per step: T // p steps of
+p * F inputs, a different model on the same windows), each against the ceiling of its own
+shapes; ``--no-fused`` leaves out the FusedLSTM rows.
+
+Usage: python benchmarks/bench_lstm_ceiling.py [--threads 2 | --threads 1,2] [--batch 256] [--repeats 3]
+       [--steps 3] [--presets jade,...] [--compile] [--batches 64,256,512] [--patches 5,7]
+       [--no-fused]
 """
 
 from __future__ import annotations
@@ -119,23 +124,23 @@ def onednn_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0
     return 2 * m * k * n / best / 1e9
 
 
-def gate_gemms(enc: RNNEncoderConfig, batch: int) -> list[tuple[int, int, int, int]]:
+def gate_gemms(enc: RNNEncoderConfig, batch: int, t: int = T) -> list[tuple[int, int, int, int]]:
     """(m, k, n, count) of every gate GEMM of one training step: forward, input-grad, weight-grad."""
     dirs = 2 if enc.bidirectional else 1
-    g, h, bt = 4 * enc.hidden, enc.hidden, batch * T
+    g, h, bt = 4 * enc.hidden, enc.hidden, batch * t
     out: list[tuple[int, int, int, int]] = []
     inp = enc.input_size
     for _ in range(enc.layers):
         out += [(bt, inp, g, dirs), (bt, g, inp, dirs), (inp, bt, g, dirs)]  # input projection
-        out += [(batch, h, g, dirs * T), (batch, g, h, dirs * T), (h, bt, g, dirs)]  # recurrent
+        out += [(batch, h, g, dirs * t), (batch, g, h, dirs * t), (h, bt, g, dirs)]  # recurrent
         inp = h * dirs
     return out
 
 
-def ceiling(enc: RNNEncoderConfig, batch: int, dtype: torch.dtype) -> float:
+def ceiling(enc: RNNEncoderConfig, batch: int, dtype: torch.dtype, t: int = T) -> float:
     """Total gate-GEMM FLOPs over their total time at each GEMM's measured oneDNN rate."""
     flops = secs = 0.0
-    for m, k, n, count in gate_gemms(enc, batch):
+    for m, k, n, count in gate_gemms(enc, batch, t):
         f = 2.0 * m * k * n * count
         flops += f
         secs += f / (onednn_gflops(m, k, n, dtype) * 1e9)
@@ -152,9 +157,25 @@ def rnn_train_flops(enc: RNNEncoderConfig, t: int = T) -> float:
     return 3 * flops
 
 
-def build(enc: RNNEncoderConfig, impl: str, cell: Cell) -> nn.Module:
+class Patched(nn.Module):
+    """Sequence patching ahead of the recurrence: ``p`` consecutive bars become one step of
+    ``p * F`` inputs, so the LSTM runs T // p steps (a different model on the same windows)."""
+
+    def __init__(self, lstm: nn.LSTM, p: int) -> None:
+        super().__init__()
+        self.lstm, self.p = lstm, p
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        b, t, f = x.shape  # (B, T, F) -> (B, T // p, p * F)
+        return self.lstm(x[:, : t - t % self.p].reshape(b, t // self.p, self.p * f))[0], None
+
+
+def build(enc: RNNEncoderConfig, impl: str, cell: Cell, patch: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    ref = nn.LSTM(enc.input_size, enc.hidden, enc.layers, batch_first=True, bidirectional=enc.bidirectional)
+    ref = nn.LSTM(enc.input_size * patch, enc.hidden, enc.layers, batch_first=True,
+                  bidirectional=enc.bidirectional)
+    if patch > 1:
+        return Patched(ref, patch)
     return FusedLSTM(ref, cell) if impl == "fused" else ref
 
 
@@ -175,16 +196,21 @@ def train_rate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="thread counts, e.g. 1,2: each variant at each, "
+                    "interleaved, against the ceiling at that count")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per repeat")
     ap.add_argument("--presets", default=",".join(FEATURES))
     ap.add_argument("--compile", action="store_true", help="add FusedLSTM + torch.compile'd cell (jade)")
     ap.add_argument("--batches", default="", help="extra batch sizes for jade, e.g. 64,512")
+    ap.add_argument("--patches", default="", help="add nn.LSTM on patched sequences, e.g. 5,7 "
+                    "(p bars per step: T // p steps of p * F inputs)")
+    ap.add_argument("--no-fused", action="store_true", help="leave out the FusedLSTM rows")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}, T {T}, load average "
+    counts = [int(c) for c in args.threads.split(",")]
+    torch.set_num_threads(max(counts))
+    print(f"threads {args.threads}, batch {args.batch}, T {T}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     a = torch.randn(512, 512)
     t0 = time.perf_counter()
@@ -202,34 +228,55 @@ def main() -> None:
         if (err := check_equal(enc)) > 1e-10:
             raise SystemExit(f"{name}: FusedLSTM differs from nn.LSTM by {err:.3g} in float64")
         batches = [args.batch] + ([int(b) for b in args.batches.split(",") if b] if name == "jade" else [])
-        variants: list[tuple[str, str, bool, Cell, int]] = []
+        patches = [int(p) for p in args.patches.split(",") if p]
+        # (label, impl, bf16, cell, batch, patch)
+        variants: list[tuple[str, str, bool, Cell, int, int]] = []
         for b in batches:
-            variants += [("nn.LSTM fp32", "torch", False, lstm_cell, b),
-                         ("nn.LSTM bf16", "torch", True, lstm_cell, b),
-                         ("FusedLSTM fp32", "fused", False, lstm_cell, b),
-                         ("FusedLSTM bf16", "fused", True, lstm_cell, b)]
+            variants += [("nn.LSTM fp32", "torch", False, lstm_cell, b, 1),
+                         ("nn.LSTM bf16", "torch", True, lstm_cell, b, 1)]
+            if not args.no_fused:
+                variants += [("FusedLSTM fp32", "fused", False, lstm_cell, b, 1),
+                             ("FusedLSTM bf16", "fused", True, lstm_cell, b, 1)]
+            for p in patches:
+                variants += [(f"nn.LSTM fp32, patch {p} ({T // p} steps)", "torch", False, lstm_cell, b, p),
+                             (f"nn.LSTM bf16, patch {p} ({T // p} steps)", "torch", True, lstm_cell, b, p)]
         if args.compile and name == "jade":
             compiled = torch.compile(lstm_cell, dynamic=False)
-            variants += [("FusedLSTM compiled fp32", "fused", False, compiled, args.batch),
-                         ("FusedLSTM compiled bf16", "fused", True, compiled, args.batch)]
-        ceil = {(b, dt): ceiling(enc, b, dt) for b in batches for dt in (torch.float32, torch.bfloat16)}
+            variants += [("FusedLSTM compiled fp32", "fused", False, compiled, args.batch, 1),
+                         ("FusedLSTM compiled bf16", "fused", True, compiled, args.batch, 1)]
+        # each at each thread count: (label, impl, bf16, cell, batch, patch, threads)
+        runs = [(f"{v[0]}, {tc} thread{'s' * (tc > 1)}" if len(counts) > 1 else v[0], *v[1:], tc)
+                for v in variants for tc in counts]
+
+        def enc_of(p: int, enc: RNNEncoderConfig = enc) -> RNNEncoderConfig:
+            return enc.model_copy(update={"input_size": enc.input_size * p})
+
+        def ceiling_at(b: int, p: int, dt: torch.dtype, tc: int) -> float:
+            torch.set_num_threads(tc)
+            return ceiling(enc_of(p), b, dt, T // p)
+
+        keys = sorted({(b, p, tc) for *_, b, p, tc in runs})
+        ceil = {(b, p, tc, dt): ceiling_at(b, p, dt, tc) for b, p, tc in keys
+                for dt in (torch.float32, torch.bfloat16)}
         xs = {b: torch.randn(b, T, enc.input_size) for b in batches}
-        models = [build(enc, impl, cell) for _, impl, _, cell, _ in variants]
+        models = [build(enc, impl, cell, p) for _, impl, _, cell, _, p, _ in runs]
         opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
-        for (label, _, bf16, _, b), m, o in zip(variants, models, opts, strict=True):
+        for (label, _, bf16, _, b, _, tc), m, o in zip(runs, models, opts, strict=True):
+            torch.set_num_threads(tc)
             t = time.perf_counter()
             train_rate(m, o, xs[b], bf16, 1)  # warm-up (and compilation)
             if "compiled" in label:
                 print(f"<!-- {label}: first step incl. compilation {time.perf_counter() - t:.1f} s -->")
-        rates: list[list[float]] = [[] for _ in variants]
+        rates: list[list[float]] = [[] for _ in runs]
         for _ in range(args.repeats):  # interleaved: machine noise is shared
-            for i, ((_, _, bf16, _, b), m, o) in enumerate(zip(variants, models, opts, strict=True)):
+            for i, ((_, _, bf16, _, b, _, tc), m, o) in enumerate(zip(runs, models, opts, strict=True)):
+                torch.set_num_threads(tc)
                 rates[i].append(train_rate(m, o, xs[b], bf16, args.steps))
-        ceil = {k: max(c, ceiling(enc, k[0], k[1])) for k, c in ceil.items()}  # best of start, end
-        flops = rnn_train_flops(enc)
-        for (label, _, bf16, _, b), r in zip(variants, rates, strict=True):
+        ceil = {k: max(c, ceiling_at(*k[:2], k[3], k[2])) for k, c in ceil.items()}  # best of 2
+        for (label, _, bf16, _, b, p, tc), r in zip(runs, rates, strict=True):
             med = statistics.median(r)
-            c = ceil[b, torch.bfloat16 if bf16 else torch.float32]
+            flops = rnn_train_flops(enc_of(p), T // p)
+            c = ceil[b, p, tc, torch.bfloat16 if bf16 else torch.float32]
             print(f"| {name} | {b} | {label} | {max(r):,.0f} / {med:,.0f} | {flops / 1e9:.3f} | "
                   f"{flops * med / 1e9:.0f} | {c:.0f} | {100 * flops * med / 1e9 / c:.0f}% |", flush=True)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -350,6 +350,14 @@ def test_bf16_precision_runs_under_autocast_and_keeps_fp32_weights():
     loss, _, c = t16.evaluate(d)
     assert math.isfinite(loss) and c["proba"].dtype == np.float32
     np.testing.assert_allclose(c["proba"].sum(1), 1.0, rtol=1e-6)
+    # scored as served: precision="fp32" is the plain fp32 forward pass, bit for bit
+    dtypes.clear()
+    _, _, c32 = t16.evaluate(d, precision="fp32")
+    assert set(dtypes) == {torch.float32}
+    fp32_trainer = Trainer(m16, DirectionObjective(), quiet_config(precision="fp32"),
+                           show_progress=False, console=Console(quiet=True))
+    np.testing.assert_array_equal(c32["proba"], fp32_trainer.evaluate(d)[2]["proba"])
+    assert not np.array_equal(c["proba"], c32["proba"])  # the bf16 pass does differ
 
 
 @pytest.mark.parametrize(("flags", "want"), [("fpu sse avx512f avx512_bf16 avx512vl", "bf16"),
@@ -391,7 +399,33 @@ def test_pretraining_defaults_to_auto_precision_unless_the_config_says():
     fp32 = PretrainConfig.model_validate({"train": {"epochs": 3, "precision": "fp32"}})
     assert fp32.train.precision == "fp32" and fp32.train.epochs == 3
     assert PretrainConfig.model_validate(fp32.model_dump()).train.precision == "fp32"
-    assert quiet_config().precision == "fp32"  # supervised training stays fp32 by default
+    assert quiet_config().precision == "fp32"  # a bare TrainConfig stays fp32
+
+
+def test_run_configs_with_an_lstm_default_to_auto_precision_unless_they_say(tmp_path):
+    """Supervised runs of an LSTM encoder are bf16 where the CPU has it (equal validation
+    quality over seeds, BENCHMARKS.md); other encoders keep fp32 (not compared); a named
+    precision is kept, and config.yaml's round trip keeps the choice."""
+    from moola.pipelines.train import RunConfig
+
+    for preset in ("simple_lstm", "direction_lstm", "jade_compact"):
+        assert RunConfig.from_dict({"preset": preset}).train.precision == "auto", preset
+    for preset in ("direction_transformer", "inception_time", "resnet1d"):
+        assert RunConfig.from_dict({"preset": preset}).train.precision == "fp32", preset
+    from moola.models import preset_config
+
+    model = preset_config("simple_lstm").model_dump(mode="json")
+    model["encoder"]["kind"] = "gru"
+    gru = RunConfig.from_dict({"preset": None, "model": model})
+    assert gru.train.precision == "fp32"
+    lstm = RunConfig.from_dict({"preset": None, "model": preset_config("simple_lstm").model_dump()})
+    assert lstm.train.precision == "auto"
+    named = RunConfig.from_dict({"preset": "simple_lstm", "train": {"precision": "fp32"}})
+    assert named.train.precision == "fp32"
+    path = tmp_path / "config.yaml"
+    for cfg in (named, gru, lstm):
+        cfg.to_yaml(path)
+        assert RunConfig.from_yaml(path).train.precision == cfg.train.precision
 
 
 # ---------------------------------------------------------------------- early stopping

@@ -138,7 +138,19 @@ class RunConfig(Config):
                 f"this run has data.task: {self.data.task}. Drop it from baselines or use "
                 "task: direction")
         _check_names(self)
+        if "precision" not in self.train.model_fields_set and self._recurrent():
+            # bf16 where it computes (auto): equal validation loss and balanced accuracy over
+            # seeds for simple_lstm and direction_lstm, 1.4-1.9x faster fits (BENCHMARKS.md,
+            # "bf16 for supervised LSTMs"); other encoders keep fp32 (not compared)
+            self.train = self.train.model_copy(update={"precision": "auto"})
         return self
+
+    def _recurrent(self) -> bool:
+        """Whether the run's model has an LSTM encoder (preset or explicit model)."""
+        from moola.models.config import RNNEncoderConfig
+
+        model = self.model if self.model is not None else preset_config(str(self.preset))
+        return isinstance(model.encoder, RNNEncoderConfig) and model.encoder.kind == "lstm"
 
     @property
     def binary_direction(self) -> bool:
@@ -527,9 +539,10 @@ def evaluate(run: TrainSetup, trainer: Trainer, fit: FitResult, *, console: Cons
     from moola.evaluation.run_report import split_summary
 
     cfg, data, run_dir = run.cfg, run.data, run.run_dir
-    test_loss, test_m, test_c = trainer.evaluate(_tensors(data, "test"))
+    # scored in fp32 whatever the training precision: what Predictor serves, bit for bit
+    test_loss, test_m, test_c = trainer.evaluate(_tensors(data, "test"), precision="fp32")
     # the kept model's validation loss: what sweeps and tuning select on (never a test number)
-    val_loss, val_m, val_c = trainer.evaluate(_tensors(data, "val"))
+    val_loss, val_m, val_c = trainer.evaluate(_tensors(data, "val"), precision="fp32")
     run_facts: dict = {
         "val_loss": val_loss, "val": val_m,
         "test_loss": test_loss, "fit_seconds": fit.seconds, "epochs_run": len(fit.history),
@@ -852,7 +865,7 @@ def run_evaluate(run_dir: str | Path, *, store: str | None = None, split: str = 
     for part in parts:
         n = len(data.y[part])
         loss, m, c = trainer.evaluate(_tensors(data, part, manifest.symbols), batch_size=eval_batch_size(
-            n, max(cfg.train.batch_size, 256)))
+            n, max(cfg.train.batch_size, 256)), precision="fp32")  # as Predictor serves it
         meta = data.meta[part]
         rows = prediction_frame(meta["symbol"], meta["end_ts"], c["proba"] if data.classes else c["pred"],
                                 classes=data.classes, temperature=manifest.temperature)

@@ -225,10 +225,10 @@ class Trainer:
         self.epochs_ = cfg.epochs
         self._epoch_t0 = time.perf_counter()
 
-    def _autocast(self) -> Any:
+    def _autocast(self, precision: Literal["fp32", "bf16"] | None = None) -> Any:
         if not hasattr(self, "precision_"):
             self.precision_ = resolve_precision(self.config.precision, self._device())
-        if self.precision_ == "bf16":
+        if (precision or self.precision_) == "bf16":
             return torch.autocast(self._device().type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -437,10 +437,12 @@ class Trainer:
     # ------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def evaluate(self, data: BatchSource, batch_size: int | None = None, *,
-                 order: torch.Tensor | None = None
+                 order: torch.Tensor | None = None, precision: Literal["fp32", "bf16"] | None = None
                  ) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
         """Mean loss, metrics and the collected per-sample arrays, in eval mode, in order
-        (of ``order`` when given: a subset of the samples)."""
+        (of ``order`` when given: a subset of the samples). ``precision``: None runs the
+        training precision; "fp32" what serving computes, so a model trained under bf16 is
+        scored on the probabilities ``Predictor`` will serve."""
         self.model.eval()
         device = self._device()
         self.model.to(device)
@@ -452,7 +454,7 @@ class Trainer:
         parts: dict[str, list[np.ndarray]] = {}
         for batch in d.batches(order, bs):
             batch = self.objective.prepare(batch, training=False)
-            with self._autocast():
+            with self._autocast(precision):
                 out = self.model(batch)
                 loss = self.objective.loss(out, batch)
             k = int(batch["x"].shape[0])
