@@ -402,30 +402,15 @@ def test_pretraining_defaults_to_auto_precision_unless_the_config_says():
     assert quiet_config().precision == "fp32"  # a bare TrainConfig stays fp32
 
 
-def test_run_configs_with_an_lstm_default_to_auto_precision_unless_they_say(tmp_path):
-    """Supervised runs of an LSTM encoder are bf16 where the CPU has it (equal validation
-    quality over seeds, BENCHMARKS.md); other encoders keep fp32 (not compared); a named
-    precision is kept, and config.yaml's round trip keeps the choice."""
+def test_run_configs_stay_fp32_unless_they_say():
+    """Supervised runs keep fp32 by default: bf16-trained LSTMs scored 0.05-0.34 pp lower
+    validation balanced accuracy in all 6 seed pairs (BENCHMARKS.md); auto or bf16 opt in."""
     from moola.pipelines.train import RunConfig
 
-    for preset in ("simple_lstm", "direction_lstm", "jade_compact"):
-        assert RunConfig.from_dict({"preset": preset}).train.precision == "auto", preset
-    for preset in ("direction_transformer", "inception_time", "resnet1d"):
+    for preset in ("simple_lstm", "direction_lstm", "direction_transformer", "inception_time"):
         assert RunConfig.from_dict({"preset": preset}).train.precision == "fp32", preset
-    from moola.models import preset_config
-
-    model = preset_config("simple_lstm").model_dump(mode="json")
-    model["encoder"]["kind"] = "gru"
-    gru = RunConfig.from_dict({"preset": None, "model": model})
-    assert gru.train.precision == "fp32"
-    lstm = RunConfig.from_dict({"preset": None, "model": preset_config("simple_lstm").model_dump()})
-    assert lstm.train.precision == "auto"
-    named = RunConfig.from_dict({"preset": "simple_lstm", "train": {"precision": "fp32"}})
-    assert named.train.precision == "fp32"
-    path = tmp_path / "config.yaml"
-    for cfg in (named, gru, lstm):
-        cfg.to_yaml(path)
-        assert RunConfig.from_yaml(path).train.precision == cfg.train.precision
+    auto = RunConfig.from_dict({"preset": "simple_lstm", "train": {"precision": "auto"}})
+    assert RunConfig.model_validate(auto.to_dict()).train.precision == "auto"
 
 
 # ---------------------------------------------------------------------- early stopping

@@ -138,19 +138,7 @@ class RunConfig(Config):
                 f"this run has data.task: {self.data.task}. Drop it from baselines or use "
                 "task: direction")
         _check_names(self)
-        if "precision" not in self.train.model_fields_set and self._recurrent():
-            # bf16 where it computes (auto): equal validation loss and balanced accuracy over
-            # seeds for simple_lstm and direction_lstm, 1.4-1.9x faster fits (BENCHMARKS.md,
-            # "bf16 for supervised LSTMs"); other encoders keep fp32 (not compared)
-            self.train = self.train.model_copy(update={"precision": "auto"})
         return self
-
-    def _recurrent(self) -> bool:
-        """Whether the run's model has an LSTM encoder (preset or explicit model)."""
-        from moola.models.config import RNNEncoderConfig
-
-        model = self.model if self.model is not None else preset_config(str(self.preset))
-        return isinstance(model.encoder, RNNEncoderConfig) and model.encoder.kind == "lstm"
 
     @property
     def binary_direction(self) -> bool:

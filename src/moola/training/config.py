@@ -138,8 +138,7 @@ class TrainConfig(Config):
     precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description=(
         "fp32, or bf16 autocast of the forward passes and loss (training and evaluation); auto: "
         "bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or "
-        "AMX), else fp32 (the default of pretraining and of run configs with an LSTM encoder: "
-        "their validation quality is equal in bf16)"))
+        "AMX), else fp32 (pretraining's default: its validation loss is equal in bf16)"))
     seed: int = Field(0, description="seeds torch and numpy: weight init, batch order, eval subset")
     # steps between resumable checkpoints; 0 = each epoch
     checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS, description=(
