@@ -59,7 +59,12 @@ def artefact_name(module: str) -> str:
     (the kernel's source, how this module builds it, the CPU, NumPy)."""
     key = hashlib.sha256(_source(module).read_bytes() + Path(__file__).read_bytes())
     key.update(f"{_cpu()[0]} numpy {np.__version__}".encode())
-    return f"{module.rsplit('.', 1)[1]}_aot_{key.hexdigest()[:16]}"
+    return f"{_stem(module)}_aot_{key.hexdigest()[:16]}"
+
+
+def _stem(module: str) -> str:
+    """A kernel module's own name, the prefix of every build of it."""
+    return module.rsplit(".", 1)[1]
 
 
 def artefact_path(module: str, directory: Path | None = None) -> Path:
@@ -121,7 +126,7 @@ def compile_kernel(module: str, directory: Path | None = None) -> Path:
         cc.output_file = path.name
         cc.compile()
         os.replace(Path(tmp) / path.name, path)
-    for stale in path.parent.glob(f"{module.rsplit('.', 1)[1]}_aot_*"):  # older keys' builds
+    for stale in path.parent.glob(f"{_stem(module)}_aot_*"):  # older keys' builds
         if stale != path:
             stale.unlink(missing_ok=True)
     return path

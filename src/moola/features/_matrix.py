@@ -7,6 +7,7 @@ import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,8 +204,8 @@ class _Schema:
     params: dict[str, Any]
     code_hash: str | None
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # compared on every part: computed once
         return schema_hash(self.set_name, self.names, self.params, code=self.code_hash)
 
 
