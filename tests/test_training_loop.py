@@ -360,6 +360,20 @@ def test_bf16_precision_runs_under_autocast_and_keeps_fp32_weights():
     assert not np.array_equal(c["proba"], c32["proba"])  # the bf16 pass does differ
 
 
+def test_a_bf16_run_validates_each_epoch_in_fp32_as_served():
+    """The epoch a bf16 run keeps is chosen on the fp32 scores Predictor will serve, not on the
+    autocast pass: the logged val_ numbers are the fp32 evaluation of the weights, bit for bit."""
+    d, v = TensorData(direction_windows(16)), TensorData(direction_windows(12, offset=16 * 105))
+    m = _small_transformer()
+    t, res = _fit(m, DirectionObjective(), d, v, epochs=1, batch_size=8, precision="bf16",
+                  early_stopping=None)
+    logged = res.history[-1]
+    loss32, m32, _ = t.evaluate(v, precision="fp32")
+    loss16, m16, _ = t.evaluate(v)
+    assert logged["val_loss"] == loss32 and logged["val_balanced_accuracy"] == m32["balanced_accuracy"]
+    assert loss16 != loss32  # the autocast pass would have logged something else
+
+
 @pytest.mark.parametrize(("flags", "want"), [("fpu sse avx512f avx512_bf16 avx512vl", "bf16"),
                                             ("fpu sse amx_tile amx_bf16 amx_int8", "bf16"),
                                             ("fpu sse avx2 avx512f avx512bw", "fp32")])

@@ -98,6 +98,15 @@ def test_the_tuning_verdict_weighs_the_best_against_the_first_and_the_median_tri
     assert not loud
 
 
+def test_a_study_whose_first_trial_stays_best_says_tuning_gained_nothing():
+    lines, loud = tuning_verdict(_study("maximize", [(TrialState.COMPLETE, 0.61), (TrialState.COMPLETE, 0.55),
+                                                     (TrialState.COMPLETE, 0.61)]), "val_acc", "max")
+    assert loud and "(+0)" in lines[0] and lines[1].startswith("NOTHING GAINED: no later trial beat")
+    better_later = [(TrialState.COMPLETE, 0.55), (TrialState.COMPLETE, 0.61)]
+    lines, loud = tuning_verdict(_study("maximize", better_later), "val_acc", "max")
+    assert not loud and len(lines) == 1
+
+
 def test_a_study_with_one_or_no_complete_trial_says_nothing_was_tuned():
     lines, loud = tuning_verdict(_study("minimize", [(TrialState.COMPLETE, 0.7), (TrialState.FAIL, None)]),
                                  "val_loss", "min")

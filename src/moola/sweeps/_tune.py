@@ -623,6 +623,10 @@ def tuning_verdict(trials: list[Any], metric: str, mode: Mode) -> tuple[list[str
     loud = len(done) < 2
     if loud:
         lines.append("ONE COMPLETE TRIAL: nothing was compared, so nothing was tuned.")
+    elif best.number == first.number or best.value == first.value:
+        loud = True
+        lines.append(f"NOTHING GAINED: no later trial beat the first complete one on validation {metric}; "
+                     "the search space or the trial count bought nothing.")
     run_dir = best.user_attrs.get("moola.run_dir")
     metrics = Path(run_dir) / "metrics.json" if run_dir else None
     if metrics is not None and metrics.is_file():

@@ -136,7 +136,8 @@ class TrainConfig(Config):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "auto: CUDA when available, else CPU; cuda without a GPU is an error, not a fallback"))
     precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description=(
-        "fp32, or bf16 autocast of the forward passes and loss (training and evaluation); auto: "
+        "fp32, or bf16 autocast of the training passes (per-epoch validation and final scores run "
+        "fp32, as served); auto: "
         "bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or "
         "AMX), else fp32 (pretraining's default: its validation loss is equal in bf16)"))
     seed: int = Field(0, description="seeds torch and numpy: weight init, batch order, eval subset")

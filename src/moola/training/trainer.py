@@ -404,8 +404,8 @@ class Trainer:
         if self.objective.has_accuracy and self._pass:
             m = self.objective.metrics({k: np.concatenate(v) for k, v in self._pass.items()})
             logs.update({f"train_{k}": v for k, v in m.items()})
-        if val_d is not None:
-            vloss, vm, _ = self.evaluate(val_d)
+        if val_d is not None:  # fp32 as served: a bf16 run selects its epoch on what Predictor computes
+            vloss, vm, _ = self.evaluate(val_d, precision="fp32")
             logs["val_loss"] = vloss
             logs.update({f"val_{k}": v for k, v in vm.items()})
         return logs
