@@ -179,18 +179,22 @@ def build(enc: RNNEncoderConfig, impl: str, cell: Cell, patch: int = 1) -> nn.Mo
     return FusedLSTM(ref, cell) if impl == "fused" else ref
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool) -> None:
+    """One whole training step: forward, mean square of the output, backward, clip, AdamW."""
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        loss = model(x)[0].float().pow(2).mean()  # (B, T, D) -> scalar
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train_rate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool,
                steps: int) -> float:
-    """Samples/s of ``steps`` whole training steps (forward, loss, backward, clip, AdamW)."""
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    """Samples/s of ``steps`` whole training steps (``train_step``)."""
     t = time.perf_counter()
     for _ in range(steps):
-        with ctx():
-            loss = model(x)[0].float().pow(2).mean()  # (B, T, D) -> scalar
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, x, bf16)
     return x.shape[0] * steps / (time.perf_counter() - t)
 
 

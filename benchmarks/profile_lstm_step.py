@@ -21,11 +21,10 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from bench_lstm_ceiling import FEATURES, T, build, lstm_cell, train_step
 from moola.models import preset_config
 from moola.models.config import RNNEncoderConfig
 
-T = 105
-FEATURES = {"simple_lstm": 4, "jade": 4, "jade_compact": 4, "direction_lstm": 31}
 GROUPS = ("RNN forward", "RNN backward", "casts + copies", "clip + AdamW", "other")
 
 
@@ -41,23 +40,14 @@ def group(name: str) -> str:
     return "other"
 
 
-def step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model(x)[0].float().pow(2).mean()  # (B, T, D) -> scalar
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-
-
 def shares(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, bf16: bool,
            steps: int) -> tuple[float, dict[str, float]]:
     """Step time in ms (profiled, mean over ``steps``) and each group's share of self CPU time."""
     for _ in range(2):
-        step(model, opt, x, bf16)
+        train_step(model, opt, x, bf16)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step(model, opt, x, bf16)
+            train_step(model, opt, x, bf16)
     acc: dict[str, float] = defaultdict(float)
     for ev in prof.key_averages():
         acc[group(ev.key)] += ev.self_cpu_time_total
@@ -81,9 +71,7 @@ def main() -> None:
         enc = preset_config(name, n_features=FEATURES[name]).encoder
         if not isinstance(enc, RNNEncoderConfig):
             raise SystemExit(f"{name} has no LSTM encoder; valid: {', '.join(FEATURES)}")
-        torch.manual_seed(0)
-        model = nn.LSTM(enc.input_size, enc.hidden, enc.layers, batch_first=True,
-                        bidirectional=enc.bidirectional)
+        model = build(enc, "torch", lstm_cell)  # nn.LSTM, seed 0
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         x = torch.randn(args.batch, T, enc.input_size)  # (B, T, F)
         for bf16 in (False, True):

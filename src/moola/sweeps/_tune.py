@@ -623,7 +623,7 @@ def tuning_verdict(trials: list[Any], metric: str, mode: Mode) -> tuple[list[str
     loud = len(done) < 2
     if loud:
         lines.append("ONE COMPLETE TRIAL: nothing was compared, so nothing was tuned.")
-    elif best.number == first.number or best.value == first.value:
+    elif best.value == first.value:  # the first trial itself, or a tie with it
         loud = True
         lines.append(f"NOTHING GAINED: no later trial beat the first complete one on validation {metric}; "
                      "the search space or the trial count bought nothing.")
